@@ -1,0 +1,207 @@
+"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete` talk to a running
+one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from autoscaler.spec import SpecError
+
+DEFAULT_SERVER = os.environ.get("ELASTICSERVING_SERVER", "http://127.0.0.1:8090")
+
+
+class ApiError(Exception):
+    pass
+
+
+def _request(server: str, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(server.rstrip("/") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read())
+            msg = payload.get("error", str(payload))
+        except ValueError:
+            msg = str(exc)
+        raise ApiError(msg) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ApiError(f"cannot reach the ElasticServing control API at {server}: {exc} "
+                       "(is `elasticserving up` running?)") from None
+
+
+# ---- output --------------------------------------------------------------------------------
+def _ready(item: dict[str, Any]) -> str:
+    for c in item.get("status", {}).get("conditions", []):
+        if c.get("type") == "Ready":
+            return c.get("status", "Unknown")
+    return "Unknown"
+
+
+def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
+    rows = [["NAME", "NAMESPACE", "READY", "REPLICAS", "URL"]]
+    if wide:
+        rows[0] += ["SIDES (desired/ready, concurrency)", "REASON"]
+    for it in items:
+        md, st = it["metadata"], it.get("status", {})
+        row = [md["name"], md.get("namespace", "default"), _ready(it), str(st.get("replicas", 0)), st.get("url", "")]
+        if wide:
+            sides = []
+            for side, a in (it.get("autoscaler") or {}).items():
+                panic = " PANIC" if a.get("in_panic") else ""
+                sides.append(f"{side} {a['desired']}/{a['ready']} c={a['stable_concurrency']:.2f}{panic}")
+            reason = next((c.get("message", "") for c in st.get("conditions", [])
+                           if c.get("type") == "Ready" and c.get("status") != "True"), "")
+            row += ["; ".join(sides), reason]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from autoscaler.local_stack import StackOptions, up
+
+    return up(StackOptions(
+        files=args.file, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        control_port=args.control_port, domain=args.domain, config=args.config, log_dir=args.log_dir,
+        tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
+        activator_args=["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)],
+    ))
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from autoscaler.local_stack import load_files
+
+    services = load_files(args.file, {})
+    for svc in services:
+        item = _request(args.server, "POST", "/v1/paddleservices", svc.to_manifest())
+        print(f"paddleservice/{item['metadata']['name']} applied ({svc.key})")
+    return 0
+
+
+def _items(args: argparse.Namespace) -> list[dict[str, Any]]:
+    items = _request(args.server, "GET", "/v1/paddleservices")["items"]
+    if args.namespace:
+        items = [i for i in items if i["metadata"].get("namespace") == args.namespace]
+    if args.name:
+        items = [i for i in items if i["metadata"]["name"] == args.name]
+        if not items:
+            raise ApiError(f"paddleservice {args.name!r} not found")
+    return items
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        print(json.dumps(_items(args), indent=2, ensure_ascii=False))
+        return 0
+    if not args.watch:
+        print(format_table(_items(args), wide=args.output == "wide"))
+        return 0
+    try:
+        while True:
+            table = format_table(_items(args), wide=True)
+            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S") + "\n" + table + "\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    items = _items(args)
+    if len(items) > 1:
+        raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
+    ns = items[0]["metadata"]["namespace"]
+    _request(args.server, "DELETE", f"/v1/paddleservices/{ns}/{args.name}")
+    print(f"paddleservice/{args.name} deleted ({ns}/{args.name})")
+    return 0
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    if args.platform == "kubernetes":
+        from autoscaler import kube_main
+
+        return kube_main.main(args.rest)
+    print("error: use `elasticserving up` for the local platform", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elasticserving", description="Serverless model serving: PaddleService on "
+                                "a laptop (local platform) or on Kubernetes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the local stack in the foreground and serve PaddleService files")
+    up.add_argument("-f", "--file", action="append", required=True, help="PaddleService YAML (repeatable)")
+    up.add_argument("--host", default="127.0.0.1", help="address the activator listens on")
+    up.add_argument("--http-port", type=int, default=8080)
+    up.add_argument("--grpc-port", type=int, default=8081)
+    up.add_argument("--control-port", type=int, default=8090, help="control API port (loopback)")
+    up.add_argument("--domain", default="example.com")
+    up.add_argument("--config", help="YAML of autoscaler defaults (Knative config-autoscaler keys)")
+    up.add_argument("--log-dir", default=os.environ.get("ELASTICSERVING_LOG_DIR"),
+                    help="write each replica's output to DIR/<replica>.log")
+    up.add_argument("--request-timeout", type=float, default=60.0,
+                    help="seconds a request may wait and run before the activator answers 503")
+    up.add_argument("--queue-depth", type=int, default=1000, help="requests held per service while at zero")
+    up.add_argument("--replica-ready-timeout", type=float, default=120.0,
+                    help="seconds a replica may take to turn ready before it counts as failed")
+    up.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=False,
+                    help="fork replicas of our runtime from a pre-warmed launcher (sub-second scale from zero)")
+    up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--server", default=DEFAULT_SERVER, help="control API of a running stack")
+        return sp
+
+    ap = client("apply", "create or update PaddleServices in a running local stack")
+    ap.add_argument("-f", "--file", action="append", required=True)
+    ap.set_defaults(func=cmd_apply)
+
+    gp = client("get", "list PaddleServices (NAME, READY, REPLICAS, URL)")
+    gp.add_argument("name", nargs="?")
+    gp.add_argument("-n", "--namespace", help="only this namespace (default: all)")
+    gp.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
+    gp.add_argument("-w", "--watch", action="store_true", help="refresh every second with live replicas")
+    gp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    gp.set_defaults(func=cmd_get)
+
+    dp = client("delete", "delete a PaddleService from a running local stack")
+    dp.add_argument("name")
+    dp.add_argument("-n", "--namespace")
+    dp.set_defaults(func=cmd_delete)
+
+    cp = sub.add_parser("controller", help="run the in-cluster controller + autoscaler")
+    cp.add_argument("--platform", choices=["kubernetes"], default="kubernetes")
+    cp.add_argument("rest", nargs=argparse.REMAINDER)
+    cp.set_defaults(func=cmd_controller)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""`elasticserving up`: the whole stack on one machine, in the foreground.
+
+Runs the controller + local platform + control API in this process and the activator as a
+supervised child process; Ctrl-C stops everything, replicas included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from autoscaler.control_api import build_app
+from autoscaler.controller import Controller
+from autoscaler.platforms.local import LocalPlatform
+from autoscaler.spec import PaddleService, SpecError, load_paddleservices
+
+log = logging.getLogger("elasticserving.up")
+
+
+@dataclass
+class StackOptions:
+    files: list[str]
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int = 8081
+    control_port: int = 8090
+    domain: str = "example.com"
+    config: str | None = None
+    log_dir: str | None = None
+    tick_seconds: float = 2.0
+    ready_timeout: float = 120.0
+    activator_args: list[str] = field(default_factory=list)
+    prewarm: bool = False
+
+
+def load_defaults(path: str | None) -> dict[str, Any]:
+    """Cluster-level autoscaling defaults: a YAML mapping of Knative config-autoscaler keys
+    (or a ConfigMap manifest whose `data` holds them)."""
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if isinstance(data, dict) and data.get("kind") == "ConfigMap":
+        data = data.get("data") or {}
+    if not isinstance(data, dict):
+        raise SpecError("config", f"{path}: expected a mapping of config-autoscaler keys")
+    return {str(k): v for k, v in data.items()}
+
+
+def load_files(files: list[str], defaults: dict[str, Any]) -> list[PaddleService]:
+    out: list[PaddleService] = []
+    for f in files:
+        try:
+            text = Path(f).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError("", f"{f}: {exc.strerror}") from None
+        try:
+            out.extend(load_paddleservices(text, defaults))
+        except SpecError as exc:
+            raise SpecError(exc.field, f"{f}: {exc}") from None
+    return out
+
+
+class ActivatorProcess:
+    """The activator as a child process, restarted if it dies."""
+
+    def __init__(self, opts: StackOptions) -> None:
+        self.opts = opts
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def command(self) -> list[str]:
+        o = self.opts
+        return [
+            sys.executable, "-m", "activator",
+            "--host", o.host, "--http-port", str(o.http_port), "--grpc-port", str(o.grpc_port),
+            "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
+            *o.activator_args,
+        ]
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.command(), stdin=asyncio.subprocess.DEVNULL)
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            log.error("activator exited with code %s; restarting", code)
+            await asyncio.sleep(0.5)
+            await self._spawn()
+
+    async def wait_listening(self, timeout: float = 30.0) -> bool:
+        url = f"http://127.0.0.1:{self.opts.http_port}/healthz"
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc and self.proc.returncode is not None and not self._task:
+                    return False
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return True
+                await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> int:
+    defaults = load_defaults(opts.config)
+    services = load_files(opts.files, defaults)  # refuse bad input before starting anything
+    spawner = None
+    launcher = None
+    if opts.prewarm:
+        from autoscaler.prewarm import PrewarmLauncher  # optional: pre-warmed replica start
+
+        launcher = PrewarmLauncher()
+        await launcher.start()
+        spawner = launcher.spawn
+    platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
+                             spawner=spawner)
+    controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
+    await controller.start()
+    runner = web.AppRunner(build_app(controller), access_log=None)
+    await runner.setup()
+    activator = ActivatorProcess(opts)
+    try:
+        await web.TCPSite(runner, "127.0.0.1", opts.control_port).start()
+        for svc in services:
+            await controller.apply(svc)
+        await activator.start()
+        if not await activator.wait_listening():
+            log.error("the activator did not start listening on port %d", opts.http_port)
+            return 1
+        print(f"ElasticServing is up: activator http://{opts.host}:{opts.http_port} (gRPC {opts.grpc_port}), "
+              f"control API http://127.0.0.1:{opts.control_port}", flush=True)
+        for svc in services:
+            print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("Stopping ElasticServing...", flush=True)
+        return 0
+    finally:
+        await activator.stop()
+        await controller.close()
+        await runner.cleanup()
+        if launcher is not None:
+            await launcher.close()
+
+
+def up(opts: StackOptions) -> int:
+    logging.basicConfig(level=os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return asyncio.run(run_stack(opts))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

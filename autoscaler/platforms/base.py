@@ -1,0 +1,71 @@
+"""The interface between the controller and a platform that runs replicas.
+
+The controller calls apply/delete/scale; the platform reports each side's replicas through `state`
+and calls `on_change` whenever ready endpoints change, so routes reach the activator at once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from autoscaler.spec import PaddleService
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ready replica as the activator reaches it."""
+
+    id: str
+    host: str
+    http_port: int
+    grpc_port: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "host": self.host, "http_port": self.http_port, "grpc_port": self.grpc_port}
+
+
+@dataclass
+class SideState:
+    """What a platform knows of one side (default or canary) of one service."""
+
+    desired: int = 0
+    ready: list[Endpoint] = field(default_factory=list)
+    starting: int = 0
+    error: str | None = None  # the last reason replicas failed (exited, never ready, ...)
+
+    @property
+    def actual(self) -> int:
+        return len(self.ready) + self.starting
+
+
+class Platform(abc.ABC):
+    """Runs the replicas of PaddleServices. Implementations: local processes, kubernetes."""
+
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self.on_change: Callable[[str], None] = lambda key: None
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background work (watches, supervisors)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop everything this platform started."""
+
+    @abc.abstractmethod
+    async def apply(self, svc: PaddleService) -> None:
+        """Create or update the workloads of every side of `svc`; drop a removed canary's."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove every workload of the service `namespace/name`."""
+
+    @abc.abstractmethod
+    async def scale(self, key: str, side: str, replicas: int) -> None:
+        """Set the desired replica count of one side."""
+
+    @abc.abstractmethod
+    def state(self, key: str, side: str) -> SideState:
+        """Current replicas of one side (a cached view; never blocks)."""

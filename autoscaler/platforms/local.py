@@ -1,0 +1,405 @@
+"""The local platform: each replica is a process on this machine, started from `spec.<side>.arg`.
+
+The controller sets desired counts; a supervisor per side starts replicas with `sh -c`, probes
+`/ready`, restarts crashed ones with back-off, and reports ready endpoints back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from autoscaler.platforms.base import Endpoint, Platform, SideState
+from autoscaler.spec import EndpointSpec, PaddleService
+
+log = logging.getLogger("elasticserving.local")
+
+STARTING, READY, STOPPING = "starting", "ready", "stopping"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _child_setup() -> None:
+    """In the replica's shell: its own process group, and die with the platform (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Replica:
+    id: str
+    side: str
+    generation: int
+    http_port: int
+    grpc_port: int
+    proc: asyncio.subprocess.Process | None = None
+    state: str = STARTING
+    started: float = field(default_factory=time.monotonic)
+    stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    task: asyncio.Task | None = None
+
+    def endpoint(self, host: str) -> Endpoint:
+        return Endpoint(self.id, host, self.http_port, self.grpc_port)
+
+
+@dataclass
+class SideRuntime:
+    """Desired and actual replicas of one side of one service."""
+
+    key: str
+    side: str
+    spec: EndpointSpec
+    generation: int = 0
+    desired: int = 0
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    error: str | None = None
+    failures: int = 0  # consecutive failed starts, for back-off
+    backoff_until: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+class LocalPlatform(Platform):
+    """Replicas as local processes; the embedded default platform of `elasticserving up`."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 120.0,
+        probe_interval: float = 0.02,
+        drain_timeout: float = 15.0,
+        log_dir: str | os.PathLike | None = None,
+        max_backoff: float = 30.0,
+        env: dict[str, str] | None = None,
+        spawner: Callable[..., object] | None = None,
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.ready_timeout = ready_timeout
+        self.probe_interval = probe_interval
+        self.drain_timeout = drain_timeout
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.max_backoff = max_backoff
+        self.extra_env = dict(env or {})
+        self.spawner = spawner  # optional pre-warmed launcher (see autoscaler/prewarm.py)
+        self._sides: dict[tuple[str, str], SideRuntime] = {}
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # ---- Platform interface ---------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        sides = list(self._sides.values())
+        for sr in sides:
+            if sr.task:
+                sr.task.cancel()
+        await asyncio.gather(*(self._stop_all(sr) for sr in sides), return_exceptions=True)
+        for sr in sides:
+            if sr.task:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sr.task
+        if self._session:
+            await self._session.close()
+
+    async def apply(self, svc: PaddleService) -> None:
+        for side in svc.sides:
+            spec = svc.side_spec(side)
+            assert spec is not None
+            sr = self._sides.get((svc.key, side))
+            if sr is None:
+                sr = SideRuntime(svc.key, side, spec)
+                self._sides[(svc.key, side)] = sr
+                sr.task = asyncio.create_task(self._supervise(sr), name=f"supervise {svc.key}/{side}")
+            elif sr.spec != spec:
+                log.info("%s/%s: spec changed, rolling replicas", svc.key, side)
+                sr.spec = spec
+                sr.generation += 1
+                sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
+                sr.wake.set()
+        for (key, side), sr in list(self._sides.items()):
+            if key == svc.key and side not in svc.sides:
+                await self._remove_side(sr)
+
+    async def delete(self, key: str) -> None:
+        for (k, _side), sr in list(self._sides.items()):
+            if k == key:
+                await self._remove_side(sr)
+        self.on_change(key)
+
+    async def scale(self, key: str, side: str, replicas: int) -> None:
+        sr = self._sides.get((key, side))
+        if sr is None:
+            return
+        if replicas != sr.desired:
+            sr.desired = replicas
+            if replicas > 0 and sr.backoff_until:
+                # A new demand (e.g. a poke) retries a failed side at once.
+                sr.backoff_until = 0.0
+            sr.wake.set()
+
+    def state(self, key: str, side: str) -> SideState:
+        sr = self._sides.get((key, side))
+        if sr is None:
+            return SideState()
+        ready = [r.endpoint(self.host) for r in sr.replicas.values() if r.state == READY]
+        starting = sum(1 for r in sr.replicas.values() if r.state == STARTING)
+        return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error)
+
+    def pids(self) -> list[int]:
+        """Process ids of every replica (for tests and `get`)."""
+        return [r.proc.pid for sr in self._sides.values() for r in sr.replicas.values() if r.proc]
+
+    # ---- supervision ----------------------------------------------------------------------
+    async def _remove_side(self, sr: SideRuntime) -> None:
+        self._sides.pop((sr.key, sr.side), None)
+        if sr.task:
+            sr.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sr.task
+        await self._stop_all(sr)
+
+    async def _stop_all(self, sr: SideRuntime) -> None:
+        await asyncio.gather(*(self._stop(sr, r) for r in list(sr.replicas.values())),
+                             return_exceptions=True)
+
+    async def _supervise(self, sr: SideRuntime) -> None:
+        """Level-triggered loop: make the set of replicas match `desired` and the current spec."""
+        while not self._closed:
+            sr.wake.clear()
+            try:
+                await self._reconcile(sr)
+            except Exception:
+                log.exception("%s/%s: reconcile failed", sr.key, sr.side)
+            timeout = 1.0
+            if sr.backoff_until:
+                timeout = max(0.0, min(timeout, sr.backoff_until - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sr.wake.wait(), timeout)
+
+    async def _reconcile(self, sr: SideRuntime) -> None:
+        live = [r for r in sr.replicas.values() if r.state != STOPPING]
+        current = [r for r in live if r.generation == sr.generation]
+        outdated = [r for r in live if r.generation != sr.generation]
+        # Old-generation replicas go once the new generation covers the demand.
+        ready_current = sum(1 for r in current if r.state == READY)
+        if outdated and (ready_current >= min(sr.desired, len(outdated)) or sr.desired == 0):
+            for r in outdated:
+                asyncio.create_task(self._stop(sr, r))
+        missing = sr.desired - len(current)
+        if missing > 0:
+            if time.monotonic() < sr.backoff_until:
+                return
+            for _ in range(missing):
+                self._launch(sr)
+        elif missing < 0:
+            # Scale down: stop starting replicas first, then the newest ready ones.
+            victims = sorted(current, key=lambda r: (r.state == READY, -r.started))[:-missing]
+            for r in victims:
+                asyncio.create_task(self._stop(sr, r))
+
+    def _launch(self, sr: SideRuntime) -> None:
+        rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
+        r = Replica(rid, sr.side, sr.generation, free_port(self.host), free_port(self.host))
+        sr.replicas[rid] = r
+        r.task = asyncio.create_task(self._run(sr, r), name=f"replica {rid}")
+
+    def _env(self, sr: SideRuntime, r: Replica) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+        env.update({
+            "PORT": str(r.http_port),
+            "GRPC_PORT": str(r.grpc_port),
+            "ELASTICSERVING_REPLICA": r.id,
+            "ELASTICSERVING_SERVICE": sr.key,
+            "ELASTICSERVING_SIDE": sr.side,
+            "ELASTICSERVING_BIND_HOST": self.host,
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    async def _spawn(self, sr: SideRuntime, r: Replica) -> asyncio.subprocess.Process:
+        cmd = sr.spec.arg
+        if not cmd:
+            raise RuntimeError(f"spec.{sr.side}.arg is empty: the local platform runs it as the replica command")
+        env = self._env(sr, r)
+        if self.spawner is not None:
+            proc = await self.spawner(cmd, env)  # type: ignore[misc]
+            if proc is not None:
+                return proc
+        stdout = None
+        if self.log_dir:
+            stdout = open(self.log_dir / f"{r.id}.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            return await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=stdout or asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                start_new_session=True, preexec_fn=_child_setup,
+            )
+        finally:
+            if stdout:
+                stdout.close()
+
+    async def _run(self, sr: SideRuntime, r: Replica) -> None:
+        """One replica's life: spawn, wait for ready, watch until it exits or is stopped."""
+        try:
+            r.proc = await self._spawn(sr, r)
+        except Exception as exc:
+            self._failed(sr, r, f"cannot start replica: {exc}")
+            return
+        log.info("%s/%s: started replica %s (pid %d, port %d)", sr.key, sr.side, r.id, r.proc.pid, r.http_port)
+        drain = asyncio.create_task(self._drain_stderr(r))
+        exited = asyncio.create_task(r.proc.wait())
+        try:
+            became_ready = await self._wait_ready(r, exited)
+            if became_ready:
+                r.state = READY
+                sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
+                log.info("%s/%s: replica %s ready after %.2fs", sr.key, sr.side, r.id,
+                         time.monotonic() - r.started)
+                self.on_change(sr.key)
+                sr.wake.set()
+                await self._watch_ready(r, exited)
+            if r.state == STOPPING:
+                return
+            if exited.done():
+                code = exited.result()
+                await asyncio.wait_for(drain, 1.0)
+                tail = " | ".join(list(r.stderr_tail)[-3:])
+                what = "crashed" if became_ready else "exited before it was ready"
+                _signal_group(r.proc.pid, signal.SIGKILL)  # leftovers of the replica's group
+                self._failed(sr, r, f"replica command {what} (exit code {code})" + (f": {tail}" if tail else ""))
+            elif not became_ready:
+                self._failed(sr, r, f"replica not ready after {self.ready_timeout:g}s")
+                await self._stop(sr, r, reason="never ready")
+            else:
+                self._failed(sr, r, "replica stopped answering its readiness probe")
+                await self._stop(sr, r, reason="unhealthy")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # supervision must not die silently
+            log.exception("replica %s supervision failed", r.id)
+            self._failed(sr, r, f"replica supervision failed: {exc}")
+        finally:
+            if not drain.done():
+                drain.cancel()
+            if not exited.done():
+                exited.cancel()
+
+    def _failed(self, sr: SideRuntime, r: Replica, reason: str) -> None:
+        log.warning("%s/%s: %s", sr.key, sr.side, reason)
+        sr.replicas.pop(r.id, None)
+        sr.error = reason
+        sr.failures += 1
+        delay = min(self.max_backoff, 0.5 * 2 ** (sr.failures - 1))
+        sr.backoff_until = time.monotonic() + delay
+        self.on_change(sr.key)
+        sr.wake.set()
+
+    async def _drain_stderr(self, r: Replica) -> None:
+        assert r.proc is not None
+        if r.proc.stderr is None:
+            return
+        logf = open(self.log_dir / f"{r.id}.log", "ab") if self.log_dir else None  # noqa: SIM115
+        try:
+            async for line in r.proc.stderr:
+                if logf:
+                    logf.write(line)
+                    logf.flush()
+                text = line.decode("utf-8", "replace").strip()
+                if text:
+                    r.stderr_tail.append(text[:300])
+        finally:
+            if logf:
+                logf.close()
+
+    async def _probe(self, r: Replica) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(f"http://{self.host}:{r.http_port}/ready",
+                                         timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _wait_ready(self, r: Replica, exited: asyncio.Task) -> bool:
+        deadline = r.started + self.ready_timeout
+        while time.monotonic() < deadline and not exited.done() and r.state != STOPPING:
+            if await self._probe(r):
+                return True
+            await asyncio.wait([exited], timeout=self.probe_interval)
+        return False
+
+    async def _watch_ready(self, r: Replica, exited: asyncio.Task) -> None:
+        """Liveness after ready: the process must stay up and answer /ready (3 misses in a row fail)."""
+        misses = 0
+        while r.state == READY:
+            await asyncio.wait([exited], timeout=1.0)
+            if exited.done() or r.state != READY:
+                return
+            if await self._probe(r):
+                misses = 0
+            else:
+                misses += 1
+                if misses >= 3:
+                    return
+
+    async def _stop(self, sr: SideRuntime, r: Replica, reason: str = "scale down") -> None:
+        if r.state == STOPPING and r.proc is None:
+            return
+        was_ready = r.state == READY
+        r.state = STOPPING
+        if was_ready:
+            self.on_change(sr.key)
+        proc = r.proc
+        if proc is not None and proc.returncode is None:
+            log.info("%s/%s: stopping replica %s (%s)", sr.key, sr.side, r.id, reason)
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.drain_timeout)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5.0)
+        # make sure nothing of the group outlives the replica
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGKILL)
+        if r.task and r.task is not asyncio.current_task() and not r.task.done():
+            r.task.cancel()
+        sr.replicas.pop(r.id, None)
+        sr.wake.set()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

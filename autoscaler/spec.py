@@ -1,0 +1,391 @@
+"""The PaddleService API model: parsing, defaults and validation of the custom resource.
+
+Everything that reads a PaddleService (CLI, local platform, kubernetes controller, activator routes)
+goes through `PaddleService.from_dict` / `load_paddleservices`; pure logic, no I/O beyond YAML text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+API_GROUP = "elasticserving.paddlepaddle.org"
+API_VERSION = f"{API_GROUP}/v1"
+KIND = "PaddleService"
+PLURAL = "paddleservices"
+SHORT_NAME = "psvc"
+
+# Annotation (on metadata) capping in-flight requests per replica, Knative's containerConcurrency.
+CONTAINER_CONCURRENCY_ANNOTATION = f"{API_GROUP}/container-concurrency"
+# Annotation selecting the scale-from-zero standby mode on kubernetes (issue: pre-warmed start).
+STANDBY_ANNOTATION = f"{API_GROUP}/standby"
+
+AUTOSCALER_CLASSES = ("kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev")
+METRICS = ("concurrency", "rps", "cpu")
+SIDES = ("default", "canary")
+
+# Defaults as in the original ElasticServing (pkg/constants) and Knative's config-autoscaler.
+DEFAULT_AUTOSCALER = "kpa.autoscaling.knative.dev"
+DEFAULT_METRIC = "concurrency"
+DEFAULT_TARGET = 100
+DEFAULT_TARGET_UTILIZATION = "70"
+DEFAULT_WINDOW = "60s"
+DEFAULT_PANIC_WINDOW = "10"
+DEFAULT_PANIC_THRESHOLD = "200"
+DEFAULT_MIN_SCALE = 1
+DEFAULT_MAX_SCALE = 10
+DEFAULT_RESOURCES = {"cpu": "0.1", "memory": "128Mi"}
+
+# Knative bounds: the stable window is 6s..1h, the panic window 1%..100% of it.
+MIN_WINDOW_SECONDS = 6.0
+MAX_WINDOW_SECONDS = 3600.0
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+class SpecError(ValueError):
+    """A PaddleService that cannot be accepted; `field` names the offending path."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (`10s`, `1m30s`, `500ms`) into seconds."""
+    value = str(text).strip()
+    if not value or not _DURATION_RE.match(value):
+        raise ValueError(f"invalid duration {text!r} (expected e.g. 10s, 1m, 1m30s)")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(value))
+
+
+def parse_percent(text: str | int | float, what: str) -> float:
+    """Parse a percentage given as a string or number (`"70"`, `70`, `"70.5"`)."""
+    try:
+        value = float(str(text).strip().rstrip("%"))
+    except ValueError:
+        raise ValueError(f"invalid {what} {text!r}: not a number") from None
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"invalid {what} {text!r}")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class EndpointSpec(_Model):
+    """One side (default or canary) of a PaddleService: the container that serves the model."""
+
+    containerImage: str
+    tag: str
+    port: int
+    arg: str | None = None
+
+    @field_validator("containerImage", "tag")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port_range(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"port {v} out of range 1..65535")
+        return v
+
+    @property
+    def image(self) -> str:
+        return f"{self.containerImage}:{self.tag}"
+
+
+class ServiceSpec(_Model):
+    """Autoscaling knobs (the original's Knative annotations), all optional."""
+
+    autoscaler: Literal["kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev"] | None = None
+    metric: Literal["concurrency", "rps", "cpu"] | None = None
+    window: str | None = None
+    panicWindow: str | None = None
+    panicThreshold: str | None = None
+    minScale: int | None = None
+    maxScale: int | None = None
+    target: int | None = None
+    targetUtilization: str | None = None
+
+    @field_validator("window", "panicWindow", "panicThreshold", "targetUtilization", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, str] | None = None
+    limits: dict[str, str] | None = None
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _quantities(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of resource name to quantity")
+        out = {}
+        for name, qty in v.items():
+            text = str(qty)
+            if not _QUANTITY_RE.match(text):
+                raise ValueError(f"invalid quantity {qty!r} for {name}")
+            out[str(name)] = text
+        return out
+
+
+class PaddleServiceSpec(_Model):
+    default: EndpointSpec
+    canary: EndpointSpec | None = None
+    canaryTrafficPercent: int | None = None
+    runtimeVersion: str | None = None
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+
+    @field_validator("canaryTrafficPercent")
+    @classmethod
+    def _percent(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= 100:
+            raise ValueError(f"canaryTrafficPercent {v} out of range 0..100")
+        return v
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+    resourceVersion: str | None = None
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not v or len(v) > 63 or not _NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid DNS-1123 label (lower case letters, digits and '-')")
+        return v
+
+
+class AutoscalingConfig(BaseModel):
+    """The effective, validated autoscaling settings of one PaddleService (defaults applied)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    autoscaler_class: str
+    metric: str
+    target: float
+    target_utilization: float  # fraction, 0 < u <= 1
+    stable_window: float  # seconds
+    panic_window_percentage: float
+    panic_threshold: float  # fraction, e.g. 2.0 for 200%
+    min_scale: int
+    max_scale: int  # 0 = unbounded
+    container_concurrency: int  # 0 = unlimited
+
+    @property
+    def panic_window(self) -> float:
+        return self.stable_window * self.panic_window_percentage / 100.0
+
+    @property
+    def target_per_pod(self) -> float:
+        return self.target * self.target_utilization
+
+
+class PaddleService(BaseModel):
+    """A PaddleService custom resource, validated."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    apiVersion: str = API_VERSION
+    kind: str = KIND
+    metadata: Metadata
+    spec: PaddleServiceSpec
+    status: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> PaddleService:
+        if self.apiVersion != API_VERSION:
+            raise ValueError(f"apiVersion must be {API_VERSION}, got {self.apiVersion!r}")
+        if self.kind != KIND:
+            raise ValueError(f"kind must be {KIND}, got {self.kind!r}")
+        return self
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, the identity used by every component."""
+        return f"{self.namespace}/{self.name}"
+
+    def host(self, domain: str) -> str:
+        return f"{self.name}.{self.namespace}.{domain}"
+
+    def url(self, domain: str) -> str:
+        return f"http://{self.host(domain)}"
+
+    def side_spec(self, side: str) -> EndpointSpec | None:
+        return self.spec.default if side == "default" else self.spec.canary
+
+    @property
+    def sides(self) -> list[str]:
+        return ["default", "canary"] if self.spec.canary is not None else ["default"]
+
+    def side_name(self, side: str) -> str:
+        """Name of the workload of one side, as `status.default.name` reports it."""
+        return f"{self.name}-{side}"
+
+    @property
+    def canary_percent(self) -> int:
+        if self.spec.canary is None:
+            return 0
+        return self.spec.canaryTrafficPercent if self.spec.canaryTrafficPercent is not None else 0
+
+    # ---- constructors ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, defaults: dict[str, Any] | None = None) -> PaddleService:
+        """Validate a decoded manifest; raises SpecError naming the first offending field."""
+        if not isinstance(data, dict):
+            raise SpecError("", f"a PaddleService must be a mapping, got {type(data).__name__}")
+        if "spec" not in data or data.get("spec") is None:
+            raise SpecError("spec", "field required")
+        try:
+            svc = cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            path = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = err["msg"]
+            if err["type"] == "missing":
+                msg = "field required"
+            elif err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            raise SpecError(path, msg) from None
+        svc.autoscaling(defaults)  # validate autoscaling values eagerly
+        return svc
+
+    # ---- autoscaling ----------------------------------------------------------------------
+    def autoscaling(self, defaults: dict[str, Any] | None = None) -> AutoscalingConfig:
+        """Effective autoscaling settings; `defaults` holds cluster-level values
+        (keys of Knative's config-autoscaler: `stable-window`, `target`, ...)."""
+        d = defaults or {}
+        s = self.spec.service
+
+        def pick(value: Any, key: str, fallback: Any) -> Any:
+            return value if value is not None else d.get(key, fallback)
+
+        field = "spec.service"
+        try:
+            window = parse_duration(pick(s.window, "stable-window", DEFAULT_WINDOW))
+        except ValueError as exc:
+            raise SpecError(f"{field}.window", str(exc)) from None
+        if not MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS:
+            raise SpecError(f"{field}.window", f"window {window:g}s must be between 6s and 1h")
+        try:
+            panic_pct = parse_percent(
+                pick(s.panicWindow, "panic-window-percentage", DEFAULT_PANIC_WINDOW), "panicWindow")
+            panic_threshold = parse_percent(
+                pick(s.panicThreshold, "panic-threshold-percentage", DEFAULT_PANIC_THRESHOLD),
+                "panicThreshold")
+            utilization = parse_percent(
+                pick(s.targetUtilization, "container-concurrency-target-percentage",
+                     DEFAULT_TARGET_UTILIZATION), "targetUtilization")
+        except ValueError as exc:
+            name = str(exc).split()[1]
+            raise SpecError(f"{field}.{name}", str(exc)) from None
+        if not 1.0 <= panic_pct <= 100.0:
+            raise SpecError(f"{field}.panicWindow", f"panicWindow {panic_pct:g}% must be within 1..100")
+        if panic_threshold <= 100.0 or panic_threshold > 1000.0:
+            raise SpecError(f"{field}.panicThreshold",
+                            f"panicThreshold {panic_threshold:g}% must be within 101..1000")
+        if not 1.0 <= utilization <= 100.0:
+            raise SpecError(f"{field}.targetUtilization",
+                            f"targetUtilization {utilization:g}% must be within 1..100")
+        target = pick(s.target, "container-concurrency-target-default", DEFAULT_TARGET)
+        if s.metric == "rps" and s.target is None:
+            target = d.get("requests-per-second-target-default", 200)
+        if float(target) < 0.01:
+            raise SpecError(f"{field}.target", f"target {target} must be positive")
+        min_scale = pick(s.minScale, "min-scale", DEFAULT_MIN_SCALE)
+        max_scale = pick(s.maxScale, "max-scale", DEFAULT_MAX_SCALE)
+        if min_scale < 0:
+            raise SpecError(f"{field}.minScale", f"minScale {min_scale} must be >= 0")
+        if max_scale < 0:
+            raise SpecError(f"{field}.maxScale", f"maxScale {max_scale} must be >= 0 (0 = unbounded)")
+        if max_scale and min_scale > max_scale:
+            raise SpecError(f"{field}.minScale", f"minScale {min_scale} exceeds maxScale {max_scale}")
+        cc_text = self.metadata.annotations.get(CONTAINER_CONCURRENCY_ANNOTATION, "0")
+        try:
+            cc = int(cc_text)
+        except ValueError:
+            cc = -1
+        if cc < 0 or cc > 1000:
+            raise SpecError(f"metadata.annotations[{CONTAINER_CONCURRENCY_ANNOTATION}]",
+                            f"containerConcurrency {cc_text!r} must be an integer within 0..1000")
+        return AutoscalingConfig(
+            autoscaler_class=s.autoscaler or d.get("autoscaler-class", DEFAULT_AUTOSCALER),
+            metric=s.metric or DEFAULT_METRIC,
+            target=float(target),
+            target_utilization=utilization / 100.0,
+            stable_window=window,
+            panic_window_percentage=panic_pct,
+            panic_threshold=panic_threshold / 100.0,
+            min_scale=int(min_scale),
+            max_scale=int(max_scale),
+            container_concurrency=cc,
+        )
+
+    def resources(self) -> dict[str, dict[str, str]]:
+        """spec.resources with the original's defaults (0.1 CPU, 128Mi) filled in."""
+        req = dict(DEFAULT_RESOURCES)
+        req.update(self.spec.resources.requests or {})
+        lim = dict(DEFAULT_RESOURCES)
+        lim.update(self.spec.resources.limits or {})
+        return {"requests": req, "limits": lim}
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The resource as a plain dict (apiVersion, kind, metadata, spec), without status."""
+        return self.model_dump(mode="json", exclude_none=True, exclude={"status"})
+
+
+def load_paddleservices(text: str, defaults: dict[str, Any] | None = None) -> list[PaddleService]:
+    """Parse a (multi-document) YAML text; non-PaddleService documents (e.g. a Namespace) are skipped."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError("", f"invalid YAML: {exc}") from None
+    out = []
+    for i, doc in enumerate(docs):
+        if isinstance(doc, dict) and doc.get("kind") not in (None, KIND):
+            continue
+        try:
+            out.append(PaddleService.from_dict(doc, defaults))
+        except SpecError as exc:
+            prefix = f"document {i + 1}: " if len(docs) > 1 else ""
+            raise SpecError(exc.field, prefix + exc.message) from None
+    if not out:
+        raise SpecError("kind", f"no {KIND} found")
+    return out

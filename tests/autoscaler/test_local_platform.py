@@ -1,0 +1,118 @@
+"""The local platform with real processes: replicas start from `arg`, turn ready, restart after a
+crash, report a failing command's reason, scale down and stop without leaving processes behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from autoscaler.platforms.local import LocalPlatform
+from autoscaler.spec import PaddleService
+from tests.helpers import ROOT, replica_ids, replica_pids
+
+ECHO = f"{sys.executable} {ROOT}/tests/fixtures/echo_replica.py"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def svc(name: str, arg: str) -> PaddleService:
+    return PaddleService.from_dict({
+        "apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
+        "metadata": {"name": name, "namespace": "lp"},
+        "spec": {"default": {"containerImage": "i", "tag": "t", "port": 1, "arg": arg}}})
+
+
+async def until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def platform(tmp_path):
+    p = LocalPlatform(log_dir=tmp_path, ready_timeout=5.0, drain_timeout=3.0, max_backoff=1.0)
+    changes: list[str] = []
+    p.on_change = changes.append
+    await p.start()
+    p.changes = changes  # type: ignore[attr-defined]
+    yield p
+    await p.close()
+
+
+async def test_scale_up_ready_and_down(platform):
+    s = svc("echo", ECHO)
+    await platform.apply(s)
+    assert platform.state(s.key, "default").actual == 0
+    await platform.scale(s.key, "default", 2)
+    await until(lambda: len(platform.state(s.key, "default").ready) == 2, 30, "2 ready")
+    eps = platform.state(s.key, "default").ready
+    assert len({e.http_port for e in eps}) == 2 and all(e.grpc_port for e in eps)
+    assert s.key in platform.changes
+    assert len(replica_ids(s.key)) == 2
+    await platform.scale(s.key, "default", 0)
+    await until(lambda: platform.state(s.key, "default").actual == 0, 10, "scale to 0")
+    await until(lambda: replica_pids(s.key) == [], 10, "processes gone")
+
+
+async def test_crashed_replica_is_restarted(platform):
+    s = svc("crashy", ECHO)
+    await platform.apply(s)
+    await platform.scale(s.key, "default", 1)
+    await until(lambda: platform.state(s.key, "default").ready, 30, "ready")
+    pids = replica_pids(s.key)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    await until(lambda: not platform.state(s.key, "default").ready, 10, "crash noticed")
+    assert "crashed" in (platform.state(s.key, "default").error or "")
+    await until(lambda: platform.state(s.key, "default").ready, 30, "restarted")
+    assert set(replica_pids(s.key)).isdisjoint(pids)
+    assert platform.state(s.key, "default").error is None
+
+
+async def test_failing_command_reports_reason(platform):
+    s = svc("fails", "echo 'cannot load model' >&2; exit 7")
+    await platform.apply(s)
+    await platform.scale(s.key, "default", 1)
+    err = await until(lambda: platform.state(s.key, "default").error, 10, "error")
+    assert "exit code 7" in err and "cannot load model" in err
+
+
+async def test_never_ready_times_out(platform):
+    s = svc("slow", f"{ECHO} --ready-after 1000")
+    await platform.apply(s)
+    await platform.scale(s.key, "default", 1)
+    err = await until(lambda: platform.state(s.key, "default").error, 15, "error")
+    assert "not ready after 5s" in err
+    await until(lambda: not replica_pids(s.key) or platform.state(s.key, "default").starting, 10, "killed")
+
+
+async def test_spec_change_rolls_replicas(platform):
+    s = svc("roll", ECHO)
+    await platform.apply(s)
+    await platform.scale(s.key, "default", 1)
+    await until(lambda: platform.state(s.key, "default").ready, 30, "ready")
+    first = platform.state(s.key, "default").ready[0].id
+    await platform.apply(svc("roll", ECHO + " --delay 0"))
+    await until(lambda: [e.id for e in platform.state(s.key, "default").ready] not in ([], [first]), 30,
+                "new replica ready")
+    await until(lambda: len(replica_ids(s.key)) == 1, 15, "old replica stopped")
+
+
+async def test_close_leaves_no_process(tmp_path):
+    p = LocalPlatform(log_dir=tmp_path)
+    await p.start()
+    s = svc("closing", ECHO)
+    await p.apply(s)
+    await p.scale(s.key, "default", 2)
+    await until(lambda: len(p.state(s.key, "default").ready) == 2, 30, "2 ready")
+    await p.close()
+    assert replica_pids(s.key) == []

@@ -1,0 +1,169 @@
+"""Shared test helpers: free ports, polling with a deadline, finding replica processes, and running
+`elasticserving up` as a real process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def replica_pids(service_key: str | None = None) -> list[int]:
+    """Processes started by a local platform (they carry ELASTICSERVING_SERVICE in their environment)."""
+    return sorted(_replica_procs(service_key))
+
+
+def replica_ids(service_key: str | None = None) -> set[str]:
+    """Distinct live replicas (a replica may be a shell and its child, both carrying the same id)."""
+    return set(_replica_procs(service_key).values())
+
+
+def _replica_procs(service_key: str | None) -> dict[int, str]:
+    pids: dict[int, str] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        values = dict(kv.split(b"=", 1) for kv in env if b"=" in kv)
+        svc = values.get(b"ELASTICSERVING_SERVICE")
+        if svc is not None and (service_key is None or svc.decode() == service_key):
+            pids[int(d)] = values.get(b"ELASTICSERVING_REPLICA", b"").decode()
+    return pids
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 60.0, raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None and "Content-Type" not in (headers or {}):
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@dataclass
+class Stack:
+    """A running `elasticserving up` process."""
+
+    proc: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    control_port: int
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def control(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def request(self, host: str, path: str, body: Any = None, raw: bytes | None = None,
+                timeout: float = 60.0, headers: dict[str, str] | None = None):
+        h = {"Host": host, **(headers or {})}
+        return http("POST" if (body is not None or raw is not None) else "GET", self.base + path, body,
+                    h, timeout, raw)
+
+    def service(self, key: str) -> dict[str, Any]:
+        status, _, data = http("GET", f"{self.control}/v1/paddleservices/{key}")
+        assert status == 200, data
+        return json.loads(data)
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "autoscaler.cli", *args, "--server", self.control],
+                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def write_yaml(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(list(docs), allow_unicode=True))
+    return path
+
+
+def paddleservice(name: str, namespace: str, arg: str, **service: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"default": {"arg": arg, "containerImage": "elasticserving/runtime-lac", "tag": "latest",
+                             "port": 9292}, "runtimeVersion": "paddleserving", "service": service},
+    }
+
+
+def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | None = None,
+                extra: list[str] | None = None, timeout: float = 60.0) -> Stack:
+    hp, gp, cp = free_port(), free_port(), free_port()
+    cfg = tmp / "autoscaler-config.yaml"
+    cfg.write_text(yaml.safe_dump(config or {}))
+    cmd = [sys.executable, "-m", "autoscaler.cli", "up", "--http-port", str(hp), "--grpc-port", str(gp),
+           "--control-port", str(cp), "--config", str(cfg), "--log-dir", str(tmp / "logs"), *(extra or [])]
+    for f in files:
+        cmd += ["-f", str(f)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+    stack = Stack(proc, hp, gp, cp)
+    up = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            stack.output.append(line.rstrip())
+            if "ElasticServing is up" in line:
+                up.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not up.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stack.stop(signal.SIGKILL)
+            raise AssertionError("stack did not come up:\n" + "\n".join(stack.output[-40:]))
+    return stack
