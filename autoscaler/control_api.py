@@ -49,6 +49,17 @@ def build_app(controller: Controller, read_only: bool = False) -> web.Applicatio
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @routes.get("/v1/prometheus/targets")
+    async def prometheus_targets(_: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery: every ready replica's metrics endpoint."""
+        groups = []
+        for key, entry in list(controller.services.items()):
+            for side in entry.sides:
+                for ep in controller.platform.state(key, side).ready:
+                    groups.append({"targets": [f"{ep.host}:{ep.http_port}"],
+                                   "labels": {"service": key, "side": side, "replica": ep.id}})
+        return web.json_response(groups)
+
     @routes.get("/v1/routes")
     async def get_routes(request: web.Request) -> web.Response:
         try:

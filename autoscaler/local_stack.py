@@ -43,6 +43,7 @@ class StackOptions:
     ready_timeout: float = 120.0
     activator_args: list[str] = field(default_factory=list)
     prewarm: bool = False
+    prometheus_port: int | None = None  # run a local Prometheus scraping the stack on this port
 
 
 def load_defaults(path: str | None) -> dict[str, Any]:
@@ -152,6 +153,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     runner = web.AppRunner(build_app(controller), access_log=None)
     await runner.setup()
     activator = ActivatorProcess(opts)
+    prometheus = None
     try:
         await web.TCPSite(runner, "127.0.0.1", opts.control_port).start()
         for svc in services:
@@ -164,6 +166,14 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
               f"control API http://127.0.0.1:{opts.control_port}", flush=True)
         for svc in services:
             print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
+        if opts.prometheus_port:
+            from autoscaler.prometheus_local import LocalPrometheus
+
+            prometheus = LocalPrometheus(f"127.0.0.1:{opts.http_port}", f"127.0.0.1:{opts.control_port}",
+                                         port=opts.prometheus_port)
+            await prometheus.start()
+            print(f"  Prometheus: {prometheus.url} (dashboards: deploy/monitoring/grafana-dashboard.json)",
+                  flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -174,6 +184,8 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         print("Stopping ElasticServing...", flush=True)
         return 0
     finally:
+        if prometheus is not None:
+            await prometheus.close()
         await activator.stop()
         await controller.close()
         await runner.cleanup()

@@ -1,0 +1,86 @@
+"""Runs the benchmark suites one after another and writes benchmarks/results/report.{json,md}.
+
+Each suite is a module with `run(quick: bool) -> dict` of flat numbers (and optional `goals`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+SUITES = [
+    ("autoscaler", "benchmarks.autoscaler_sim", "KPA decider vs naive policy on load traces (simulation)"),
+    ("runtime", "benchmarks.runtime_bench", "runtime overhead vs direct paddle.inference; dynamic batching"),
+    ("activator", "benchmarks.activator_bench", "activator in path vs direct; cold start added latency"),
+    ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
+    ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
+]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [f"# ElasticServing benchmarks ({report['started']})", "",
+             f"Machine: {report['machine']}", ""]
+    for name, res in report["suites"].items():
+        lines += [f"## {name}", "", res.get("description", ""), ""]
+        if "error" in res:
+            lines += ["```", res["error"].strip(), "```", ""]
+            continue
+        lines += ["| metric | value |", "| --- | --- |"]
+        for k, v in _flatten(res.get("results", {})):
+            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+        lines += ["", f"took {res['seconds']:.1f}s", ""]
+    return "\n".join(lines)
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(d, dict):
+        out = []
+        for k, v in d.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(d, list):
+        return [(prefix, json.dumps(d)[:200])]
+    return [(prefix, d)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer trials and shorter loads")
+    p.add_argument("--only", nargs="*", choices=[s[0] for s in SUITES], help="run only these suites")
+    p.add_argument("--out", default=str(RESULTS), help="directory for report.json and report.md")
+    args = p.parse_args(argv)
+    selected = [s for s in SUITES if not args.only or s[0] in args.only]
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}",
+        "quick": args.quick,
+        "suites": {},
+    }
+    failed = 0
+    for i, (name, module, desc) in enumerate(selected, 1):
+        print(f"[{i}/{len(selected)}] {name}: {desc} ...", flush=True)
+        t0 = time.monotonic()
+        entry: dict[str, Any] = {"description": desc}
+        try:
+            mod = importlib.import_module(module)
+            entry["results"] = mod.run(quick=args.quick)
+        except Exception:
+            failed += 1
+            entry["error"] = traceback.format_exc()
+            print(entry["error"], file=sys.stderr)
+        entry["seconds"] = time.monotonic() - t0
+        report["suites"][name] = entry
+        print(f"[{i}/{len(selected)}] {name}: done in {entry['seconds']:.1f}s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(_markdown(report))
+    print(f"report: {out / 'report.md'}")
+    return 1 if failed else 0
