@@ -101,7 +101,9 @@ async def test_tick_scales_to_load_and_back_to_zero(env):
     for _ in range(30):
         clock.t += 1
         await c.tick()
+        p.set_ready("ns/s", "default", p.scales[-1][2])  # the platform follows the decision
     assert p.scales[-1] == ("ns/s", "default", 0)
+    assert [n for _, _, n in p.scales][-3:] == [3, 1, 0]  # halving rate limit, then zero after grace
 
 
 async def test_ha_reports_are_summed(env):

@@ -1,0 +1,38 @@
+"""Prometheus metrics of one replica: requests, latency, in-flight, batch sizes, model load time.
+
+The server records into a per-server registry; `GET /metrics` renders it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+P = "elasticserving_runtime_"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RuntimeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(P + "requests", "Inference requests by model, protocol and status code.",
+                                ["model", "protocol", "code"], registry=r)
+        self.latency = Histogram(P + "request_duration_seconds", "Inference request latency.",
+                                 ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge(P + "inflight_requests", "Requests being served.", ["model", "protocol"], registry=r)
+        self.batch_size = Histogram(P + "batch_size", "Items per executed batch (dynamic batching).", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.load_seconds = Gauge(P + "model_load_seconds", "Time taken to load the model.", ["model"], registry=r)
+
+    def observe(self, model: str, protocol: str, code: int, seconds: float) -> None:
+        self.requests.labels(model, protocol, str(code)).inc()
+        self.latency.labels(model, protocol).observe(seconds)
+
+    def batch(self, model: str, n: int) -> None:
+        self.batch_size.labels(model).observe(n)
+
+    def model_load(self, model: str, seconds: float) -> None:
+        self.load_seconds.labels(model).set(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

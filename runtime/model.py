@@ -1,0 +1,169 @@
+"""The loaded model of a replica: a Paddle predictor plus its handler, with dynamic batching.
+
+Protocol handlers call `LacModel.segment(sentences)`; batches run in a worker thread so the event
+loop (health checks, other requests) never waits on inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.lac import LacSegmenter, lac_dir
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def resolve_model(model: str) -> Path:
+    """`lac` names the LAC segmentation model shipped by the lac package; anything else is a path."""
+    if model == "lac":
+        return lac_dir() / "seg_model" / "model"
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model path {model} does not exist")
+    return path
+
+
+def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
+    import paddle.inference as pi  # imported lazily: `import runtime` stays light
+
+    files = {p.name for p in model_dir.iterdir()} if model_dir.is_dir() else set()
+    if "__model__" in files or not files:
+        cfg = pi.Config(str(model_dir))
+    else:
+        prog = next((model_dir / n for n in ("inference.json", "inference.pdmodel", "model.pdmodel",
+                                              "model.json") if n in files), None)
+        params = next((model_dir / n for n in ("inference.pdiparams", "model.pdiparams") if n in files), None)
+        if prog is None or params is None:
+            raise ModelLoadError(f"no Paddle model found in {model_dir} (expected __model__ or "
+                                 "*.pdmodel/*.json with *.pdiparams)")
+        cfg = pi.Config(str(prog), str(params))
+    if gpu_ids:
+        cfg.enable_use_gpu(256, gpu_ids[0])
+    else:
+        cfg.disable_gpu()
+        cfg.set_cpu_math_library_num_threads(max(1, threads))
+    cfg.disable_glog_info()
+    try:
+        return pi.create_predictor(cfg)
+    except Exception as exc:  # paddle raises its own error types for corrupt programs
+        raise ModelLoadError(f"cannot load Paddle model from {model_dir}: {str(exc).strip()[:500]}") from None
+
+
+@dataclass
+class _Pending:
+    sentences: list[str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class LacModel:
+    """LAC segmentation with dynamic batching of concurrent requests."""
+
+    name_inputs = ("words",)
+    name_outputs = ("word_seg",)
+
+    def __init__(self, model: str = "lac", separator: str = "|", threads: int = 1,
+                 gpu_ids: list[int] | None = None, max_batch_size: int = 32, batch_timeout_ms: float = 2.0,
+                 on_batch=None) -> None:
+        self.model = model
+        self.separator = separator
+        self.threads = threads
+        self.gpu_ids = gpu_ids
+        self.max_batch_size = max(1, max_batch_size)
+        self.batch_timeout = max(0.0, batch_timeout_ms) / 1000.0
+        self.on_batch = on_batch or (lambda n: None)
+        self.ready = False
+        self._predictor = None
+        self._seg: LacSegmenter | None = None
+        self._lock = threading.Lock()
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task | None = None
+
+    def load(self) -> float:
+        """Blocking: create the predictor (run in an executor). Returns seconds taken."""
+        t0 = time.monotonic()
+        os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
+        model_dir = resolve_model(self.model)
+        if not (model_dir.parent / "conf" / "word.dic").exists():
+            raise ModelLoadError(f"{model_dir}: the lac handler needs ../conf/word.dic, tag.dic and q2b.dic")
+        self._seg = LacSegmenter(model_dir, self.separator)
+        self._predictor = create_predictor(model_dir, self.threads, self.gpu_ids)
+        self._run_batch(["预热"])  # warm-up: the first run allocates
+        self.ready = True
+        return time.monotonic() - t0
+
+    def _run_batch(self, sentences: list[str]) -> list[str]:
+        assert self._seg is not None and self._predictor is not None
+        nonempty = [s for s in sentences if s]
+        out_by_sentence: dict[int, str] = {}
+        if nonempty:
+            ids, lod = self._seg.encode(nonempty)
+            with self._lock:
+                p = self._predictor
+                h = p.get_input_handle(p.get_input_names()[0])
+                h.reshape(list(ids.shape))
+                h.copy_from_cpu(ids)
+                h.set_lod([lod])
+                p.run()
+                tags = p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
+            k = 0
+            for i, s in enumerate(sentences):
+                if s:
+                    out_by_sentence[i] = self._seg.join(self._seg.decode(s, tags[lod[k]:lod[k + 1]]))
+                    k += 1
+        return [out_by_sentence.get(i, "") for i in range(len(sentences))]
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._batch_loop(), name="lac-batcher")
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+
+    async def segment(self, sentences: list[str]) -> list[str]:
+        """Segment sentences; concurrent calls are merged up to max_batch_size sentences."""
+        assert self._queue is not None
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(sentences, fut))
+        return await fut
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            size = len(first.sentences)
+            deadline = loop.time() + self.batch_timeout
+            while size < self.max_batch_size:
+                timeout = deadline - loop.time()
+                try:
+                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
+                        self._queue.get(), timeout)
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                batch.append(item)
+                size += len(item.sentences)
+            sentences = [s for item in batch for s in item.sentences]
+            self.on_batch(len(sentences))
+            try:
+                results = await loop.run_in_executor(None, self._run_batch, sentences)
+            except Exception as exc:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            k = 0
+            for item in batch:
+                n = len(item.sentences)
+                if not item.future.done():
+                    item.future.set_result(results[k:k + n])
+                k += n
