@@ -1,0 +1,312 @@
+"""The activator's HTTP front door: resolve the service by Host, pick default or canary, take a
+replica slot (waiting while the side scales from zero), forward the request and stream the answer.
+
+Wires together routing, traffic split, throttlers, the autoscaler link and Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from activator.control import ControlClient
+from activator.routing import HostIndex, normalize_host
+from activator.throttler import Backend, SideThrottler, Unavailable
+from activator.traffic import CanarySplitter
+
+log = logging.getLogger("elasticserving.activator")
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+              "transfer-encoding", "upgrade", "host", "content-length"}
+CANARY_HEADER = "x-paddleservice-canary"
+SIDE_HEADER = "x-paddleservice-side"
+P = "elasticserving_activator_"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m activator", description="ElasticServing activator")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--grpc-port", type=int, default=8081)
+    p.add_argument("--domain", default="example.com")
+    p.add_argument("--autoscaler", default="http://127.0.0.1:8090", help="the autoscaler's control API")
+    p.add_argument("--queue-depth", type=int, default=1000, help="requests held per service side")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds to wait for a replica and answer")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--id", default=f"{socket.gethostname()}-{os.getpid()}")
+    return p.parse_args(argv)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(P + "requests", "Requests by service, side and status code.",
+                                ["service", "side", "code"], registry=r)
+        self.latency = Histogram(P + "request_duration_seconds", "Request latency through the activator "
+                                 "(waiting included).", ["service", "side"], buckets=BUCKETS, registry=r)
+        self.proxy_latency = Histogram(P + "proxy_duration_seconds", "Time from forwarding to a replica to "
+                                       "its answer.", ["service", "side"], buckets=BUCKETS, registry=r)
+        self.cold_start = Histogram(P + "cold_start_wait_seconds", "Time requests waited for a replica.",
+                                    ["service", "side"], buckets=BUCKETS, registry=r)
+        self.queue_depth = Gauge(P + "queue_depth", "Requests held waiting for a replica slot.",
+                                 ["service", "side"], registry=r)
+        self.concurrency = Gauge(P + "concurrency", "Requests in flight or held.", ["service", "side"],
+                                 registry=r)
+        self.rejections = Counter(P + "breaker_rejections", "Requests refused: queue full or no replica in time.",
+                                  ["service", "side", "reason"], registry=r)
+        self.retries = Counter(P + "retries", "Requests retried on another replica after a connection failure.",
+                               ["service", "side"], registry=r)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers,
+                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+class Activator:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.hosts = HostIndex()
+        self.routes: dict[str, dict[str, Any]] = {}
+        self.throttlers: dict[tuple[str, str], SideThrottler] = {}
+        self.splitters: dict[str, CanarySplitter] = {}
+        self.metrics = Metrics()
+        self.control = ControlClient(args.autoscaler, args.id, self.apply_routes, self.collect_stats)
+        self.session: aiohttp.ClientSession | None = None
+        self._pokers: dict[tuple[str, str], asyncio.Task] = {}
+        self._probe_task: asyncio.Task | None = None
+
+    # ---- routes and stats ------------------------------------------------------------------
+    def throttler(self, key: str, side: str) -> SideThrottler:
+        t = self.throttlers.get((key, side))
+        if t is None:
+            t = self.throttlers[(key, side)] = SideThrottler(key, side, self.args.queue_depth)
+        return t
+
+    def apply_routes(self, services: list[dict[str, Any]]) -> None:
+        self.hosts.update(services)
+        self.routes = {r["service"]: r for r in services}
+        live = set()
+        for r in services:
+            for side, sr in r["sides"].items():
+                live.add((r["service"], side))
+                self.throttler(r["service"], side).update(sr, r.get("container_concurrency", 0))
+        for key in [k for k in self.throttlers if k not in live]:
+            t = self.throttlers.pop(key)
+            t.fail_waiters(f"service {key[0]} ({key[1]}) was removed")
+
+    def collect_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for (key, side), t in self.throttlers.items():
+            out.append(t.take_stats())
+            self.metrics.queue_depth.labels(key, side).set(len(t.waiters))
+            self.metrics.concurrency.labels(key, side).set(t.concurrency)
+        return out
+
+    # ---- waking the autoscaler -------------------------------------------------------------
+    def _ensure_poking(self, t: SideThrottler) -> None:
+        key = (t.key, t.side)
+        if key in self._pokers and not self._pokers[key].done():
+            return
+        self._pokers[key] = asyncio.create_task(self._poke_while_waiting(t))
+
+    async def _poke_while_waiting(self, t: SideThrottler) -> None:
+        """Poke at once, then every second while requests are held, with fresh stats each time."""
+        while True:
+            await self.control.poke(t.key, t.side)
+            await self.control.send_stats()
+            await asyncio.sleep(1.0)
+            if not t.waiters:
+                return
+
+    # ---- replica health --------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        assert self.session is not None
+        while True:
+            await asyncio.sleep(0.25)
+            for t in list(self.throttlers.values()):
+                for b in [b for b in t.backends.values() if not b.healthy]:
+                    ok = await self._probe(b)
+                    if ok:
+                        t.mark(b, True)
+
+    async def _probe(self, b: Backend) -> bool:
+        assert self.session is not None
+        try:
+            async with self.session.get(f"{b.base_url}/ready", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    # ---- the proxy -------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = self.hosts.resolve(request.host)
+        if route is None:
+            if request.path == "/metrics":
+                return await self.metrics_handler(request)
+            if request.path == "/healthz":
+                return await self.healthz(request)
+            return _error(404, f"no PaddleService serves host {normalize_host(request.host)!r}")
+        key = route["service"]
+        side = self._pick_side(route, request)
+        if side is None:
+            return _error(400, f"{CANARY_HEADER}: true needs a canary, and {key} has none")
+        t0 = time.monotonic()
+        code = 500
+        try:
+            resp = await self._forward(request, route, side, t0)
+            code = resp.status
+            return resp
+        except Unavailable as exc:
+            code = 503
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            self.metrics.rejections.labels(key, side, "queue_full" if exc.retry_after else "unavailable").inc()
+            return _error(503, exc.reason, headers)
+        except web.HTTPRequestEntityTooLarge:
+            code = 413
+            return _error(413, f"request body larger than {self.args.max_body_bytes} bytes")
+        except asyncio.CancelledError:
+            code = 499  # client went away
+            raise
+        finally:
+            self.metrics.requests.labels(key, side, str(code)).inc()
+            self.metrics.latency.labels(key, side).observe(time.monotonic() - t0)
+
+    def _pick_side(self, route: dict[str, Any], request: web.Request) -> str | None:
+        pin = request.headers.get(CANARY_HEADER, "").strip().lower()
+        has_canary = "canary" in route["sides"]
+        if pin in ("true", "1", "yes"):
+            return "canary" if has_canary else None
+        if pin in ("false", "0", "no") or not has_canary:
+            return "default"
+        return self.splitters.setdefault(route["service"], CanarySplitter()).pick(route.get("canary_percent", 0))
+
+    async def _forward(self, request: web.Request, route: dict[str, Any], side: str, t0: float) -> web.StreamResponse:
+        assert self.session is not None
+        key = route["service"]
+        body = await request.read()  # bounded by client_max_size; buffered so a retry is safe
+        t = self.throttler(key, side)
+        t.requests += 1
+        deadline = t0 + self.args.request_timeout
+        tried: set[str] = set()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["X-Forwarded-Host"] = request.host or ""
+        headers["X-Forwarded-For"] = request.remote or ""
+        for attempt in (1, 2):
+            waited_from = time.monotonic()
+            if not t.backends or not any(b.healthy for b in t.backends.values()):
+                self._ensure_poking(t)
+            backend = await t.acquire(max(0.0, deadline - time.monotonic()), frozenset(tried))
+            waited = time.monotonic() - waited_from
+            if waited > 0.005:
+                self.metrics.cold_start.labels(key, side).observe(waited)
+            started = False
+            try:
+                sent = time.monotonic()
+                async with self.session.request(
+                        request.method, backend.base_url + request.rel_url.path_qs, data=body, headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic())),
+                        allow_redirects=False, auto_decompress=False) as upstream:
+                    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                    for k, v in upstream.headers.items():
+                        if k.lower() not in HOP_BY_HOP:
+                            resp.headers.add(k, v)
+                    resp.headers[SIDE_HEADER] = side
+                    if upstream.content_length is not None:
+                        resp.content_length = upstream.content_length
+                    started = True
+                    await resp.prepare(request)
+                    async for chunk in upstream.content.iter_any():
+                        await resp.write(chunk)
+                    await resp.write_eof()
+                    self.metrics.proxy_latency.labels(key, side).observe(time.monotonic() - sent)
+                    return resp
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError) as exc:
+                if started:
+                    raise  # the answer had begun: nothing sensible to send any more
+                t.mark(backend, False)
+                tried.add(backend.id)
+                if attempt == 2 or time.monotonic() >= deadline:
+                    return _error(502, f"replica {backend.id} of {key} ({side}) failed before answering: {exc}")
+                self.metrics.retries.labels(key, side).inc()
+            except TimeoutError:
+                if started:
+                    raise
+                return _error(504, f"replica {backend.id} of {key} ({side}) did not answer within "
+                                   f"{self.args.request_timeout:g}s")
+            finally:
+                t.release(backend)
+        return _error(502, f"no replica of {key} ({side}) could answer")
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "routes_synced": self.control.synced.is_set()})
+
+    async def metrics_handler(self, _: web.Request) -> web.Response:
+        self.collect_gauges()
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def collect_gauges(self) -> None:
+        for (key, side), t in self.throttlers.items():
+            self.metrics.queue_depth.labels(key, side).set(len(t.waiters))
+            self.metrics.concurrency.labels(key, side).set(t.concurrency)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> int:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        await self.control.start()
+        app = web.Application(client_max_size=self.args.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, self.args.host, self.args.http_port).start()
+        self._probe_task = asyncio.create_task(self._probe_loop())
+        grpc_server = None
+        if self.args.grpc_port:
+            with contextlib.suppress(ImportError):
+                from activator.grpc_proxy import start_grpc_proxy
+
+                grpc_server = await start_grpc_proxy(self, self.args.host, self.args.grpc_port)
+        log.info("activator %s listening on %s:%d (HTTP)%s, autoscaler %s", self.args.id, self.args.host,
+                 self.args.http_port, f" and :{self.args.grpc_port} (gRPC)" if grpc_server else "",
+                 self.args.autoscaler)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        if grpc_server is not None:
+            await grpc_server.stop(5)
+        self._probe_task.cancel()
+        await runner.shutdown()
+        await runner.cleanup()
+        await self.control.close()
+        await self.session.close()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(Activator(parse_args(argv)).run())
