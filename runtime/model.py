@@ -7,6 +7,7 @@ loop (health checks, other requests) never waits on inference.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 import time
@@ -49,6 +50,8 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
     else:
         cfg.disable_gpu()
         cfg.set_cpu_math_library_num_threads(max(1, threads))
+        # oneDNN's fused GRU caches blobs per input shape and crashes once LAC batches vary in size.
+        cfg.disable_mkldnn()
     cfg.disable_glog_info()
     try:
         return pi.create_predictor(cfg)
@@ -83,6 +86,8 @@ class LacModel:
         self._predictor = None
         self._seg: LacSegmenter | None = None
         self._lock = threading.Lock()
+        # One thread owns the predictor: Paddle predictors must not hop between threads.
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
 
@@ -127,6 +132,7 @@ class LacModel:
     async def close(self) -> None:
         if self._worker:
             self._worker.cancel()
+        self.executor.shutdown(wait=False)
 
     async def segment(self, sentences: list[str]) -> list[str]:
         """Segment sentences; concurrent calls are merged up to max_batch_size sentences."""
@@ -155,7 +161,7 @@ class LacModel:
             sentences = [s for item in batch for s in item.sentences]
             self.on_batch(len(sentences))
             try:
-                results = await loop.run_in_executor(None, self._run_batch, sentences)
+                results = await loop.run_in_executor(self.executor, self._run_batch, sentences)
             except Exception as exc:
                 for item in batch:
                     if not item.future.done():

@@ -235,7 +235,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            seconds = await loop.run_in_executor(None, self.model.load)
+            seconds = await loop.run_in_executor(self.model.executor, self.model.load)
         except (ModelLoadError, FileNotFoundError, OSError) as exc:
             self.load_error = str(exc)
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ SOAK_SECONDS = float(os.environ.get("ELASTICSERVING_SOAK_SECONDS", "40"))
 RUNTIME = "python3 -m runtime --model lac --name lac --port $PORT"
 HOST = "soak.reliability.example.com"
 KEY = "reliability/soak"
+REASONS: dict[str, str] = {}
 SENTENCES = ["我爱北京天安门", "百度是一家高科技公司", "今天天气很好", "春天来了"]
 
 
@@ -73,6 +74,8 @@ def one_request(stack, i: int, counts: collections.Counter, lock: threading.Lock
             except ValueError:
                 reason = None
             counts[f"http_{status}" + ("" if reason else "_without_reason")] += 1
+            if reason:
+                REASONS[f"http_{status}"] = reason[:200]
 
 
 @pytest.mark.timeout(SOAK_SECONDS * 3 + 240)
@@ -128,7 +131,7 @@ def test_soak_with_scale_cycles(tmp_path):
     figures = {
         "seconds": SOAK_SECONDS, "cycles": cycles, "scaled_to_zero": scaled_to_zero, "max_replicas": max_replicas,
         "requests_sent": sum(v for k, v in counts.items() if k == "answered" or k.startswith("lost")),
-        "counts": dict(counts), "fds_before": fd0, "fds_after": fd1,
+        "counts": dict(counts), "error_reasons": REASONS, "fds_before": fd0, "fds_after": fd1,
         "rss_mib_before": mem0, "rss_mib_after": mem1,
         "rss_growth_mib": {k: round(mem1[k] - mem0[k], 1) for k in mem0},
     }
