@@ -52,6 +52,7 @@ class RouteTable:
     def __init__(self) -> None:
         self.version = 0
         self.routes: list[dict[str, Any]] = []
+        self.closed = False
         self._changed = asyncio.Event()
 
     def publish(self, routes: list[dict[str, Any]]) -> None:
@@ -62,8 +63,13 @@ class RouteTable:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def close(self) -> None:
+        """Answer every long-poll now (shutdown)."""
+        self.closed = True
+        self._changed.set()
+
     async def wait_newer(self, since: int, timeout: float) -> None:
-        if self.version > since:
+        if self.version > since or self.closed:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
@@ -98,6 +104,7 @@ class Controller:
         self._tick_task = asyncio.create_task(self._tick_loop(), name="autoscaler-tick")
 
     async def close(self) -> None:
+        self.routes.close()
         if self._tick_task:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

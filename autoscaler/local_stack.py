@@ -150,7 +150,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
                              spawner=spawner)
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
     await controller.start()
-    runner = web.AppRunner(build_app(controller), access_log=None)
+    runner = web.AppRunner(build_app(controller), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     activator = ActivatorProcess(opts)
     prometheus = None
@@ -184,6 +184,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         print("Stopping ElasticServing...", flush=True)
         return 0
     finally:
+        controller.routes.close()
         if prometheus is not None:
             await prometheus.close()
         await activator.stop()
