@@ -324,6 +324,7 @@ class Controller:
                 "in_panic": sc.in_panic,
                 "excess_burst_capacity": sc.excess_burst_capacity,
                 "error": self.platform.state(key, side).error,
+                "last_start_seconds": self.platform.state(key, side).last_start_seconds,
             }
             for side, sc in entry.sides.items()
         }

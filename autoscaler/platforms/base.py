@@ -34,6 +34,7 @@ class SideState:
     ready: list[Endpoint] = field(default_factory=list)
     starting: int = 0
     error: str | None = None  # the last reason replicas failed (exited, never ready, ...)
+    last_start_seconds: float | None = None  # spawn-to-ready time of the newest ready replica
 
     @property
     def actual(self) -> int:

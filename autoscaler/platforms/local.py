@@ -75,6 +75,7 @@ class SideRuntime:
     replicas: dict[str, Replica] = field(default_factory=dict)
     error: str | None = None
     failures: int = 0  # consecutive failed starts, for back-off
+    last_start_seconds: float | None = None
     backoff_until: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
@@ -172,7 +173,8 @@ class LocalPlatform(Platform):
             return SideState()
         ready = [r.endpoint(self.host) for r in sr.replicas.values() if r.state == READY]
         starting = sum(1 for r in sr.replicas.values() if r.state == STARTING)
-        return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error)
+        return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error,
+                         last_start_seconds=sr.last_start_seconds)
 
     def pids(self) -> list[int]:
         """Process ids of every replica (for tests and `get`)."""
@@ -285,6 +287,7 @@ class LocalPlatform(Platform):
             if became_ready:
                 r.state = READY
                 sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
+                sr.last_start_seconds = time.monotonic() - r.started
                 log.info("%s/%s: replica %s ready after %.2fs", sr.key, sr.side, r.id,
                          time.monotonic() - r.started)
                 self.on_change(sr.key)

@@ -1,0 +1,64 @@
+"""Activator overhead: the same closed-loop load (64 connections, a tiny echo replica so the proxy
+dominates) sent directly to the replica and through the activator, in one run; plus cold start:
+first answer from zero vs the replica's own start-up time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from benchmarks.load import closed_loop
+from tests.helpers import ROOT, paddleservice, start_stack, wait_for, write_yaml
+
+ECHO = f"python3 {ROOT}/tests/fixtures/echo_replica.py"
+HOST = "echo.bench.example.com"
+
+
+def run(quick: bool = False) -> dict:
+    seconds = 3.0 if quick else 10.0
+    with tempfile.TemporaryDirectory() as tmp:
+        f = write_yaml(Path(tmp) / "b.yaml", paddleservice("echo", "bench", ECHO, minScale=1, maxScale=1),
+                       paddleservice("cold", "bench", ECHO, minScale=0))
+        s = start_stack(Path(tmp), [f])
+        try:
+            wait_for(lambda: s.service("bench/echo")["status"]["replicas"] == 1, 60, 0.1, "replica")
+            routes = json.loads(urllib.request.urlopen(f"{s.control}/v1/routes").read())
+            ep = next(r for r in routes["services"] if r["service"] == "bench/echo")["sides"]["default"]["endpoints"][0]
+            direct_url = f"http://{ep['host']}:{ep['http_port']}/echo"
+            body = b'{"x": 1}'
+            direct = asyncio.run(closed_loop(direct_url, body, 64, seconds))
+            via = asyncio.run(closed_loop(f"{s.base}/echo", body, 64, seconds, {"Host": HOST}))
+            cold = asyncio.run(_cold_start(s))
+        finally:
+            s.stop()
+    return {
+        "direct": direct, "activator": via,
+        "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
+        "throughput_ratio": via["rps"] / direct["rps"],
+        "cold_start": cold,
+    }
+
+
+async def _cold_start(s) -> dict:
+    """Time to first answer from zero vs the replica's own spawn-to-ready time (reported by the
+    platform): the difference is what the activator and autoscaler add."""
+    async with aiohttp.ClientSession() as sess:
+        t0 = time.perf_counter()
+        async with sess.post(f"{s.base}/x", data=b"{}", headers={"Host": "cold.bench.example.com"}) as r:
+            await r.read()
+            assert r.status == 200
+        first_answer = time.perf_counter() - t0
+    own = s.service("bench/cold")["autoscaler"]["default"]["last_start_seconds"]
+    return {"first_answer_from_zero_s": first_answer, "replica_startup_s": own,
+            "activator_added_s": first_answer - own}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

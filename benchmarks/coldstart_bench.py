@@ -1,0 +1,56 @@
+"""Cold start of the LAC service on the local platform: time from the first request at zero replicas
+to its answer, over repeated trials (the service is deleted and re-applied between trials).
+Pre-warmed start (`up --prewarm`) is compared here once the launcher exists."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.load import percentile
+from tests.helpers import paddleservice, start_stack, write_yaml
+
+RUNTIME = "python3 -m runtime --model lac --name lac --port $PORT"
+BODY = {"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}
+
+
+def trials(n: int, extra: list[str]) -> list[float]:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        f = write_yaml(Path(tmp) / "c.yaml", paddleservice("cold", "bench", RUNTIME, minScale=0))
+        s = start_stack(Path(tmp), [f], extra=extra)
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                status, _, data = s.request("cold.bench.example.com", "/lac/prediction", BODY, timeout=60)
+                took = time.perf_counter() - t0
+                assert status == 200, data
+                out.append(took)
+                # back to zero at once: delete and re-apply
+                assert s.cli("delete", "cold").returncode == 0
+                assert s.cli("apply", "-f", str(f)).returncode == 0
+        finally:
+            s.stop()
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    n = 3 if quick else 20
+    plain = trials(n, [])
+    res = {"plain": {"trials": n, "p50_s": percentile(plain, 50), "p95_s": percentile(plain, 95)}}
+    try:
+        import autoscaler.prewarm  # noqa: F401
+    except ImportError:
+        res["prewarm"] = "not available (autoscaler.prewarm missing)"
+        return res
+    warm = trials(n, ["--prewarm"])
+    res["prewarm"] = {"trials": n, "p50_s": percentile(warm, 50), "p95_s": percentile(warm, 95)}
+    res["speedup_p50"] = res["plain"]["p50_s"] / res["prewarm"]["p50_s"]
+    return res
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
