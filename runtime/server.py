@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--handler", default="lac", choices=["lac"], help="pre/post-processing")
     p.add_argument("--host", default=os.environ.get("ELASTICSERVING_BIND_HOST", "0.0.0.0"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9292")))
+    p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", "0") or 0),
+                   help="KServe v2 gRPC port (default: env GRPC_PORT; 0: no gRPC)")
     p.add_argument("--seg-separator", default="|", help="LAC: separator between words")
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
     p.add_argument("--gpu-ids", default="", help="comma separated GPU ids (empty: CPU)")
@@ -229,7 +231,13 @@ class Server:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, self.args.host, self.args.port).start()
-        log.info("listening on %s:%d, loading model %s", self.args.host, self.args.port, self.args.model)
+        grpc_server = None
+        if self.args.grpc_port:
+            from runtime.grpc_server import start_grpc  # grpc starts threads: only when asked for
+
+            grpc_server = await start_grpc(self, self.args.host, self.args.grpc_port)
+        log.info("listening on %s:%d%s, loading model %s", self.args.host, self.args.port,
+                 f" (gRPC :{self.args.grpc_port})" if grpc_server else "", self.args.model)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -239,6 +247,8 @@ class Server:
         except (ModelLoadError, FileNotFoundError, OSError) as exc:
             self.load_error = str(exc)
             print(f"error: {exc}", file=sys.stderr, flush=True)
+            if grpc_server is not None:
+                await grpc_server.stop(0)
             await runner.cleanup()
             return 3
         self.metrics.model_load(self.args.name, seconds)
@@ -254,6 +264,8 @@ class Server:
             await asyncio.wait_for(self._idle.wait(), self.args.drain_seconds)
         except TimeoutError:
             log.warning("%d request(s) still in flight after %.0fs", self.inflight, self.args.drain_seconds)
+        if grpc_server is not None:
+            await grpc_server.stop(self.args.drain_seconds)
         await self.model.close()
         await runner.cleanup()
         return 0
