@@ -141,14 +141,29 @@ class Activator:
 
     # ---- replica health --------------------------------------------------------------------
     async def _probe_loop(self) -> None:
+        """Readiness of replicas, probed directly: unhealthy ones every 250 ms (back in rotation as
+        soon as they answer), healthy ones every second (out of rotation at the first failure)."""
         assert self.session is not None
+        last: dict[int, float] = {}
         while True:
             await asyncio.sleep(0.25)
+            now = time.monotonic()
+            checks = []
             for t in list(self.throttlers.values()):
-                for b in [b for b in t.backends.values() if not b.healthy]:
-                    ok = await self._probe(b)
-                    if ok:
-                        t.mark(b, True)
+                for b in list(t.backends.values()):
+                    if not b.healthy or now - last.get(id(b), 0.0) >= 1.0:
+                        last[id(b)] = now
+                        checks.append((t, b))
+            if not checks:
+                continue
+            results = await asyncio.gather(*(self._probe(b) for _, b in checks))
+            for (t, b), ok in zip(checks, results, strict=True):
+                if ok != b.healthy and t.backends.get(b.id) is b:
+                    log.info("replica %s of %s (%s) is %s", b.id, t.key, t.side, "ready" if ok else "not ready")
+                    t.mark(b, ok)
+            live = {id(b) for t in self.throttlers.values() for b in t.backends.values()}
+            for k in [k for k in last if k not in live]:
+                del last[k]
 
     async def _probe(self, b: Backend) -> bool:
         assert self.session is not None
