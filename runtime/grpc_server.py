@@ -60,6 +60,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         gauge.inc()
         try:
             await self._check_model(request.model_name, context)
+            if self.server.tensor:
+                code = "UNIMPLEMENTED"
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                    f"gRPC inference serves the lac handler; use v2 REST for {self.server.args.handler}")
             if not self._ready():
                 code = "UNAVAILABLE"
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is not ready")

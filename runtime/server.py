@@ -32,7 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime", description="ElasticServing inference server")
     p.add_argument("--model", default="lac", help="`lac` (the model shipped by the lac package) or a model dir")
     p.add_argument("--name", default=None, help="model name in URLs (default: the model's name)")
-    p.add_argument("--handler", default="lac", choices=["lac"], help="pre/post-processing")
+    p.add_argument("--handler", default=None, choices=["lac", "imagenet", "raw"],
+                   help="pre/post-processing (default: lac for --model lac, else raw)")
+    p.add_argument("--backend", default="auto", choices=["auto", "paddle", "onnx", "tensorflow"],
+                   help="inference backend (auto: from the model files)")
+    p.add_argument("--labels", default=None, help="imagenet: a file with one class label per line")
+    p.add_argument("--allow-urls", action="store_true", help="imagenet: accept image URLs (needs network)")
     p.add_argument("--host", default=os.environ.get("ELASTICSERVING_BIND_HOST", "0.0.0.0"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9292")))
     p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", "0") or 0),
@@ -46,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--drain-seconds", type=float, default=30.0, help="grace for in-flight requests on SIGTERM")
     args = p.parse_args(argv)
+    if args.handler is None:
+        args.handler = "lac" if args.model == "lac" else "raw"
     if args.name is None:
         args.name = "lac" if args.model == "lac" else os.path.basename(os.path.normpath(args.model))
     return args
@@ -115,7 +122,14 @@ class Server:
         self.args = args
         self.metrics = RuntimeMetrics()
         gpu_ids = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
-        self.model = LacModel(args.model, args.seg_separator, args.threads, gpu_ids, args.max_batch_size,
+        if args.handler != "lac":
+            from runtime.tensor_handlers import TensorModel
+
+            self.model = TensorModel(args)
+            self.tensor = True
+        else:
+            self.tensor = False
+            self.model = LacModel(args.model, args.seg_separator, args.threads, gpu_ids, args.max_batch_size,
                               args.batch_timeout_ms, on_batch=lambda n: self.metrics.batch(args.name, n))
         self.draining = False
         self.load_error: str | None = None
@@ -135,7 +149,7 @@ class Server:
             resp = await handler(request)
             code = resp.status
             return resp
-        except BadRequest as exc:
+        except (BadRequest, ValueError) as exc:  # tensor handlers raise BadInput (a ValueError)
             code = 400
             return _error(400, str(exc))
         except web.HTTPRequestEntityTooLarge:
@@ -161,6 +175,8 @@ class Server:
                                f"{self.args.name!r}")
         if (r := self._not_ready()) is not None:
             return r
+        if self.tensor:
+            return web.json_response(await self.model.prediction(await _json(request)), dumps=_dumps)
         words = _words_from_feed(await _json(request))
         segs = await self.model.segment(words)
         return web.json_response({"result": [{"word_seg": s} for s in segs]}, dumps=_dumps)
@@ -170,6 +186,8 @@ class Server:
             return _error(404, f"unknown model {request.match_info['name']!r}")
         if (r := self._not_ready()) is not None:
             return r
+        if self.tensor:
+            return web.json_response(await self.model.v2_infer(await _json(request)), dumps=_dumps)
         words, req_id = _words_from_v2(await _json(request))
         segs = await self.model.segment(words)
         out: dict[str, Any] = {"model_name": self.args.name, "outputs": [
@@ -181,6 +199,10 @@ class Server:
     async def v2_metadata(self, request: web.Request) -> web.Response:
         if request.match_info["name"] != self.args.name:
             return _error(404, f"unknown model {request.match_info['name']!r}")
+        if self.tensor:
+            if (r := self._not_ready()) is not None:
+                return r
+            return web.json_response(self.model.metadata())
         return web.json_response({
             "name": self.args.name, "versions": ["1"], "platform": "paddle",
             "inputs": [{"name": "words", "datatype": "BYTES", "shape": [-1]}],

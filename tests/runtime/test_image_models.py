@@ -1,0 +1,138 @@
+"""Image classification through the runtime with a real Paddle model and its ONNX export: the two
+backends classify a real photo (scikit-image's astronaut) the same; bad images are 400s; the raw
+handler serves v2 tensors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, free_port, http, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    out = tmp_path_factory.mktemp("image-model")
+    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_image_model.py"), str(out)], check=True,
+                   capture_output=True, timeout=240)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def start_runtime(*args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "GRPC_PORT": ""})
+
+    def ready():
+        if p.poll() is not None:
+            raise AssertionError(f"runtime exited: {p.stderr.read()}")
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(ready, 90, 0.1, "runtime ready")
+    return p, port
+
+
+@pytest.fixture(scope="module")
+def servers(models):
+    procs = {}
+    for kind, path in (("paddle", models / "paddle"), ("onnx", models / "onnx" / "model.onnx")):
+        procs[kind] = start_runtime("--model", str(path), "--name", "flowers", "--handler", "imagenet",
+                                    "--labels", str(models / "labels.txt"))
+    procs["raw"] = start_runtime("--model", str(models / "onnx"), "--name", "tiny")
+    yield {k: v[1] for k, v in procs.items()}
+    for p, _ in procs.values():
+        p.terminate()
+        p.wait(30)
+
+
+def predict(port: int, body, path="/flowers/prediction"):
+    status, _, data = http("POST", f"http://127.0.0.1:{port}{path}", body)
+    return status, json.loads(data)
+
+
+def test_paddle_and_onnx_agree_on_a_real_photo(servers, photo):
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    results = {}
+    for kind in ("paddle", "onnx"):
+        status, body = predict(servers[kind], {"feed": [{"image": b64}, {"image": str(photo)}], "fetch": ["score"]})
+        assert status == 200, body
+        results[kind] = body["result"]
+        assert results[kind]["label"][0] == results[kind]["label"][1]
+        assert results[kind]["label"][0] in {"daisy", "rose", "tulip", "sunflower", "dandelion"}
+    assert results["paddle"]["label"] == results["onnx"]["label"]
+    assert np.allclose(results["paddle"]["prob"], results["onnx"]["prob"], atol=1e-4)
+
+
+def test_v2_imagenet_and_metadata(servers, photo):
+    port = servers["onnx"]
+    status, body = predict(port, {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                              "data": [str(photo)]}]}, "/v2/models/flowers/infer")
+    assert status == 200 and body["outputs"][0]["name"] == "label"
+    status, _, data = http("GET", f"http://127.0.0.1:{port}/v2/models/flowers")
+    meta = json.loads(data)
+    assert status == 200 and meta["platform"] == "onnx" and meta["inputs"][0]["name"] == "image"
+
+
+def test_bad_images_are_400(servers):
+    port = servers["paddle"]
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buf, format="PNG")
+    cases = [
+        {"feed": [{"image": base64.b64encode(b"not an image at all").decode()}]},
+        {"feed": [{"image": "%%%not-base64%%%"}]},
+        {"feed": [{"image": "/no/such/file.png"}]},
+        {"feed": [{"image": "https://example.com/cat.jpg"}]},
+        {"feed": [{"img": "x"}]},
+        {"feed": []},
+    ]
+    for body in cases:
+        status, out = predict(port, body)
+        assert status == 400 and out["error"], (body, out)
+    status, out = predict(port, {"feed": [{"image": base64.b64encode(buf.getvalue()).decode()}]})
+    assert status == 200  # tiny images are resized, not refused
+
+
+def test_raw_handler_v2_tensors(servers):
+    port = servers["raw"]
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 224, 224], "data": x.ravel().tolist()}]}
+    status, out = predict(port, body, "/v2/models/tiny/infer")
+    assert status == 200, out
+    probs = np.asarray(out["outputs"][0]["data"])
+    assert out["outputs"][0]["shape"] == [1, 5] and abs(probs.sum() - 1) < 1e-4
+    body["inputs"][0]["datatype"] = "INT64"
+    assert predict(port, body, "/v2/models/tiny/infer")[0] == 400
+    body["inputs"][0].update(datatype="FP32", shape=[1, 3, 10, 10])
+    assert predict(port, body, "/v2/models/tiny/infer")[0] == 400
+
+
+def test_missing_model_path_exits_with_message():
+    out = subprocess.run([sys.executable, "-m", "runtime", "--model", "/no/such/model", "--port", str(free_port())],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "does not exist" in out.stderr
