@@ -48,6 +48,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):  # noqa: N802
         await self._check_model(request.name, context)
         T = pb.ModelMetadataResponse.TensorMetadata
+        if self.server.tensor:
+            if not self._ready():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is not ready")
+            m = self.server.model.metadata()
+            return pb.ModelMetadataResponse(
+                name=m["name"], versions=m["versions"], platform=m["platform"],
+                inputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["inputs"]],
+                outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["outputs"]])
         return pb.ModelMetadataResponse(name=self.name, versions=["1"], platform="paddle",
                                         inputs=[T(name="words", datatype="BYTES", shape=[-1])],
                                         outputs=[T(name="word_seg", datatype="BYTES", shape=[-1])])
@@ -60,10 +68,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         gauge.inc()
         try:
             await self._check_model(request.model_name, context)
+            if not self._ready():
+                code = "UNAVAILABLE"
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is not ready")
             if self.server.tensor:
-                code = "UNIMPLEMENTED"
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                    f"gRPC inference serves the lac handler; use v2 REST for {self.server.args.handler}")
+                try:
+                    out = await self.server.model.v2_infer(_request_to_json(request))
+                except ValueError as exc:
+                    code = "INVALID_ARGUMENT"
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                return _json_to_response(out, request.id)
             if not self._ready():
                 code = "UNAVAILABLE"
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"model {self.name} is not ready")
@@ -79,6 +93,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             gauge.dec()
             metrics.observe(self.name, "v2-grpc", code, time.perf_counter() - t0)
+
+
+_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents",
+             "INT32": "int_contents", "INT8": "int_contents", "UINT8": "uint_contents", "BOOL": "bool_contents",
+             "BYTES": "bytes_contents"}
+_RAW_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "INT8": "i1", "UINT8": "u1",
+               "BOOL": "?"}
+
+
+def _request_to_json(request: pb.ModelInferRequest) -> dict:
+    """A gRPC ModelInferRequest as the v2 REST JSON body the tensor handlers take."""
+    import numpy as np
+
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        if request.raw_input_contents:
+            if i >= len(request.raw_input_contents):
+                raise ValueError(f"raw_input_contents has no entry for input {t.name!r}")
+            raw = request.raw_input_contents[i]
+            if t.datatype == "BYTES":
+                items = _unpack_bytes(raw)
+                if items is None:
+                    raise ValueError(f"input {t.name!r}: malformed BYTES raw contents")
+                data = [b.decode("utf-8", "replace") for b in items]
+            elif t.datatype in _RAW_DTYPES:
+                data = np.frombuffer(raw, dtype=_RAW_DTYPES[t.datatype]).tolist()
+            else:
+                raise ValueError(f"input {t.name!r}: unsupported datatype {t.datatype!r}")
+        else:
+            field = _CONTENTS.get(t.datatype)
+            if field is None:
+                raise ValueError(f"input {t.name!r}: unsupported datatype {t.datatype!r}")
+            data = list(getattr(t.contents, field))
+            if t.datatype == "BYTES":
+                data = [b.decode("utf-8", "replace") for b in data]
+        inputs.append({"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": data})
+    return {"inputs": inputs, "id": request.id or None}
+
+
+def _json_to_response(out: dict, req_id: str) -> pb.ModelInferResponse:
+    import numpy as np
+
+    resp = pb.ModelInferResponse(model_name=out["model_name"], model_version="1", id=req_id)
+    for o in out["outputs"]:
+        resp.outputs.append(pb.ModelInferResponse.InferOutputTensor(
+            name=o["name"], datatype=o["datatype"], shape=o["shape"]))
+        if o["datatype"] == "BYTES":
+            resp.raw_output_contents.append(_pack_bytes([str(x).encode("utf-8") for x in o["data"]]))
+        else:
+            resp.raw_output_contents.append(np.asarray(o["data"], dtype=_RAW_DTYPES[o["datatype"]]).tobytes())
+    return resp
 
 
 def _unpack_bytes(raw: bytes) -> list[bytes] | None:

@@ -42,7 +42,7 @@ def start_runtime(*args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "GRPC_PORT": ""})
+                         env={**os.environ, "GRPC_PORT": str(port + 1) if port < 65535 else ""})
 
     def ready():
         if p.poll() is not None:
@@ -136,3 +136,35 @@ def test_missing_model_path_exits_with_message():
     out = subprocess.run([sys.executable, "-m", "runtime", "--model", "/no/such/model", "--port", str(free_port())],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "does not exist" in out.stderr
+
+
+def test_tritonclient_grpc_with_a_tensor_model(servers):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{servers['raw'] + 1}")
+    assert c.is_model_ready("tiny")
+    meta = c.get_model_metadata("tiny")
+    assert meta.platform == "onnx" and meta.inputs[0].name == "image"
+    x = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
+    inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out = c.infer("tiny", [inp]).as_numpy(meta.outputs[0].name)
+    assert out.shape == (2, 5) and np.allclose(out.sum(axis=1), 1, atol=1e-4)
+    bad = grpcclient.InferInput("image", [1, 3, 8, 8], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 8, 8), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+        c.infer("tiny", [bad])
+
+
+def test_tensorflow_backend_without_tensorflow_is_a_clear_error(models):
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("tensorflow is installed")
+    except ImportError:
+        pass
+    (models / "tf").mkdir(exist_ok=True)
+    (models / "tf" / "saved_model.pb").write_bytes(b"")
+    out = subprocess.run([sys.executable, "-m", "runtime", "--model", str(models / "tf"), "--port", str(free_port())],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "pip install tensorflow" in out.stderr
