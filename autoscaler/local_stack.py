@@ -24,6 +24,7 @@ from aiohttp import web
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.platforms.local import LocalPlatform
+from autoscaler.process import terminate
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
@@ -126,13 +127,7 @@ class ActivatorProcess:
         self._stopping = True
         if self._task:
             self._task.cancel()
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc)
 
 
 async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> int:

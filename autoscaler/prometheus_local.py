@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from autoscaler.process import terminate
 
 log = logging.getLogger("elasticserving.prometheus")
 
@@ -67,13 +68,7 @@ class LocalPrometheus:
         log.info("prometheus on %s (config %s)", self.url, cfg)
 
     async def close(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await terminate(self.proc)
         if self._tmp:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()

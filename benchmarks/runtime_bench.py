@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 
 from benchmarks.load import closed_loop, percentile
-from tests.helpers import free_port, http, wait_for
+from tests.helpers import start_runtime
 
 BODY = json.dumps({"feed": [{"words": "百度是一家高科技公司"}], "fetch": ["word_seg"]}, ensure_ascii=False).encode()
 
@@ -34,19 +33,7 @@ def _direct(seconds: float) -> dict:
 
 
 def _server(*extra: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "--model", "lac", "--port", str(port),
-                          "--host", "127.0.0.1", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "ELASTICSERVING_LOG_LEVEL": "WARNING"})
-    def ready() -> bool:
-        if p.poll() is not None:
-            raise RuntimeError(f"runtime exited with code {p.returncode}")
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 60, 0.1, "runtime ready")
+    p, port, _ = start_runtime("--model", "lac", *extra)
     return p, port
 
 

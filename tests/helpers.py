@@ -167,3 +167,23 @@ def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | Non
             stack.stop(signal.SIGKILL)
             raise AssertionError("stack did not come up:\n" + "\n".join(stack.output[-40:]))
     return stack
+
+
+def start_runtime(*args: str, grpc: bool = False, timeout: float = 90.0) -> tuple[subprocess.Popen, int, int | None]:
+    """`python -m runtime ARGS` on loopback free ports; returns once /ready answers 200."""
+    port = free_port()
+    grpc_port = free_port() if grpc else None
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "GRPC_PORT": str(grpc_port or ""), "ELASTICSERVING_LOG_LEVEL": "WARNING"})
+
+    def ready() -> bool:
+        if p.poll() is not None:
+            raise AssertionError(f"runtime exited with code {p.returncode}: {p.stderr.read()}")
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(ready, timeout, 0.1, "runtime ready")
+    return p, port, grpc_port

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, free_port, http, wait_for
+from tests.helpers import ROOT, free_port, http, start_runtime
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,33 +37,15 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
-def start_runtime(*args: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "GRPC_PORT": str(port + 1) if port < 65535 else ""})
-
-    def ready():
-        if p.poll() is not None:
-            raise AssertionError(f"runtime exited: {p.stderr.read()}")
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 90, 0.1, "runtime ready")
-    return p, port
-
-
 @pytest.fixture(scope="module")
 def servers(models):
     procs = {}
     for kind, path in (("paddle", models / "paddle"), ("onnx", models / "onnx" / "model.onnx")):
         procs[kind] = start_runtime("--model", str(path), "--name", "flowers", "--handler", "imagenet",
                                     "--labels", str(models / "labels.txt"))
-    procs["raw"] = start_runtime("--model", str(models / "onnx"), "--name", "tiny")
-    yield {k: v[1] for k, v in procs.items()}
-    for p, _ in procs.values():
+    procs["raw"] = start_runtime("--model", str(models / "onnx"), "--name", "tiny", grpc=True)
+    yield {**{k: v[1] for k, v in procs.items()}, "raw_grpc": procs["raw"][2]}
+    for p, _, _ in procs.values():
         p.terminate()
         p.wait(30)
 
@@ -142,7 +123,7 @@ def test_tritonclient_grpc_with_a_tensor_model(servers):
     grpcclient = pytest.importorskip("tritonclient.grpc")
     from tritonclient.utils import InferenceServerException
 
-    c = grpcclient.InferenceServerClient(f"127.0.0.1:{servers['raw'] + 1}")
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{servers['raw_grpc']}")
     assert c.is_model_ready("tiny")
     meta = c.get_model_metadata("tiny")
     assert meta.platform == "onnx" and meta.inputs[0].name == "image"

@@ -4,17 +4,14 @@ Prometheus conventions, bad input is 400 while the server keeps serving, SIGTERM
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import ROOT, free_port, http, wait_for
+from tests.helpers import http, start_runtime
 
 pytestmark = pytest.mark.timeout(120)
 REQ = {"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}
@@ -22,17 +19,7 @@ REQ = {"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "--model", "lac", "--port", str(port), "--host",
-                          "127.0.0.1", "--batch-timeout-ms", "5"], cwd=ROOT, env={**os.environ, "GRPC_PORT": ""})
-
-    def ready():
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 60, 0.1, "ready")
+    p, port, _ = start_runtime("--model", "lac", "--batch-timeout-ms", "5")
     yield p, f"http://127.0.0.1:{port}"
     if p.poll() is None:
         p.kill()
