@@ -33,12 +33,17 @@ def run(quick: bool = False) -> dict:
             ep = next(r for r in routes["services"] if r["service"] == "bench/echo")["sides"]["default"]["endpoints"][0]
             direct_url = f"http://{ep['host']}:{ep['http_port']}/echo"
             body = b'{"x": 1}'
+            direct1 = asyncio.run(closed_loop(direct_url, body, 1, seconds / 2))
+            via1 = asyncio.run(closed_loop(f"{s.base}/echo", body, 1, seconds / 2, {"Host": HOST}))
             direct = asyncio.run(closed_loop(direct_url, body, 64, seconds))
             via = asyncio.run(closed_loop(f"{s.base}/echo", body, 64, seconds, {"Host": HOST}))
             cold = asyncio.run(_cold_start(s))
         finally:
             s.stop()
     return {
+        "one_client": {"direct": direct1, "activator": via1,
+                       "added_p50_ms": via1["p50_ms"] - direct1["p50_ms"],
+                       "added_p99_ms": via1["p99_ms"] - direct1["p99_ms"]},
         "direct": direct, "activator": via,
         "added_p50_ms": via["p50_ms"] - direct["p50_ms"], "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
         "throughput_ratio": via["rps"] / direct["rps"],
