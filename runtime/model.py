@@ -6,14 +6,13 @@ loop (health checks, other requests) never waits on inference.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.batching import Batcher
 from runtime.lac import LacSegmenter, lac_dir
 
 
@@ -59,13 +58,6 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
         raise ModelLoadError(f"cannot load Paddle model from {model_dir}: {str(exc).strip()[:500]}") from None
 
 
-@dataclass
-class _Pending:
-    sentences: list[str]
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.monotonic)
-
-
 class LacModel:
     """LAC segmentation with dynamic batching of concurrent requests."""
 
@@ -88,8 +80,8 @@ class LacModel:
         self._lock = threading.Lock()
         # One thread owns the predictor: Paddle predictors must not hop between threads.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._worker: asyncio.Task | None = None
+        self.batcher = Batcher(self._run_batch, self.executor, self.max_batch_size, self.batch_timeout,
+                               self.on_batch)
 
     def load(self) -> float:
         """Blocking: create the predictor (run in an executor). Returns seconds taken."""
@@ -126,50 +118,12 @@ class LacModel:
         return [out_by_sentence.get(i, "") for i in range(len(sentences))]
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._batch_loop(), name="lac-batcher")
+        self.batcher.start()
 
     async def close(self) -> None:
-        if self._worker:
-            self._worker.cancel()
+        self.batcher.close()
         self.executor.shutdown(wait=False)
 
     async def segment(self, sentences: list[str]) -> list[str]:
         """Segment sentences; concurrent calls are merged up to max_batch_size sentences."""
-        assert self._queue is not None
-        fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(sentences, fut))
-        return await fut
-
-    async def _batch_loop(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            size = len(first.sentences)
-            deadline = loop.time() + self.batch_timeout
-            while size < self.max_batch_size:
-                timeout = deadline - loop.time()
-                try:
-                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
-                        self._queue.get(), timeout)
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                batch.append(item)
-                size += len(item.sentences)
-            sentences = [s for item in batch for s in item.sentences]
-            self.on_batch(len(sentences))
-            try:
-                results = await loop.run_in_executor(self.executor, self._run_batch, sentences)
-            except Exception as exc:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            k = 0
-            for item in batch:
-                n = len(item.sentences)
-                if not item.future.done():
-                    item.future.set_result(results[k:k + n])
-                k += n
+        return await self.batcher.submit(sentences)

@@ -125,6 +125,7 @@ class Server:
         if args.handler != "lac":
             from runtime.tensor_handlers import TensorModel
 
+            args.on_batch = lambda n: self.metrics.batch(args.name, n)
             self.model = TensorModel(args)
             self.tensor = True
         else:

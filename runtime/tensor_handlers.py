@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import NP_DTYPES, V2_DTYPES, TensorSpec, load_backend
+from runtime.batching import Batcher
 
 
 class BadInput(ValueError):
@@ -56,6 +57,9 @@ class TensorModel:
         self.backend: Any = None
         self.labels: list[str] = []
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        # images from concurrent requests are classified together (dynamic batching)
+        self.batcher = Batcher(self._classify_batch, self.executor, args.max_batch_size,
+                               args.batch_timeout_ms / 1000.0, getattr(args, "on_batch", None))
 
     def load(self) -> float:
         t0 = time.monotonic()
@@ -68,9 +72,10 @@ class TensorModel:
         return time.monotonic() - t0
 
     async def start(self) -> None:
-        return None
+        self.batcher.start()
 
     async def close(self) -> None:
+        self.batcher.close()
         self.executor.shutdown(wait=False)
 
     async def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,11 +111,19 @@ class TensorModel:
             out.append(float(row[i]))
         return labels, out
 
+    def _classify_batch(self, images: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Blocking, on the inference thread: one backend call for every image of the batch."""
+        outs = self.backend.run({self.backend.inputs[0].name: np.stack(images).astype(np.float32)})
+        labels, probs = self._classify(next(iter(outs.values())))
+        return list(zip(labels, probs, strict=True))
+
     async def _images(self, images: list[bytes]) -> tuple[list[str], list[float]]:
-        batch = np.stack([decode_image(b) for b in images]).astype(np.float32)
-        inp = self.backend.inputs[0].name
-        outs = await self._run({inp: batch})
-        return self._classify(next(iter(outs.values())))
+        arrays = [decode_image(b) for b in images]
+        try:
+            pairs = await self.batcher.submit(arrays)
+        except Exception as exc:
+            raise BadInput(f"the model rejected the input: {str(exc).strip()[:300]}") from None
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     # ---- protocols --------------------------------------------------------------------------
     async def prediction(self, body: Any) -> dict[str, Any]:

@@ -149,3 +149,20 @@ def test_tensorflow_backend_without_tensorflow_is_a_clear_error(models):
     out = subprocess.run([sys.executable, "-m", "runtime", "--model", str(models / "tf"), "--port", str(free_port())],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "pip install tensorflow" in out.stderr
+
+
+def test_concurrent_images_are_batched(servers, photo):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = servers["onnx"]
+    body = {"feed": [{"image": str(photo)}], "fetch": ["score"]}
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: predict(port, body), range(48)))
+    assert all(s == 200 for s, _ in results)
+    assert len({r["result"]["label"][0] for _, r in results}) == 1
+    text = http("GET", f"http://127.0.0.1:{port}/metrics")[2].decode()
+    count = sum(float(ln.split()[-1]) for ln in text.splitlines()
+                if ln.startswith("elasticserving_runtime_batch_size_count"))
+    total = sum(float(ln.split()[-1]) for ln in text.splitlines()
+                if ln.startswith("elasticserving_runtime_batch_size_sum"))
+    assert total >= 48 and count < total, (count, total)

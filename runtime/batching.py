@@ -1,0 +1,68 @@
+"""Dynamic batching: concurrent requests to one model are merged into one backend call, up to
+`max_batch_size` items within `batch_timeout`, and the results are split back per request.
+
+Models hand it a blocking `run(items) -> results` (one result per item) that runs on their own
+inference thread; protocol handlers just `await batcher.submit(items)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class Batcher:
+    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], executor: concurrent.futures.Executor,
+                 max_batch_size: int = 32, batch_timeout: float = 0.0,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.run = run
+        self.executor = executor
+        self.max_batch_size = max(1, max_batch_size)
+        self.batch_timeout = max(0.0, batch_timeout)
+        self.on_batch = on_batch or (lambda n: None)
+        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batcher")
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def submit(self, items: list[Any]) -> list[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((items, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0][0])
+            deadline = loop.time() + self.batch_timeout
+            while size < self.max_batch_size:
+                timeout = deadline - loop.time()
+                try:
+                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
+                        self._queue.get(), timeout)
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                batch.append(item)
+                size += len(item[0])
+            items = [x for part, _ in batch for x in part]
+            self.on_batch(len(items))
+            try:
+                results = await loop.run_in_executor(self.executor, self.run, items)
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            k = 0
+            for part, fut in batch:
+                if not fut.done():
+                    fut.set_result(list(results[k:k + len(part)]))
+                k += len(part)
