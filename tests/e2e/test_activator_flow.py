@@ -86,3 +86,36 @@ def test_oversized_body_is_413_and_malformed_http_400(stack):
         assert c.recv(100).split(b" ")[1] == b"400"
     status, _, _ = stack.request("limited.act.example.com", "/x", {})
     assert status == 200
+
+
+def test_changing_canary_percent_and_removing_canary_drops_nothing(stack, tmp_path):
+    import threading
+
+    slow = paddleservice("shift", "act", ECHO + " --delay 1.0", minScale=1)
+    slow["spec"]["canary"] = {"arg": ECHO + " --delay 1.0", "containerImage": "x", "tag": "v2", "port": 9292}
+    slow["spec"]["canaryTrafficPercent"] = 50
+    f = write_yaml(tmp_path / "shift.yaml", slow)
+    assert stack.cli("apply", "-f", str(f)).returncode == 0
+    wait_for(lambda: all(a["ready"] >= 1 for a in stack.service("act/shift")["autoscaler"].values()), 60, 0.2,
+             "both sides ready")
+    results: list[tuple[int, str]] = []
+
+    def call() -> None:
+        status, headers, _ = stack.request("shift.act.example.com", "/x", {}, timeout=30)
+        results.append((status, headers.get("x-paddleservice-side", "")))
+
+    inflight = [threading.Thread(target=call) for _ in range(6)]
+    for t in inflight:
+        t.start()
+    wait_for(lambda: stack.service("act/shift")["autoscaler"]["canary"]["ready"] >= 1, 5, 0.05, "canary up")
+    slow["spec"]["canaryTrafficPercent"] = 0
+    assert stack.cli("apply", "-f", str(write_yaml(tmp_path / "p0.yaml", slow))).returncode == 0
+    del slow["spec"]["canary"], slow["spec"]["canaryTrafficPercent"]
+    assert stack.cli("apply", "-f", str(write_yaml(tmp_path / "nocanary.yaml", slow))).returncode == 0
+    for t in inflight:
+        t.join(30)
+    assert [s for s, _ in results] == [200] * 6, results
+    assert {side for _, side in results} == {"default", "canary"}  # the canary answered its in-flight share
+    for _ in range(4):
+        status, headers, _ = stack.request("shift.act.example.com", "/x", {}, timeout=30)
+        assert status == 200 and headers["x-paddleservice-side"] == "default"
