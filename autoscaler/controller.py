@@ -16,7 +16,7 @@ from typing import Any
 
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
-from autoscaler.platforms.base import Platform, SideState
+from autoscaler.platforms.base import Platform
 from autoscaler.spec import AutoscalingConfig, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.controller")
@@ -264,9 +264,6 @@ class Controller:
             "sides": sides,
         }
 
-    def side_state(self, key: str, side: str) -> SideState:
-        return self.platform.state(key, side)
-
     def status(self, entry: ServiceEntry) -> dict[str, Any]:
         """The PaddleService status block: conditions, url, address, side names, replicas."""
         svc = entry.svc
@@ -314,20 +311,20 @@ class Controller:
             return None
         out = entry.svc.to_manifest()
         out["status"] = self.status(entry)
-        out["autoscaler"] = {
-            side: {
+        out["autoscaler"] = {}
+        for side, sc in entry.sides.items():
+            st = self.platform.state(key, side)
+            out["autoscaler"][side] = {
                 "desired": sc.desired,
-                "ready": len(self.platform.state(key, side).ready),
-                "starting": self.platform.state(key, side).starting,
+                "ready": len(st.ready),
+                "starting": st.starting,
                 "stable_concurrency": round(sc.stable, 3),
                 "panic_concurrency": round(sc.panic, 3),
                 "in_panic": sc.in_panic,
                 "excess_burst_capacity": sc.excess_burst_capacity,
-                "error": self.platform.state(key, side).error,
-                "last_start_seconds": self.platform.state(key, side).last_start_seconds,
+                "error": st.error,
+                "last_start_seconds": st.last_start_seconds,
             }
-            for side, sc in entry.sides.items()
-        }
         return out
 
 
