@@ -68,7 +68,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         try:
             for attempt in (1, 2):
                 if not any(b.healthy for b in t.backends.values()):
-                    act._ensure_poking(t)
+                    act.ensure_poking(t)
                 try:
                     backend = await t.acquire(max(0.0, deadline - time.monotonic()), frozenset(tried))
                 except Unavailable as exc:

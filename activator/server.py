@@ -124,7 +124,7 @@ class Activator:
         return out
 
     # ---- waking the autoscaler -------------------------------------------------------------
-    def _ensure_poking(self, t: SideThrottler) -> None:
+    def ensure_poking(self, t: SideThrottler) -> None:
         key = (t.key, t.side)
         if key in self._pokers and not self._pokers[key].done():
             return
@@ -230,7 +230,7 @@ class Activator:
         for attempt in (1, 2):
             waited_from = time.monotonic()
             if not t.backends or not any(b.healthy for b in t.backends.values()):
-                self._ensure_poking(t)
+                self.ensure_poking(t)
             backend = await t.acquire(max(0.0, deadline - time.monotonic()), frozenset(tried))
             waited = time.monotonic() - waited_from
             if waited > 0.005:
