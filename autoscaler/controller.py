@@ -137,7 +137,7 @@ class Controller:
                 if scaler is None:
                     scaler = entry.sides[side] = self._new_side(cfg)
                 else:
-                    scaler.collector.update_windows(cfg.stable_window, cfg.panic_window)
+                    scaler.collector.update_windows(cfg.stable_window, cfg.panic_window, now=self.clock())
                     scaler.decider.update(spec)
             for side in [s for s in entry.sides if s not in svc.sides]:
                 del entry.sides[side]
@@ -179,6 +179,7 @@ class Controller:
                 source=source,
                 concurrency=float(s.get("average_concurrency", 0.0)),
                 requests=float(s.get("requests", 0)),
+                window=float(s.get("window", 1.0)),
             )
 
     async def poke(self, key: str, side: str) -> bool:
