@@ -136,6 +136,9 @@ class Controller:
                 scaler = entry.sides.get(side)
                 if scaler is None:
                     scaler = entry.sides[side] = self._new_side(cfg)
+                    # A side the platform already runs (a controller restart, a new leader) keeps its
+                    # replicas until the autoscaler decides otherwise, instead of dropping to minScale.
+                    scaler.desired = self.platform.state(svc.key, side).desired
                 else:
                     scaler.collector.update_windows(cfg.stable_window, cfg.panic_window, now=self.clock())
                     scaler.decider.update(spec)

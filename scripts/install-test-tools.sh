@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# Installs the external servers the tests run on loopback: Prometheus (+ promtool) from Debian.
-# Idempotent: skips what is already installed.
+# Installs the external servers the tests run on loopback: Prometheus (+ promtool), etcd, openssl
+# and kubectl from Debian, then builds kube-apiserver from source (scripts/build-kube-apiserver.sh).
+# Idempotent: skips what is already installed; the kube-apiserver build is cached (.cache/bin and
+# $HOME/.cache/elasticserving/bin). SKIP_KUBE_APISERVER=1 skips the build (no Go toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Debian's kubernetes-client is old but enough for apply/get; a newer kubectl on PATH wins.
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # shellcheck disable=SC2046
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 echo "test tools: $(prometheus --version 2>&1 | head -1)"
+echo "test tools: $(etcd --version 2>&1 | head -1)"
+echo "test tools: kubectl $(kubectl version --client 2>/dev/null | head -1)"
+
+if [ -z "${SKIP_KUBE_APISERVER:-}" ]; then
+  if command -v go >/dev/null 2>&1 || [ -x .cache/bin/kube-apiserver ] \
+     || [ -x "$HOME/.cache/elasticserving/bin/kube-apiserver" ]; then
+    bin="$(scripts/build-kube-apiserver.sh)"
+    echo "test tools: $("$bin" --version 2>&1 | head -1) ($bin)"
+  else
+    echo "test tools: no Go toolchain: kube-apiserver not built (kubernetes tests skip, or fail with CI set)" >&2
+  fi
+fi

@@ -1,0 +1,222 @@
+"""Entry point of the in-cluster controller + autoscaler (`python -m autoscaler.kube_main`).
+
+Connects to the API server, serves the control API for activators (routes, stats, pokes) and, once
+it holds the leader Lease, runs the PaddleService reconciler, the kubernetes platform and the KPA tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from autoscaler.control_api import build_app
+from autoscaler.controller import Controller
+from autoscaler.kube_client import Kube, KubeError, resource_path
+from autoscaler.kube_leader import LeaderElector
+from autoscaler.kube_operator import PaddleServiceOperator
+from autoscaler.platforms.kubernetes import KubernetesPlatform
+
+log = logging.getLogger("elasticserving.kube_main")
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m autoscaler.kube_main",
+                                description="ElasticServing controller + autoscaler for Kubernetes")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster)")
+    p.add_argument("--context", default=None)
+    p.add_argument("--namespace", default=env("WATCH_NAMESPACE") or None,
+                   help="watch PaddleServices in this namespace only (default: all)")
+    p.add_argument("--system-namespace", default=env("POD_NAMESPACE", "elasticserving-system"),
+                   help="namespace of the leader Lease and the config ConfigMap")
+    p.add_argument("--config-map", default=env("ELASTICSERVING_CONFIG_MAP", "config-autoscaler"),
+                   help="ConfigMap with autoscaler defaults (Knative config-autoscaler keys) and `domain`")
+    p.add_argument("--domain", default=env("ELASTICSERVING_DOMAIN"),
+                   help="domain of service URLs (default: the ConfigMap's `domain`, else example.com)")
+    p.add_argument("--host", default="0.0.0.0", help="control API address")
+    p.add_argument("--port", type=int, default=int(env("ELASTICSERVING_CONTROL_PORT", "8090")))
+    p.add_argument("--identity", default=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--lease-name", default="elasticserving-controller")
+    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--retry-period", type=float, default=2.0)
+    p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--watch-timeout-seconds", type=int, default=300)
+    p.add_argument("--tick-seconds", type=float, default=2.0)
+    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    return p
+
+
+async def load_config_map(kube: Kube, namespace: str, name: str) -> dict[str, str]:
+    try:
+        cm = await kube.get_or_none(resource_path("v1", "configmaps", namespace, name))
+    except KubeError as exc:
+        log.warning("cannot read ConfigMap %s/%s (%s): using built-in defaults", namespace, name, exc)
+        return {}
+    if cm is None:
+        log.info("no ConfigMap %s/%s: using built-in defaults", namespace, name)
+        return {}
+    return {k: v for k, v in (cm.get("data") or {}).items() if not k.startswith("_")}
+
+
+def _defaults(data: dict[str, str]) -> dict[str, Any]:
+    """ConfigMap strings -> the Controller's defaults (numbers where Knative has numbers)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if k == "domain":
+            continue
+        try:
+            out[k] = int(v)
+        except ValueError:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+class KubeController:
+    """Everything the leader runs: platform (Deployments, EndpointSlices), Controller, reconciler."""
+
+    def __init__(self, kube: Kube, args: argparse.Namespace, domain: str, defaults: dict[str, Any]):
+        self.platform = KubernetesPlatform(kube, namespace=args.namespace,
+                                           watch_timeout_seconds=args.watch_timeout_seconds)
+        self.controller = Controller(self.platform, domain=domain, defaults=defaults,
+                                     tick_seconds=args.tick_seconds)
+        self.operator = PaddleServiceOperator(kube, self.controller, namespace=args.namespace,
+                                              resync_seconds=args.resync_seconds,
+                                              watch_timeout_seconds=args.watch_timeout_seconds)
+        self.running = False
+
+    async def start(self) -> None:
+        await self.controller.start()  # starts the platform's watches, waits for their caches
+        await self.operator.start()
+        self.running = True
+
+    async def close(self) -> None:
+        self.running = False
+        await self.operator.close()
+        await self.controller.close()
+
+
+def _readiness_middleware(is_ready: Any) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/ready" and not is_ready():
+            return web.json_response({"status": "standby", "reason": "not the leader"}, status=503)
+        return await handler(request)
+
+    return middleware
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of `aws` completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+async def _until_leader(elector: LeaderElector) -> None:
+    while not elector.is_leader:
+        await elector.wait_change()
+
+
+async def _until_lost(elector: LeaderElector) -> None:
+    while elector.is_leader:
+        await elector.wait_change()
+
+
+async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults: dict[str, Any],
+                     elector: LeaderElector | None, stop: asyncio.Event) -> None:
+    """One leadership term: a fresh platform + Controller + reconciler and control API. Stands by
+    (/ready 503) until leading, works until leadership is lost or `stop` is set, then tears all
+    down, so a leader that lost its Lease (e.g. the API server was unreachable past the renew
+    deadline) stops writing at once and becomes a candidate again with clean state."""
+    kc = KubeController(kube, args, domain, defaults)
+    app = build_app(kc.controller, read_only=True)
+    app.middlewares.append(_readiness_middleware(lambda: kc.running))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, args.host, args.port, reuse_address=True).start()
+        log.info("control API on %s:%d (identity %s)", args.host, args.port, args.identity)
+        if elector is not None:
+            await _first(_until_leader(elector), stop.wait())
+            if stop.is_set():
+                return
+        start = asyncio.ensure_future(kc.start())
+        watched = [stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
+        await _first(start, *watched)
+        if start.done() and not start.cancelled() and start.exception() is None:
+            log.info("leading: reconciling PaddleServices")
+            await _first(*([stop.wait()] + ([_until_lost(elector)] if elector is not None else [])))
+        elif start.done() and not start.cancelled() and start.exception() is not None:
+            raise start.exception()  # type: ignore[misc]
+        if not stop.is_set():
+            log.warning("lost leadership: stopping work, standing by as a candidate")
+    finally:
+        with contextlib.suppress(Exception):
+            await kc.close()
+        await runner.cleanup()
+
+
+async def run(args: argparse.Namespace) -> int:
+    kube = await Kube.connect(args.kubeconfig, args.context)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    elector: LeaderElector | None = None
+    try:
+        data = await load_config_map(kube, args.system_namespace, args.config_map)
+        domain = args.domain or data.get("domain") or "example.com"
+        defaults = _defaults(data)
+        if args.leader_elect:
+            elector = LeaderElector(kube, args.system_namespace, args.lease_name, args.identity,
+                                    lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                                    retry_period=args.retry_period)
+            elector.start()
+        terms = 0
+        while not stop.is_set():
+            terms += 1
+            try:
+                await serve_term(kube, args, domain, defaults, elector, stop)
+            except Exception:
+                log.exception("term %d failed; starting over", terms)
+                await _first(asyncio.sleep(1.0), stop.wait())
+                continue
+            if elector is None:
+                break
+        log.info("stopped after %d term(s)", terms)
+        return 0
+    finally:
+        if elector is not None:
+            await elector.stop(release=True)
+        await kube.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

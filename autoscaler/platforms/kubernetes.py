@@ -1,0 +1,352 @@
+"""The kubernetes platform: each side of a PaddleService is a Deployment + a headless Service.
+
+The controller calls apply/delete/scale (scale = the Deployment's scale subresource); ready replicas
+come from an EndpointSlice watch cache and go back to the controller through `on_change` -> routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from autoscaler.kube_client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.platforms.base import Endpoint, Platform, SideState
+from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService
+
+log = logging.getLogger("elasticserving.kubernetes")
+
+LABEL_SERVICE = f"{API_GROUP}/paddleservice"
+LABEL_SIDE = f"{API_GROUP}/side"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "elasticserving"
+HASH_ANNOTATION = f"{API_GROUP}/config-hash"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # set on EndpointSlices by the control plane
+CONTAINER_NAME = "paddleserving"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    ns, _, name = key.partition("/")
+    return ns, name
+
+
+def workload_name(name: str, side: str) -> str:
+    """Deployment and Service name of one side: `<name>-default`, `<name>-canary`."""
+    return f"{name}-{side}"
+
+
+def selector_labels(name: str, side: str) -> dict[str, str]:
+    return {LABEL_SERVICE: name, LABEL_SIDE: side}
+
+
+def _labels(svc: PaddleService, side: str) -> dict[str, str]:
+    labels = {k: v for k, v in svc.metadata.labels.items() if not k.startswith(f"{API_GROUP}/")}
+    labels.update(selector_labels(svc.name, side))
+    labels[LABEL_MANAGED_BY] = MANAGED_BY
+    labels["app.kubernetes.io/part-of"] = "elasticserving"
+    labels["app.kubernetes.io/component"] = "replica"
+    return labels
+
+
+def _owner(svc: PaddleService) -> list[dict[str, Any]]:
+    if not svc.metadata.uid:
+        return []
+    return [{"apiVersion": API_VERSION, "kind": KIND, "name": svc.name, "uid": svc.metadata.uid,
+             "controller": True, "blockOwnerDeletion": True}]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def grpc_port_of(spec: EndpointSpec) -> int | None:
+    return spec.port + 1 if spec.port < 65535 else None
+
+
+def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[str, Any]:
+    """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
+    spec = svc.side_spec(side)
+    assert spec is not None, f"{svc.key} has no {side}"
+    name = workload_name(svc.name, side)
+    grpc = grpc_port_of(spec)
+    ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
+    env = [{"name": "PORT", "value": str(spec.port)}]
+    if grpc is not None:
+        ports.append({"name": "grpc", "containerPort": grpc, "protocol": "TCP"})
+        env.append({"name": "GRPC_PORT", "value": str(grpc)})
+    env += [
+        {"name": "ELASTICSERVING_SERVICE", "value": svc.key},
+        {"name": "ELASTICSERVING_SIDE", "value": side},
+        {"name": "ELASTICSERVING_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "ports": ports,
+        "env": env,
+        "resources": svc.resources(),
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
+                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
+                          "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+    }
+    if spec.arg:
+        container["command"] = ["sh", "-c"]
+        container["args"] = [spec.arg]
+    labels = _labels(svc, side)
+    template = {
+        "metadata": {
+            "labels": labels,
+            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.port),
+                            "prometheus.io/path": "/metrics"},
+        },
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
+    }
+    body_spec = {"selector": {"matchLabels": selector_labels(svc.name, side)}, "template": template}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": svc.namespace, "labels": labels,
+                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
+                     "ownerReferences": _owner(svc)},
+        "spec": dict(body_spec, replicas=replicas),
+    }
+
+
+def build_service(svc: PaddleService, side: str) -> dict[str, Any]:
+    """The headless Service of one side: its EndpointSlices list the ready Pods for the activator."""
+    spec = svc.side_spec(side)
+    assert spec is not None, f"{svc.key} has no {side}"
+    labels = _labels(svc, side)
+    ports = [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}]
+    grpc = grpc_port_of(spec)
+    if grpc is not None:
+        ports.append({"name": "grpc", "port": grpc, "targetPort": "grpc", "protocol": "TCP"})
+    body_spec = {"clusterIP": "None", "selector": selector_labels(svc.name, side), "ports": ports,
+                 "publishNotReadyAddresses": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": workload_name(svc.name, side), "namespace": svc.namespace, "labels": labels,
+                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
+                     "ownerReferences": _owner(svc)},
+        "spec": body_spec,
+    }
+
+
+def ready_endpoints(slices: list[dict[str, Any]]) -> list[Endpoint]:
+    """Ready endpoints of a Service's EndpointSlices (ports by name), sorted and deduplicated."""
+    out: dict[str, Endpoint] = {}
+    for sl in slices:
+        ports = {p.get("name"): p.get("port") for p in sl.get("ports") or []}
+        http = ports.get("http")
+        if http is None:
+            continue
+        for ep in sl.get("endpoints") or []:
+            cond = ep.get("conditions") or {}
+            if cond.get("ready") is False or cond.get("terminating") is True:
+                continue
+            addrs = ep.get("addresses") or []
+            if not addrs:
+                continue
+            pod = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or addrs[0]
+            out[pod] = Endpoint(id=pod, host=addrs[0], http_port=int(http),
+                                grpc_port=int(ports["grpc"]) if ports.get("grpc") else None)
+    return sorted(out.values(), key=lambda e: e.id)
+
+
+def _deployment_error(dep: dict[str, Any] | None) -> str | None:
+    """A reason the side cannot run, from the Deployment's conditions (set by kube-controller-manager)."""
+    for cond in ((dep or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return f"{cond.get('reason')}: {cond.get('message')}"
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return f"ProgressDeadlineExceeded: {cond.get('message')}"
+    return None
+
+
+class KubernetesPlatform(Platform):
+    """Deployments + headless Services per side; readiness from EndpointSlices."""
+
+    name = "kubernetes"
+
+    def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
+                 watch_timeout_seconds: int = 300):
+        super().__init__()
+        self.kube = kube
+        self.namespace = namespace  # None: all namespaces
+        self._desired: dict[tuple[str, str], int] = {}
+        self._ready: dict[tuple[str, str], list[Endpoint]] = {}
+        self._errors: dict[tuple[str, str], str | None] = {}
+        # Called with the service key when one of its children was deleted or changed behind our
+        # back (kubectl delete/edit): the reconciler re-applies it at once instead of at resync.
+        self.on_drift: Callable[[str], None] = lambda key: None
+        selector = f"{LABEL_SERVICE},{LABEL_SIDE}"
+        self.slices = Informer(kube, resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
+                               self._slice_event, name="endpointslices", label_selector=selector,
+                               resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+        self.deployments = Informer(kube, resource_path("apps/v1", "deployments", namespace),
+                                    self._deployment_event, name="deployments",
+                                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
+                                    resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.slices.start()
+        self.deployments.start()
+        await asyncio.gather(self.slices.wait_synced(), self.deployments.wait_synced())
+
+    async def close(self) -> None:
+        await asyncio.gather(self.slices.stop(), self.deployments.stop())
+
+    # ---- watch caches ---------------------------------------------------------------------------
+    @staticmethod
+    def _side_of(obj: dict[str, Any]) -> tuple[str, str] | None:
+        md = obj.get("metadata") or {}
+        labels = md.get("labels") or {}
+        name, side = labels.get(LABEL_SERVICE), labels.get(LABEL_SIDE)
+        if not name or side not in SIDES:
+            return None
+        return f"{md.get('namespace')}/{name}", side
+
+    def _slice_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        ref = self._side_of(obj)
+        if ref is None:
+            return
+        key, side = ref
+        svc_name = workload_name(split_key(key)[1], side)
+        ns = split_key(key)[0]
+        slices = [s for s in self.slices.store.values()
+                  if s["metadata"].get("namespace") == ns
+                  and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL, svc_name) == svc_name
+                  and self._side_of(s) == ref]
+        ready = ready_endpoints(slices)
+        if ready != self._ready.get(ref, []):
+            self._ready[ref] = ready
+            if not ready:
+                self._ready.pop(ref, None)
+            log.info("%s/%s: %d ready endpoint(s)", key, side, len(ready))
+            self.on_change(key)
+
+    def _deployment_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        ref = self._side_of(obj)
+        if ref is None:
+            return
+        if kind == "DELETED" or (kind == "MODIFIED" and old is not None and (
+                (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
+                != (old["metadata"].get("annotations") or {}).get(HASH_ANNOTATION))):
+            self.on_drift(ref[0])
+        err = None if kind == "DELETED" else _deployment_error(obj)
+        if err != self._errors.get(ref):
+            self._errors[ref] = err
+            self.on_change(ref[0])
+
+    def _deployment(self, key: str, side: str) -> dict[str, Any] | None:
+        ns, name = split_key(key)
+        return self.deployments.store.get(f"{ns}/{workload_name(name, side)}")
+
+    # ---- Platform -------------------------------------------------------------------------------
+    def state(self, key: str, side: str) -> SideState:
+        ref = (key, side)
+        ready = list(self._ready.get(ref, []))
+        desired = self._desired.get(ref)
+        if desired is None:
+            dep = self._deployment(key, side)
+            desired = int((dep or {}).get("spec", {}).get("replicas") or 0)
+        return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
+                         error=self._errors.get(ref) if not ready else None)
+
+    async def apply(self, svc: PaddleService) -> None:
+        for side in svc.sides:
+            await self._apply_deployment(svc, side)
+            await self._apply_service(svc, side)
+        for side in SIDES:
+            if side not in svc.sides:
+                await self._delete_side(svc.namespace, svc.name, side)
+
+    @retry_on_conflict()
+    async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
+        want = build_deployment(svc, side, replicas=self._desired.get((svc.key, side), 0))
+        path = resource_path("apps/v1", "deployments", svc.namespace, want["metadata"]["name"])
+        have = await self.kube.get_or_none(path)
+        if have is None:
+            try:
+                await self.kube.create(resource_path("apps/v1", "deployments", svc.namespace), want)
+                log.info("created deployment %s/%s", svc.namespace, want["metadata"]["name"])
+            except KubeError as exc:
+                if exc.status == 409:  # AlreadyExists (created meanwhile): retry_on_conflict compares again
+                    log.debug("deployment %s appeared meanwhile", want["metadata"]["name"])
+                raise
+            return
+        if (have["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
+                want["metadata"]["annotations"][HASH_ANNOTATION]:
+            return
+        md = have["metadata"]
+        md["labels"] = want["metadata"]["labels"]
+        md["annotations"] = dict(md.get("annotations") or {}, **want["metadata"]["annotations"])
+        md["ownerReferences"] = want["metadata"]["ownerReferences"]
+        have["spec"]["selector"] = want["spec"]["selector"]
+        have["spec"]["template"] = want["spec"]["template"]  # replicas stay as the autoscaler set them
+        await self.kube.replace(path, have)
+        log.info("updated deployment %s/%s", svc.namespace, md["name"])
+
+    @retry_on_conflict()
+    async def _apply_service(self, svc: PaddleService, side: str) -> None:
+        want = build_service(svc, side)
+        path = resource_path("v1", "services", svc.namespace, want["metadata"]["name"])
+        have = await self.kube.get_or_none(path)
+        if have is None:
+            try:
+                await self.kube.create(resource_path("v1", "services", svc.namespace), want)
+                log.info("created service %s/%s", svc.namespace, want["metadata"]["name"])
+            except KubeError as exc:
+                if exc.status == 409:  # AlreadyExists: retry_on_conflict compares again
+                    log.debug("service %s appeared meanwhile", want["metadata"]["name"])
+                raise
+            return
+        if (have["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
+                want["metadata"]["annotations"][HASH_ANNOTATION]:
+            return
+        md = have["metadata"]
+        md["labels"] = want["metadata"]["labels"]
+        md["annotations"] = dict(md.get("annotations") or {}, **want["metadata"]["annotations"])
+        md["ownerReferences"] = want["metadata"]["ownerReferences"]
+        for f in ("selector", "ports", "publishNotReadyAddresses"):
+            have["spec"][f] = want["spec"][f]
+        await self.kube.replace(path, have)
+
+    async def _delete_side(self, namespace: str, name: str, side: str) -> None:
+        wl = workload_name(name, side)
+        gone_dep = await self.kube.delete(resource_path("apps/v1", "deployments", namespace, wl))
+        gone_svc = await self.kube.delete(resource_path("v1", "services", namespace, wl))
+        if gone_dep or gone_svc:
+            log.info("deleted %s side of %s/%s", side, namespace, name)
+        key = f"{namespace}/{name}"
+        self._desired.pop((key, side), None)
+
+    async def delete(self, key: str) -> None:
+        ns, name = split_key(key)
+        for side in SIDES:
+            await self._delete_side(ns, name, side)
+        # Anything else we labelled for this service (e.g. left over by an older version).
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={name}"
+        for api, plural in (("apps/v1", "deployments"), ("v1", "services")):
+            items = (await self.kube.get(resource_path(api, plural, ns), labelSelector=selector)).get("items", [])
+            for item in items:
+                await self.kube.delete(resource_path(api, plural, ns, item["metadata"]["name"]))
+
+    async def scale(self, key: str, side: str, replicas: int) -> None:
+        ns, name = split_key(key)
+        self._desired[(key, side)] = replicas
+        path = resource_path("apps/v1", "deployments", ns, workload_name(name, side), "scale")
+        try:
+            await self.kube.merge_patch(path, {"spec": {"replicas": replicas}})
+        except KubeError as exc:
+            if exc.not_found:  # not created yet: apply creates it with this count
+                log.warning("scale %s/%s to %d: deployment not found", key, side, replicas)
+                return
+            raise
+        log.info("scaled %s/%s to %d", key, side, replicas)
