@@ -93,7 +93,7 @@ class Activator:
         self.metrics = Metrics()
         self.control = ControlClient(args.autoscaler, args.id, self.apply_routes, self.collect_stats)
         self.session: aiohttp.ClientSession | None = None
-        self._pokers: dict[tuple[str, str], asyncio.Task] = {}
+        self._pokers: dict[tuple[str, str], tuple[asyncio.Task, SideThrottler]] = {}
         self._probe_task: asyncio.Task | None = None
 
     # ---- routes and stats ------------------------------------------------------------------
@@ -125,19 +125,25 @@ class Activator:
 
     # ---- waking the autoscaler -------------------------------------------------------------
     def ensure_poking(self, t: SideThrottler) -> None:
-        key = (t.key, t.side)
-        if key in self._pokers and not self._pokers[key].done():
-            return
-        self._pokers[key] = asyncio.create_task(self._poke_while_waiting(t))
+        """Wake the autoscaler for requests held by `t`, unless a poker for this very throttler runs
+        (a service deleted and applied again has a new throttler: its requests get their own poke)."""
+        poker = self._pokers.get((t.key, t.side))
+        if poker is not None and not poker[0].done():
+            if poker[1] is t:
+                return
+            poker[0].cancel()
+        self._pokers[(t.key, t.side)] = (asyncio.create_task(self._poke_while_waiting(t)), t)
 
     async def _poke_while_waiting(self, t: SideThrottler) -> None:
-        """Poke at once, then every second while requests are held, with fresh stats each time."""
+        """Poke at once, then every second while requests are held, with fresh stats each time. Ends as
+        soon as nothing is held, so the next request at zero pokes at once instead of a second later."""
         while True:
             await self.control.poke(t.key, t.side)
             await self.control.send_stats()
-            await asyncio.sleep(1.0)
-            if not t.waiters:
-                return
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                if not t.waiters:
+                    return
 
     # ---- replica health --------------------------------------------------------------------
     async def _probe_loop(self) -> None:

@@ -119,3 +119,20 @@ def test_changing_canary_percent_and_removing_canary_drops_nothing(stack, tmp_pa
     for _ in range(4):
         status, headers, _ = stack.request("shift.act.example.com", "/x", {}, timeout=30)
         assert status == 200 and headers["x-paddleservice-side"] == "default"
+
+
+def test_each_cold_start_pokes_at_once_even_right_after_the_last(stack, tmp_path):
+    """Back-to-back cold starts (the service deleted and applied again in between): every held request
+    pokes the autoscaler itself, instead of waiting for a tick or for the previous poker to wake."""
+    f = write_yaml(tmp_path / "again.yaml", paddleservice("again", "act", ECHO, minScale=0))
+    assert stack.cli("apply", "-f", str(f)).returncode == 0
+    for i in range(3):
+        status, _, data = stack.request("again.act.example.com", "/x", {}, timeout=60)
+        assert status == 200, data
+        assert stack.cli("delete", "again").returncode == 0
+        assert stack.cli("apply", "-f", str(f)).returncode == 0
+        def pokes() -> int:
+            return sum("poke: scaling act/again/default from zero" in line for line in stack.output)
+
+        wait_for(lambda: pokes() >= i + 1, 5, 0.02, f"poke {i + 1} in the log")  # noqa: B023
+        assert pokes() == i + 1, stack.output[-20:]
