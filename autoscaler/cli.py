@@ -76,6 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         files=args.file, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         control_port=args.control_port, domain=args.domain, config=args.config, log_dir=args.log_dir,
         tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
+        prewarm_ready_timeout=args.prewarm_ready_timeout,
         prometheus_port=args.prometheus_port if args.prometheus else None,
         activator_args=["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)],
     ))
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a replica may take to turn ready before it counts as failed")
     up.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=False,
                     help="fork replicas of our runtime from a pre-warmed launcher (sub-second scale from zero)")
+    up.add_argument("--prewarm-ready-timeout", type=float, default=10.0,
+                    help="seconds a pre-warmed replica may take to turn ready before it is started plainly")
     up.add_argument("--prometheus", action="store_true",
                     help="also run a local Prometheus (Debian package `prometheus`) scraping the stack")
     up.add_argument("--prometheus-port", type=int, default=9090)

@@ -44,6 +44,7 @@ class StackOptions:
     ready_timeout: float = 120.0
     activator_args: list[str] = field(default_factory=list)
     prewarm: bool = False
+    prewarm_ready_timeout: float = 10.0
     prometheus_port: int | None = None  # run a local Prometheus scraping the stack on this port
 
 
@@ -142,7 +143,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         await launcher.start()
         spawner = launcher.spawn
     platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
-                             spawner=spawner)
+                             spawner=spawner, prewarm_ready_timeout=opts.prewarm_ready_timeout)
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
     await controller.start()
     runner = web.AppRunner(build_app(controller), access_log=None, shutdown_timeout=5.0)

@@ -76,6 +76,7 @@ class SideRuntime:
     error: str | None = None
     failures: int = 0  # consecutive failed starts, for back-off
     last_start_seconds: float | None = None
+    plain_generation: int = -1  # a forked replica of this generation failed: start the rest plainly
     backoff_until: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
@@ -96,6 +97,7 @@ class LocalPlatform(Platform):
         max_backoff: float = 30.0,
         env: dict[str, str] | None = None,
         spawner: Callable[..., object] | None = None,
+        prewarm_ready_timeout: float = 10.0,
     ) -> None:
         super().__init__()
         self.host = host
@@ -105,7 +107,11 @@ class LocalPlatform(Platform):
         self.log_dir = Path(log_dir) if log_dir else None
         self.max_backoff = max_backoff
         self.extra_env = dict(env or {})
-        self.spawner = spawner  # optional pre-warmed launcher (see autoscaler/prewarm.py)
+        # Optional pre-warmed launcher (autoscaler/prewarm.py): `await spawner(cmd, env, stdout_fd)` returns
+        # a forked replica (a Process-like object with `prewarmed = True`), or None for a plain start. A
+        # forked replica gets `prewarm_ready_timeout` to turn ready, else it is killed and started plainly.
+        self.spawner = spawner
+        self.prewarm_ready_timeout = prewarm_ready_timeout
         self._sides: dict[tuple[str, str], SideRuntime] = {}
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
@@ -255,14 +261,14 @@ class LocalPlatform(Platform):
         if not cmd:
             raise RuntimeError(f"spec.{sr.side}.arg is empty: the local platform runs it as the replica command")
         env = self._env(sr, r)
-        if self.spawner is not None:
-            proc = await self.spawner(cmd, env)  # type: ignore[misc]
-            if proc is not None:
-                return proc
         stdout = None
         if self.log_dir:
             stdout = open(self.log_dir / f"{r.id}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
+            if self.spawner is not None and sr.plain_generation != r.generation:
+                proc = await self.spawner(cmd, env, stdout.fileno() if stdout else None)  # type: ignore[misc]
+                if proc is not None:
+                    return proc
             return await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout or asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -274,16 +280,35 @@ class LocalPlatform(Platform):
 
     async def _run(self, sr: SideRuntime, r: Replica) -> None:
         """One replica's life: spawn, wait for ready, watch until it exits or is stopped."""
-        try:
-            r.proc = await self._spawn(sr, r)
-        except Exception as exc:
-            self._failed(sr, r, f"cannot start replica: {exc}")
-            return
-        log.info("%s/%s: started replica %s (pid %d, port %d)", sr.key, sr.side, r.id, r.proc.pid, r.http_port)
+        while True:
+            try:
+                r.proc = await self._spawn(sr, r)
+            except Exception as exc:
+                self._failed(sr, r, f"cannot start replica: {exc}")
+                return
+            if not await self._supervise_process(sr, r):
+                return
+            # A forked replica hung or crashed before it was ready: this generation starts plainly.
+            sr.plain_generation = r.generation
+            r.started = time.monotonic()
+
+    async def _supervise_process(self, sr: SideRuntime, r: Replica) -> bool:
+        """Watch one started process; True: it was forked and failed before ready, start it again plainly."""
+        assert r.proc is not None
+        forked = getattr(r.proc, "prewarmed", False)
+        log.info("%s/%s: started replica %s (pid %d, port %d%s)", sr.key, sr.side, r.id, r.proc.pid,
+                 r.http_port, ", pre-warmed" if forked else "")
         drain = asyncio.create_task(self._drain_stderr(r))
         exited = asyncio.create_task(r.proc.wait())
         try:
-            became_ready = await self._wait_ready(r, exited)
+            became_ready = await self._wait_ready(r, exited, self.prewarm_ready_timeout if forked else None)
+            if forked and not became_ready and r.state != STOPPING and _fork_may_be_at_fault(exited):
+                what = f"exited (code {exited.result()})" if exited.done() else \
+                    f"was not ready after {self.prewarm_ready_timeout:g}s"
+                log.warning("%s/%s: pre-warmed replica %s %s; starting it plainly", sr.key, sr.side, r.id, what)
+                _signal_group(r.proc.pid, signal.SIGKILL)
+                await asyncio.wait([exited], timeout=5.0)
+                return True
             if became_ready:
                 r.state = READY
                 sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
@@ -294,7 +319,7 @@ class LocalPlatform(Platform):
                 sr.wake.set()
                 await self._watch_ready(r, exited)
             if r.state == STOPPING:
-                return
+                return False
             if exited.done():
                 code = exited.result()
                 await asyncio.wait_for(drain, 1.0)
@@ -318,6 +343,7 @@ class LocalPlatform(Platform):
                 drain.cancel()
             if not exited.done():
                 exited.cancel()
+        return False
 
     def _failed(self, sr: SideRuntime, r: Replica, reason: str) -> None:
         log.warning("%s/%s: %s", sr.key, sr.side, reason)
@@ -355,8 +381,8 @@ class LocalPlatform(Platform):
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    async def _wait_ready(self, r: Replica, exited: asyncio.Task) -> bool:
-        deadline = r.started + self.ready_timeout
+    async def _wait_ready(self, r: Replica, exited: asyncio.Task, timeout: float | None = None) -> bool:
+        deadline = r.started + (self.ready_timeout if timeout is None else timeout)
         while time.monotonic() < deadline and not exited.done() and r.state != STOPPING:
             if await self._probe(r):
                 return True
@@ -401,6 +427,12 @@ class LocalPlatform(Platform):
             r.task.cancel()
         sr.replicas.pop(r.id, None)
         sr.wake.set()
+
+
+def _fork_may_be_at_fault(exited: asyncio.Task) -> bool:
+    """A forked replica that hangs or dies of a signal may be a fork hazard; the runtime's own refusals
+    (exit 2: bad arguments, 3: the model does not load) would fail a plain start just the same."""
+    return not exited.done() or exited.result() not in (2, 3)
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -1,0 +1,285 @@
+"""Pre-warmed replica start for the local platform: forks replicas of our runtime from a zygote.
+
+LocalPlatform asks `PrewarmLauncher.spawn(cmd, env)` first; a command it recognises as `python -m runtime
+...` is forked from the running zygote of its backend kind (runtime.zygote), anything else returns None
+and the platform starts it the ordinary way (`sh -c`). A dead zygote is restarted in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autoscaler.process import terminate
+
+log = logging.getLogger("elasticserving.prewarm")
+
+_PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_SHELL = set("|&;<>()`*?[]~!#\\\"'")  # anything a plain word split cannot honour
+
+
+def runtime_argv(cmd: str, env: dict[str, str]) -> list[str] | None:
+    """The runtime's arguments if `cmd` is just `[exec] python[3] -m runtime ARGS` (with $VARs from env)."""
+    if any(ch in _SHELL for ch in cmd) or "$(" in cmd:
+        return None
+
+    def expand(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            raise KeyError(name)
+        return env[name]
+
+    try:
+        words = [_VAR.sub(expand, w) for w in shlex.split(cmd)]
+    except (KeyError, ValueError):
+        return None
+    if words and words[0] == "exec":
+        words = words[1:]
+    if len(words) < 3 or words[1:3] != ["-m", "runtime"]:
+        return None
+    exe = words[0]
+    if not (_PYTHON.match(os.path.basename(exe)) or os.path.realpath(exe) == os.path.realpath(sys.executable)):
+        return None
+    return words[3:]
+
+
+def runtime_kind(argv: list[str]) -> str | None:
+    """Which zygote can fork this replica: `onnx` for ONNX models, `paddle` otherwise; None: none can."""
+    backend = "auto"
+    model = "lac"
+    for i, word in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if word == "--backend":
+            backend = nxt
+        elif word.startswith("--backend="):
+            backend = word.split("=", 1)[1]
+        elif word == "--model":
+            model = nxt
+        elif word.startswith("--model="):
+            model = word.split("=", 1)[1]
+    if backend in ("paddle", "onnx"):
+        return backend
+    if backend != "auto":
+        return None  # tensorflow: started the ordinary way
+    path = Path(model)
+    if model.endswith(".onnx") or (path.is_dir() and any(path.glob("*.onnx"))):
+        return "onnx"
+    if path.is_dir() and (any(path.glob("saved_model.pb*"))):
+        return None
+    return "paddle"
+
+
+class ForkedReplica:
+    """A replica forked by a zygote, with the asyncio.subprocess.Process surface the platform uses."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 stderr: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stderr = stderr
+        self.prewarmed = True
+        self._writer = writer  # the connection stays open for the replica's life: it is its lifeline
+        self._reader = reader
+        self._done = asyncio.get_running_loop().create_task(self._await_exit())
+
+    async def _await_exit(self) -> int:
+        code: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            async for line in self._reader:
+                msg = json.loads(line)
+                if "exit" in msg:
+                    code = int(msg["exit"])
+                    break
+        if code is None:  # the zygote died first: watch the process itself
+            code = await _wait_pid(self.pid)
+        self.returncode = code
+        self._writer.close()
+        return code
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
+
+
+async def _wait_pid(pid: int) -> int:
+    """Wait for a process that is not our child; its exit code is unknown (-1)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return -1
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return -1
+
+
+class Zygote:
+    """One running `python -m runtime.zygote` of a kind, restarted when it dies."""
+
+    def __init__(self, kind: str, workdir: Path, env: dict[str, str]) -> None:
+        self.kind = kind
+        self.path = str(workdir / f"{kind}.sock")
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self.preload_seconds: float | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep_running(), name=f"zygote {self.kind}")
+
+    async def _keep_running(self) -> None:
+        backoff = 0.5
+        while not self._closing:
+            t0 = time.monotonic()
+            await self._run_once()
+            if self._closing:
+                return
+            backoff = 0.5 if time.monotonic() - t0 > 30 else min(backoff * 2, 30.0)
+            log.warning("zygote %s exited; restarting in %.1fs", self.kind, backoff)
+            await asyncio.sleep(backoff)
+
+    async def _run_once(self) -> None:
+        self.ready.clear()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.zygote", "--socket", self.path, "--kind", self.kind,
+            env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        log_task = asyncio.create_task(self._log(self.proc.stderr))
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("ready"):
+                    self.ready.set()
+                    log.info("zygote %s ready (pid %d)", self.kind, self.proc.pid)
+        await self.proc.wait()
+        self.ready.clear()
+        await asyncio.wait([log_task], timeout=1.0)
+
+    async def _log(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            text = line.decode("utf-8", "replace").rstrip()
+            with contextlib.suppress(ValueError, AttributeError):
+                self.preload_seconds = json.loads(text)["seconds"]
+                continue
+            if text:
+                log.info("zygote %s: %s", self.kind, text[:300])
+
+    def alive(self) -> bool:
+        return self.ready.is_set() and self.proc is not None and self.proc.returncode is None
+
+    async def fork(self, argv: list[str], env: dict[str, str], stdout_fd: int | None) -> ForkedReplica:
+        loop = asyncio.get_running_loop()
+        err_r, err_w = os.pipe()
+        out_fd = stdout_fd if stdout_fd is not None else os.open(os.devnull, os.O_WRONLY)
+        request = json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}).encode()
+        try:
+            conn = await loop.run_in_executor(None, self._send, request, [out_fd, err_w])
+        except BaseException:
+            os.close(err_r)
+            raise
+        finally:
+            os.close(err_w)
+            if stdout_fd is None:
+                os.close(out_fd)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+            first = json.loads(await asyncio.wait_for(reader.readline(), 5.0) or b"{}")
+            if "pid" not in first:
+                raise OSError(first.get("error") or "the zygote closed the connection")
+            stderr = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr),
+                                         os.fdopen(err_r, "rb", buffering=0))
+        except BaseException:
+            conn.close()
+            with contextlib.suppress(OSError):
+                os.close(err_r)
+            raise
+        return ForkedReplica(int(first["pid"]), reader, writer, stderr)
+
+    def _send(self, request: bytes, fds: list[int]) -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(5.0)
+            conn.connect(self.path)
+            socket.send_fds(conn, [request], fds)
+            conn.setblocking(False)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await terminate(self.proc, timeout=5.0)
+
+
+class PrewarmLauncher:
+    """Zygotes per backend kind; `spawn` forks a replica, or returns None for a plain start."""
+
+    def __init__(self, kinds: tuple[str, ...] = ("paddle",), env: dict[str, str] | None = None) -> None:
+        self.kinds = kinds
+        self._workdir = Path(tempfile.mkdtemp(prefix="elasticserving-zygote-"))
+        self._env = dict(os.environ if env is None else env)
+        self.zygotes: dict[str, Zygote] = {}
+
+    async def start(self) -> None:
+        for kind in self.kinds:
+            self._zygote(kind)
+
+    def _zygote(self, kind: str) -> Zygote:
+        z = self.zygotes.get(kind)
+        if z is None:
+            z = self.zygotes[kind] = Zygote(kind, self._workdir, self._env)
+            z.start()
+        return z
+
+    async def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Every eager zygote has imported its backend (for tests and benchmarks)."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(z.ready.wait() for z in self.zygotes.values())), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def spawn(self, cmd: str, env: dict[str, str], stdout_fd: int | None = None) -> ForkedReplica | None:
+        argv = runtime_argv(cmd, env)
+        kind = runtime_kind(argv) if argv is not None else None
+        if kind is None:
+            return None
+        z = self._zygote(kind)  # a kind first seen here warms up for the next scale-up
+        if not z.alive():
+            log.info("zygote %s not ready: plain start", kind)
+            return None
+        try:
+            return await z.fork(argv, env, stdout_fd)
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("zygote %s could not fork a replica (%s): plain start", kind, exc)
+            return None
+
+    async def close(self) -> None:
+        await asyncio.gather(*(z.close() for z in self.zygotes.values()), return_exceptions=True)
+        with contextlib.suppress(OSError):
+            for p in self._workdir.iterdir():
+                p.unlink()
+            self._workdir.rmdir()
