@@ -322,6 +322,7 @@ class Controller:
                 "desired": sc.desired,
                 "ready": len(st.ready),
                 "starting": st.starting,
+                "standby": st.standby,
                 "stable_concurrency": round(sc.stable, 3),
                 "panic_concurrency": round(sc.panic, 3),
                 "in_panic": sc.in_panic,

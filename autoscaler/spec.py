@@ -21,8 +21,10 @@ SHORT_NAME = "psvc"
 
 # Annotation (on metadata) capping in-flight requests per replica, Knative's containerConcurrency.
 CONTAINER_CONCURRENCY_ANNOTATION = f"{API_GROUP}/container-concurrency"
-# Annotation selecting the scale-from-zero standby mode on kubernetes (issue: pre-warmed start).
+# Annotation (kubernetes platform, minScale 0 only): this many Pods per side run with the model loaded
+# but take no traffic and do not count as replicas, so a scale from zero is a routing change.
 STANDBY_ANNOTATION = f"{API_GROUP}/standby"
+MAX_STANDBY = 10
 
 AUTOSCALER_CLASSES = ("kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev")
 METRICS = ("concurrency", "rps", "cpu")
@@ -199,6 +201,7 @@ class AutoscalingConfig(BaseModel):
     min_scale: int
     max_scale: int  # 0 = unbounded
     container_concurrency: int  # 0 = unlimited
+    standby: int = 0  # warm, unrouted Pods per side (kubernetes; minScale 0 only)
 
     @property
     def panic_window(self) -> float:
@@ -288,6 +291,18 @@ class PaddleService(BaseModel):
         return svc
 
     # ---- autoscaling ----------------------------------------------------------------------
+    def standby(self) -> int:
+        """The standby annotation's Pod count per side (0 without it); SpecError when it is not 0..10."""
+        text = self.metadata.annotations.get(STANDBY_ANNOTATION, "0")
+        try:
+            n = int(text)
+        except ValueError:
+            n = -1
+        if n < 0 or n > MAX_STANDBY:
+            raise SpecError(f"metadata.annotations[{STANDBY_ANNOTATION}]",
+                            f"standby {text!r} must be an integer within 0..{MAX_STANDBY}")
+        return n
+
     def autoscaling(self, defaults: dict[str, Any] | None = None) -> AutoscalingConfig:
         """Effective autoscaling settings; `defaults` holds cluster-level values
         (keys of Knative's config-autoscaler: `stable-window`, `target`, ...)."""
@@ -345,6 +360,10 @@ class PaddleService(BaseModel):
         if cc < 0 or cc > 1000:
             raise SpecError(f"metadata.annotations[{CONTAINER_CONCURRENCY_ANNOTATION}]",
                             f"containerConcurrency {cc_text!r} must be an integer within 0..1000")
+        standby = self.standby()
+        if standby and min_scale:
+            raise SpecError(f"metadata.annotations[{STANDBY_ANNOTATION}]",
+                            f"standby Pods are for services that scale to zero; minScale is {min_scale}")
         return AutoscalingConfig(
             autoscaler_class=s.autoscaler or d.get("autoscaler-class", DEFAULT_AUTOSCALER),
             metric=s.metric or DEFAULT_METRIC,
@@ -356,6 +375,7 @@ class PaddleService(BaseModel):
             min_scale=int(min_scale),
             max_scale=int(max_scale),
             container_concurrency=cc,
+            standby=standby,
         )
 
     def resources(self) -> dict[str, dict[str, str]]:

@@ -35,6 +35,7 @@ class SideState:
     starting: int = 0
     error: str | None = None  # the last reason replicas failed (exited, never ready, ...)
     last_start_seconds: float | None = None  # spawn-to-ready time of the newest ready replica
+    standby: int = 0  # ready but unrouted (kubernetes standby Pods); not in `ready`, not replicas
 
     @property
     def actual(self) -> int:

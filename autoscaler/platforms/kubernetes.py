@@ -15,7 +15,7 @@ from typing import Any
 
 from autoscaler.kube_client import Informer, Kube, KubeError, resource_path, retry_on_conflict
 from autoscaler.platforms.base import Endpoint, Platform, SideState
-from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService
+from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.kubernetes")
 
@@ -181,6 +181,11 @@ class KubernetesPlatform(Platform):
         self._desired: dict[tuple[str, str], int] = {}
         self._ready: dict[tuple[str, str], list[Endpoint]] = {}
         self._errors: dict[tuple[str, str], str | None] = {}
+        # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
+        # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait
+        # with the model loaded, so a scale from zero is a routing change and a Pod start refills them.
+        self._standby: dict[str, int] = {}
+        self._active: dict[tuple[str, str], list[str]] = {}
         # Called with the service key when one of its children was deleted or changed behind our
         # back (kubectl delete/edit): the reconciler re-applies it at once instead of at resync.
         self.on_drift: Callable[[str], None] = lambda key: None
@@ -252,24 +257,48 @@ class KubernetesPlatform(Platform):
     def state(self, key: str, side: str) -> SideState:
         ref = (key, side)
         ready = list(self._ready.get(ref, []))
+        standby = self._standby.get(key, 0)
         desired = self._desired.get(ref)
         if desired is None:
             dep = self._deployment(key, side)
-            desired = int((dep or {}).get("spec", {}).get("replicas") or 0)
+            desired = max(0, int((dep or {}).get("spec", {}).get("replicas") or 0) - standby)
+        spare = 0
+        if standby:
+            ready = self._routed(ref, ready, desired)
+            spare = len(self._ready.get(ref, [])) - len(ready)
         return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
-                         error=self._errors.get(ref) if not ready else None)
+                         error=self._errors.get(ref) if not ready else None, standby=spare)
+
+    def _routed(self, ref: tuple[str, str], ready: list[Endpoint], desired: int) -> list[Endpoint]:
+        """`desired` of the ready Pods: those already routed first (no flapping), then by name."""
+        before = self._active.get(ref, [])
+        ready.sort(key=lambda e: (e.id not in before, before.index(e.id) if e.id in before else 0, e.id))
+        chosen = ready[:desired]
+        self._active[ref] = [e.id for e in chosen]
+        return chosen
 
     async def apply(self, svc: PaddleService) -> None:
+        try:
+            standby = svc.standby()
+        except SpecError:
+            standby = 0  # the controller reports the spec error
+        changed = standby != self._standby.get(svc.key, 0)
+        self._standby[svc.key] = standby
         for side in svc.sides:
             await self._apply_deployment(svc, side)
             await self._apply_service(svc, side)
         for side in SIDES:
             if side not in svc.sides:
                 await self._delete_side(svc.namespace, svc.name, side)
+        if changed:  # more or fewer standby Pods for the same demand
+            for side in svc.sides:
+                if (svc.key, side) in self._desired:
+                    await self.scale(svc.key, side, self._desired[(svc.key, side)])
+            self.on_change(svc.key)
 
     @retry_on_conflict()
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
-        want = build_deployment(svc, side, replicas=self._desired.get((svc.key, side), 0))
+        want = build_deployment(svc, side, replicas=self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0))
         path = resource_path("apps/v1", "deployments", svc.namespace, want["metadata"]["name"])
         have = await self.kube.get_or_none(path)
         if have is None:
@@ -326,11 +355,13 @@ class KubernetesPlatform(Platform):
             log.info("deleted %s side of %s/%s", side, namespace, name)
         key = f"{namespace}/{name}"
         self._desired.pop((key, side), None)
+        self._active.pop((key, side), None)
 
     async def delete(self, key: str) -> None:
         ns, name = split_key(key)
         for side in SIDES:
             await self._delete_side(ns, name, side)
+        self._standby.pop(key, None)
         # Anything else we labelled for this service (e.g. left over by an older version).
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={name}"
         for api, plural in (("apps/v1", "deployments"), ("v1", "services")):
@@ -340,13 +371,17 @@ class KubernetesPlatform(Platform):
 
     async def scale(self, key: str, side: str, replicas: int) -> None:
         ns, name = split_key(key)
+        standby = self._standby.get(key, 0)
+        before = self._desired.get((key, side))
         self._desired[(key, side)] = replicas
+        if standby and before != replicas:
+            self.on_change(key)  # standby Pods are routed (or no longer) at once
         path = resource_path("apps/v1", "deployments", ns, workload_name(name, side), "scale")
         try:
-            await self.kube.merge_patch(path, {"spec": {"replicas": replicas}})
+            await self.kube.merge_patch(path, {"spec": {"replicas": replicas + standby}})
         except KubeError as exc:
             if exc.not_found:  # not created yet: apply creates it with this count
                 log.warning("scale %s/%s to %d: deployment not found", key, side, replicas)
                 return
             raise
-        log.info("scaled %s/%s to %d", key, side, replicas)
+        log.info("scaled %s/%s to %d%s", key, side, replicas, f" (+{standby} standby)" if standby else "")

@@ -7,6 +7,7 @@ import pytest
 
 from autoscaler.spec import (
     CONTAINER_CONCURRENCY_ANNOTATION,
+    STANDBY_ANNOTATION,
     PaddleService,
     SpecError,
     load_paddleservices,
@@ -104,6 +105,21 @@ def test_container_concurrency_annotation():
     assert PaddleService.from_dict(m).autoscaling().container_concurrency == 4
     m["metadata"]["annotations"] = {CONTAINER_CONCURRENCY_ANNOTATION: "-2"}
     with pytest.raises(SpecError, match="containerConcurrency"):
+        PaddleService.from_dict(m)
+
+
+def test_standby_annotation():
+    m = manifest(service={"minScale": 0})
+    assert PaddleService.from_dict(m).autoscaling().standby == 0
+    m["metadata"]["annotations"] = {STANDBY_ANNOTATION: "2"}
+    assert PaddleService.from_dict(m).autoscaling().standby == 2
+    for bad in ("-1", "11", "one"):
+        m["metadata"]["annotations"] = {STANDBY_ANNOTATION: bad}
+        with pytest.raises(SpecError, match="standby"):
+            PaddleService.from_dict(m)
+    m = manifest(service={"minScale": 1})
+    m["metadata"]["annotations"] = {STANDBY_ANNOTATION: "1"}
+    with pytest.raises(SpecError, match="scale to zero"):
         PaddleService.from_dict(m)
 
 

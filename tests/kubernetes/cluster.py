@@ -326,6 +326,11 @@ class ControllerProc:
             return None
         return next((r for r in body.get("services", []) if r["service"] == key), None)
 
+    def describe(self, key: str) -> dict | None:
+        """The control API's view of one service: manifest, status and live autoscaler numbers."""
+        status, body = self.get(f"/v1/paddleservices/{key}")
+        return body if status == 200 else None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

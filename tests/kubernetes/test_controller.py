@@ -306,3 +306,42 @@ def test_scale_subresource_of_the_crd(installed: Cluster, ctl: ControllerProc) -
     wait_for(lambda: (c := condition(get_psvc(installed, name), "Ready")) is not None
              and c["reason"] != "InvalidSpec", 10, what="valid status after kubectl scale")
     assert replicas(installed, f"{name}-default") == 1
+
+
+def test_standby_pods_make_scale_from_zero_a_routing_change(installed: Cluster, ctl: ControllerProc) -> None:
+    """`elasticserving.paddlepaddle.org/standby: "1"` on a minScale-0 service: one Pod runs with the model
+    loaded but is not routed and not a replica; a poke routes it at once and starts a new standby."""
+    doc = yaml.safe_load(psvc("standby", service={"minScale": 0}))
+    doc["metadata"]["annotations"] = {"elasticserving.paddlepaddle.org/standby": "1"}
+    installed.apply_yaml(yaml.safe_dump(doc))
+    key = f"{NS}/standby"
+    wait_for(lambda: replicas(installed, "standby-default") == 1, 20, what="one standby Pod at zero")
+    installed.apply_yaml(endpoint_slice("standby-default", NS, "default",
+                                        {"standby-default-aa": ("10.2.0.1", True)}, 8000))
+    item = wait_for(lambda: (d := ctl.describe(key)) and d["autoscaler"]["default"]["standby"] == 1 and d, 10,
+                    what="the ready Pod counted as standby")
+    assert item["autoscaler"]["default"]["ready"] == 0
+    assert ctl.route(key)["sides"]["default"]["endpoints"] == []  # not routed
+    assert get_psvc(installed, "standby")["status"]["replicas"] == 0
+
+    status, _ = ctl.post("/v1/poke", {"service": key, "side": "default"})
+    assert status == 200
+    # The standby Pod is routed without any new Pod turning ready: a routing change.
+    eps = wait_for(lambda: ctl.route(key)["sides"]["default"]["endpoints"], 10, what="standby Pod routed")
+    assert [e["id"] for e in eps] == ["standby-default-aa"]
+    wait_for(lambda: replicas(installed, "standby-default") == 2, 10, what="a new standby Pod requested")
+    # The new Pod turns ready: it waits as the standby; the routed one stays routed.
+    installed.apply_yaml(endpoint_slice("standby-default", NS, "default",
+                                        {"standby-default-aa": ("10.2.0.1", True),
+                                         "standby-default-ab": ("10.2.0.2", True)}, 8000))
+    wait_for(lambda: ctl.describe(key)["autoscaler"]["default"]["standby"] == 1, 10, what="new standby")
+    assert [e["id"] for e in ctl.route(key)["sides"]["default"]["endpoints"]] == ["standby-default-aa"]
+    wait_for(lambda: get_psvc(installed, "standby")["status"]["replicas"] == 1, 10, what="status replicas 1")
+
+    # Invalid standby values are reported in status, not applied.
+    doc["spec"]["service"]["minScale"] = 2
+    installed.apply_yaml(yaml.safe_dump(doc))
+    cond = wait_for(lambda: (c := condition(get_psvc(installed, "standby"), "Ready")) and c["status"] == "False"
+                    and c, 10, what="Ready=False for standby with minScale 2")
+    assert "standby" in cond["message"]
+    installed.kubectl("delete", "psvc", "standby", "-n", NS)
