@@ -315,6 +315,10 @@ def test_standby_pods_make_scale_from_zero_a_routing_change(installed: Cluster, 
     doc["metadata"]["annotations"] = {"elasticserving.paddlepaddle.org/standby": "1"}
     installed.apply_yaml(yaml.safe_dump(doc))
     key = f"{NS}/standby"
+
+    def status_replicas(name: str) -> int | None:
+        return ((get_psvc(installed, name) or {}).get("status") or {}).get("replicas")
+
     wait_for(lambda: replicas(installed, "standby-default") == 1, 20, what="one standby Pod at zero")
     installed.apply_yaml(endpoint_slice("standby-default", NS, "default",
                                         {"standby-default-aa": ("10.2.0.1", True)}, 8000))
@@ -322,7 +326,7 @@ def test_standby_pods_make_scale_from_zero_a_routing_change(installed: Cluster, 
                     what="the ready Pod counted as standby")
     assert item["autoscaler"]["default"]["ready"] == 0
     assert ctl.route(key)["sides"]["default"]["endpoints"] == []  # not routed
-    assert get_psvc(installed, "standby")["status"]["replicas"] == 0
+    wait_for(lambda: status_replicas("standby") == 0, 10, what="status replicas 0")
 
     status, _ = ctl.post("/v1/poke", {"service": key, "side": "default"})
     assert status == 200
@@ -336,7 +340,7 @@ def test_standby_pods_make_scale_from_zero_a_routing_change(installed: Cluster, 
                                          "standby-default-ab": ("10.2.0.2", True)}, 8000))
     wait_for(lambda: ctl.describe(key)["autoscaler"]["default"]["standby"] == 1, 10, what="new standby")
     assert [e["id"] for e in ctl.route(key)["sides"]["default"]["endpoints"]] == ["standby-default-aa"]
-    wait_for(lambda: get_psvc(installed, "standby")["status"]["replicas"] == 1, 10, what="status replicas 1")
+    wait_for(lambda: status_replicas("standby") == 1, 10, what="status replicas 1")
 
     # Invalid standby values are reported in status, not applied.
     doc["spec"]["service"]["minScale"] = 2
