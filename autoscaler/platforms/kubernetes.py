@@ -296,44 +296,29 @@ class KubernetesPlatform(Platform):
                     await self.scale(svc.key, side, self._desired[(svc.key, side)])
             self.on_change(svc.key)
 
-    @retry_on_conflict()
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
-        want = build_deployment(svc, side, replicas=self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0))
-        path = resource_path("apps/v1", "deployments", svc.namespace, want["metadata"]["name"])
-        have = await self.kube.get_or_none(path)
-        if have is None:
-            try:
-                await self.kube.create(resource_path("apps/v1", "deployments", svc.namespace), want)
-                log.info("created deployment %s/%s", svc.namespace, want["metadata"]["name"])
-            except KubeError as exc:
-                if exc.status == 409:  # AlreadyExists (created meanwhile): retry_on_conflict compares again
-                    log.debug("deployment %s appeared meanwhile", want["metadata"]["name"])
-                raise
-            return
-        if (have["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
-                want["metadata"]["annotations"][HASH_ANNOTATION]:
-            return
-        md = have["metadata"]
-        md["labels"] = want["metadata"]["labels"]
-        md["annotations"] = dict(md.get("annotations") or {}, **want["metadata"]["annotations"])
-        md["ownerReferences"] = want["metadata"]["ownerReferences"]
-        have["spec"]["selector"] = want["spec"]["selector"]
-        have["spec"]["template"] = want["spec"]["template"]  # replicas stay as the autoscaler set them
-        await self.kube.replace(path, have)
-        log.info("updated deployment %s/%s", svc.namespace, md["name"])
+        replicas = self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0)
+        # On update, replicas stay as the autoscaler set them (scale subresource).
+        await self._apply_child(build_deployment(svc, side, replicas=replicas), "apps/v1", "deployments",
+                                ("selector", "template"))
+
+    async def _apply_service(self, svc: PaddleService, side: str) -> None:
+        await self._apply_child(build_service(svc, side), "v1", "services",
+                                ("selector", "ports", "publishNotReadyAddresses"))
 
     @retry_on_conflict()
-    async def _apply_service(self, svc: PaddleService, side: str) -> None:
-        want = build_service(svc, side)
-        path = resource_path("v1", "services", svc.namespace, want["metadata"]["name"])
+    async def _apply_child(self, want: dict[str, Any], api: str, plural: str, spec_fields: tuple[str, ...]) -> None:
+        """Create `want`, or update the given spec fields (and our metadata) when its config hash changed."""
+        ns, name = want["metadata"]["namespace"], want["metadata"]["name"]
+        path = resource_path(api, plural, ns, name)
         have = await self.kube.get_or_none(path)
         if have is None:
             try:
-                await self.kube.create(resource_path("v1", "services", svc.namespace), want)
-                log.info("created service %s/%s", svc.namespace, want["metadata"]["name"])
+                await self.kube.create(resource_path(api, plural, ns), want)
+                log.info("created %s %s/%s", want["kind"].lower(), ns, name)
             except KubeError as exc:
-                if exc.status == 409:  # AlreadyExists: retry_on_conflict compares again
-                    log.debug("service %s appeared meanwhile", want["metadata"]["name"])
+                if exc.status == 409:  # AlreadyExists (created meanwhile): retry_on_conflict compares again
+                    log.debug("%s %s appeared meanwhile", want["kind"].lower(), name)
                 raise
             return
         if (have["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
@@ -343,9 +328,10 @@ class KubernetesPlatform(Platform):
         md["labels"] = want["metadata"]["labels"]
         md["annotations"] = dict(md.get("annotations") or {}, **want["metadata"]["annotations"])
         md["ownerReferences"] = want["metadata"]["ownerReferences"]
-        for f in ("selector", "ports", "publishNotReadyAddresses"):
+        for f in spec_fields:
             have["spec"][f] = want["spec"][f]
         await self.kube.replace(path, have)
+        log.info("updated %s %s/%s", want["kind"].lower(), ns, name)
 
     async def _delete_side(self, namespace: str, name: str, side: str) -> None:
         wl = workload_name(name, side)

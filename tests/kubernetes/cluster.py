@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers import wait_for  # noqa: F401 - re-exported for the kubernetes tests
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "elasticserving-test-admin-token"
 
@@ -238,18 +240,6 @@ class Cluster:
 
     def apply_yaml(self, text: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.kubectl("apply", "-f", "-", input=text, check=check)
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll until `predicate()` is truthy (returned); fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 def condition(obj: dict | None, cond_type: str) -> dict | None:
