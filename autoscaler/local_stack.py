@@ -24,7 +24,7 @@ from aiohttp import web
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.platforms.local import LocalPlatform
-from autoscaler.process import terminate
+from autoscaler.process import die_with_parent, terminate
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
@@ -98,7 +98,8 @@ class ActivatorProcess:
         self._task = asyncio.create_task(self._supervise())
 
     async def _spawn(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(*self.command(), stdin=asyncio.subprocess.DEVNULL)
+        self.proc = await asyncio.create_subprocess_exec(*self.command(), stdin=asyncio.subprocess.DEVNULL,
+                                                         preexec_fn=die_with_parent)
 
     async def _supervise(self) -> None:
         while not self._stopping:

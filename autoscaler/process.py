@@ -1,11 +1,22 @@
-"""Stopping child processes the stack started (activator, Prometheus): SIGTERM, then SIGKILL.
+"""Child processes the stack starts (activator, Prometheus, replicas): tied to the stack's life, and
+stopped with SIGTERM, then SIGKILL.
 
 Shared by `elasticserving up` and its optional helpers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+
+
+def die_with_parent() -> None:
+    """preexec_fn for children of the stack: SIGKILL when the process that started them dies (Linux),
+    so nothing outlives `elasticserving up`, even after a kill -9."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 async def terminate(proc: asyncio.subprocess.Process | None, timeout: float = 10.0) -> None:

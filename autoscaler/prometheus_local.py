@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from autoscaler.process import terminate
+from autoscaler.process import die_with_parent, terminate
 
 log = logging.getLogger("elasticserving.prometheus")
 
@@ -62,7 +62,7 @@ class LocalPrometheus:
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
             stderr=(self.dir / "prometheus.log").open("ab"),
         )
         log.info("prometheus on %s (config %s)", self.url, cfg)

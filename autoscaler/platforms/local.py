@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from autoscaler.platforms.base import Endpoint, Platform, SideState
+from autoscaler.process import die_with_parent
 from autoscaler.spec import EndpointSpec, PaddleService
 
 log = logging.getLogger("elasticserving.local")
@@ -35,15 +36,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _child_setup() -> None:
-    """In the replica's shell: its own process group, and die with the platform (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -272,7 +264,7 @@ class LocalPlatform(Platform):
             return await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=stdout or asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=_child_setup,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         finally:
             if stdout:

@@ -142,18 +142,20 @@ def test_a_hanging_fork_is_replaced_by_a_plain_start(tmp_path, monkeypatch):
         assert s.stop() == 0
 
 
-def test_forked_replicas_do_not_outlive_a_killed_stack(tmp_path):
+def test_nothing_outlives_a_killed_stack(tmp_path):
+    """kill -9 of `up`: the activator and the zygote die with it, forked replicas through their lifeline."""
     f = write_yaml(tmp_path / "life.yaml", paddleservice("life", "pw", LAC, minScale=0))
     s = start_stack(tmp_path, [f], extra=["--prewarm"])
     try:
         wait_for(lambda: zygotes_ready(s) >= 1, 60, 0.1, "the paddle zygote")
         status, _, data = s.request("life.pw.example.com", "/lac/prediction", REQ, timeout=60)
         assert status == 200, data
-        kids = wait_for(lambda: forked(s), 30, 0.05, "a forked replica")
+        kids = wait_for(lambda: forked(s), 30, 0.05, "a forked replica") + child_pids(s.proc.pid)
+        assert any("-m activator" in _cmdline(p) for p in kids) and zygote_pid(s) in kids
     finally:
         s.stop(signal.SIGKILL)
     wait_for(lambda: not [p for p in kids if os.path.exists(f"/proc/{p}") and _state(p) != "Z"], 30, 0.05,
-             "forked replicas to exit")
+             "the activator, the zygote and forked replicas to exit")
 
 
 def _state(pid: int) -> str:
