@@ -44,6 +44,11 @@ def plain_shells(stack) -> list[int]:
     return [p for p in child_pids(stack.proc.pid) if _cmdline(p).startswith("/bin/sh -c")]
 
 
+def warm_starts(stack, since: int = 0) -> list[str]:
+    """Log lines of the `warm` service's replica starts (other services' forks run beside them)."""
+    return [line for line in stack.output[since:] if "started replica pw-warm-default" in line]
+
+
 def zygotes_ready(stack) -> int:
     return sum("zygote paddle ready" in line for line in stack.output)
 
@@ -74,13 +79,14 @@ def stack(tmp_path_factory):
 
 
 def test_scale_from_zero_forks_the_replica_from_the_zygote(stack):
+    mark = len(stack.output)
     status, headers, data = stack.request("warm.pw.example.com", "/lac/prediction", REQ, timeout=60)
     assert status == 200, data
     assert json.loads(data)["result"] == ANSWER
-    kids = forked(stack)
-    assert len(kids) == 1, kids
+    (start,) = wait_for(lambda: warm_starts(stack, mark), 5, 0.02, "the start in the log")
+    assert "pre-warmed" in start
+    assert len(forked(stack)) == 1
     assert not [p for p in plain_shells(stack) if "runtime" in _cmdline(p)]
-    assert any("pre-warmed" in line for line in stack.output)
 
 
 def test_other_commands_start_plainly(stack):
@@ -101,12 +107,14 @@ def test_a_model_that_fails_to_load_is_a_clear_error_without_a_plain_retry(stack
 def test_racing_scale_ups_all_answered(stack):
     restart_from_zero(stack, "warm", stack.files["warm"])
     at_zero(stack, "pw/warm")
+    mark = len(stack.output)
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda _: stack.request("warm.pw.example.com", "/lac/prediction", REQ, timeout=60),
                                 range(20)))
     assert [r[0] for r in results] == [200] * 20, [r[2][:200] for r in results if r[0] != 200]
     assert all(json.loads(r[2])["result"] == ANSWER for r in results)
-    assert 1 <= len(forked(stack)) <= 3
+    starts = warm_starts(stack, mark)
+    assert 1 <= len(starts) <= 3 and all("pre-warmed" in line for line in starts), starts
 
 
 def test_a_killed_zygote_falls_back_to_plain_start_then_comes_back(stack):
@@ -117,15 +125,20 @@ def test_a_killed_zygote_falls_back_to_plain_start_then_comes_back(stack):
     at_zero(stack, "pw/warm")
     os.kill(z, signal.SIGKILL)
     wait_for(lambda: zygote_pid(stack) != z, 10, 0.02, "the zygote to be gone")
+    mark = len(stack.output)
     status, _, data = stack.request("warm.pw.example.com", "/lac/prediction", REQ, timeout=60)
     assert status == 200, data
+    (start,) = wait_for(lambda: warm_starts(stack, mark), 5, 0.02, "the start in the log")
+    assert "pre-warmed" not in start  # no zygote: a plain start
     # The zygote is started again; the next scale from zero is forked again.
     wait_for(lambda: zygotes_ready(stack) > before, 60, 0.1, "a new zygote")
     restart_from_zero(stack, "warm", stack.files["warm"])
     at_zero(stack, "pw/warm")
+    mark = len(stack.output)
     status, _, data = stack.request("warm.pw.example.com", "/lac/prediction", REQ, timeout=60)
     assert status == 200, data
-    assert len(forked(stack)) == 1
+    (start,) = wait_for(lambda: warm_starts(stack, mark), 5, 0.02, "the start in the log")
+    assert "pre-warmed" in start
 
 
 def test_a_hanging_fork_is_replaced_by_a_plain_start(tmp_path, monkeypatch):
