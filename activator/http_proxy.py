@@ -122,6 +122,8 @@ class FrontConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(error(400, f"malformed HTTP request: {exc}"))
 
+    # EOF from the client closes the connection (asyncio's default eof_received): a client that leaves
+    # and one that only half-closes look the same, and a leaving client must free its slot at once.
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.worker is not None:
