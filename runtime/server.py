@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime import v2_binary
 from runtime.metrics import RuntimeMetrics
 from runtime.model import LacModel, ModelLoadError
 
@@ -107,6 +108,11 @@ def _words_from_v2(body: Any) -> tuple[list[str], str | None]:
     if inp.get("datatype") != "BYTES":
         raise BadRequest(f"input `words` must have datatype BYTES, not {inp.get('datatype')!r}")
     data, shape = inp.get("data"), inp.get("shape")
+    if isinstance(data, list) and any(isinstance(x, bytes) for x in data):  # binary tensor data
+        try:
+            data = [x.decode("utf-8") if isinstance(x, bytes) else x for x in data]
+        except UnicodeDecodeError:
+            raise BadRequest("input `words` holds bytes that are not UTF-8 text") from None
     if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
         raise BadRequest("input `words` data must be a list of strings")
     if not isinstance(shape, list) or len(shape) != 1 or shape[0] != len(data):
@@ -187,15 +193,25 @@ class Server:
             return _error(404, f"unknown model {request.match_info['name']!r}")
         if (r := self._not_ready()) is not None:
             return r
+        if v2_binary.HEADER in request.headers:  # tritonclient.http's default: JSON + raw tensor bytes
+            body = v2_binary.decode_request(await request.read(), request.headers[v2_binary.HEADER])
+        else:
+            body = await _json(request)
         if self.tensor:
-            return web.json_response(await self.model.v2_infer(await _json(request)), dumps=_dumps)
-        words, req_id = _words_from_v2(await _json(request))
-        segs = await self.model.segment(words)
-        out: dict[str, Any] = {"model_name": self.args.name, "outputs": [
-            {"name": "word_seg", "datatype": "BYTES", "shape": [len(segs)], "data": segs}]}
-        if req_id is not None:
-            out["id"] = req_id
-        return web.json_response(out, dumps=_dumps)
+            out = await self.model.v2_infer(body)
+        else:
+            words, req_id = _words_from_v2(body)
+            segs = await self.model.segment(words)
+            out = {"model_name": self.args.name, "outputs": [
+                {"name": "word_seg", "datatype": "BYTES", "shape": [len(segs)], "data": segs}]}
+            if req_id is not None:
+                out["id"] = req_id
+        packed = v2_binary.encode_response(body, out)
+        if packed is None:
+            return web.json_response(out, dumps=_dumps)
+        data, json_length = packed
+        return web.Response(body=data, content_type="application/octet-stream",
+                            headers={v2_binary.HEADER: str(json_length)})
 
     async def v2_metadata(self, request: web.Request) -> web.Response:
         if request.match_info["name"] != self.args.name:
@@ -221,7 +237,8 @@ class Server:
         return self._not_ready() or web.json_response({"status": "ready", "model": self.args.name})
 
     async def v2_server(self, _: web.Request) -> web.Response:
-        return web.json_response({"name": "elasticserving-runtime", "version": "0.1.0", "extensions": []})
+        return web.json_response({"name": "elasticserving-runtime", "version": "0.1.0",
+                                  "extensions": ["binary_tensor_data"]})
 
     async def metrics_handler(self, _: web.Request) -> web.Response:
         body, ctype = self.metrics.render()

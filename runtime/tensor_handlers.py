@@ -86,6 +86,8 @@ class TensorModel:
 
     # ---- imagenet ---------------------------------------------------------------------------
     def _image_bytes(self, value: Any) -> bytes:
+        if isinstance(value, bytes) and value:  # binary tensor data: the encoded image itself
+            return value
         if not isinstance(value, str) or not value:
             raise BadInput("`image` must be a base64 string, a local file path or (with --allow-urls) a URL")
         if value.startswith(("http://", "https://")):

@@ -166,3 +166,27 @@ def test_concurrent_images_are_batched(servers, photo):
     total = sum(float(ln.split()[-1]) for ln in text.splitlines()
                 if ln.startswith("elasticserving_runtime_batch_size_sum"))
     assert total >= 48 and count < total, (count, total)
+
+
+def test_tritonclient_http_binary_tensors_with_tensor_models(servers, photo):
+    """The binary data extension with numeric tensors (raw handler) and encoded images (imagenet)."""
+    httpclient = pytest.importorskip("tritonclient.http")
+
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{servers['raw']}")
+    x = np.random.default_rng(2).random((1, 3, 224, 224), dtype=np.float32)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # binary_data=True by default
+    name = c.get_model_metadata("tiny")["outputs"][0]["name"]
+    binary = c.infer("tiny", [inp], outputs=[httpclient.InferRequestedOutput(name)]).as_numpy(name)
+    status, out = predict(servers["raw"], {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape),
+                                                       "data": x.ravel().tolist()}]}, "/v2/models/tiny/infer")
+    assert status == 200 and binary.dtype == np.float32 and binary.shape == (1, 5)
+    assert np.allclose(binary.ravel(), out["outputs"][0]["data"], atol=1e-6)
+
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{servers['onnx']}")
+    img = httpclient.InferInput("image", [1], "BYTES")
+    img.set_data_from_numpy(np.array([photo.read_bytes()], dtype=object))  # the JPEG bytes themselves
+    label = c.infer("flowers", [img], outputs=[httpclient.InferRequestedOutput("label")]).as_numpy("label")
+    status, out = predict(servers["onnx"], {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                        "data": [str(photo)]}]}, "/v2/models/flowers/infer")
+    assert status == 200 and label.tolist() == [out["outputs"][0]["data"][0].encode()]

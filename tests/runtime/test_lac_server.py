@@ -71,6 +71,25 @@ def test_v2_rest_shapes(server):
     assert json.loads(data)["inputs"] == [{"name": "words", "datatype": "BYTES", "shape": [-1]}]
 
 
+def test_tritonclient_http_with_its_default_binary_tensors(server):
+    """tritonclient.http sends BYTES inputs and asks for outputs as binary data unless told otherwise."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    import numpy as np
+
+    _, url = server
+    c = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    words = httpclient.InferInput("words", [2], "BYTES")
+    words.set_data_from_numpy(np.array(["我爱北京天安门".encode(), "我爱北京".encode()], dtype=object))
+    for outputs in ([httpclient.InferRequestedOutput("word_seg")], None):  # binary answer, then JSON
+        r = c.infer("lac", [words], outputs=outputs)
+        assert r.as_numpy("word_seg").tolist() == [b"\xe6\x88\x91|\xe7\x88\xb1|\xe5\x8c\x97\xe4\xba\xac|"
+                                                   b"\xe5\xa4\xa9\xe5\xae\x89\xe9\x97\xa8", "我|爱|北京".encode()]
+    # A body that does not match its header is a 400 with the reason, not a crash.
+    status, _, data = http("POST", f"{url}/v2/models/lac/infer", raw=b'{"inputs": []}xx',
+                           headers={"Inference-Header-Content-Length": "99"})
+    assert status == 400 and "does not fit" in json.loads(data)["error"]
+
+
 def test_sigterm_drains_in_flight_then_exits(server):
     p, base = server
     results = []
@@ -84,3 +103,4 @@ def test_sigterm_drains_in_flight_then_exits(server):
         t.join(30)
     assert p.wait(30) == 0
     assert all(s in (200, 503) for s in results) and results.count(200) >= 1
+
