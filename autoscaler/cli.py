@@ -59,7 +59,8 @@ def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             sides = []
             for side, a in (it.get("autoscaler") or {}).items():
                 panic = " PANIC" if a.get("in_panic") else ""
-                sides.append(f"{side} {a['desired']}/{a['ready']} c={a['stable_concurrency']:.2f}{panic}")
+                standby = f" +{a['standby']} standby" if a.get("standby") else ""
+                sides.append(f"{side} {a['desired']}/{a['ready']}{standby} c={a['stable_concurrency']:.2f}{panic}")
             reason = next((c.get("message", "") for c in st.get("conditions", [])
                            if c.get("type") == "Ready" and c.get("status") != "True"), "")
             row += ["; ".join(sides), reason]
