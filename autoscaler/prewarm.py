@@ -128,7 +128,7 @@ async def _wait_pid(pid: int) -> int:
     return -1
 
 
-class Zygote:
+class ZygoteProcess:
     """One running `python -m runtime.zygote` of a kind, restarted when it dies."""
 
     def __init__(self, kind: str, workdir: Path, env: dict[str, str]) -> None:
@@ -241,16 +241,16 @@ class PrewarmLauncher:
         self.kinds = kinds
         self._workdir = Path(tempfile.mkdtemp(prefix="elasticserving-zygote-"))
         self._env = dict(os.environ if env is None else env)
-        self.zygotes: dict[str, Zygote] = {}
+        self.zygotes: dict[str, ZygoteProcess] = {}
 
     async def start(self) -> None:
         for kind in self.kinds:
             self._zygote(kind)
 
-    def _zygote(self, kind: str) -> Zygote:
+    def _zygote(self, kind: str) -> ZygoteProcess:
         z = self.zygotes.get(kind)
         if z is None:
-            z = self.zygotes[kind] = Zygote(kind, self._workdir, self._env)
+            z = self.zygotes[kind] = ZygoteProcess(kind, self._workdir, self._env)
             z.start()
         return z
 
