@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import grpc
 
 from activator.throttler import Backend, Unavailable
-from activator.traffic import CanarySplitter
 
 if TYPE_CHECKING:
     from activator.server import Activator
@@ -50,11 +49,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no PaddleService for {host!r}: set metadata {ROUTE_KEY}: <name>.<namespace>")
         key = route["service"]
-        pin = md.get("x-paddleservice-canary", "").lower()
-        if pin == "true" and "canary" not in route["sides"]:
+        side = act.pick_side(route, md.get("x-paddleservice-canary", ""))
+        if side is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key} has no canary")
-        side = ("canary" if pin == "true" else "default" if pin == "false" or "canary" not in route["sides"]
-                else act.splitters.setdefault(key, CanarySplitter()).pick(route.get("canary_percent", 0)))
         t = act.throttler(key, side)
         t.requests += 1
         t0 = time.monotonic()
