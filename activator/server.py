@@ -132,11 +132,8 @@ class Activator:
             t.fail_waiters(f"service {key[0]} ({key[1]}) was removed")
 
     def collect_stats(self) -> list[dict[str, Any]]:
-        out = []
-        for (key, side), t in self.throttlers.items():
-            out.append(t.take_stats())
-            self.metrics.queue_depth.labels(key, side).set(len(t.waiters))
-            self.metrics.concurrency.labels(key, side).set(t.concurrency)
+        out = [t.take_stats() for t in self.throttlers.values()]
+        self.collect_gauges()
         return out
 
     # ---- waking the autoscaler -------------------------------------------------------------
