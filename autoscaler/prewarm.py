@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoscaler.process import terminate
+from autoscaler.process import die_with_parent, terminate
 
 log = logging.getLogger("elasticserving.prewarm")
 
@@ -160,7 +160,7 @@ class ZygoteProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.zygote", "--socket", self.path, "--kind", self.kind,
             env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)  # never outlives the launcher
         assert self.proc.stdout is not None and self.proc.stderr is not None
         log_task = asyncio.create_task(self._log(self.proc.stderr))
         async for line in self.proc.stdout:

@@ -48,13 +48,6 @@ def preload(kind: str) -> float:
     return time.perf_counter() - t0
 
 
-def _set_pdeathsig(sig: int) -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-
-
 def _lifeline(conn: socket.socket) -> None:
     """In the replica: SIGTERM ourselves (graceful drain) when the launcher's end of `conn` closes."""
     def watch() -> None:
@@ -214,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", required=True, help="Unix socket path to listen on")
     p.add_argument("--kind", choices=KINDS, default="paddle", help="backend to import ahead of time")
     args = p.parse_args(argv)
-    _set_pdeathsig(signal.SIGKILL)  # the zygote never outlives the launcher that started it
-    if os.getppid() == 1:
-        return 1
     seconds = preload(args.kind)
     print(json.dumps({"preloaded": args.kind, "seconds": round(seconds, 3)}), file=sys.stderr, flush=True)
     Zygote(args.socket).serve()
