@@ -16,7 +16,7 @@ from typing import Any
 
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
-from autoscaler.platforms.base import Platform
+from autoscaler.platform import Platform
 from autoscaler.spec import AutoscalingConfig, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.controller")

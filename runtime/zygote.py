@@ -1,6 +1,6 @@
 """Pre-warmed replica launcher (fork server): imports the runtime and its backend once, then forks replicas.
 
-autoscaler.prewarm starts one per backend kind and asks it over a Unix socket to fork a replica; the
+autoscaler.local.prewarm starts one per backend kind and asks it over a Unix socket to fork a replica; the
 child sets up its own session, environment and stdio, then runs runtime.server.main like `python -m runtime`.
 
 Protocol, one connection per replica: the launcher sends one JSON line `{"argv": [...], "env": {...},

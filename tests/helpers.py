@@ -111,7 +111,7 @@ class Stack:
         return json.loads(data)
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "autoscaler.cli", *args, "--server", self.control],
+        return subprocess.run([sys.executable, "-m", "autoscaler.local.cli", *args, "--server", self.control],
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
@@ -144,7 +144,7 @@ def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | Non
     hp, gp, cp = free_port(), free_port(), free_port()
     cfg = tmp / "autoscaler-config.yaml"
     cfg.write_text(yaml.safe_dump(config or {}))
-    cmd = [sys.executable, "-m", "autoscaler.cli", "up", "--http-port", str(hp), "--grpc-port", str(gp),
+    cmd = [sys.executable, "-m", "autoscaler.local.cli", "up", "--http-port", str(hp), "--grpc-port", str(gp),
            "--control-port", str(cp), "--config", str(cfg), "--log-dir", str(tmp / "logs"), *(extra or [])]
     for f in files:
         cmd += ["-f", str(f)]

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from autoscaler.controller import Controller
-from autoscaler.platforms.base import Endpoint, Platform, SideState
+from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import PaddleService, SpecError
 
 

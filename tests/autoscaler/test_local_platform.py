@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from autoscaler.platforms.local import LocalPlatform
+from autoscaler.local.platform import LocalPlatform
 from autoscaler.spec import PaddleService
 from tests.helpers import ROOT, replica_ids, replica_pids
 

@@ -1,4 +1,4 @@
-"""Which replica commands the pre-warmed launcher forks (autoscaler.prewarm), without processes."""
+"""Which replica commands the pre-warmed launcher forks (autoscaler.local.prewarm), without processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from autoscaler.prewarm import runtime_argv, runtime_kind
+from autoscaler.local.prewarm import runtime_argv, runtime_kind
 
 ENV = {"PORT": "9000", "GRPC_PORT": "9001"}
 

@@ -158,7 +158,7 @@ def test_bad_file_refused_by_up(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "autoscaler.cli", "up", "-f", str(f)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "autoscaler.local.cli", "up", "-f", str(f)], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 2
     assert "spec.default.port" in out.stderr

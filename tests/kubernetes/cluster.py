@@ -262,7 +262,7 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
 
 @dataclass
 class ControllerProc:
-    """`python -m autoscaler.kube_main` as a real process against the test API server."""
+    """`python -m autoscaler.kube.main` as a real process against the test API server."""
 
     cluster: Cluster
     identity: str
@@ -281,7 +281,7 @@ class ControllerProc:
     def start(self) -> ControllerProc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.kube_main", "--kubeconfig", str(self.cluster.kubeconfig),
+            [sys.executable, "-m", "autoscaler.kube.main", "--kubeconfig", str(self.cluster.kubeconfig),
              "--host", "127.0.0.1", "--port", str(self.port), "--identity", self.identity,
              "--system-namespace", "elasticserving-system",
              "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5",

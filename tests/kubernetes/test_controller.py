@@ -1,4 +1,4 @@
-"""The in-cluster controller (`python -m autoscaler.kube_main`) against a real kube-apiserver.
+"""The in-cluster controller (`python -m autoscaler.kube.main`) against a real kube-apiserver.
 
 The manual's flow: `kubectl apply -f deploy/`, then `kubectl apply -f examples/lac.yaml`; children,
 status, scaling, canary routes, invalid specs and deletion. No kubelet: the tests write the

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import yaml
 
-from autoscaler.kube_client import Informer, Kube, resource_path
+from autoscaler.kube.client import Informer, Kube, resource_path
 from tests.kubernetes.cluster import Cluster, ControllerProc, condition, wait_for
 
 pytestmark = pytest.mark.kubernetes

@@ -3,10 +3,10 @@ ready endpoints from EndpointSlices, status for invalid specs, and transition-ti
 
 from __future__ import annotations
 
-from autoscaler.kube_client import resource_path
-from autoscaler.kube_operator import _without_scale_field, invalid_status, merge_transition_times
-from autoscaler.platforms.base import Endpoint
-from autoscaler.platforms.kubernetes import build_deployment, build_service, ready_endpoints
+from autoscaler.kube.client import resource_path
+from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
+from autoscaler.kube.platform import build_deployment, build_service, ready_endpoints
+from autoscaler.platform import Endpoint
 from autoscaler.spec import PaddleService, SpecError
 
 

@@ -1,6 +1,6 @@
 """Leader election over a coordination.k8s.io/v1 Lease, so several controller replicas can run.
 
-kube_main runs the elector; only the leader reconciles PaddleServices and scales Deployments, and the
+kube.main runs the elector; only the leader reconciles PaddleServices and scales Deployments, and the
 control API's /ready follows `is_leader` so the activators' Service reaches the leader only.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from autoscaler.kube_client import Kube, KubeError, resource_path
+from autoscaler.kube.client import Kube, KubeError, resource_path
 
 log = logging.getLogger("elasticserving.leader")
 

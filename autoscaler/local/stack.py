@@ -23,8 +23,8 @@ from aiohttp import web
 
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
-from autoscaler.platforms.local import LocalPlatform
-from autoscaler.process import die_with_parent, terminate
+from autoscaler.local.platform import LocalPlatform
+from autoscaler.local.process import die_with_parent, terminate
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
@@ -138,7 +138,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     spawner = None
     launcher = None
     if opts.prewarm:
-        from autoscaler.prewarm import PrewarmLauncher  # optional: pre-warmed replica start
+        from autoscaler.local.prewarm import PrewarmLauncher  # optional: pre-warmed replica start
 
         launcher = PrewarmLauncher()
         await launcher.start()
@@ -164,7 +164,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         for svc in services:
             print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
         if opts.prometheus_port:
-            from autoscaler.prometheus_local import LocalPrometheus
+            from autoscaler.local.prometheus import LocalPrometheus
 
             prometheus = LocalPrometheus(f"127.0.0.1:{opts.http_port}", f"127.0.0.1:{opts.control_port}",
                                          port=opts.prometheus_port)

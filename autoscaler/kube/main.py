@@ -1,4 +1,4 @@
-"""Entry point of the in-cluster controller + autoscaler (`python -m autoscaler.kube_main`).
+"""Entry point of the in-cluster controller + autoscaler (`python -m autoscaler.kube`).
 
 Connects to the API server, serves the control API for activators (routes, stats, pokes) and, once
 it holds the leader Lease, runs the PaddleService reconciler, the kubernetes platform and the KPA tick.
@@ -20,16 +20,16 @@ from aiohttp import web
 
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
-from autoscaler.kube_client import Kube, KubeError, resource_path
-from autoscaler.kube_leader import LeaderElector
-from autoscaler.kube_operator import PaddleServiceOperator
-from autoscaler.platforms.kubernetes import KubernetesPlatform
+from autoscaler.kube.client import Kube, KubeError, resource_path
+from autoscaler.kube.leader import LeaderElector
+from autoscaler.kube.operator import PaddleServiceOperator
+from autoscaler.kube.platform import KubernetesPlatform
 
-log = logging.getLogger("elasticserving.kube_main")
+log = logging.getLogger("elasticserving.kube")
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m autoscaler.kube_main",
+    p = argparse.ArgumentParser(prog="python -m autoscaler.kube",
                                 description="ElasticServing controller + autoscaler for Kubernetes")
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file (default: in-cluster)")
     p.add_argument("--context", default=None)

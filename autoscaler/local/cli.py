@@ -71,7 +71,7 @@ def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
 
 # ---- commands ------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
-    from autoscaler.local_stack import StackOptions, up
+    from autoscaler.local.stack import StackOptions, up
 
     return up(StackOptions(
         files=args.file, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
@@ -84,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autoscaler.local_stack import load_files
+    from autoscaler.local.stack import load_files
 
     services = load_files(args.file, {})
     for svc in services:
@@ -133,7 +133,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     if args.platform == "kubernetes":
-        from autoscaler import kube_main
+        from autoscaler.kube import main as kube_main
 
         return kube_main.main(args.rest)
     print("error: use `elasticserving up` for the local platform", file=sys.stderr)

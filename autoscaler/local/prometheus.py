@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from autoscaler.process import die_with_parent, terminate
+from autoscaler.local.process import die_with_parent, terminate
 
 log = logging.getLogger("elasticserving.prometheus")
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoscaler.process import die_with_parent, terminate
+from autoscaler.local.process import die_with_parent, terminate
 
 log = logging.getLogger("elasticserving.prewarm")
 

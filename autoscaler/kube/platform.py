@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from autoscaler.kube_client import Informer, Kube, KubeError, resource_path, retry_on_conflict
-from autoscaler.platforms.base import Endpoint, Platform, SideState
+from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.kubernetes")

@@ -1,7 +1,7 @@
 """Kubernetes API access for the in-cluster controller: JSON requests, list+watch informers.
 
-Used by kube_operator (PaddleServices), platforms/kubernetes (Deployments, Services, EndpointSlices,
-scale) and kube_leader (Lease); built on the `kubernetes` client's asyncio ApiClient (config, auth, TLS).
+Used by kube.operator (PaddleServices), kube.platform (Deployments, Services, EndpointSlices,
+scale) and kube.leader (Lease); built on the `kubernetes` client's asyncio ApiClient (config, auth, TLS).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from autoscaler.controller import Controller
-from autoscaler.kube_client import Informer, Kube, KubeError, resource_path, retry_on_conflict
-from autoscaler.platforms.base import Platform
+from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.platform import Platform
 from autoscaler.spec import API_GROUP, API_VERSION, PLURAL, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.operator")

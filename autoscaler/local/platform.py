@@ -22,8 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from autoscaler.platforms.base import Endpoint, Platform, SideState
-from autoscaler.process import die_with_parent
+from autoscaler.local.process import die_with_parent
+from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import EndpointSpec, PaddleService
 
 log = logging.getLogger("elasticserving.local")
@@ -99,7 +99,7 @@ class LocalPlatform(Platform):
         self.log_dir = Path(log_dir) if log_dir else None
         self.max_backoff = max_backoff
         self.extra_env = dict(env or {})
-        # Optional pre-warmed launcher (autoscaler/prewarm.py): `await spawner(cmd, env, stdout_fd)` returns
+        # Optional pre-warmed launcher (autoscaler/local/prewarm.py): `await spawner(cmd, env, stdout_fd)` returns
         # a forked replica (a Process-like object with `prewarmed = True`), or None for a plain start. A
         # forked replica gets `prewarm_ready_timeout` to turn ready, else it is killed and started plainly.
         self.spawner = spawner

@@ -1,0 +1,3 @@
+from autoscaler.kube.main import main
+
+raise SystemExit(main())
