@@ -10,6 +10,7 @@ import subprocess
 import urllib.parse
 
 import pytest
+import yaml
 
 from tests.helpers import ROOT, free_port, http, paddleservice, start_stack, wait_for, write_yaml
 
@@ -33,6 +34,22 @@ def test_rules_pass_promtool():
     out = subprocess.run([promtool, "check", "rules", str(MON / "rules.yaml")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+def test_every_alert_fires_and_stays_silent_in_promtool_unit_tests():
+    """deploy/monitoring/rules_test.yaml proves each alert: promtool runs it, and every alert of
+    rules.yaml has a case where it fires and one where it must not."""
+    promtool = _require("promtool")
+    out = subprocess.run([promtool, "test", "rules", "rules_test.yaml"], cwd=MON, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    alerts = {r["alert"] for g in yaml.safe_load((MON / "rules.yaml").read_text())["groups"]
+              for r in g["rules"] if "alert" in r}
+    cases = [c for t in yaml.safe_load((MON / "rules_test.yaml").read_text())["tests"]
+             for c in t.get("alert_rule_test", [])]
+    fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    assert alerts and alerts == fires, f"alerts without a firing case: {alerts - fires}"
+    assert alerts == silent, f"alerts without a silent case: {alerts - silent}"
 
 
 def test_dashboard_panels_cover_the_issue():
