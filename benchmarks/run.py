@@ -1,6 +1,8 @@
 """Runs the benchmark suites one after another and writes benchmarks/results/report.{json,md}.
 
-Each suite is a module with `run(quick: bool) -> dict` of flat numbers (and optional `goals`)."""
+Each suite is a module with `run(quick: bool) -> dict`: numbers, figures measured >= 3 times as
+benchmarks.stats summaries (shown as median (min-max, n)), goals, and optional `charts` (chart specs
+that benchmarks.charts draws into PNG files beside the report)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from benchmarks.charts import render_all
+from benchmarks.stats import fmt, is_summary
+
 SUITES = [
     ("autoscaler", "benchmarks.autoscaler_sim", "KPA decider vs naive policy on load traces (simulation)"),
     ("runtime", "benchmarks.runtime_bench", "runtime overhead vs direct paddle.inference; dynamic batching"),
@@ -21,6 +26,7 @@ SUITES = [
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
     ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
 ]
+CHARTS_KEY = "charts"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -33,14 +39,15 @@ def _markdown(report: dict[str, Any]) -> str:
             lines += ["```", res["error"].strip(), "```", ""]
             continue
         lines += ["| metric | value |", "| --- | --- |"]
-        for k, v in _flatten(res.get("results", {})):
-            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+        results = {k: v for k, v in res.get("results", {}).items() if k != CHARTS_KEY}
+        lines += [f"| {k} | {fmt(v)} |" for k, v in _flatten(results)]
+        lines += [f"![{p.stem}]({p.name})" for p in map(Path, res.get("chart_files", []))]
         lines += ["", f"took {res['seconds']:.1f}s", ""]
     return "\n".join(lines)
 
 
 def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(d, dict):
+    if isinstance(d, dict) and not is_summary(d):
         out = []
         for k, v in d.items():
             out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mod = importlib.import_module(module)
             entry["results"] = mod.run(quick=args.quick)
+            entry["chart_files"] = [str(p) for p in render_all(entry["results"], Path(args.out))]
         except Exception:
             failed += 1
             entry["error"] = traceback.format_exc()

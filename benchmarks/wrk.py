@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+# Latency quantiles wrk prints after the run (its `done` hook), enough points for a CDF chart.
+CDF_QUANTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97.5, 99, 99.5, 99.9, 100)
+_DONE = ("done = function(summary, latency, requests)\n"
+         "  for _, q in ipairs({" + ", ".join(str(q) for q in CDF_QUANTILES) + "}) do\n"
+         "    io.write(string.format(\"cdf %g %d\\n\", q, latency:percentile(q)))\n"
+         "  end\n"
+         "end\n")
 
 
 def available() -> bool:
@@ -34,8 +41,10 @@ def parse(output: str) -> dict[str, Any]:
         errors += int(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
         errors += sum(int(x) for x in m.groups())
+    # (latency ms, quantile) pairs from the `done` hook, when the script had it.
+    cdf = [[int(us) / 1000.0, float(q) / 100.0] for q, us in re.findall(r"^cdf ([\d.]+) (\d+)$", output, re.M)]
     return {"requests": total, "errors": errors, "rps": rps, "p50_ms": pct.get(50, float("nan")),
-            "p99_ms": pct.get(99, float("nan")), "generator": "wrk"}
+            "p99_ms": pct.get(99, float("nan")), "generator": "wrk", "cdf": cdf}
 
 
 def closed_loop(url: str, body: bytes, connections: int, seconds: float,
@@ -43,7 +52,7 @@ def closed_loop(url: str, body: bytes, connections: int, seconds: float,
     """`connections` keep-alive connections posting `body` to `url` for `seconds`."""
     lua_headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
     script = (f'wrk.method = "POST"\nwrk.body = [[{body.decode()}]]\n'
-              f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}')
+              f'wrk.headers["Content-Type"] = "application/json"\n{lua_headers}{_DONE}')
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "post.lua"
         lua.write_text(script)
