@@ -31,6 +31,7 @@ from typing import Any
 
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
+from benchmarks.stats import fmt, summarize
 
 TARGET = 10.0  # concurrency per pod the service should not exceed
 TICK = 2  # seconds between decisions
@@ -110,7 +111,9 @@ def _decider(target_value: float) -> Decider:
         scale_to_zero_grace_period=30.0, min_scale=0, max_scale=0))
 
 
-def simulate(load: Trace, duration: int, policy: str) -> dict[str, float]:
+def simulate(load: Trace, duration: int, policy: str,
+             timeline: list[tuple[int, float, int]] | None = None) -> dict[str, float]:
+    """Run one policy over one trace; `timeline`, when given, receives (second, load, ready pods)."""
     decider = _decider(TARGET * 0.7 if policy == "kpa_util70" else TARGET)
     collector = MetricCollector(stable_window=60.0, panic_window=6.0)
     pods = Pods()
@@ -133,6 +136,8 @@ def simulate(load: Trace, duration: int, policy: str) -> dict[str, float]:
                 if pods.ready == 0:
                     cold_s += dt
         now = float(sec + 1)
+        if timeline is not None:
+            timeline.append((sec, second_load, pods.ready))
         for i, share in enumerate(ACTIVATOR_SHARES):
             collector.record(now, f"activator-{i}", concurrency=second_load * share,
                              requests=second_load * share)
@@ -161,16 +166,38 @@ def run(quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"params": {"duration_s": duration, "target": TARGET, "startup_s": STARTUP,
                                       "tick_s": TICK, "stable_window_s": 60.0, "panic_window_s": 6.0,
                                       "grace_s": 30.0}}
-    cases: dict[str, Trace] = {}
     for i, (name, mean) in enumerate(traces(duration).items()):
-        cases[name] = mean
-        cases[f"{name}_noisy"] = noisy(mean, duration, seed=1000 + i)
-    for name, load in cases.items():
-        res: dict[str, Any] = {p: simulate(load, duration, p) for p in POLICIES}
-        naive = max(1.0, res["naive"]["replica_seconds"])
-        res["kpa_vs_naive_replica_seconds"] = round(res["kpa"]["replica_seconds"] / naive, 3)
-        out[name] = res
+        out[name] = _compare([mean], duration)
+        # Noise differs per seed: three seeds, each figure their median with min-max.
+        out[f"{name}_noisy"] = _compare([noisy(mean, duration, seed=s * 1000 + i) for s in (1, 2, 3)], duration)
+    out["charts"] = [_timeline_chart(noisy(traces(duration)["bursty"], duration, seed=1004), duration, "bursty_noisy"),
+                     _timeline_chart(noisy(traces(duration)["step"], duration, seed=1000), duration, "step_noisy")]
     return out
+
+
+def _compare(loads: list[Trace], duration: int) -> dict[str, Any]:
+    """Every policy over the same load(s); with several loads (noise seeds) each figure is summarized."""
+    runs = [{p: simulate(load, duration, p) for p in POLICIES} for load in loads]
+    for r in runs:
+        r["kpa_vs_naive_replica_seconds"] = round(r["kpa"]["replica_seconds"] / max(1.0, r["naive"]["replica_seconds"]), 3)
+    if len(runs) == 1:
+        return runs[0]
+    res: dict[str, Any] = {p: {k: summarize([r[p][k] for r in runs]) for k in runs[0][p]} for p in POLICIES}
+    res["kpa_vs_naive_replica_seconds"] = summarize([r["kpa_vs_naive_replica_seconds"] for r in runs])
+    return res
+
+
+def _timeline_chart(load: Trace, duration: int, name: str) -> dict[str, Any]:
+    """Load (in pods' worth of target concurrency) and ready pods over time, KPA vs naive."""
+    series: dict[str, list[list[float]]] = {}
+    for policy in ("kpa", "naive"):
+        tl: list[tuple[int, float, int]] = []
+        simulate(load, duration, policy, tl)
+        series[f"{policy}: ready pods"] = [[t, ready] for t, _, ready in tl]
+        series["load / target"] = [[t, round(conc / TARGET, 3)] for t, conc, _ in tl]
+    return {"name": f"autoscaler-{name.replace('_', '-')}", "kind": "step",
+            "title": f"KPA vs naive on the {name} trace: ready pods against load",
+            "xlabel": "seconds", "ylabel": "pods (load as pods' worth at target)", "series": series}
 
 
 COLUMNS = (("replica_seconds", "replica-s"), ("over_target_seconds", "over-target s"),
@@ -189,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for name, r in res.items():
-        if name == "params":
+        if name in ("params", "charts"):
             continue
         for pol in POLICIES:
-            print(f"{name:14} {pol:11}" + "".join(f" {r[pol][key]:>14}" for key, _ in COLUMNS))
-        print(f"{name:14} {'kpa/naive':11} {r['kpa_vs_naive_replica_seconds']:>14} (replica-seconds)")
+            print(f"{name:14} {pol:11}" + "".join(f" {fmt(r[pol][key]):>14}" for key, _ in COLUMNS))
+        print(f"{name:14} {'kpa/naive':11} {fmt(r['kpa_vs_naive_replica_seconds']):>14} (replica-seconds)")
     return 0
 
 
