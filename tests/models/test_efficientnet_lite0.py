@@ -105,6 +105,28 @@ def test_build_into_a_directory_then_rebuild_on_a_stale_stamp(tmp_path):
     assert is_built(out, expected_stamp(NAME)) and not list(tmp_path.glob(".m.building"))
 
 
+def test_concurrent_builds_build_once(tmp_path):
+    cmd = [sys.executable, "-m", "runtime.models", "build", NAME, "--out", str(tmp_path / "m")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=540) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == [str(tmp_path / "m")] * 2
+    assert sum("exported onnx" in err for _, err in outs) == 1  # the second waited on the lock, then found it built
+    assert is_built(tmp_path / "m", expected_stamp(NAME)) and not list(tmp_path.glob(".m.building"))
+
+
+def test_a_missing_weight_package_says_what_to_install(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    with pytest.raises(RuntimeError, match="pip install"):
+        build(NAME, log=lambda _: None)
+
+
 def test_model_dir_names_the_build_command(tmp_path, monkeypatch):
     monkeypatch.setenv(models.ROOT_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"python -m runtime.models build {NAME}"):
