@@ -122,12 +122,17 @@ def load_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Ord
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
         raise TorchLegacyError(f"{path}: only little-endian checkpoints are supported")
     obj = _load_one(buf, "state dict")
+    if not isinstance(obj, dict):
+        raise TorchLegacyError(f"{path} holds a {type(obj).__name__}, not a state dict")
     keys = _load_one(buf, "storage keys")
     if not isinstance(keys, list):
         raise TorchLegacyError(f"{path}: the storage key list is missing")
+    try:
+        refs = {r.storage.key: r.storage for r in _tensors(obj)}
+    except RecursionError:
+        raise TorchLegacyError(f"{path}: the object nests too deeply for a state dict") from None
 
     storages = {}
-    refs = {r.storage.key: r.storage for r in _tensors(obj)}
     for key in keys:
         ref = refs.get(str(key))
         if ref is None:

@@ -125,6 +125,16 @@ def _good(tmp_path):
     return {"x": Tensor(s, 0, (4,), (1,))}, [s]
 
 
+def _nesting_bomb(path, depth: int = 100_000) -> None:
+    """{"x": [[[...]]]} `depth` lists deep, pickled by hand (pickle itself would recurse too deep)."""
+    buf = io.BytesIO()
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION, {"little_endian": True}):
+        pickle.dump(header, buf, protocol=2)
+    buf.write(b"\x80\x02}X\x01\x00\x00\x00x" + b"]" * depth + b"a" * (depth - 1) + b"s.")
+    pickle.dump([], buf, protocol=2)
+    path.write_bytes(buf.getvalue())
+
+
 def _zip(path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", b"x")
@@ -142,6 +152,8 @@ CORRUPT = [
     ("lying element count", lambda p: write_legacy(p, *_good(p.parent), header_count=10**12), "truncated or corrupt"),
     ("tensor past its storage", lambda p: write_legacy(
         p, {"x": Tensor(_good(p.parent)[1][0], 2, (4,), (1,))}, _good(p.parent)[1]), "outside its storage"),
+    ("not a state dict", lambda p: write_legacy(p, [1, 2], []), "not a state dict"),
+    ("nesting bomb", _nesting_bomb, "nests too deeply"),
     ("a global that runs code", lambda p: write_legacy(p, {"x": Evil()}, []), "refusing to unpickle"),
 ]
 
