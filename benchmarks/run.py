@@ -24,6 +24,7 @@ SUITES = [
     ("runtime", "benchmarks.runtime_bench", "runtime overhead vs direct paddle.inference; dynamic batching"),
     ("activator", "benchmarks.activator_bench", "activator in path vs direct; cold start added latency"),
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
+    ("image", "benchmarks.image_bench", "EfficientNet-Lite0: paddle.inference (oneDNN off/on) vs ONNX Runtime, batch 1 and 16"),
     ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
 ]
 CHARTS_KEY = "charts"
