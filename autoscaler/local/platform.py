@@ -16,9 +16,10 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -105,6 +106,7 @@ class LocalPlatform(Platform):
         self.spawner = spawner
         self.prewarm_ready_timeout = prewarm_ready_timeout
         self._sides: dict[tuple[str, str], SideRuntime] = {}
+        self._tasks: set[asyncio.Task] = set()  # background stops
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -122,6 +124,7 @@ class LocalPlatform(Platform):
             if sr.task:
                 sr.task.cancel()
         await asyncio.gather(*(self._stop_all(sr) for sr in sides), return_exceptions=True)
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)  # stops already under way
         for sr in sides:
             if sr.task:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -199,9 +202,11 @@ class LocalPlatform(Platform):
                 await self._reconcile(sr)
             except Exception:
                 log.exception("%s/%s: reconcile failed", sr.key, sr.side)
-            timeout = 1.0
+            # A side at zero with nothing running sleeps until told (scale, spec change): a thousand
+            # idle services cost no wake-ups. Otherwise look again every second, as a level trigger.
+            timeout: float | None = None if sr.desired == 0 and not sr.replicas else 1.0
             if sr.backoff_until:
-                timeout = max(0.0, min(timeout, sr.backoff_until - time.monotonic()))
+                timeout = max(0.0, min(timeout or 1.0, sr.backoff_until - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sr.wake.wait(), timeout)
 
@@ -213,7 +218,7 @@ class LocalPlatform(Platform):
         ready_current = sum(1 for r in current if r.state == READY)
         if outdated and (ready_current >= min(sr.desired, len(outdated)) or sr.desired == 0):
             for r in outdated:
-                asyncio.create_task(self._stop(sr, r))
+                self._background(self._stop(sr, r), f"stop {r.id}")
         missing = sr.desired - len(current)
         if missing > 0:
             if time.monotonic() < sr.backoff_until:
@@ -224,7 +229,13 @@ class LocalPlatform(Platform):
             # Scale down: stop starting replicas first, then the newest ready ones.
             victims = sorted(current, key=lambda r: (r.state == READY, -r.started))[:-missing]
             for r in victims:
-                asyncio.create_task(self._stop(sr, r))
+                self._background(self._stop(sr, r), f"stop {r.id}")
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `coro` as a task we keep (the loop holds tasks only weakly) until it is done."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _launch(self, sr: SideRuntime) -> None:
         rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
