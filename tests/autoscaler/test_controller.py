@@ -311,3 +311,20 @@ async def test_poke_wakes_an_idle_side_and_scale_down_still_follows(env):
     assert p.scales[-1] == ("ns/s", "default", 0)
     await c.tick()  # the platform's last change (replica gone) is looked at once, then nothing
     assert c.active == set()
+
+
+async def test_exported_target_is_the_one_the_decider_uses(env):
+    """containerConcurrency 4 caps target 10: the decider divides by min(10, 4) x 100% = 4."""
+    from prometheus_client import generate_latest
+
+    from autoscaler.metrics_exporter import ControllerCollector, new_registry
+
+    p, c, _ = env
+    s = svc(target=10)
+    s.metadata.annotations["elasticserving.paddlepaddle.org/container-concurrency"] = "4"
+    await c.apply(s)
+    registry = new_registry()
+    registry.register(ControllerCollector(c))
+    text = generate_latest(registry).decode()
+    line = next(x for x in text.splitlines() if x.startswith("elasticserving_autoscaler_target_concurrency_per_pod{"))
+    assert float(line.split()[-1]) == c.services["ns/s"].sides["default"].decider.spec.target_value == 4.0
