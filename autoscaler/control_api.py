@@ -8,6 +8,8 @@ serving gate (a standby or unsynced controller answers 503 instead of an empty r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -22,11 +24,12 @@ from pydantic import ValidationError
 from autoscaler.controller import Controller
 from autoscaler.metrics_exporter import ControllerCollector, new_registry
 from autoscaler.spec import PaddleService, SpecError
-from autoscaler.wire import Poke, StatsReport
+from autoscaler.wire import SIDES, Poke, StatsReport
 
 log = logging.getLogger("elasticserving.control")
 
 MAX_WAIT_SECONDS = 60.0
+LOG_HEARTBEAT_SECONDS = 5.0  # a follower with no new lines is checked this often for a gone client
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a full stats report (wire.MAX_STATS_PER_REPORT) fits
 PUBLIC_PATHS = ("/healthz", "/ready", "/metrics")  # probes and scrapes; no state changes, no secrets
 # Answered 503 while the controller is not serving: an activator must not take an empty table as truth.
@@ -132,13 +135,15 @@ def build_app(
     token: str | None = None,
     allowed_hosts: Iterable[str] | None = None,
     serving: Callable[[], bool] = lambda: True,
+    logs: Callable[[str, str], Any] | None = None,
 ) -> web.Application:
     """The aiohttp application.
 
     `read_only` refuses apply/delete (kubernetes mode: use kubectl). `token`: /v1/* requires it as a
     bearer token (None: unauthenticated, for a caller that protects the port otherwise). `allowed_hosts`:
     the Host names accepted (None: any). `serving`: the activator endpoints answer 503 while it is
-    false.
+    false. `logs(key, side)`: the platform's recent replica output of a side (a local/logs.SideLog, or
+    None), served by `GET /v1/paddleservices/NS/NAME/logs`; without it that answers 501.
     """
     registry = new_registry()
     registry.register(ControllerCollector(controller))
@@ -222,6 +227,62 @@ def build_app(
         if item is None:
             return _error(404, f"paddleservice {key} not found")
         return web.json_response(item)
+
+    @routes.get("/v1/paddleservices/{namespace}/{name}/logs")
+    async def service_logs(request: web.Request) -> web.StreamResponse:
+        """Replica output as text, `[replica] line` per line: `?side=default|canary&tail=N&follow=1`."""
+        if logs is None:
+            return _error(501, "this platform keeps no replica output here (kubernetes: use kubectl logs)")
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        side = request.query.get("side", "default")
+        if side not in SIDES:
+            return _error(400, f"side must be one of {', '.join(SIDES)}")
+        try:
+            tail = int(request.query["tail"]) if "tail" in request.query else None
+        except ValueError:
+            return _error(400, "tail must be a number of lines")
+        if tail is not None and tail < 0:
+            return _error(400, "tail must be >= 0")
+        entry = controller.services.get(key)
+        if entry is None:
+            return _error(404, f"paddleservice {key} not found")
+        if side not in entry.sides:
+            return _error(404, f"paddleservice {key} has no {side} side")
+        follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+        log_ = logs(key, side)
+        queue = log_.follow() if (follow and log_ is not None) else None  # before the tail: no gap
+        subscription = queue
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await resp.prepare(request)
+        try:
+            backlog = log_.tail(tail) if log_ is not None else []
+            if backlog:
+                await resp.write("".join(line.render() + "\n" for line in backlog).encode())
+            while queue is not None:
+                try:
+                    line = await asyncio.wait_for(queue.get(), LOG_HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the client left
+                    continue
+                if line is None:
+                    break  # the side is gone or the stack stops
+                batch = [line]
+                while not queue.empty() and len(batch) < 1000:
+                    nxt = queue.get_nowait()
+                    if nxt is None:
+                        queue = None
+                        break
+                    batch.append(nxt)
+                await resp.write("".join(x.render() + "\n" for x in batch if x is not None).encode())
+        except (ConnectionResetError, ConnectionError):
+            pass
+        finally:
+            if subscription is not None:
+                log_.unfollow(subscription)
+        with contextlib.suppress(ConnectionError):
+            await resp.write_eof()
+        return resp
 
     @routes.post("/v1/paddleservices")
     async def apply_service(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete` talk to a running
-one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
+"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete`, `logs` talk to a
+running one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,35 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The replicas' output of one side, `[replica] line` per line; -f keeps following."""
+    items = _items(args)
+    if len(items) > 1:
+        raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
+    ns = items[0]["metadata"]["namespace"]
+    query = urllib.parse.urlencode({"side": args.side, "follow": "1" if args.follow else "0",
+                                    **({"tail": str(args.tail)} if args.tail is not None else {})})
+    url = f"{args.server.rstrip('/')}/v1/paddleservices/{ns}/{args.name}/logs?{query}"
+    req = urllib.request.Request(url, headers=_headers(args))
+    try:
+        # Following has no read deadline: lines come when the replicas print them.
+        with urllib.request.urlopen(req, timeout=None if args.follow else 30) as resp:
+            for line in resp:
+                sys.stdout.write(line.decode("utf-8", "replace"))
+                sys.stdout.flush()
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            msg = str(exc)
+        raise ApiError(msg) from None
+    except KeyboardInterrupt:
+        return 0
+    except (urllib.error.URLError, OSError) as exc:
+        raise ApiError(f"cannot reach the ElasticServing control API at {args.server}: {exc}") from None
+    return 0
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     if args.platform == "kubernetes":
         from autoscaler.kube import main as kube_main
@@ -215,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("name")
     dp.add_argument("-n", "--namespace")
     dp.set_defaults(func=cmd_delete)
+
+    lp = client("logs", "print the output of a service's local replicas (as kubectl logs)")
+    lp.add_argument("name")
+    lp.add_argument("-n", "--namespace")
+    lp.add_argument("--side", choices=["default", "canary"], default="default")
+    lp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    lp.add_argument("--tail", type=int, help="only the last N lines kept")
+    lp.set_defaults(func=cmd_logs)
 
     cp = sub.add_parser("controller", help="run the in-cluster controller + autoscaler")
     cp.add_argument("--platform", choices=["kubernetes"], default="kubernetes")

@@ -160,7 +160,8 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
     token = new_token()
     await controller.start()
-    app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts])
+    app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts],
+                    logs=platform.logs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     activator = ActivatorProcess(opts)

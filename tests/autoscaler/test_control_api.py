@@ -189,3 +189,57 @@ async def test_routes_json_is_the_wire_shape(api):
     body = json.loads(await (await client.get("/v1/routes")).read())
     assert set(body) == {"epoch", "version", "full", "services", "removed", "activators"}
     assert set(body["services"][0]["sides"]) == {"default", "canary"}
+
+
+# ---- replica output (elasticserving logs) -----------------------------------------------------------
+@pytest.fixture
+async def logs_api():
+    from autoscaler.local.logs import SideLog
+
+    p = FakePlatform()
+    c = Controller(p, clock=Clock())
+    sides: dict[tuple[str, str], SideLog] = {}
+    client = TestClient(TestServer(build_app(c, logs=lambda key, side: sides.get((key, side)))))
+    await client.start_server()
+    try:
+        yield c, client, sides, SideLog
+    finally:
+        await client.close()
+
+
+async def test_logs_tail_and_follow(logs_api):
+    c, client, sides, SideLog = logs_api
+    await c.apply(svc(canary=True))
+    log = sides[("ns/s", "default")] = SideLog()
+    for i in range(5):
+        log.append("ns-s-default-1", f"line {i}\n".encode())
+    resp = await client.get("/v1/paddleservices/ns/s/logs", params={"tail": "2"})
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    assert await resp.text() == "[ns-s-default-1] line 3\n[ns-s-default-1] line 4\n"
+    assert await (await client.get("/v1/paddleservices/ns/s/logs", params={"side": "canary"})).text() == ""
+    resp = await client.get("/v1/paddleservices/ns/s/logs", params={"follow": "1", "tail": "0"})
+    log.append("ns-s-default-2", b"live\n")
+    assert await asyncio.wait_for(resp.content.readline(), 5) == b"[ns-s-default-2] live\n"
+    log.close()  # the side is gone: the stream ends
+    assert await asyncio.wait_for(resp.content.read(), 5) == b""
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/v1/paddleservices/ns/nope/logs", 404),
+    ("/v1/paddleservices/ns/s/logs?side=canary", 404),  # no canary in this service
+    ("/v1/paddleservices/ns/s/logs?side=blue", 400),
+    ("/v1/paddleservices/ns/s/logs?tail=-1", 400),
+    ("/v1/paddleservices/ns/s/logs?tail=x", 400),
+])
+async def test_logs_errors(logs_api, path, status):
+    c, client, _, _ = logs_api
+    await c.apply(svc())
+    resp = await client.get(path)
+    assert resp.status == status and (await resp.json())["error"]
+
+
+async def test_logs_without_a_log_source_is_501(api):
+    _, c, client, _ = api
+    await c.apply(svc())
+    resp = await client.get("/v1/paddleservices/ns/s/logs")
+    assert resp.status == 501 and "kubectl logs" in (await resp.json())["error"]

@@ -42,7 +42,7 @@ async def client():
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/routes"), ("POST", "/v1/stats"), ("POST", "/v1/poke"), ("GET", "/v1/paddleservices"),
     ("POST", "/v1/paddleservices"), ("DELETE", "/v1/paddleservices/default/x"),
-    ("GET", "/v1/prometheus/targets"), ("GET", "/v1/nothing-here"),
+    ("GET", "/v1/prometheus/targets"), ("GET", "/v1/nothing-here"), ("GET", "/v1/paddleservices/default/x/logs"),
 ])
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Bearer {TOKEN}x", TOKEN, f"Basic {TOKEN}"])
 async def test_v1_without_the_right_token_is_401(client, method, path, authorization):
