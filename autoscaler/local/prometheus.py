@@ -20,7 +20,7 @@ from autoscaler.local.process import die_with_parent, terminate
 
 log = logging.getLogger("elasticserving.prometheus")
 
-RULES = Path(__file__).resolve().parents[1] / "deploy" / "monitoring" / "rules.yaml"
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "rules.yaml"  # the repository root
 
 
 def scrape_config(activator: str, control: str, scrape_interval: str = "2s",
