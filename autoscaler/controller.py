@@ -1,7 +1,8 @@
 """The platform-agnostic controller: PaddleServices in, replica counts and routes out.
 
-It takes load reports and pokes from activators, runs the KPA decider for each service side every
-tick, tells the platform how many replicas to run, and publishes routes and status.
+It takes load reports and pokes from activators (wire.StatsReport, wire.Poke), runs the KPA decider
+for each active service side every tick, tells the platform how many replicas to run, and publishes
+the routes (wire.Route, as versioned deltas in a RouteTable) and status of the services that changed.
 """
 
 from __future__ import annotations
@@ -103,9 +104,11 @@ class RouteTable:
         return True
 
     def has_news(self, epoch: str | None, since: int) -> bool:
-        """Whether an activator holding (`epoch`, `since`) must be answered now. Without an epoch (an
-        activator of the first protocol) only a newer version is news, so it long-polls as before."""
-        return self.closed or since < self.version or (epoch is not None and epoch != self.epoch)
+        """Whether an activator holding (`epoch`, `since`) must be answered now: a newer version, or a
+        version this table never had (another epoch, or from the future: it needs the full table).
+        Without an epoch (an activator of the first protocol) it long-polls for a newer version."""
+        return (self.closed or since != self.version
+                or (epoch is not None and epoch != self.epoch))
 
     def update(self, epoch: str | None, since: int) -> RoutesUpdate:
         """What an activator holding (`epoch`, `since`) needs: a delta when the history covers it."""

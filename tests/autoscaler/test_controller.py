@@ -222,6 +222,13 @@ def test_route_table_same_route_is_no_new_version():
     assert t.publish({}, activators=2) and t.version == 5 and t.update("e1", 4).activators == 2
 
 
+@pytest.mark.parametrize(("epoch", "since", "news"), [
+    ("e1", 4, False), (None, 4, False), ("e1", 3, True), (None, -1, True), ("e2", 4, True), ("e1", 9, True),
+])
+def test_route_table_news_for_a_long_poll(epoch, since, news):
+    assert _table().has_news(epoch, since) is news
+
+
 def test_route_table_epochs_differ_per_instance():
     assert RouteTable().epoch != RouteTable().epoch
 
