@@ -70,9 +70,6 @@ class RouteTable:
         self._floor = 0  # the oldest `since` the history can answer with a delta
         self._changed = asyncio.Event()
 
-    def __len__(self) -> int:
-        return len(self._routes)
-
     def get(self, key: str) -> Route | None:
         return self._routes.get(key)
 
