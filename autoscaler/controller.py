@@ -1,16 +1,19 @@
 """The platform-agnostic controller: PaddleServices in, replica counts and routes out.
 
-It takes load reports and pokes from activators, runs the KPA decider for each service side every
-tick, tells the platform how many replicas to run, and publishes routes and status.
+It takes load reports and pokes from activators (wire.StatsReport, wire.Poke), runs the KPA decider
+for each active service side every tick, tells the platform how many replicas to run, and publishes
+the routes (wire.Route, as versioned deltas in a RouteTable) and status of the services that changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +21,13 @@ from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
 from autoscaler.platform import Platform
 from autoscaler.spec import AutoscalingConfig, PaddleService, SpecError
+from autoscaler.wire import Endpoint as WireEndpoint
+from autoscaler.wire import Route, RoutesUpdate, SideRoute, StatsReport
 
 log = logging.getLogger("elasticserving.controller")
 
 DEFAULT_TICK_SECONDS = 2.0
+ACTIVATOR_TTL = 10.0  # an activator silent this long no longer shares capacity
 
 
 @dataclass
@@ -47,36 +53,99 @@ class ServiceEntry:
 
 
 class RouteTable:
-    """Routes for activators, versioned so they can long-poll for changes."""
+    """Routes for activators, versioned so that a long-poll gets only what changed since the version it holds.
 
-    def __init__(self) -> None:
+    Every change of one or more services (or of the number of activators) is a new `version`; a bounded
+    history remembers which service keys changed at which version, so `update(epoch, since)` answers a
+    delta while that history reaches back to `since` in this process's `epoch`, else the whole table.
+    """
+
+    def __init__(self, history: int = 4096, epoch: str | None = None) -> None:
+        self.epoch = epoch or secrets.token_hex(8)  # a new controller process: activators resync in full
         self.version = 0
-        self.routes: list[dict[str, Any]] = []
+        self.activators = 1
         self.closed = False
+        self._routes: dict[str, Route] = {}
+        self._history: collections.deque[tuple[int, tuple[str, ...]]] = collections.deque(maxlen=history)
+        self._floor = 0  # the oldest `since` the history can answer with a delta
         self._changed = asyncio.Event()
 
-    def publish(self, routes: list[dict[str, Any]]) -> None:
-        if routes == self.routes:
-            return
-        self.routes = routes
+    def get(self, key: str) -> Route | None:
+        return self._routes.get(key)
+
+    def all(self) -> list[Route]:
+        return [self._routes[k] for k in sorted(self._routes)]
+
+    def publish(self, changes: Mapping[str, Route | None], activators: int | None = None) -> bool:
+        """Set the routes of the services in `changes` (None: deleted) and, when given, the number of
+        activators; one new version if anything differs. True when a new version was made."""
+        changed: list[str] = []
+        for key, route in changes.items():
+            if route is None:
+                if self._routes.pop(key, None) is not None:
+                    changed.append(key)
+            elif self._routes.get(key) != route:
+                self._routes[key] = route
+                changed.append(key)
+        new_count = activators is not None and activators != self.activators
+        if not changed and not new_count:
+            return False
+        if new_count:
+            self.activators = int(activators)  # type: ignore[arg-type]
         self.version += 1
+        if len(self._history) == self._history.maxlen:
+            self._floor = self._history[0][0]  # that version's changes are forgotten
+        self._history.append((self.version, tuple(changed)))
         self._changed.set()
         self._changed = asyncio.Event()
+        return True
+
+    def has_news(self, epoch: str | None, since: int) -> bool:
+        """Whether an activator holding (`epoch`, `since`) must be answered now: a newer version, or a
+        version this table never had (another epoch, or from the future: it needs the full table).
+        Without an epoch (an activator of the first protocol) it long-polls for a newer version."""
+        return (self.closed or since != self.version
+                or (epoch is not None and epoch != self.epoch))
+
+    def update(self, epoch: str | None, since: int) -> RoutesUpdate:
+        """What an activator holding (`epoch`, `since`) needs: a delta when the history covers it."""
+        if epoch == self.epoch and self._floor <= since <= self.version:
+            keys: set[str] = set()
+            for version, changed in reversed(self._history):
+                if version <= since:
+                    break
+                keys.update(changed)
+            ordered = sorted(keys)
+            return RoutesUpdate(epoch=self.epoch, version=self.version, full=False,
+                                services=tuple(self._routes[k] for k in ordered if k in self._routes),
+                                removed=tuple(k for k in ordered if k not in self._routes),
+                                activators=self.activators)
+        return RoutesUpdate(epoch=self.epoch, version=self.version, full=True, services=tuple(self.all()),
+                            activators=self.activators)
 
     def close(self) -> None:
         """Answer every long-poll now (shutdown)."""
         self.closed = True
         self._changed.set()
 
-    async def wait_newer(self, since: int, timeout: float) -> None:
-        if self.version > since or self.closed:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    async def wait_news(self, epoch: str | None, since: int, timeout: float) -> None:
+        """Return once `has_news(epoch, since)` or after `timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.has_news(epoch, since):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
 
 class Controller:
-    """Holds the PaddleServices, autoscales each side and keeps routes/status current."""
+    """Holds the PaddleServices, autoscales each side and keeps routes/status current.
+
+    The tick visits only *active* sides: with load reported, requests held, replicas wanted or running,
+    or the decider in panic. A side leaves the set once it is at zero with nothing of these, and comes
+    back with a report, a poke, an apply or a platform change, so idle services at zero cost nothing.
+    """
 
     def __init__(
         self,
@@ -94,6 +163,8 @@ class Controller:
         self.services: dict[str, ServiceEntry] = {}
         self.routes = RouteTable()
         self.on_status: Callable[[str, dict[str, Any]], None] = lambda key, status: None
+        self.active: set[tuple[str, str]] = set()  # sides the tick visits
+        self._activators: dict[str, float] = {}  # activator id -> last report or poll (clock)
         self._tick_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         platform.on_change = self._platform_changed
@@ -142,23 +213,27 @@ class Controller:
                 else:
                     scaler.collector.update_windows(cfg.stable_window, cfg.panic_window, now=self.clock())
                     scaler.decider.update(spec)
+                self.active.add((svc.key, side))  # new bounds: the next tick decides again
             for side in [s for s in entry.sides if s not in svc.sides]:
                 del entry.sides[side]
+                self.active.discard((svc.key, side))
             await self.platform.apply(svc)
             for side, scaler in entry.sides.items():
                 want = self._bounded(cfg, scaler.desired)
                 if want != scaler.desired or scaler.desired == 0:
                     scaler.desired = want
                     await self.platform.scale(svc.key, side, want)
-        self._publish()
+        self._publish([svc.key])
 
     async def delete(self, key: str) -> bool:
         async with self._lock:
             entry = self.services.pop(key, None)
             if entry is None:
                 return False
+            for side in entry.sides:
+                self.active.discard((key, side))
             await self.platform.delete(key)
-        self._publish()
+        self._publish([key])
         return True
 
     @staticmethod
@@ -169,21 +244,43 @@ class Controller:
         return n
 
     # ---- load signals -----------------------------------------------------------------------
-    def record_stats(self, source: str, stats: list[dict[str, Any]]) -> None:
-        """Take one activator's per-second report."""
+    def seen_activator(self, activator: str) -> None:
+        """An activator reported or polled: it counts among the activators sharing capacity."""
+        new = activator not in self._activators
+        self._activators[activator] = self.clock()
+        if new:
+            self._publish_activators()
+
+    def activator_count(self) -> int:
+        """Activators heard from within the last ACTIVATOR_TTL seconds (at least 1)."""
+        horizon = self.clock() - ACTIVATOR_TTL
+        return max(1, sum(1 for seen in self._activators.values() if seen >= horizon))
+
+    def _publish_activators(self) -> None:
+        horizon = self.clock() - ACTIVATOR_TTL
+        for gone in [a for a, seen in self._activators.items() if seen < horizon]:
+            del self._activators[gone]
+        self.routes.publish({}, activators=self.activator_count())
+
+    def record_stats(self, report: StatsReport) -> int:
+        """Take one activator's per-second report; returns how many stats named a known service side."""
+        self.seen_activator(report.activator)
         now = self.clock()
-        for s in stats:
-            entry = self.services.get(str(s.get("service")))
-            scaler = entry.sides.get(str(s.get("side", "default"))) if entry else None
+        accepted = 0
+        for s in report.stats:
+            entry = self.services.get(s.service)
+            scaler = entry.sides.get(s.side) if entry else None
             if scaler is None:
                 continue
-            scaler.collector.record(
-                now,
-                source=source,
-                concurrency=float(s.get("average_concurrency", 0.0)),
-                requests=float(s.get("requests", 0)),
-                window=float(s.get("window", 1.0)),
-            )
+            accepted += 1
+            busy = s.average_concurrency > 0 or s.requests > 0 or s.concurrency > 0
+            if not busy and (s.service, s.side) not in self.active:
+                continue  # an idle side at zero: nothing to average, nothing to decide
+            if busy:
+                self.active.add((s.service, s.side))
+            scaler.collector.record(now, source=report.activator, concurrency=s.average_concurrency,
+                                    requests=float(s.requests), window=s.window)
+        return accepted
 
     async def poke(self, key: str, side: str) -> bool:
         """A request waits for `side` of `key`: scale from zero at once instead of at the next tick."""
@@ -192,13 +289,15 @@ class Controller:
         if scaler is None:
             return False
         scaler.waiting_since = scaler.waiting_since or self.clock()
+        self.active.add((key, side))
         if scaler.desired == 0:
-            cfg = entry.config
-            if cfg.max_scale == 0 or cfg.max_scale >= 1:
-                scaler.desired = 1
-                log.info("poke: scaling %s/%s from zero", key, side)
-                await self.platform.scale(key, side, 1)
-                self._publish()
+            # maxScale is 0 (unbounded) or at least 1, so one replica is always allowed; minScale may
+            # ask for more at once.
+            want = self._bounded(entry.config, 1)
+            scaler.desired = want
+            log.info("poke: scaling %s/%s from zero to %d", key, side, want)
+            await self.platform.scale(key, side, want)
+            self._publish([key])
         return True
 
     # ---- the autoscaling tick ---------------------------------------------------------------
@@ -211,62 +310,98 @@ class Controller:
             await asyncio.sleep(self.tick_seconds)
 
     async def tick(self) -> None:
+        """Decide every active side; a side that fails is logged and skipped, never the whole tick."""
         now = self.clock()
+        touched: set[str] = set()
         async with self._lock:
-            for key, entry in list(self.services.items()):
-                for side, scaler in entry.sides.items():
-                    state = self.platform.state(key, side)
-                    ready = len(state.ready)
-                    stable, panic = scaler.collector.stable_and_panic(now)
-                    result = scaler.decider.scale(
-                        now=now, stable_concurrency=stable, panic_concurrency=panic, ready_pods=ready)
-                    want = result.desired_pod_count
-                    if scaler.waiting_since is not None:
-                        # Requests are held right now: never drop below one replica.
-                        want = max(want, 1)
-                        if ready > 0:
-                            scaler.waiting_since = None
-                    scaler.stable, scaler.panic = stable, panic
-                    scaler.in_panic = result.in_panic
-                    scaler.excess_burst_capacity = result.excess_burst_capacity
-                    if want != scaler.desired:
-                        log.info("scale %s/%s: %d -> %d (stable %.2f, panic %.2f, ready %d%s)",
-                                 key, side, scaler.desired, want, stable, panic, ready,
-                                 ", panic mode" if result.in_panic else "")
-                        scaler.desired = want
-                        await self.platform.scale(key, side, want)
-        self._publish()
+            for key, side in sorted(self.active):
+                entry = self.services.get(key)
+                scaler = entry.sides.get(side) if entry else None
+                if entry is None or scaler is None:
+                    self.active.discard((key, side))
+                    continue
+                try:
+                    if not await self._tick_side(key, side, scaler, now):
+                        self.active.discard((key, side))
+                except Exception:
+                    log.exception("autoscaler tick of %s/%s failed; the other services go on", key, side)
+                touched.add(key)
+        if self._activators:
+            self._publish_activators()
+        self._publish(sorted(touched))
+
+    async def _tick_side(self, key: str, side: str, scaler: SideScaler, now: float) -> bool:
+        """One KPA decision for one side; False when the side is idle at zero (leaves the active set)."""
+        state = self.platform.state(key, side)
+        ready = len(state.ready)
+        stable, panic = scaler.collector.stable_and_panic(now)
+        result = scaler.decider.scale(now=now, stable_concurrency=stable, panic_concurrency=panic,
+                                      ready_pods=ready)
+        want = result.desired_pod_count
+        if scaler.waiting_since is not None:
+            # Requests are held right now: never drop below one replica.
+            want = max(want, 1)
+            if ready > 0:
+                scaler.waiting_since = None
+        scaler.stable, scaler.panic = stable, panic
+        scaler.in_panic = result.in_panic
+        scaler.excess_burst_capacity = result.excess_burst_capacity
+        if want != scaler.desired:
+            log.info("scale %s/%s: %d -> %d (stable %.2f, panic %.2f, ready %d%s)",
+                     key, side, scaler.desired, want, stable, panic, ready,
+                     ", panic mode" if result.in_panic else "")
+            scaler.desired = want
+            await self.platform.scale(key, side, want)
+        # Still active while anything can change the next decision: load in the windows, held
+        # requests, replicas wanted or running, or panic mode (its own timer).
+        return bool(want or state.actual or stable or panic or result.in_panic
+                    or scaler.waiting_since is not None)
 
     # ---- routes and status ------------------------------------------------------------------
     def _platform_changed(self, key: str) -> None:
-        self._publish()
+        entry = self.services.get(key)
+        if entry is not None:
+            self.active.update((key, side) for side in entry.sides)
+        self._publish([key])
 
-    def _publish(self) -> None:
-        self.routes.publish([self.route(e) for e in self.services.values()])
-        for key, entry in self.services.items():
-            self.on_status(key, self.status(entry))
+    def _publish(self, keys: Iterable[str]) -> None:
+        """Recompute the routes and status of the services `keys` (only those: one change of one
+        service is one small delta for the activators)."""
+        changes: dict[str, Route | None] = {}
+        for key in keys:
+            entry = self.services.get(key)
+            if entry is None:
+                changes[key] = None
+                continue
+            try:
+                changes[key] = self.route(entry)
+                self.on_status(key, self.status(entry))
+            except Exception:
+                log.exception("routes/status of %s failed; the other services go on", key)
+        self.routes.publish(changes)
 
-    def route(self, entry: ServiceEntry) -> dict[str, Any]:
+    def route(self, entry: ServiceEntry) -> Route:
         svc = entry.svc
-        sides = {}
+        sides: dict[str, SideRoute] = {}
         for side in svc.sides:
             st = self.platform.state(svc.key, side)
             scaler = entry.sides.get(side)
-            sides[side] = {
-                "ready": bool(st.ready),
-                "error": st.error,
-                "desired": scaler.desired if scaler else 0,
-                "endpoints": [ep.to_dict() for ep in st.ready],
-            }
-        return {
-            "service": svc.key,
-            "name": svc.name,
-            "namespace": svc.namespace,
-            "hosts": [svc.host(self.domain), f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"],
-            "canary_percent": svc.canary_percent,
-            "container_concurrency": entry.config.container_concurrency,
-            "sides": sides,
-        }
+            sides[side] = SideRoute(
+                ready=bool(st.ready),
+                error=st.error,
+                desired=scaler.desired if scaler else 0,
+                endpoints=tuple(WireEndpoint(id=ep.id, host=ep.host, http_port=ep.http_port,
+                                             grpc_port=ep.grpc_port) for ep in st.ready),
+            )
+        return Route(
+            service=svc.key,
+            name=svc.name,
+            namespace=svc.namespace,
+            hosts=(svc.host(self.domain), f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"),
+            canary_percent=svc.canary_percent,
+            container_concurrency=entry.config.container_concurrency,
+            sides=sides,
+        )
 
     def status(self, entry: ServiceEntry) -> dict[str, Any]:
         """The PaddleService status block: conditions, url, address, side names, replicas."""

@@ -36,7 +36,7 @@ class ControllerCollector(Collector):
             "ready": GaugeMetricFamily(PREFIX + "ready_replicas", "Replicas ready to serve.", labels=labels),
             "stable": GaugeMetricFamily(PREFIX + "stable_concurrency", "Average concurrency over the stable window.", labels=labels),
             "panic": GaugeMetricFamily(PREFIX + "panic_concurrency", "Average concurrency over the panic window.", labels=labels),
-            "target": GaugeMetricFamily(PREFIX + "target_concurrency_per_pod", "Target concurrency per replica (target x utilization).", labels=labels),
+            "target": GaugeMetricFamily(PREFIX + "target_concurrency_per_pod", "Target per replica as the decider uses it: min(target, containerConcurrency) x utilization (rps: target x utilization).", labels=labels),
             "in_panic": GaugeMetricFamily(PREFIX + "panic_mode", "1 while the side is in panic mode.", labels=labels),
             "ebc": GaugeMetricFamily(PREFIX + "excess_burst_capacity", "Excess burst capacity (negative: activator in path).", labels=labels),
         }
@@ -49,7 +49,7 @@ class ControllerCollector(Collector):
                 fams["ready"].add_metric(lv, len(st.ready))
                 fams["stable"].add_metric(lv, sc.stable)
                 fams["panic"].add_metric(lv, sc.panic)
-                fams["target"].add_metric(lv, entry.config.target_per_pod)
+                fams["target"].add_metric(lv, sc.decider.spec.target_value)  # what scaling divides by
                 fams["in_panic"].add_metric(lv, 1.0 if sc.in_panic else 0.0)
                 fams["ebc"].add_metric(lv, sc.excess_burst_capacity)
         yield from fams.values()

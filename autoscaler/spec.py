@@ -319,18 +319,19 @@ class PaddleService(BaseModel):
             raise SpecError(f"{field}.window", str(exc)) from None
         if not MIN_WINDOW_SECONDS <= window <= MAX_WINDOW_SECONDS:
             raise SpecError(f"{field}.window", f"window {window:g}s must be between 6s and 1h")
-        try:
-            panic_pct = parse_percent(
-                pick(s.panicWindow, "panic-window-percentage", DEFAULT_PANIC_WINDOW), "panicWindow")
-            panic_threshold = parse_percent(
-                pick(s.panicThreshold, "panic-threshold-percentage", DEFAULT_PANIC_THRESHOLD),
-                "panicThreshold")
-            utilization = parse_percent(
-                pick(s.targetUtilization, "container-concurrency-target-percentage",
-                     DEFAULT_TARGET_UTILIZATION), "targetUtilization")
-        except ValueError as exc:
-            name = str(exc).split()[1]
-            raise SpecError(f"{field}.{name}", str(exc)) from None
+
+        def percent(name: str, value: Any, key: str, fallback: str) -> float:
+            # Each field parsed on its own, so the error names it (no parsing of the message).
+            try:
+                return parse_percent(pick(value, key, fallback), name)
+            except ValueError as exc:
+                raise SpecError(f"{field}.{name}", str(exc)) from None
+
+        panic_pct = percent("panicWindow", s.panicWindow, "panic-window-percentage", DEFAULT_PANIC_WINDOW)
+        panic_threshold = percent("panicThreshold", s.panicThreshold, "panic-threshold-percentage",
+                                  DEFAULT_PANIC_THRESHOLD)
+        utilization = percent("targetUtilization", s.targetUtilization,
+                              "container-concurrency-target-percentage", DEFAULT_TARGET_UTILIZATION)
         if not 1.0 <= panic_pct <= 100.0:
             raise SpecError(f"{field}.panicWindow", f"panicWindow {panic_pct:g}% must be within 1..100")
         if panic_threshold <= 100.0 or panic_threshold > 1000.0:

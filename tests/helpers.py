@@ -89,6 +89,7 @@ class Stack:
     http_port: int
     grpc_port: int
     control_port: int
+    token_file: Path | None = None  # the control API's bearer token (`up --token-file`)
     output: list[str] = field(default_factory=list)
 
     @property
@@ -105,14 +106,26 @@ class Stack:
         return http("POST" if (body is not None or raw is not None) else "GET", self.base + path, body,
                     h, timeout, raw)
 
+    @property
+    def token(self) -> str:
+        assert self.token_file is not None
+        return self.token_file.read_text().strip()
+
+    def control_http(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                     timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+        """A control API call with the stack's token (what the CLI and the activator send)."""
+        h = {"Authorization": f"Bearer {self.token}"} if self.token_file else {}
+        return http(method, self.control + path, body, {**h, **(headers or {})}, timeout)
+
     def service(self, key: str) -> dict[str, Any]:
-        status, _, data = http("GET", f"{self.control}/v1/paddleservices/{key}")
+        status, _, data = self.control_http("GET", f"/v1/paddleservices/{key}")
         assert status == 200, data
         return json.loads(data)
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "autoscaler.local.cli", *args, "--server", self.control],
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        token = ["--token-file", str(self.token_file)] if self.token_file and "--token-file" not in args else []
+        return subprocess.run([sys.executable, "-m", "autoscaler.local.cli", *args, "--server", self.control,
+                               *token], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -144,13 +157,15 @@ def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | Non
     hp, gp, cp = free_port(), free_port(), free_port()
     cfg = tmp / "autoscaler-config.yaml"
     cfg.write_text(yaml.safe_dump(config or {}))
+    token_file = tmp / f"control-{cp}.token"
     cmd = [sys.executable, "-m", "autoscaler.local.cli", "up", "--http-port", str(hp), "--grpc-port", str(gp),
-           "--control-port", str(cp), "--config", str(cfg), "--log-dir", str(tmp / "logs"), *(extra or [])]
+           "--control-port", str(cp), "--config", str(cfg), "--log-dir", str(tmp / "logs"),
+           "--token-file", str(token_file), *(extra or [])]
     for f in files:
         cmd += ["-f", str(f)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True)
-    stack = Stack(proc, hp, gp, cp)
+    stack = Stack(proc, hp, gp, cp, token_file)
     up = threading.Event()
 
     def pump() -> None:

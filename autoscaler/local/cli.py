@@ -1,5 +1,5 @@
-"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete` talk to a running
-one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
+"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete`, `logs` talk to a
+running one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+from autoscaler.local.token import read_token, token_path_for_server
 from autoscaler.spec import SpecError
 
 DEFAULT_SERVER = os.environ.get("ELASTICSERVING_SERVER", "http://127.0.0.1:8090")
@@ -21,10 +24,22 @@ class ApiError(Exception):
     pass
 
 
-def _request(server: str, method: str, path: str, body: Any = None) -> Any:
+def _token_file(args: argparse.Namespace) -> Path:
+    return Path(args.token_file) if args.token_file else token_path_for_server(args.server)
+
+
+def _headers(args: argparse.Namespace) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    token = read_token(_token_file(args))
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    server = args.server
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(server.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(server.rstrip("/") + path, data=data, method=method, headers=_headers(args))
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read() or b"null")
@@ -34,6 +49,8 @@ def _request(server: str, method: str, path: str, body: Any = None) -> Any:
             msg = payload.get("error", str(payload))
         except ValueError:
             msg = str(exc)
+        if exc.code == 401:
+            msg += f" (token file {_token_file(args)}" + (")" if _token_file(args).exists() else ": missing)")
         raise ApiError(msg) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ApiError(f"cannot reach the ElasticServing control API at {server}: {exc} "
@@ -79,6 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
         prewarm_ready_timeout=args.prewarm_ready_timeout,
         prometheus_port=args.prometheus_port if args.prometheus else None,
+        token_file=args.token_file, allowed_hosts=args.allow_host,
         activator_args=["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)],
     ))
 
@@ -88,13 +106,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     services = load_files(args.file, {})
     for svc in services:
-        item = _request(args.server, "POST", "/v1/paddleservices", svc.to_manifest())
+        item = _request(args, "POST", "/v1/paddleservices", svc.to_manifest())
         print(f"paddleservice/{item['metadata']['name']} applied ({svc.key})")
     return 0
 
 
 def _items(args: argparse.Namespace) -> list[dict[str, Any]]:
-    items = _request(args.server, "GET", "/v1/paddleservices")["items"]
+    items = _request(args, "GET", "/v1/paddleservices")["items"]
     if args.namespace:
         items = [i for i in items if i["metadata"].get("namespace") == args.namespace]
     if args.name:
@@ -126,8 +144,37 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if len(items) > 1:
         raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
     ns = items[0]["metadata"]["namespace"]
-    _request(args.server, "DELETE", f"/v1/paddleservices/{ns}/{args.name}")
+    _request(args, "DELETE", f"/v1/paddleservices/{ns}/{args.name}")
     print(f"paddleservice/{args.name} deleted ({ns}/{args.name})")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The replicas' output of one side, `[replica] line` per line; -f keeps following."""
+    items = _items(args)
+    if len(items) > 1:
+        raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
+    ns = items[0]["metadata"]["namespace"]
+    query = urllib.parse.urlencode({"side": args.side, "follow": "1" if args.follow else "0",
+                                    **({"tail": str(args.tail)} if args.tail is not None else {})})
+    url = f"{args.server.rstrip('/')}/v1/paddleservices/{ns}/{args.name}/logs?{query}"
+    req = urllib.request.Request(url, headers=_headers(args))
+    try:
+        # Following has no read deadline: lines come when the replicas print them.
+        with urllib.request.urlopen(req, timeout=None if args.follow else 30) as resp:
+            for line in resp:
+                sys.stdout.write(line.decode("utf-8", "replace"))
+                sys.stdout.flush()
+    except urllib.error.HTTPError as exc:
+        try:
+            msg = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            msg = str(exc)
+        raise ApiError(msg) from None
+    except KeyboardInterrupt:
+        return 0
+    except (urllib.error.URLError, OSError) as exc:
+        raise ApiError(f"cannot reach the ElasticServing control API at {args.server}: {exc}") from None
     return 0
 
 
@@ -167,12 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prometheus", action="store_true",
                     help="also run a local Prometheus (Debian package `prometheus`) scraping the stack")
     up.add_argument("--prometheus-port", type=int, default=9090)
+    up.add_argument("--token-file", default=os.environ.get("ELASTICSERVING_TOKEN_FILE"),
+                    help="write the control API token here (default: $XDG_RUNTIME_DIR or ~/.cache/"
+                    "elasticserving/control-PORT.token)")
+    up.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also accept this Host name on the control API (default: loopback names only)")
     up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--server", default=DEFAULT_SERVER, help="control API of a running stack")
+        sp.add_argument("--token-file", default=os.environ.get("ELASTICSERVING_TOKEN_FILE"),
+                        help="the stack's control API token (default: the file `up` wrote for --server's port)")
         return sp
 
     ap = client("apply", "create or update PaddleServices in a running local stack")
@@ -191,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("name")
     dp.add_argument("-n", "--namespace")
     dp.set_defaults(func=cmd_delete)
+
+    lp = client("logs", "print the output of a service's local replicas (as kubectl logs)")
+    lp.add_argument("name")
+    lp.add_argument("-n", "--namespace")
+    lp.add_argument("--side", choices=["default", "canary"], default="default")
+    lp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    lp.add_argument("--tail", type=int, help="only the last N lines kept")
+    lp.set_defaults(func=cmd_logs)
 
     cp = sub.add_parser("controller", help="run the in-cluster controller + autoscaler")
     cp.add_argument("--platform", choices=["kubernetes"], default="kubernetes")

@@ -1,7 +1,9 @@
 """The local platform: each replica is a process on this machine, started from `spec.<side>.arg`.
 
 The controller sets desired counts; a supervisor per side starts replicas with `sh -c`, probes
-`/ready`, restarts crashed ones with back-off, and reports ready endpoints back.
+`/ready`, restarts crashed ones with back-off, and reports ready endpoints back. Each replica's stdout
+and stderr are drained line by line into its side's `SideLog` (autoscaler/local/logs.py) and, with
+`log_dir`, into `<log_dir>/<replica>.log`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from autoscaler.local.logs import SideLog
 from autoscaler.local.process import die_with_parent
 from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import EndpointSpec, PaddleService
@@ -49,6 +53,7 @@ class Replica:
     state: str = STARTING
     started: float = field(default_factory=time.monotonic)
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    stdout: asyncio.StreamReader | None = None
     task: asyncio.Task | None = None
 
     def endpoint(self, host: str) -> Endpoint:
@@ -72,6 +77,7 @@ class SideRuntime:
     backoff_until: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    log: SideLog = field(default_factory=SideLog)
 
 
 class LocalPlatform(Platform):
@@ -105,6 +111,7 @@ class LocalPlatform(Platform):
         self.spawner = spawner
         self.prewarm_ready_timeout = prewarm_ready_timeout
         self._sides: dict[tuple[str, str], SideRuntime] = {}
+        self._tasks: set[asyncio.Task] = set()  # background stops and output copies
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -122,6 +129,13 @@ class LocalPlatform(Platform):
             if sr.task:
                 sr.task.cancel()
         await asyncio.gather(*(self._stop_all(sr) for sr in sides), return_exceptions=True)
+        # Stops under way and output still being copied; a pipe some orphan keeps open is not waited for.
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=5.0)
+            for task in late:
+                task.cancel()
+        for sr in sides:
+            sr.log.close()
         for sr in sides:
             if sr.task:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -174,6 +188,11 @@ class LocalPlatform(Platform):
         return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error,
                          last_start_seconds=sr.last_start_seconds)
 
+    def logs(self, key: str, side: str) -> SideLog | None:
+        """The recent output of the replicas of one side (None: no such side)."""
+        sr = self._sides.get((key, side))
+        return sr.log if sr else None
+
     def pids(self) -> list[int]:
         """Process ids of every replica (for tests and `get`)."""
         return [r.proc.pid for sr in self._sides.values() for r in sr.replicas.values() if r.proc]
@@ -181,6 +200,7 @@ class LocalPlatform(Platform):
     # ---- supervision ----------------------------------------------------------------------
     async def _remove_side(self, sr: SideRuntime) -> None:
         self._sides.pop((sr.key, sr.side), None)
+        sr.log.close()
         if sr.task:
             sr.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -199,9 +219,11 @@ class LocalPlatform(Platform):
                 await self._reconcile(sr)
             except Exception:
                 log.exception("%s/%s: reconcile failed", sr.key, sr.side)
-            timeout = 1.0
+            # A side at zero with nothing running sleeps until told (scale, spec change): a thousand
+            # idle services cost no wake-ups. Otherwise look again every second, as a level trigger.
+            timeout: float | None = None if sr.desired == 0 and not sr.replicas else 1.0
             if sr.backoff_until:
-                timeout = max(0.0, min(timeout, sr.backoff_until - time.monotonic()))
+                timeout = max(0.0, min(timeout or 1.0, sr.backoff_until - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sr.wake.wait(), timeout)
 
@@ -213,7 +235,7 @@ class LocalPlatform(Platform):
         ready_current = sum(1 for r in current if r.state == READY)
         if outdated and (ready_current >= min(sr.desired, len(outdated)) or sr.desired == 0):
             for r in outdated:
-                asyncio.create_task(self._stop(sr, r))
+                self._background(self._stop(sr, r), f"stop {r.id}")
         missing = sr.desired - len(current)
         if missing > 0:
             if time.monotonic() < sr.backoff_until:
@@ -224,7 +246,14 @@ class LocalPlatform(Platform):
             # Scale down: stop starting replicas first, then the newest ready ones.
             victims = sorted(current, key=lambda r: (r.state == READY, -r.started))[:-missing]
             for r in victims:
-                asyncio.create_task(self._stop(sr, r))
+                self._background(self._stop(sr, r), f"stop {r.id}")
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
+        """Run `coro` as a task we keep (the loop holds tasks only weakly) until it is done."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _launch(self, sr: SideRuntime) -> None:
         rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
@@ -248,33 +277,37 @@ class LocalPlatform(Platform):
         })
         return env
 
-    async def _spawn(self, sr: SideRuntime, r: Replica) -> asyncio.subprocess.Process:
+    async def _spawn(self, sr: SideRuntime, r: Replica) -> tuple[asyncio.subprocess.Process,
+                                                                 asyncio.StreamReader | None]:
+        """Start the replica's process; returns it and its stdout (its stderr is `proc.stderr`)."""
         cmd = sr.spec.arg
         if not cmd:
             raise RuntimeError(f"spec.{sr.side}.arg is empty: the local platform runs it as the replica command")
         env = self._env(sr, r)
-        stdout = None
-        if self.log_dir:
-            stdout = open(self.log_dir / f"{r.id}.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            if self.spawner is not None and sr.plain_generation != r.generation:
-                proc = await self.spawner(cmd, env, stdout.fileno() if stdout else None)  # type: ignore[misc]
-                if proc is not None:
-                    return proc
-            return await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout or asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=die_with_parent,
-            )
-        finally:
-            if stdout:
-                stdout.close()
+        if self.spawner is not None and sr.plain_generation != r.generation:
+            out_r, out_w = os.pipe()
+            try:
+                proc = await self.spawner(cmd, env, out_w)  # type: ignore[misc]
+            except BaseException:
+                os.close(out_r)
+                raise
+            finally:
+                os.close(out_w)  # the forked replica holds its own copy
+            if proc is not None:
+                return proc, await _pipe_reader(out_r)
+            os.close(out_r)
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=die_with_parent,
+        )
+        return proc, proc.stdout
 
     async def _run(self, sr: SideRuntime, r: Replica) -> None:
         """One replica's life: spawn, wait for ready, watch until it exits or is stopped."""
         while True:
             try:
-                r.proc = await self._spawn(sr, r)
+                r.proc, r.stdout = await self._spawn(sr, r)
             except Exception as exc:
                 self._failed(sr, r, f"cannot start replica: {exc}")
                 return
@@ -290,7 +323,9 @@ class LocalPlatform(Platform):
         forked = getattr(r.proc, "prewarmed", False)
         log.info("%s/%s: started replica %s (pid %d, port %d%s)", sr.key, sr.side, r.id, r.proc.pid,
                  r.http_port, ", pre-warmed" if forked else "")
-        drain = asyncio.create_task(self._drain_stderr(r))
+        # The output is copied until its pipes close (after the replica exits), even when this
+        # supervision is cancelled by a stop: the last lines of a replica are often the telling ones.
+        drained = self._background(self._drain_output(sr, r), f"output of {r.id}")
         exited = asyncio.create_task(r.proc.wait())
         try:
             became_ready = await self._wait_ready(r, exited, self.prewarm_ready_timeout if forked else None)
@@ -314,7 +349,7 @@ class LocalPlatform(Platform):
                 return False
             if exited.done():
                 code = exited.result()
-                await asyncio.wait_for(drain, 1.0)
+                await asyncio.wait([drained], timeout=1.0)  # the last lines, unless a child keeps the pipes
                 tail = " | ".join(list(r.stderr_tail)[-3:])
                 what = "crashed" if became_ready else "exited before it was ready"
                 _signal_group(r.proc.pid, signal.SIGKILL)  # leftovers of the replica's group
@@ -331,8 +366,6 @@ class LocalPlatform(Platform):
             log.exception("replica %s supervision failed", r.id)
             self._failed(sr, r, f"replica supervision failed: {exc}")
         finally:
-            if not drain.done():
-                drain.cancel()
             if not exited.done():
                 exited.cancel()
         return False
@@ -347,22 +380,38 @@ class LocalPlatform(Platform):
         self.on_change(sr.key)
         sr.wake.set()
 
-    async def _drain_stderr(self, r: Replica) -> None:
+    async def _drain_output(self, sr: SideRuntime, r: Replica) -> None:
+        """Copy the replica's stdout and stderr until both end."""
         assert r.proc is not None
-        if r.proc.stderr is None:
-            return
         logf = open(self.log_dir / f"{r.id}.log", "ab") if self.log_dir else None  # noqa: SIM115
         try:
-            async for line in r.proc.stderr:
-                if logf:
-                    logf.write(line)
-                    logf.flush()
+            await asyncio.gather(self._drain(sr, r, r.proc.stderr, logf, is_stderr=True),
+                                 self._drain(sr, r, r.stdout, logf, is_stderr=False))
+        finally:
+            if logf is not None:
+                logf.close()
+
+    async def _drain(self, sr: SideRuntime, r: Replica, stream: asyncio.StreamReader | None, logf: Any,
+                     is_stderr: bool) -> None:
+        """Copy one output stream of a replica, line by line, to the side's log (and the log file);
+        stderr lines also feed the tail quoted when the replica fails."""
+        if stream is None:
+            return
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line over the reader's limit: the reader dropped it
+                line = b"(a line of more than 64 KiB was cut)\n"
+            if not line:
+                return
+            if logf is not None:
+                logf.write(line)
+                logf.flush()
+            sr.log.append(r.id, line)
+            if is_stderr:
                 text = line.decode("utf-8", "replace").strip()
                 if text:
                     r.stderr_tail.append(text[:300])
-        finally:
-            if logf:
-                logf.close()
 
     async def _probe(self, r: Replica) -> bool:
         assert self._session is not None
@@ -419,6 +468,14 @@ class LocalPlatform(Platform):
             r.task.cancel()
         sr.replicas.pop(r.id, None)
         sr.wake.set()
+
+
+async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader of the read end `fd` of a pipe (closed with the reader's transport)."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                       os.fdopen(fd, "rb", buffering=0))
+    return reader
 
 
 def _fork_may_be_at_fault(exited: asyncio.Task) -> bool:

@@ -2,6 +2,11 @@
 
 Runs the controller + local platform + control API in this process and the activator as a
 supervised child process; Ctrl-C stops everything, replicas included.
+
+The control API listens on loopback only. /v1/* needs the per-run bearer token that `up` writes to a
+0600 file (autoscaler/local/token.py) and hands to the activator (`--control-token-file`); Host must be a
+loopback name or one given with `--allow-host` (DNS rebinding); `/healthz`, `/ready` and `/metrics` are
+public on loopback (probes and scrapes read no secrets and change nothing).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from autoscaler.control_api import build_app
+from autoscaler.control_api import LOOPBACK_HOSTS, build_app
 from autoscaler.controller import Controller
 from autoscaler.local.platform import LocalPlatform
 from autoscaler.local.process import die_with_parent, terminate
+from autoscaler.local.token import default_token_path, new_token, remove_token, write_token
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
@@ -46,6 +52,12 @@ class StackOptions:
     prewarm: bool = False
     prewarm_ready_timeout: float = 10.0
     prometheus_port: int | None = None  # run a local Prometheus scraping the stack on this port
+    token_file: str | None = None  # where to write the control API token (default: default_token_path)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides loopback
+
+    @property
+    def token_path(self) -> Path:
+        return Path(self.token_file) if self.token_file else default_token_path(self.control_port)
 
 
 def load_defaults(path: str | None) -> dict[str, Any]:
@@ -90,7 +102,7 @@ class ActivatorProcess:
             sys.executable, "-m", "activator",
             "--host", o.host, "--http-port", str(o.http_port), "--grpc-port", str(o.grpc_port),
             "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
-            *o.activator_args,
+            "--control-token-file", str(o.token_path), *o.activator_args,
         ]
 
     async def start(self) -> None:
@@ -146,13 +158,23 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
                              spawner=spawner, prewarm_ready_timeout=opts.prewarm_ready_timeout)
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
+    token = new_token()
     await controller.start()
-    runner = web.AppRunner(build_app(controller), access_log=None, shutdown_timeout=5.0)
+    app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts],
+                    logs=platform.logs)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     activator = ActivatorProcess(opts)
     prometheus = None
+    # Signals stop the stack cleanly from here on, before "is up" tells anyone to press Ctrl-C.
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, "127.0.0.1", opts.control_port).start()
+        write_token(opts.token_path, token)  # once the port is ours: a stack that fails to bind leaves it
         for svc in services:
             await controller.apply(svc)
         await activator.start()
@@ -167,16 +189,11 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
             from autoscaler.local.prometheus import LocalPrometheus
 
             prometheus = LocalPrometheus(f"127.0.0.1:{opts.http_port}", f"127.0.0.1:{opts.control_port}",
-                                         port=opts.prometheus_port)
+                                         port=opts.prometheus_port, token_file=str(opts.token_path))
             await prometheus.start()
             print(f"  Prometheus: {prometheus.url} (dashboards: deploy/monitoring/grafana-dashboard.json)",
                   flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         print("Stopping ElasticServing...", flush=True)
         return 0
@@ -189,6 +206,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         await runner.cleanup()
         if launcher is not None:
             await launcher.close()
+        remove_token(opts.token_path, token)
 
 
 def up(opts: StackOptions) -> int:

@@ -116,3 +116,26 @@ async def test_close_leaves_no_process(tmp_path):
     await until(lambda: len(p.state(s.key, "default").ready) == 2, 30, "2 ready")
     await p.close()
     assert replica_pids(s.key) == []
+
+
+async def test_replica_output_is_kept_per_side_and_in_the_log_dir(platform, tmp_path):
+    s = svc("talk", f"echo out-line; echo err-line >&2; exec {ECHO}")
+    await platform.apply(s)
+    log = platform.logs(s.key, "default")
+    follower = log.follow()
+    await platform.scale(s.key, "default", 1)
+    await until(lambda: len(platform.state(s.key, "default").ready) == 1, 30, "ready")
+    await until(lambda: {"out-line", "err-line"} <= {line.text for line in log.tail()}, 10, "both streams")
+    (rid,) = {line.replica for line in log.tail()}
+    assert rid == platform.state(s.key, "default").ready[0].id
+    live = {(await asyncio.wait_for(follower.get(), 5)).text for _ in range(2)}
+    assert live == {"out-line", "err-line"}
+    logfile = (tmp_path / f"{rid}.log").read_text()
+    assert "out-line" in logfile and "err-line" in logfile
+    # the output outlives the replica (scale to zero), and ends for followers when the side goes
+    await platform.scale(s.key, "default", 0)
+    await until(lambda: platform.state(s.key, "default").actual == 0, 10, "scale to 0")
+    assert "out-line" in {line.text for line in platform.logs(s.key, "default").tail()}
+    await platform.delete(s.key)
+    assert await asyncio.wait_for(follower.get(), 5) is None
+    assert platform.logs(s.key, "default") is None

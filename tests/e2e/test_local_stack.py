@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -121,6 +124,38 @@ def test_cli_get_apply_delete(stack, tmp_path):
     out = stack.cli("delete", "extra")
     assert out.returncode == 0, out.stderr
     assert "extra" not in stack.cli("get").stdout
+
+
+def test_cli_logs_prints_and_follows_replica_output(stack, tmp_path):
+    """`elasticserving logs NAME -f`: started before any replica, it prints the replica's stdout and
+    stderr as they come, then ends when the service is deleted; without -f it prints what is kept."""
+    echo = f"{sys.executable} {ROOT}/tests/fixtures/echo_replica.py"
+    arg = f"echo hello from $ELASTICSERVING_REPLICA; echo to-stderr >&2; exec {echo}"
+    f = write_yaml(tmp_path / "talk.yaml", paddleservice("talk", "default", arg, minScale=0))
+    assert stack.cli("apply", "-f", str(f)).returncode == 0
+    follow = subprocess.Popen([sys.executable, "-m", "autoscaler.local.cli", "logs", "talk", "-f", "--server",
+                               stack.control, "--token-file", str(stack.token_file)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+        reader.start()
+        f.write_text(f.read_text().replace("minScale: 0", "minScale: 1"))
+        assert stack.cli("apply", "-f", str(f)).returncode == 0  # a replica starts and prints
+        wait_for(lambda: any("to-stderr" in x for x in lines) and any("hello from" in x for x in lines), 60,
+                 0.1, "the replica's output, followed")
+        assert any(x.startswith("[default-talk-default-") and "hello from default-talk-default-" in x
+                   for x in lines), lines
+        out = stack.cli("logs", "talk", "-n", "default", "--tail", "5")
+        assert out.returncode == 0 and "to-stderr" in out.stdout, out.stderr
+        assert stack.cli("delete", "talk").returncode == 0
+        assert follow.wait(30) == 0  # the side is gone: following ends
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    out = stack.cli("logs", "talk")
+    assert out.returncode == 1 and "not found" in out.stderr
 
 
 @pytest.mark.parametrize(

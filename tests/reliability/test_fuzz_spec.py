@@ -1,7 +1,10 @@
 """Fuzz pass over the PaddleService loader: arbitrary YAML text and arbitrary manifests either load
-or raise SpecError with a field; nothing else escapes (no crash of the CLI or the controller)."""
+or raise SpecError with a field; nothing else escapes (no crash of the CLI or the controller). Each test
+counts its own inputs and records them, so any one of them can run alone."""
 
 from __future__ import annotations
+
+import collections
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -9,8 +12,6 @@ from hypothesis import strategies as st
 
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 from tests.reliability.figures import record
-
-COUNTS = {"yaml_text": 0, "manifests": 0, "accepted": 0, "refused": 0}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12))
@@ -34,32 +35,42 @@ manifests = st.fixed_dictionaries(
         "resources": values, "runtimeVersion": values}))})
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(manifests)
-def test_manifests_load_or_fail_cleanly(doc):
-    COUNTS["manifests"] += 1
-    try:
-        svc = PaddleService.from_dict(doc)
-    except SpecError as exc:
-        COUNTS["refused"] += 1
-        assert isinstance(exc.field, str) and str(exc)
-        return
-    COUNTS["accepted"] += 1
-    svc.autoscaling()
-    svc.resources()
-    assert PaddleService.from_dict(svc.to_manifest()) == svc
+def test_manifests_load_or_fail_cleanly():
+    counts = collections.Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(manifests)
+    def check(doc):
+        counts["manifests"] += 1
+        try:
+            svc = PaddleService.from_dict(doc)
+        except SpecError as exc:
+            counts["refused"] += 1
+            assert isinstance(exc.field, str) and str(exc)
+            return
+        counts["accepted"] += 1
+        svc.autoscaling()
+        svc.resources()
+        assert PaddleService.from_dict(svc.to_manifest()) == svc
+
+    check()
+    record("fuzz_paddleservice_manifests", dict(counts, inputs_tried=counts["manifests"]))
+    assert counts["manifests"] > 0 and counts["refused"] > 0
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(max_size=200), manifests.map(lambda d: yaml.safe_dump(d, allow_unicode=True))))
-def test_yaml_text_loads_or_fails_cleanly(text):
-    COUNTS["yaml_text"] += 1
-    try:
-        load_paddleservices(text)
-    except SpecError:
-        pass
+def test_yaml_text_loads_or_fails_cleanly():
+    counts = collections.Counter()
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(max_size=200), manifests.map(lambda d: yaml.safe_dump(d, allow_unicode=True))))
+    def check(text):
+        counts["yaml_text"] += 1
+        try:
+            load_paddleservices(text)
+            counts["accepted"] += 1
+        except SpecError:
+            counts["refused"] += 1
 
-def test_record_fuzz_figures():
-    record("fuzz_paddleservice_loader", dict(COUNTS, inputs_tried=COUNTS["manifests"] + COUNTS["yaml_text"]))
-    assert COUNTS["manifests"] + COUNTS["yaml_text"] > 0
+    check()
+    record("fuzz_paddleservice_yaml", dict(counts, inputs_tried=counts["yaml_text"]))
+    assert counts["yaml_text"] > 0
