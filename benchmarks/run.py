@@ -25,6 +25,7 @@ SUITES = [
     ("activator", "benchmarks.activator_bench", "activator in path vs direct; cold start added latency"),
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
     ("image", "benchmarks.image_bench", "EfficientNet-Lite0: paddle.inference (oneDNN off/on) vs ONNX Runtime, batch 1 and 16"),
+    ("scale", "benchmarks.scale_bench", "1,000 services at zero: idle CPU, RSS per service, route bytes per change, cold start"),
     ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
 ]
 CHARTS_KEY = "charts"
