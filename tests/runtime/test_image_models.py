@@ -38,11 +38,11 @@ def photo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(models):
+def servers(models, photo):
     procs = {}
     for kind, path in (("paddle", models / "paddle"), ("onnx", models / "onnx" / "model.onnx")):
         procs[kind] = start_runtime("--model", str(path), "--name", "flowers", "--handler", "imagenet",
-                                    "--labels", str(models / "labels.txt"))
+                                    "--labels", str(models / "labels.txt"), "--image-base-dir", str(photo.parent))
     procs["raw"] = start_runtime("--model", str(models / "onnx"), "--name", "tiny", grpc=True)
     yield {**{k: v[1] for k, v in procs.items()}, "raw_grpc": procs["raw"][2]}
     for p, _, _ in procs.values():

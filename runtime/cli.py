@@ -1,0 +1,141 @@
+"""The runtime's command line: flags, and which model files and backend they name.
+
+`parse_args(argv)` is what `python -m runtime` (and the zygote's forked replicas) run;
+`backend_kind(argv)` tells a pre-warmed launcher which backend a replica will load, from the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.backends import ModelLoadError, detect_backend
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="ElasticServing inference server")
+    p.add_argument("--model", default="lac",
+                   help="`lac` (the model shipped by the lac package), a model name known to runtime.models "
+                        "(e.g. efficientnet-lite0), or a model path")
+    p.add_argument("--name", default=None, help="model name in URLs (default: the model's name)")
+    p.add_argument("--handler", default=None, choices=["lac", "imagenet", "raw"],
+                   help="pre/post-processing (default: lac for --model lac, imagenet for a named model, else raw)")
+    p.add_argument("--backend", default="auto", choices=["auto", "paddle", "onnx", "tensorflow"],
+                   help="inference backend (auto: from the model files)")
+    p.add_argument("--labels", default=None,
+                   help="imagenet: a file with one class label per line (default: labels.txt next to the model)")
+    p.add_argument("--preprocess", default=None,
+                   help="imagenet: preprocess.json (default: next to the model, else ImageNet's)")
+    p.add_argument("--allow-urls", action="store_true", help="imagenet: accept image URLs (fetched by the replica)")
+    p.add_argument("--image-base-dir", default=None,
+                   help="imagenet: accept absolute image file paths inside this directory (default: none)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="imagenet: larger images are refused")
+    p.add_argument("--max-image-bytes", type=int, default=16 * 1024 * 1024,
+                   help="imagenet: largest image file or URL download")
+    p.add_argument("--url-timeout", type=float, default=10.0, help="imagenet: seconds for one image URL fetch")
+    p.add_argument("--is-canary", action="store_true",
+                   help="answer Paddle Serving web API results with \"isCanary\": [\"true\"]")
+    p.add_argument("--host", default=os.environ.get("ELASTICSERVING_BIND_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9292")))
+    p.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", "0") or 0),
+                   help="KServe v2 gRPC port (default: env GRPC_PORT; 0: no gRPC)")
+    p.add_argument("--seg-separator", default="|", help="LAC: separator between words")
+    p.add_argument("--max-text-chars", type=int, default=2048, help="LAC: longest sentence accepted")
+    p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
+    p.add_argument("--gpu-ids", default="", help="comma separated GPU ids (empty: CPU)")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="largest batch run at once, and most items one request may carry")
+    p.add_argument("--batch-timeout-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests (0: merge only what is already queued)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="items admitted for inference at once; more are answered 503 / RESOURCE_EXHAUSTED")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="on SIGTERM: keep serving (not ready) until idle, at most this long")
+    p.add_argument("--log-format", default=os.environ.get("ELASTICSERVING_LOG_FORMAT", "text"),
+                   choices=["text", "json"], help="json: one JSON object per log line")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
+    if args.handler is None:
+        args.handler = "lac" if args.model == "lac" else "imagenet" if _is_name(args.model) else "raw"
+    if args.name is None:
+        args.name = "lac" if args.model == "lac" else os.path.basename(os.path.normpath(args.model))
+    args.gpu_id_list = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
+    return args
+
+
+def _is_name(model: str) -> bool:
+    """A bare name (no path separator, nothing on disk) is looked up in runtime.models."""
+    return "/" not in model and os.sep not in model and not Path(model).exists()
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    path: Path
+    backend: str  # auto | paddle | onnx | tensorflow
+    labels: Path | None
+    preprocess: Path | None
+
+
+def resolve_model(model: str, backend: str = "auto", labels: str | None = None,
+                  preprocess: str | None = None) -> ModelFiles:
+    """The files a tensor model (not `lac`) is loaded from; labels.txt and preprocess.json next to the
+    model are picked up unless given explicitly."""
+    if _is_name(model):
+        try:
+            from runtime.models import model_dir
+        except ImportError:
+            raise ModelLoadError(f"model path {model} does not exist") from None
+        try:
+            root = Path(model_dir(model))
+        except FileNotFoundError as exc:
+            raise ModelLoadError(str(exc)) from None
+        except (KeyError, ValueError) as exc:
+            raise ModelLoadError(f"unknown model {model!r}: {exc}") from None
+        if backend == "auto":
+            backend = "paddle" if (root / "paddle").is_dir() else "onnx"
+        if backend not in ("paddle", "onnx"):
+            raise ModelLoadError(f"{model} is built for the paddle and onnx backends, not {backend}")
+        path, near = root / backend, [root]
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ModelLoadError(f"model path {model} does not exist")
+        here = path if path.is_dir() else path.parent
+        near = [here, here.parent]
+
+    def nearby(explicit: str | None, filename: str) -> Path | None:
+        if explicit:
+            return Path(explicit)
+        return next((d / filename for d in near if (d / filename).is_file()), None)
+
+    return ModelFiles(path, backend, nearby(labels, "labels.txt"), nearby(preprocess, "preprocess.json"))
+
+
+def backend_kind(argv: list[str]) -> str | None:
+    """Which backend a replica started with `argv` loads: `paddle` or `onnx`; None when neither
+    (tensorflow, or arguments the runtime would refuse)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage message is the replica's to print
+            args = parse_args(argv)
+    except SystemExit:
+        return None
+    if args.handler == "lac" or args.model == "lac":
+        return "paddle"
+    if args.backend in ("paddle", "onnx"):
+        return args.backend
+    if args.backend != "auto":
+        return None
+    try:
+        files = resolve_model(args.model, args.backend)
+        kind = files.backend if files.backend != "auto" else detect_backend(files.path)
+    except ModelLoadError:
+        return "paddle"  # the replica will refuse it with a message; any launcher can show that
+    return kind if kind in ("paddle", "onnx") else None

@@ -1,0 +1,201 @@
+"""The data plane between the protocol adapters and the model handler: one request type in, named
+numpy arrays out. It owns what every protocol shares: model lookup, readiness and draining, input
+checks against the handler's tensor specs, the admission limits, metrics and the request log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import BadInput, InferError, NotFound, Overloaded, TooLarge, Unavailable
+from runtime.handlers.base import Handler
+from runtime.metrics import RuntimeMetrics
+from runtime.request_log import log_request
+from runtime.tensors import TensorSpec, datatype_of
+
+
+@dataclass
+class InferRequest:
+    model: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None = None  # requested outputs; None: all
+    id: str | None = None  # the protocol's own id (v2 `id`), echoed back
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_size: int = 32  # items (first dimension) one request may carry
+    max_queue: int = 256  # items admitted for inference at once (queued or running)
+
+
+@dataclass
+class RequestRecord:
+    """One request as the data plane accounts for it; adapters set `status` on success."""
+
+    request_id: str
+    protocol: str
+    status: int | str = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DataPlane:
+    def __init__(self, name: str, metrics: RuntimeMetrics, limits: Limits | None = None,
+                 drain_quiet: float = 0.5) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.limits = limits or Limits()
+        self.handler: Handler | None = None  # set once loaded
+        self.load_error: str | None = None
+        self.draining = False
+        self.inflight = 0
+        self.admitted = 0
+        self._drain_quiet = drain_quiet
+        self._last_active = time.monotonic()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self.handler is not None
+
+    @property
+    def ready(self) -> bool:
+        """Readiness (routing): loaded and not draining. Inference is served whenever loaded."""
+        return self.loaded and not self.draining
+
+    def not_ready_reason(self) -> str:
+        return self.load_error or ("draining" if self.draining else "model is loading")
+
+    def check_model(self, name: str) -> None:
+        if name != self.name:
+            raise NotFound(f"unknown model {name!r}; this server serves {self.name!r}")
+
+    def metadata(self) -> dict[str, Any]:
+        handler = self.loaded_handler()
+        first: dict[str, TensorSpec] = {}
+        for s in handler.inputs:  # alternatives share a name; metadata shows the first
+            first.setdefault(s.name, s)
+        return {"name": self.name, "versions": ["1"], "platform": handler.platform,
+                "inputs": [s.as_dict() for s in first.values()],
+                "outputs": [s.as_dict() for s in handler.outputs]}
+
+    def loaded_handler(self) -> Handler:
+        if self.handler is None:
+            raise Unavailable(f"model {self.name} is not ready: {self.not_ready_reason()}")
+        return self.handler
+
+    # ---- one request -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def track(self, protocol: str, request_id: str) -> Iterator[RequestRecord]:
+        """Around one request's whole handling (parsing included): in-flight count, metrics, log line."""
+        rec = self.begin(protocol, request_id)
+        started = time.perf_counter()
+        try:
+            yield rec
+        except BaseException as exc:
+            self.end(rec, started, exc)
+            raise
+        self.end(rec, started)
+
+    def begin(self, protocol: str, request_id: str) -> RequestRecord:
+        self.inflight += 1
+        self._idle.clear()
+        self.metrics.inflight.labels(self.name, protocol).inc()
+        return RequestRecord(request_id, protocol, "OK" if protocol == "v2-grpc" else 200)
+
+    def end(self, rec: RequestRecord, started: float, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            grpc = rec.protocol == "v2-grpc"
+            if isinstance(exc, InferError):
+                rec.status = exc.grpc_code if grpc else exc.http_status
+            else:
+                rec.status = "INTERNAL" if grpc else 500
+        seconds = time.perf_counter() - started
+        self.metrics.inflight.labels(self.name, rec.protocol).dec()
+        self.metrics.observe(self.name, rec.protocol, rec.status, seconds)
+        log_request(rec.request_id, self.name, rec.protocol, rec.status, seconds)
+        self.inflight -= 1
+        self._last_active = time.monotonic()
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def infer(self, req: InferRequest) -> dict[str, np.ndarray]:
+        self.check_model(req.model)
+        handler = self.loaded_handler()
+        items = self.check_inputs(handler.inputs, req.inputs)
+        if items > self.limits.max_batch_size:
+            raise TooLarge(f"{items} items in one request; the limit is {self.limits.max_batch_size} "
+                           "(--max-batch-size)")
+        names = [s.name for s in handler.outputs]
+        unknown = [n for n in req.outputs or () if n not in names]
+        if unknown:
+            raise BadInput(f"unknown output {unknown[0]!r}: this model outputs {', '.join(names)}")
+        if self.admitted + items > self.limits.max_queue:
+            raise Overloaded(f"inference queue full ({self.admitted} items waiting, --max-queue "
+                             f"{self.limits.max_queue}); retry later")
+        self.admitted += items
+        try:
+            outputs = await handler.infer(req.inputs)
+        finally:
+            self.admitted -= items
+        if req.outputs:
+            return {n: outputs[n] for n in req.outputs}
+        return outputs
+
+    @staticmethod
+    def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> int:
+        """Names, datatypes and shapes against the specs; returns the items (first dimension) carried."""
+        by_name: dict[str, list[TensorSpec]] = {}
+        for s in specs:
+            by_name.setdefault(s.name, []).append(s)
+        unknown = [n for n in inputs if n not in by_name]
+        if unknown:
+            raise BadInput(f"unknown input {unknown[0]!r}; inputs are {', '.join(by_name)}")
+        missing = [n for n in by_name if n not in inputs]
+        if missing:
+            raise BadInput(f"missing input(s) {', '.join(missing)}")
+        items = 0
+        for name, arr in inputs.items():
+            alternatives = by_name[name]
+            reasons = [r for s in alternatives if (r := s.mismatch(arr)) is not None]
+            if len(reasons) == len(alternatives):
+                same_type = [s for s in alternatives if s.datatype == datatype_of(arr)]
+                if same_type:
+                    reason = same_type[0].mismatch(arr)
+                else:
+                    reason = (f"must have datatype {' or '.join(s.datatype for s in alternatives)}, "
+                              f"not {datatype_of(arr)!r}")
+                raise BadInput(f"input `{name}` {reason}")
+            n = arr.shape[0] if arr.ndim else 1
+            if n == 0:
+                raise BadInput(f"input `{name}` has no elements")
+            items = max(items, n)
+        return items
+
+    # ---- shutdown ----------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Stop readiness, keep serving until no request has been in flight for a short quiet time
+        (the router has seen readiness fail), at most `timeout` seconds. True when idle."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+            quiet_left = self._last_active + self._drain_quiet - time.monotonic()
+            if self.inflight == 0 and quiet_left <= 0:
+                return True
+            await asyncio.sleep(min(max(quiet_left, 0.01), max(deadline - loop.time(), 0)))
