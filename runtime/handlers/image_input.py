@@ -36,12 +36,19 @@ class Preprocess:
     def from_file(cls, path: Path | None) -> Preprocess:
         if path is None or not path.is_file():
             return cls()
-        cfg = json.loads(path.read_text())
-        default = cls()
-        return cls(resize=int(cfg.get("resize", default.resize)), crop=int(cfg.get("crop", default.crop)),
-                   mean=tuple(float(x) for x in cfg.get("mean", default.mean)),
-                   std=tuple(float(x) for x in cfg.get("std", default.std)),
-                   scale=float(cfg.get("scale", default.scale)))
+        try:
+            cfg = json.loads(path.read_text()[:65536])
+            default = cls()
+            prep = cls(resize=int(cfg.get("resize", default.resize)), crop=int(cfg.get("crop", default.crop)),
+                       mean=tuple(float(x) for x in cfg.get("mean", default.mean)),
+                       std=tuple(float(x) for x in cfg.get("std", default.std)),
+                       scale=float(cfg.get("scale", default.scale)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a valid preprocess.json: {exc}") from None
+        if not (0 < prep.crop <= prep.resize <= 4096) or len(prep.mean) != 3 or len(prep.std) != 3 \
+                or min(prep.std) <= 0 or prep.scale <= 0:
+            raise ValueError(f"{path}: need 0 < crop <= resize <= 4096, 3 means, 3 stds > 0 and scale > 0")
+        return prep
 
 
 def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
@@ -54,9 +61,11 @@ def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
         if w * h > max_pixels:
             raise BadInput(f"image of {w}x{h} pixels is over the limit of {max_pixels} (--max-image-pixels)")
         img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        if isinstance(exc, BadInput):
-            raise
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at open, for far larger images
+        raise BadInput(f"image is over the limit of {max_pixels} pixels (--max-image-pixels): {exc}") from None
+    except BadInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadInput(f"undecodable image: {exc}") from None
     w, h = img.size
     ratio = prep.resize / min(w, h)

@@ -1,55 +1,17 @@
-"""KServe v2 over gRPC (`--grpc-port`) <-> the data plane's request: raw or typed input contents become
-arrays (sizes checked), outputs go back as raw contents; errors become a status code with the reason.
-The request ID comes from the `x-request-id` metadata (else a new one) and returns as trailing metadata."""
+"""KServe v2 over gRPC (`--grpc-port`): the service; each call's tensors are translated by
+runtime.protocols.v2_grpc_tensors and served by the data plane; errors become a status code with the
+reason. The request ID comes from the `x-request-id` metadata (else a new one) and returns as trailing metadata."""
 
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
-from runtime.dataplane import DataPlane, InferRequest
-from runtime.errors import BadInput, InferError
+from runtime.dataplane import DataPlane
+from runtime.errors import InferError
 from runtime.proto import inference_pb2 as pb
 from runtime.proto import inference_pb2_grpc as pb_grpc
+from runtime.protocols.v2_grpc_tensors import decode, fill_response
 from runtime.request_log import request_id
-from runtime.tensors import datatype_of, from_buffer, from_values, to_bytes
-
-# The typed `contents` field of each datatype (wire detail of the gRPC protocol; FP16 travels raw only).
-_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-
-
-def decode(request: pb.ModelInferRequest) -> InferRequest:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise BadInput(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents")
-    inputs: dict[str, np.ndarray] = {}
-    for i, t in enumerate(request.inputs):
-        if t.name in inputs:
-            raise BadInput(f"input `{t.name}` given twice")
-        if raw:
-            inputs[t.name] = from_buffer(t.name, t.datatype, list(t.shape), raw[i])
-            continue
-        field = _CONTENTS.get(t.datatype)
-        if field is None:
-            raise BadInput(f"input `{t.name}`: unknown datatype {t.datatype!r} (or not in typed contents)")
-        values = getattr(t.contents, field)
-        if t.datatype == "BYTES":
-            inputs[t.name] = from_values(t.name, "BYTES", list(t.shape), list(values))
-        else:
-            inputs[t.name] = from_values(t.name, t.datatype, list(t.shape), np.asarray(values))
-    return InferRequest(request.model_name, inputs, [o.name for o in request.outputs] or None, request.id or None)
-
-
-def encode(model: str, req_id: str, outputs: dict[str, np.ndarray]) -> pb.ModelInferResponse:
-    resp = pb.ModelInferResponse(model_name=model, model_version="1", id=req_id)
-    for name, arr in outputs.items():
-        resp.outputs.append(pb.ModelInferResponse.InferOutputTensor(
-            name=name, datatype=datatype_of(arr), shape=list(arr.shape)))
-        resp.raw_output_contents.append(to_bytes(arr))
-    return resp
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -97,7 +59,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 self.plane.loaded_handler()
                 req = decode(request)
                 outputs = await self.plane.infer(req)
-                resp = encode(self.plane.name, request.id, outputs)
+                resp = pb.ModelInferResponse(model_name=self.plane.name, model_version="1", id=request.id)
+                fill_response(resp, outputs)
         except InferError as exc:
             await self._abort(context, exc, rid)
         context.set_trailing_metadata((("x-request-id", rid),))

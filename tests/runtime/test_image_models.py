@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,24 +16,6 @@ import pytest
 from tests.helpers import ROOT, free_port, http, start_runtime
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("image-model")
-    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_image_model.py"), str(out)], check=True,
-                   capture_output=True, timeout=240)
-    return out
-
-
-@pytest.fixture(scope="session")
-def photo(tmp_path_factory) -> Path:
-    from PIL import Image
-    from skimage import data
-
-    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import pytest
 
 from runtime.errors import BadInput
 from runtime.handlers.base import WebApi
-from runtime.proto import inference_pb2 as pb
-from runtime.protocols import paddle_web, v2_grpc, v2_rest
+from runtime.protocols import paddle_web, v2_grpc_tensors, v2_rest
 from runtime.tensors import TensorSpec, object_array, pack_bytes, unpack_bytes
 
 LAC_WEB = WebApi(feed=("words",), fetch={"word_seg": ("word_seg",)}, rows=True)
@@ -153,7 +152,10 @@ def test_v2_bad_json_requests_are_refused_with_a_reason(raw, reason):
         v2_rest.decode(raw, "m")
 
 
-# ---- v2 gRPC -------------------------------------------------------------------------------------
+# ---- v2 gRPC (tritonclient's generated messages: ours and theirs cannot share a process) ------------
+pb = pytest.importorskip("tritonclient.grpc.service_pb2")
+
+
 def grpc_request(**inp) -> pb.ModelInferRequest:
     return pb.ModelInferRequest(model_name="m", id="g1", inputs=[pb.ModelInferRequest.InferInputTensor(**inp)])
 
@@ -161,16 +163,17 @@ def grpc_request(**inp) -> pb.ModelInferRequest:
 def test_grpc_raw_and_typed_contents_become_arrays():
     req = grpc_request(name="x", datatype="FP32", shape=[1, 2])
     req.raw_input_contents.append(np.asarray([1, 2], dtype="<f4").tobytes())
-    got = v2_grpc.decode(req)
+    got = v2_grpc_tensors.decode(req)
     assert got.id == "g1" and got.inputs["x"].tolist() == [[1.0, 2.0]] and got.inputs["x"].dtype == np.float32
     typed = grpc_request(name="w", datatype="BYTES", shape=[2],
                          contents=pb.InferTensorContents(bytes_contents=[b"a", b"bc"]))
     typed.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name="y"))
-    got = v2_grpc.decode(typed)
+    got = v2_grpc_tensors.decode(typed)
     assert got.inputs["w"].tolist() == [b"a", b"bc"] and got.outputs == ["y"]
     ints = grpc_request(name="i", datatype="INT64", shape=[2], contents=pb.InferTensorContents(int64_contents=[5, 6]))
-    assert v2_grpc.decode(ints).inputs["i"].dtype == np.int64
-    resp = v2_grpc.encode("m", "g1", {"y": object_array([b"ok"]), "p": np.asarray([0.5], dtype=np.float32)})
+    assert v2_grpc_tensors.decode(ints).inputs["i"].dtype == np.int64
+    resp = pb.ModelInferResponse()
+    v2_grpc_tensors.fill_response(resp, {"y": object_array([b"ok"]), "p": np.asarray([0.5], dtype=np.float32)})
     assert [o.datatype for o in resp.outputs] == ["BYTES", "FP32"]
     assert unpack_bytes(resp.raw_output_contents[0]) == [b"ok"]
     assert np.frombuffer(resp.raw_output_contents[1], "<f4").tolist() == [0.5]
@@ -188,4 +191,4 @@ def test_grpc_bad_requests_are_refused_with_a_reason(inp, raw, reason):
     req = grpc_request(**inp)
     req.raw_input_contents.extend(raw)
     with pytest.raises(BadInput, match=reason):
-        v2_grpc.decode(req)
+        v2_grpc_tensors.decode(req)
