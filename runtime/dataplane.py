@@ -6,10 +6,8 @@ checks against the handler's tensor specs, the admission limits, metrics and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +27,14 @@ class InferRequest:
     id: str | None = None  # the protocol's own id (v2 `id`), echoed back
 
 
+def index_specs(specs: list[TensorSpec]) -> dict[str, list[TensorSpec]]:
+    """Specs by input name; several under one name are alternatives (image bytes or pixels)."""
+    by_name: dict[str, list[TensorSpec]] = {}
+    for s in specs:
+        by_name.setdefault(s.name, []).append(s)
+    return by_name
+
+
 @dataclass(frozen=True)
 class Limits:
     max_batch_size: int = 32  # items (first dimension) one request may carry
@@ -42,7 +48,6 @@ class RequestRecord:
     request_id: str
     protocol: str
     status: int | str = 200
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DataPlane:
@@ -51,7 +56,9 @@ class DataPlane:
         self.name = name
         self.metrics = metrics
         self.limits = limits or Limits()
-        self.handler: Handler | None = None  # set once loaded
+        self._handler: Handler | None = None
+        self._specs: dict[str, list[TensorSpec]] = {}
+        self._inflight_gauges: dict[str, Any] = {}
         self.load_error: str | None = None
         self.draining = False
         self.inflight = 0
@@ -63,8 +70,18 @@ class DataPlane:
 
     # ---- state -------------------------------------------------------------------------------
     @property
+    def handler(self) -> Handler | None:
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        """Set once the handler is loaded: from then on inference is served."""
+        self._specs = index_specs(handler.inputs) if handler is not None else {}
+        self._handler = handler
+
+    @property
     def loaded(self) -> bool:
-        return self.handler is not None
+        return self._handler is not None
 
     @property
     def ready(self) -> bool:
@@ -93,22 +110,15 @@ class DataPlane:
         return self.handler
 
     # ---- one request -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def track(self, protocol: str, request_id: str) -> Iterator[RequestRecord]:
-        """Around one request's whole handling (parsing included): in-flight count, metrics, log line."""
-        rec = self.begin(protocol, request_id)
-        started = time.perf_counter()
-        try:
-            yield rec
-        except BaseException as exc:
-            self.end(rec, started, exc)
-            raise
-        self.end(rec, started)
+    def track(self, protocol: str, request_id: str) -> _Tracked:
+        """`with plane.track(...) as rec:` around one request's whole handling (parsing included):
+        in-flight count, metrics, log line; the status comes from `rec.status` or the exception."""
+        return _Tracked(self, protocol, request_id)
 
     def begin(self, protocol: str, request_id: str) -> RequestRecord:
         self.inflight += 1
         self._idle.clear()
-        self.metrics.inflight.labels(self.name, protocol).inc()
+        self._gauge(protocol).inc()
         return RequestRecord(request_id, protocol, "OK" if protocol == "v2-grpc" else 200)
 
     def end(self, rec: RequestRecord, started: float, exc: BaseException | None = None) -> None:
@@ -119,7 +129,7 @@ class DataPlane:
             else:
                 rec.status = "INTERNAL" if grpc else 500
         seconds = time.perf_counter() - started
-        self.metrics.inflight.labels(self.name, rec.protocol).dec()
+        self._gauge(rec.protocol).dec()
         self.metrics.observe(self.name, rec.protocol, rec.status, seconds)
         log_request(rec.request_id, self.name, rec.protocol, rec.status, seconds)
         self.inflight -= 1
@@ -127,10 +137,16 @@ class DataPlane:
         if self.inflight == 0:
             self._idle.set()
 
+    def _gauge(self, protocol: str) -> Any:
+        gauge = self._inflight_gauges.get(protocol)
+        if gauge is None:
+            gauge = self._inflight_gauges[protocol] = self.metrics.inflight.labels(self.name, protocol)
+        return gauge
+
     async def infer(self, req: InferRequest) -> dict[str, np.ndarray]:
         self.check_model(req.model)
         handler = self.loaded_handler()
-        items = self.check_inputs(handler.inputs, req.inputs)
+        items = self.check_inputs(self._specs, req.inputs)
         if items > self.limits.max_batch_size:
             raise TooLarge(f"{items} items in one request; the limit is {self.limits.max_batch_size} "
                            "(--max-batch-size)")
@@ -151,11 +167,9 @@ class DataPlane:
         return outputs
 
     @staticmethod
-    def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> int:
-        """Names, datatypes and shapes against the specs; returns the items (first dimension) carried."""
-        by_name: dict[str, list[TensorSpec]] = {}
-        for s in specs:
-            by_name.setdefault(s.name, []).append(s)
+    def check_inputs(by_name: dict[str, list[TensorSpec]], inputs: dict[str, np.ndarray]) -> int:
+        """Names, datatypes and shapes against the specs (by name: index_specs); returns the items
+        (first dimension) the request carries."""
         unknown = [n for n in inputs if n not in by_name]
         if unknown:
             raise BadInput(f"unknown input {unknown[0]!r}; inputs are {', '.join(by_name)}")
@@ -199,3 +213,20 @@ class DataPlane:
             if self.inflight == 0 and quiet_left <= 0:
                 return True
             await asyncio.sleep(min(max(quiet_left, 0.01), max(deadline - loop.time(), 0)))
+
+
+class _Tracked:
+    """The context manager of DataPlane.track (a class: cheaper than a generator on the hot path)."""
+
+    __slots__ = ("plane", "protocol", "request_id", "rec", "started")
+
+    def __init__(self, plane: DataPlane, protocol: str, request_id: str) -> None:
+        self.plane, self.protocol, self.request_id = plane, protocol, request_id
+
+    def __enter__(self) -> RequestRecord:
+        self.rec = self.plane.begin(self.protocol, self.request_id)
+        self.started = time.perf_counter()
+        return self.rec
+
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self.plane.end(self.rec, self.started, exc)

@@ -19,15 +19,14 @@ from runtime.tensors import DTYPES, TensorSpec, object_array, to_list
 
 def decode(body: Any, model: str, web: WebApi, specs: list[TensorSpec]) -> tuple[InferRequest, list[str]]:
     """The request, and the fetch names asked for (their outputs are the request's outputs)."""
-    example = ", ".join(f'"{k}": ...' for k in web.feed)
     if not isinstance(body, dict):
         raise BadInput('expected a JSON object {"feed": [...], "fetch": [...]}')
     feed = body.get("feed")
     if not isinstance(feed, list) or not feed:
-        raise BadInput(f"`feed` must be a non-empty list of objects like {{{example}}}")
+        raise BadInput(f"`feed` must be a non-empty list of objects like {_example(web)}")
     for i, item in enumerate(feed):
         if not isinstance(item, dict):
-            raise BadInput(f"feed[{i}] must be an object like {{{example}}}")
+            raise BadInput(f"feed[{i}] must be an object like {_example(web)}")
         for key in web.feed:
             if key not in item:
                 raise BadInput(f"feed[{i}] has no `{key}`")
@@ -41,6 +40,10 @@ def decode(body: Any, model: str, web: WebApi, specs: list[TensorSpec]) -> tuple
     for f in fetch:
         outputs.extend(o for o in web.fetch[f] if o not in outputs)
     return InferRequest(model, inputs, outputs), fetch
+
+
+def _example(web: WebApi) -> str:
+    return "{" + ", ".join(f'"{k}": ...' for k in web.feed) + "}"
 
 
 def _column(key: str, values: list[Any], specs: list[TensorSpec]) -> np.ndarray:

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from runtime.dataplane import DataPlane, InferRequest, Limits
+from runtime.dataplane import DataPlane, InferRequest, Limits, index_specs
 from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
@@ -62,12 +62,12 @@ def x(n: int) -> dict[str, np.ndarray]:
 ])
 def test_inputs_are_checked_against_the_specs(specs, inputs, reason):
     with pytest.raises(BadInput, match=reason):
-        DataPlane.check_inputs(specs, inputs)
+        DataPlane.check_inputs(index_specs(specs), inputs)
 
 
 def test_spec_alternatives_and_items():
-    assert DataPlane.check_inputs(IMAGE_SPECS, {"image": object_array([b"a", b"b"])}) == 2
-    assert DataPlane.check_inputs(IMAGE_SPECS, {"image": np.zeros((3, 3, 4, 4), np.float32)}) == 3
+    assert DataPlane.check_inputs(index_specs(IMAGE_SPECS), {"image": object_array([b"a", b"b"])}) == 2
+    assert DataPlane.check_inputs(index_specs(IMAGE_SPECS), {"image": np.zeros((3, 3, 4, 4), np.float32)}) == 3
 
 
 async def test_model_name_loading_and_outputs():
