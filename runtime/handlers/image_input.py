@@ -96,12 +96,13 @@ class ImageSource:
             raise BadInput("`image` is empty")
         if value[:8].lower().startswith((b"http://", b"https://")):
             return await self._fetch(value.decode("utf-8", "replace"))
-        if value[:1] == b"/" and len(value) < 4096 and b"\0" not in value:
-            return self._read_file(value.decode("utf-8", "replace"))
-        try:
+        try:  # before paths: base64 JPEG starts with "/9j/"; a path with a "." is never base64
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            return value  # not base64 text: the encoded image itself (binary tensor data)
+            pass
+        if value[:1] == b"/" and len(value) < 4096 and b"\0" not in value:
+            return self._read_file(value.decode("utf-8", "replace"))
+        return value  # the encoded image itself (binary tensor data)
 
     def _read_file(self, name: str) -> bytes:
         if self.base_dir is None:

@@ -81,6 +81,16 @@ def test_hostile_images_are_refused_with_a_reason(server, image, status, reason)
     assert got == status and reason in out["error"], out
 
 
+def test_small_base64_jpeg_is_not_taken_for_a_path(server):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(buf, format="JPEG")
+    assert b64(buf.getvalue()).startswith("/9j/")
+    status, out, _ = predict(server["http"], {"feed": [{"image": b64(buf.getvalue())}]})
+    assert status == 200 and out["result"]["label"][0] in LABELS, out
+
+
 def test_truncated_image_is_400(server, photo):
     from PIL import Image
 
