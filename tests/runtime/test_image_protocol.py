@@ -182,13 +182,13 @@ def test_grpc_request_id_in_trailing_metadata(server):
 # ---- image URLs, and draining ---------------------------------------------------------------------
 class UrlServer:
     """A loopback aiohttp server: /photo (a real photo), /big (over the size limit), /slow (never
-    answers), /gate (answers the photo once `release` is set; `entered` tells a fetch is waiting)."""
+    answers), /gate/NAME (answers the photo once gate(NAME).release is set; gate(NAME).entered tells a
+    fetch is waiting)."""
 
     def __init__(self, photo: bytes) -> None:
         self.photo = photo
         self.port = free_port()
-        self.entered = threading.Event()
-        self.release = threading.Event()
+        self.gates: dict[str, Gate] = {}
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
@@ -206,15 +206,16 @@ class UrlServer:
         async def slow(_):
             await asyncio.sleep(3600)
 
-        async def gate(_):
-            self.entered.set()
-            await self.loop.run_in_executor(None, self.release.wait, 60)
+        async def gate(request):
+            g = self.gate(request.match_info["name"])
+            g.entered.set()
+            await self.loop.run_in_executor(None, g.release.wait, 60)
             return web.Response(body=self.photo, content_type="image/png")
 
         async def main():
             app = web.Application()
             app.add_routes([web.get("/photo", photo), web.get("/big", big), web.get("/slow", slow),
-                            web.get("/gate", gate)])
+                            web.get("/gate/{name}", gate)])
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -225,6 +226,15 @@ class UrlServer:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def gate(self, name: str) -> Gate:
+        return self.gates.setdefault(name, Gate())
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
 
 @pytest.fixture(scope="module")
@@ -256,15 +266,47 @@ def test_draining_replica_serves_but_is_not_ready(models, urls, photo):
                                "--allow-urls", "--drain-seconds", "60")
     base = f"http://127.0.0.1:{port}"
     held: list[int] = []
-    t = threading.Thread(target=lambda: held.append(predict(port, {"feed": [{"image": urls.url("/gate")}]})[0]))
+    gate = urls.gate("drain")
+    t = threading.Thread(target=lambda: held.append(predict(port, {"feed": [{"image": urls.url("/gate/drain")}]})[0]))
     t.start()
-    assert urls.entered.wait(30)  # the request is in flight, waiting on its image
+    assert gate.entered.wait(30)  # the request is in flight, waiting on its image
     p.send_signal(signal.SIGTERM)
     wait_for(lambda: http("GET", base + "/ready")[0] == 503, 30, 0.05, "readiness to fail")
     assert http("GET", base + "/healthz")[0] == 200
     status, out, _ = predict(port, {"feed": [{"image": b64(photo.read_bytes())}]})
     assert status == 200, out  # still routed here: still served
-    urls.release.set()
+    gate.release.set()
     t.join(30)
     assert held == [200]
     assert p.wait(30) == 0
+
+
+def test_a_full_queue_is_503_over_http_and_resource_exhausted_over_grpc(models, urls, photo):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    p, port, grpc_port = start_runtime("--model", str(models / "onnx"), "--name", "image", "--handler", "imagenet",
+                                       "--allow-urls", "--max-queue", "2", grpc=True)
+    gate = urls.gate("queue")
+    held: list[int] = []
+    body = {"feed": [{"image": urls.url("/gate/queue")}] * 2}  # two items: the whole queue
+    t = threading.Thread(target=lambda: held.append(predict(port, body)[0]))
+    try:
+        t.start()
+        assert gate.entered.wait(30)
+        status, out, _ = predict(port, {"feed": [{"image": b64(png())}]})
+        assert status == 503 and "queue full" in out["error"]
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        img = grpcclient.InferInput("image", [1], "BYTES")
+        img.set_data_from_numpy(np.array([png()], dtype=object))
+        with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED.*queue full"):
+            c.infer("image", [img])
+        assert http("GET", f"http://127.0.0.1:{port}/ready")[0] == 200  # busy, not unready
+        gate.release.set()
+        t.join(30)
+        assert held == [200]
+        assert predict(port, {"feed": [{"image": b64(png())}]})[0] == 200  # room again
+    finally:
+        gate.release.set()
+        p.terminate()
+        p.wait(30)
