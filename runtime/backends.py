@@ -1,7 +1,7 @@
 """Inference backends under the handlers: Paddle (`paddle.inference`), ONNX Runtime, TensorFlow
 SavedModel (when installed). Handlers give them numpy arrays by input name and get arrays back.
 
-`detect_backend` picks one from the files in the model path; `--backend` overrides it.
+`load_backend` picks one from the files in the model path (runtime.model_files); `--backend` overrides it.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.model_files import ModelLoadError, detect_backend
 from runtime.tensors import TensorSpec, datatype_of
 
-
-class ModelLoadError(RuntimeError):
-    pass
+__all__ = ["ModelLoadError", "create_predictor", "load_backend"]
 
 
 def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
@@ -44,21 +43,6 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
         return pi.create_predictor(cfg)
     except Exception as exc:  # paddle raises its own error types for corrupt programs
         raise ModelLoadError(f"cannot load Paddle model from {model_dir}: {str(exc).strip()[:500]}") from None
-
-
-def detect_backend(path: Path) -> str:
-    if path.is_file():
-        if path.suffix == ".onnx":
-            return "onnx"
-        raise ModelLoadError(f"cannot tell the backend of {path}: give --backend")
-    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    if any(n.endswith(".onnx") for n in names):
-        return "onnx"
-    if "saved_model.pb" in names:
-        return "tensorflow"
-    if "__model__" in names or any(n.endswith((".pdmodel", ".json")) for n in names):
-        return "paddle"
-    raise ModelLoadError(f"no model found in {path} (expected a Paddle, ONNX or TensorFlow SavedModel)")
 
 
 class PaddleBackend:

@@ -10,10 +10,8 @@ import argparse
 import contextlib
 import io
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
-from runtime.backends import ModelLoadError, detect_backend
+from runtime.model_files import ModelLoadError, detect_backend, is_name, resolve_model
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,59 +62,11 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser().parse_args(argv)
     if args.handler is None:
-        args.handler = "lac" if args.model == "lac" else "imagenet" if _is_name(args.model) else "raw"
+        args.handler = "lac" if args.model == "lac" else "imagenet" if is_name(args.model) else "raw"
     if args.name is None:
         args.name = "lac" if args.model == "lac" else os.path.basename(os.path.normpath(args.model))
     args.gpu_id_list = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
     return args
-
-
-def _is_name(model: str) -> bool:
-    """A bare name (no path separator, nothing on disk) is looked up in runtime.models."""
-    return "/" not in model and os.sep not in model and not Path(model).exists()
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    path: Path
-    backend: str  # auto | paddle | onnx | tensorflow
-    labels: Path | None
-    preprocess: Path | None
-
-
-def resolve_model(model: str, backend: str = "auto", labels: str | None = None,
-                  preprocess: str | None = None) -> ModelFiles:
-    """The files a tensor model (not `lac`) is loaded from; labels.txt and preprocess.json next to the
-    model are picked up unless given explicitly."""
-    if _is_name(model):
-        try:
-            from runtime.models import model_dir
-        except ImportError:
-            raise ModelLoadError(f"model path {model} does not exist") from None
-        try:
-            root = Path(model_dir(model))
-        except FileNotFoundError as exc:
-            raise ModelLoadError(str(exc)) from None
-        except (KeyError, ValueError) as exc:
-            raise ModelLoadError(f"unknown model {model!r}: {exc}") from None
-        if backend == "auto":
-            backend = "paddle" if (root / "paddle").is_dir() else "onnx"
-        if backend not in ("paddle", "onnx"):
-            raise ModelLoadError(f"{model} is built for the paddle and onnx backends, not {backend}")
-        path, near = root / backend, [root]
-    else:
-        path = Path(model)
-        if not path.exists():
-            raise ModelLoadError(f"model path {model} does not exist")
-        here = path if path.is_dir() else path.parent
-        near = [here, here.parent]
-
-    def nearby(explicit: str | None, filename: str) -> Path | None:
-        if explicit:
-            return Path(explicit)
-        return next((d / filename for d in near if (d / filename).is_file()), None)
-
-    return ModelFiles(path, backend, nearby(labels, "labels.txt"), nearby(preprocess, "preprocess.json"))
 
 
 def backend_kind(argv: list[str]) -> str | None:

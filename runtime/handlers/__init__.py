@@ -16,7 +16,7 @@ def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
 
         return LacHandler(args.model, args.seg_separator, args.threads, args.gpu_id_list, args.max_batch_size,
                           batch_timeout, args.max_text_chars, on_batch)
-    from runtime.cli import resolve_model
+    from runtime.model_files import resolve_model
 
     files = resolve_model(args.model, args.backend, args.labels, args.preprocess)
     if args.handler == "imagenet":

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.backends import ModelLoadError
-from runtime.cli import backend_kind, parse_args, resolve_model
+from runtime.cli import backend_kind, parse_args
 from runtime.handlers.image_input import Preprocess
+from runtime.model_files import ModelLoadError, resolve_model
 
 
 @pytest.fixture
