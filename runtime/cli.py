@@ -60,7 +60,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    for flag in ("max_batch_size", "max_queue", "max_text_chars", "max_image_pixels", "max_image_bytes",
+                 "max_body_bytes", "url_timeout", "drain_seconds"):
+        if getattr(args, flag) <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be positive")
+    if args.max_queue < args.max_batch_size:  # a full-size request could never be admitted
+        p.error("--max-queue must be at least --max-batch-size")
     if args.handler is None:
         args.handler = "lac" if args.model == "lac" else "imagenet" if is_name(args.model) else "raw"
     if args.name is None:

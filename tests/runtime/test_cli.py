@@ -95,3 +95,14 @@ def test_backend_kind(built, argv, kind, capsys):
     argv = [a.replace("ONNXDIR", str(built / "onnx")).replace("TFDIR", str(tf)) for a in argv]
     assert backend_kind(argv) == kind
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["--max-queue", "0"], "--max-queue must be positive"),
+    (["--max-text-chars", "-1"], "--max-text-chars must be positive"),
+    (["--max-batch-size", "64", "--max-queue", "32"], "at least --max-batch-size"),
+])
+def test_limits_must_make_sense(argv, reason, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert reason in capsys.readouterr().err
