@@ -286,7 +286,7 @@ def test_a_full_queue_is_503_over_http_and_resource_exhausted_over_grpc(models, 
     from tritonclient.utils import InferenceServerException
 
     p, port, grpc_port = start_runtime("--model", str(models / "onnx"), "--name", "image", "--handler", "imagenet",
-                                       "--allow-urls", "--max-queue", "2", grpc=True)
+                                       "--allow-urls", "--max-queue", "2", "--max-batch-size", "2", grpc=True)
     gate = urls.gate("queue")
     held: list[int] = []
     body = {"feed": [{"image": urls.url("/gate/queue")}] * 2}  # two items: the whole queue
