@@ -1,47 +1,48 @@
-"""Inference backends for tensor models: Paddle (`paddle.inference`), ONNX Runtime, TensorFlow
+"""Inference backends under the handlers: Paddle (`paddle.inference`), ONNX Runtime, TensorFlow
 SavedModel (when installed). Handlers give them numpy arrays by input name and get arrays back.
 
-`detect_backend` picks one from the files in the model path; `--backend` overrides it.
+`load_backend` picks one from the files in the model path (runtime.model_files); `--backend` overrides it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime.model import ModelLoadError, create_predictor
+from runtime.model_files import ModelLoadError, detect_backend
+from runtime.tensors import TensorSpec, datatype_of
 
-V2_DTYPES = {
-    np.dtype("float32"): "FP32", np.dtype("float64"): "FP64", np.dtype("int64"): "INT64",
-    np.dtype("int32"): "INT32", np.dtype("int8"): "INT8", np.dtype("uint8"): "UINT8", np.dtype("bool"): "BOOL",
-    np.dtype("float16"): "FP16",
-}
-NP_DTYPES = {v: k for k, v in V2_DTYPES.items()}
+__all__ = ["ModelLoadError", "create_predictor", "load_backend"]
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str  # KServe v2 datatype (FP32, INT64, ...)
-    shape: tuple[int, ...]  # -1 for a variable dimension
+def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
+    import paddle.inference as pi  # imported lazily: `import runtime` stays light
 
-
-def detect_backend(path: Path) -> str:
-    if path.is_file():
-        if path.suffix == ".onnx":
-            return "onnx"
-        raise ModelLoadError(f"cannot tell the backend of {path}: give --backend")
-    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    if any(n.endswith(".onnx") for n in names):
-        return "onnx"
-    if "saved_model.pb" in names:
-        return "tensorflow"
-    if "__model__" in names or any(n.endswith((".pdmodel", ".json")) for n in names):
-        return "paddle"
-    raise ModelLoadError(f"no model found in {path} (expected a Paddle, ONNX or TensorFlow SavedModel)")
+    files = {p.name for p in model_dir.iterdir()} if model_dir.is_dir() else set()
+    if "__model__" in files or not files:
+        cfg = pi.Config(str(model_dir))
+    else:
+        prog = next((model_dir / n for n in ("inference.json", "inference.pdmodel", "model.pdmodel",
+                                              "model.json") if n in files), None)
+        params = next((model_dir / n for n in ("inference.pdiparams", "model.pdiparams") if n in files), None)
+        if prog is None or params is None:
+            raise ModelLoadError(f"no Paddle model found in {model_dir} (expected __model__ or "
+                                 "*.pdmodel/*.json with *.pdiparams)")
+        cfg = pi.Config(str(prog), str(params))
+    if gpu_ids:
+        cfg.enable_use_gpu(256, gpu_ids[0])
+    else:
+        cfg.disable_gpu()
+        cfg.set_cpu_math_library_num_threads(max(1, threads))
+        # oneDNN's fused GRU caches blobs per input shape and crashes once LAC batches vary in size.
+        cfg.disable_mkldnn()
+    cfg.disable_glog_info()
+    try:
+        return pi.create_predictor(cfg)
+    except Exception as exc:  # paddle raises its own error types for corrupt programs
+        raise ModelLoadError(f"cannot load Paddle model from {model_dir}: {str(exc).strip()[:500]}") from None
 
 
 class PaddleBackend:
@@ -49,15 +50,24 @@ class PaddleBackend:
         self.predictor = create_predictor(path, threads, gpu_ids)
         p = self.predictor
         self.inputs = [self._spec(p.get_input_handle(n), n) for n in p.get_input_names()]
-        self.outputs = [TensorSpec(n, "FP32", (-1,)) for n in p.get_output_names()]
+        self.outputs = [TensorSpec(n, "FP32", None) for n in p.get_output_names()]
 
-    @staticmethod
-    def _spec(handle, name: str) -> TensorSpec:
+    PADDLE_TYPES = {"FLOAT32": "FP32", "FLOAT64": "FP64", "INT64": "INT64", "INT32": "INT32", "INT8": "INT8",
+                    "UINT8": "UINT8", "BOOL": "BOOL", "FLOAT16": "FP16"}
+
+    @classmethod
+    def _spec(cls, handle, name: str) -> TensorSpec:
         try:
-            shape = tuple(int(d) for d in handle.shape())
+            shape: tuple[int, ...] | None = tuple(int(d) for d in handle.shape())
         except Exception:
-            shape = (-1,)
-        return TensorSpec(name, "FP32", shape)
+            shape = None
+        if not shape or 0 in shape:  # before a first run Paddle reports [0]: the rank is unknown
+            shape = None
+        try:
+            datatype = cls.PADDLE_TYPES.get(handle.type().name, "FP32")
+        except Exception:
+            datatype = "FP32"
+        return TensorSpec(name, datatype, shape)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         p = self.predictor
@@ -109,9 +119,9 @@ class TensorFlowBackend:
         self.model = tf.saved_model.load(str(path))
         self.fn = self.model.signatures["serving_default"]
         sig_in = self.fn.structured_input_signature[1]
-        self.inputs = [TensorSpec(k, V2_DTYPES.get(np.dtype(v.dtype.as_numpy_dtype), "FP32"),
+        self.inputs = [TensorSpec(k, datatype_of(np.empty(0, v.dtype.as_numpy_dtype)),
                                   tuple(d if d is not None else -1 for d in v.shape)) for k, v in sig_in.items()]
-        self.outputs = [TensorSpec(k, "FP32", (-1,)) for k in self.fn.structured_outputs]
+        self.outputs = [TensorSpec(k, "FP32", None) for k in self.fn.structured_outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.fn(**feeds)

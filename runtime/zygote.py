@@ -34,9 +34,10 @@ MAX_REQUEST = 1 << 20
 def preload(kind: str) -> float:
     """Import everything a replica of this kind needs before it can load its model; returns seconds."""
     t0 = time.perf_counter()
-    import runtime.grpc_server  # noqa: F401 - grpc only imported: its threads start with a server
-    import runtime.lac  # noqa: F401
-    import runtime.model  # noqa: F401
+    import runtime.handlers.image  # noqa: F401
+    import runtime.handlers.lac  # noqa: F401
+    import runtime.handlers.raw  # noqa: F401
+    import runtime.protocols.v2_grpc  # noqa: F401 - grpc only imported: its threads start with a server
     import runtime.server  # noqa: F401
 
     if kind == "paddle":

@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,30 +18,12 @@ from tests.helpers import ROOT, free_port, http, start_runtime
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    out = tmp_path_factory.mktemp("image-model")
-    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_image_model.py"), str(out)], check=True,
-                   capture_output=True, timeout=240)
-    return out
-
-
-@pytest.fixture(scope="session")
-def photo(tmp_path_factory) -> Path:
-    from PIL import Image
-    from skimage import data
-
-    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def servers(models):
+def servers(models, photo):
     procs = {}
     for kind, path in (("paddle", models / "paddle"), ("onnx", models / "onnx" / "model.onnx")):
         procs[kind] = start_runtime("--model", str(path), "--name", "flowers", "--handler", "imagenet",
-                                    "--labels", str(models / "labels.txt"))
+                                    "--labels", str(models / "labels.txt"), "--image-base-dir", str(photo.parent))
     procs["raw"] = start_runtime("--model", str(models / "onnx"), "--name", "tiny", grpc=True)
     yield {**{k: v[1] for k, v in procs.items()}, "raw_grpc": procs["raw"][2]}
     for p, _, _ in procs.values():

@@ -1,0 +1,232 @@
+"""The data plane between the protocol adapters and the model handler: one request type in, named
+numpy arrays out. It owns what every protocol shares: model lookup, readiness and draining, input
+checks against the handler's tensor specs, the admission limits, metrics and the request log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import BadInput, InferError, NotFound, Overloaded, TooLarge, Unavailable
+from runtime.handlers.base import Handler
+from runtime.metrics import RuntimeMetrics
+from runtime.request_log import log_request
+from runtime.tensors import TensorSpec, datatype_of
+
+
+@dataclass
+class InferRequest:
+    model: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None = None  # requested outputs; None: all
+    id: str | None = None  # the protocol's own id (v2 `id`), echoed back
+
+
+def index_specs(specs: list[TensorSpec]) -> dict[str, list[TensorSpec]]:
+    """Specs by input name; several under one name are alternatives (image bytes or pixels)."""
+    by_name: dict[str, list[TensorSpec]] = {}
+    for s in specs:
+        by_name.setdefault(s.name, []).append(s)
+    return by_name
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch_size: int = 32  # items (first dimension) one request may carry
+    max_queue: int = 256  # items admitted for inference at once (queued or running)
+
+
+@dataclass
+class RequestRecord:
+    """One request as the data plane accounts for it; adapters set `status` on success."""
+
+    request_id: str
+    protocol: str
+    status: int | str = 200
+
+
+class DataPlane:
+    def __init__(self, name: str, metrics: RuntimeMetrics, limits: Limits | None = None,
+                 drain_quiet: float = 0.5) -> None:
+        self.name = name
+        self.metrics = metrics
+        self.limits = limits or Limits()
+        self._handler: Handler | None = None
+        self._specs: dict[str, list[TensorSpec]] = {}
+        self._inflight_gauges: dict[str, Any] = {}
+        self.load_error: str | None = None
+        self.draining = False
+        self.inflight = 0
+        self.admitted = 0
+        self._drain_quiet = drain_quiet
+        self._last_active = time.monotonic()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def handler(self) -> Handler | None:
+        return self._handler
+
+    @handler.setter
+    def handler(self, handler: Handler | None) -> None:
+        """Set once the handler is loaded: from then on inference is served."""
+        self._specs = index_specs(handler.inputs) if handler is not None else {}
+        self._handler = handler
+
+    @property
+    def loaded(self) -> bool:
+        return self._handler is not None
+
+    @property
+    def ready(self) -> bool:
+        """Readiness (routing): loaded and not draining. Inference is served whenever loaded."""
+        return self.loaded and not self.draining
+
+    def not_ready_reason(self) -> str:
+        return self.load_error or ("draining" if self.draining else "model is loading")
+
+    def check_model(self, name: str) -> None:
+        if name != self.name:
+            raise NotFound(f"unknown model {name!r}; this server serves {self.name!r}")
+
+    def metadata(self) -> dict[str, Any]:
+        handler = self.loaded_handler()
+        first: dict[str, TensorSpec] = {}
+        for s in handler.inputs:  # alternatives share a name; metadata shows the first
+            first.setdefault(s.name, s)
+        return {"name": self.name, "versions": ["1"], "platform": handler.platform,
+                "inputs": [s.as_dict() for s in first.values()],
+                "outputs": [s.as_dict() for s in handler.outputs]}
+
+    def loaded_handler(self) -> Handler:
+        if self.handler is None:
+            raise Unavailable(f"model {self.name} is not ready: {self.not_ready_reason()}")
+        return self.handler
+
+    # ---- one request -------------------------------------------------------------------------
+    def track(self, protocol: str, request_id: str) -> _Tracked:
+        """`with plane.track(...) as rec:` around one request's whole handling (parsing included):
+        in-flight count, metrics, log line; the status comes from `rec.status` or the exception."""
+        return _Tracked(self, protocol, request_id)
+
+    def begin(self, protocol: str, request_id: str) -> RequestRecord:
+        self.inflight += 1
+        self._idle.clear()
+        self._gauge(protocol).inc()
+        return RequestRecord(request_id, protocol, "OK" if protocol == "v2-grpc" else 200)
+
+    def end(self, rec: RequestRecord, started: float, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            grpc = rec.protocol == "v2-grpc"
+            if isinstance(exc, InferError):
+                rec.status = exc.grpc_code if grpc else exc.http_status
+            else:
+                rec.status = "INTERNAL" if grpc else 500
+        seconds = time.perf_counter() - started
+        self._gauge(rec.protocol).dec()
+        self.metrics.observe(self.name, rec.protocol, rec.status, seconds)
+        log_request(rec.request_id, self.name, rec.protocol, rec.status, seconds)
+        self.inflight -= 1
+        self._last_active = time.monotonic()
+        if self.inflight == 0:
+            self._idle.set()
+
+    def _gauge(self, protocol: str) -> Any:
+        gauge = self._inflight_gauges.get(protocol)
+        if gauge is None:
+            gauge = self._inflight_gauges[protocol] = self.metrics.inflight.labels(self.name, protocol)
+        return gauge
+
+    async def infer(self, req: InferRequest) -> dict[str, np.ndarray]:
+        self.check_model(req.model)
+        handler = self.loaded_handler()
+        items = self.check_inputs(self._specs, req.inputs)
+        if items > self.limits.max_batch_size:
+            raise TooLarge(f"{items} items in one request; the limit is {self.limits.max_batch_size} "
+                           "(--max-batch-size)")
+        names = [s.name for s in handler.outputs]
+        unknown = [n for n in req.outputs or () if n not in names]
+        if unknown:
+            raise BadInput(f"unknown output {unknown[0]!r}: this model outputs {', '.join(names)}")
+        if self.admitted + items > self.limits.max_queue:
+            raise Overloaded(f"inference queue full ({self.admitted} items waiting, --max-queue "
+                             f"{self.limits.max_queue}); retry later")
+        self.admitted += items
+        try:
+            outputs = await handler.infer(req.inputs)
+        finally:
+            self.admitted -= items
+        if req.outputs:
+            return {n: outputs[n] for n in req.outputs}
+        return outputs
+
+    @staticmethod
+    def check_inputs(by_name: dict[str, list[TensorSpec]], inputs: dict[str, np.ndarray]) -> int:
+        """Names, datatypes and shapes against the specs (by name: index_specs); returns the items
+        (first dimension) the request carries."""
+        unknown = [n for n in inputs if n not in by_name]
+        if unknown:
+            raise BadInput(f"unknown input {unknown[0]!r}; inputs are {', '.join(by_name)}")
+        missing = [n for n in by_name if n not in inputs]
+        if missing:
+            raise BadInput(f"missing input(s) {', '.join(missing)}")
+        items = 0
+        for name, arr in inputs.items():
+            alternatives = by_name[name]
+            reasons = [r for s in alternatives if (r := s.mismatch(arr)) is not None]
+            if len(reasons) == len(alternatives):
+                same_type = [s for s in alternatives if s.datatype == datatype_of(arr)]
+                if same_type:
+                    reason = same_type[0].mismatch(arr)
+                else:
+                    reason = (f"must have datatype {' or '.join(s.datatype for s in alternatives)}, "
+                              f"not {datatype_of(arr)!r}")
+                raise BadInput(f"input `{name}` {reason}")
+            n = arr.shape[0] if arr.ndim else 1
+            if n == 0:
+                raise BadInput(f"input `{name}` has no elements")
+            items = max(items, n)
+        return items
+
+    # ---- shutdown ----------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Stop readiness, keep serving until no request has been in flight for a short quiet time
+        (the router has seen readiness fail), at most `timeout` seconds. True when idle."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+            quiet_left = self._last_active + self._drain_quiet - time.monotonic()
+            if self.inflight == 0 and quiet_left <= 0:
+                return True
+            await asyncio.sleep(min(max(quiet_left, 0.01), max(deadline - loop.time(), 0)))
+
+
+class _Tracked:
+    """The context manager of DataPlane.track (a class: cheaper than a generator on the hot path)."""
+
+    __slots__ = ("plane", "protocol", "request_id", "rec", "started")
+
+    def __init__(self, plane: DataPlane, protocol: str, request_id: str) -> None:
+        self.plane, self.protocol, self.request_id = plane, protocol, request_id
+
+    def __enter__(self) -> RequestRecord:
+        self.rec = self.plane.begin(self.protocol, self.request_id)
+        self.started = time.perf_counter()
+        return self.rec
+
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self.plane.end(self.rec, self.started, exc)

@@ -1,0 +1,32 @@
+"""Model handlers, the bottom of a replica's data flow: they declare tensor specs and implement
+`infer(inputs) -> outputs` on numpy arrays (runtime.handlers.base); protocols never reach them."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.handlers.base import Handler, OnBatch
+
+
+def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
+    """The handler the command line asks for, not loaded yet (raises ModelLoadError for missing files)."""
+    batch_timeout = max(0.0, args.batch_timeout_ms) / 1000.0
+    if args.handler == "lac":
+        from runtime.handlers.lac import LacHandler
+
+        return LacHandler(args.model, args.seg_separator, args.threads, args.gpu_id_list, args.max_batch_size,
+                          batch_timeout, args.max_text_chars, on_batch)
+    from runtime.model_files import resolve_model
+
+    files = resolve_model(args.model, args.backend, args.labels, args.preprocess)
+    if args.handler == "imagenet":
+        from runtime.handlers.image import ImageClassifier
+        from runtime.handlers.image_input import ImageSource, Preprocess
+
+        source = ImageSource(args.image_base_dir, args.allow_urls, args.max_image_bytes, args.url_timeout)
+        return ImageClassifier(files.path, files.backend, args.threads, args.gpu_id_list, files.labels,
+                               Preprocess.from_file(files.preprocess), source, args.max_image_pixels,
+                               args.max_batch_size, batch_timeout, on_batch)
+    from runtime.handlers.raw import RawTensors
+
+    return RawTensors(files.path, files.backend, args.threads, args.gpu_id_list)

@@ -1,0 +1,54 @@
+"""What a model handler is to the data plane: declared input/output tensor specs and
+`infer(inputs) -> outputs` on numpy arrays. Handlers know no protocol; the Paddle Serving web API's
+per-model JSON shape is declared here as data (`WebApi`) and applied by runtime.protocols.paddle_web."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.tensors import TensorSpec
+
+OnBatch = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class WebApi:
+    """How `{"feed": [...], "fetch": [...]}` maps onto a handler's tensors.
+
+    feed: feed item keys, each the name of an input tensor (one row per feed item).
+    fetch: accepted fetch names -> the output tensors each one returns.
+    rows: the result is one object per feed item (LAC) instead of one object of lists (images, raw).
+    """
+
+    feed: tuple[str, ...]
+    fetch: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rows: bool = False
+
+
+class Handler:
+    """Base of the model handlers. `load` blocks (run on `executor`); `infer` is a coroutine."""
+
+    platform = ""
+    inputs: list[TensorSpec]  # several specs may share a name: alternatives (e.g. image bytes or pixels)
+    outputs: list[TensorSpec]
+    web: WebApi
+
+    def __init__(self) -> None:
+        # One thread owns the backend: Paddle predictors must not hop between threads.
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """After load, on the event loop (start batchers)."""
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False)
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError

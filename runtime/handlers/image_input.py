@@ -1,0 +1,143 @@
+"""Where the image handler's images come from and how they become pixels, bounded for hostile input.
+
+Sources: encoded bytes (binary tensors), base64 text, a URL (only with --allow-urls: aiohttp, size and
+time limits) or an absolute file path (only with --image-base-dir, and only inside it). Decoding checks
+the pixel count from the header before decompressing (PIL's `open` is lazy), then preprocesses per the
+model's preprocess.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import BadInput, TooLarge
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """RGB, resize the short side to `resize` (bilinear), centre crop `crop`, float32 CHW,
+    x = (pixel * scale - mean) / std. Defaults: ImageNet."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    scale: float = 1 / 255
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> Preprocess:
+        if path is None or not path.is_file():
+            return cls()
+        try:
+            cfg = json.loads(path.read_text()[:65536])
+            default = cls()
+            prep = cls(resize=int(cfg.get("resize", default.resize)), crop=int(cfg.get("crop", default.crop)),
+                       mean=tuple(float(x) for x in cfg.get("mean", default.mean)),
+                       std=tuple(float(x) for x in cfg.get("std", default.std)),
+                       scale=float(cfg.get("scale", default.scale)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a valid preprocess.json: {exc}") from None
+        if not (0 < prep.crop <= prep.resize <= 4096) or len(prep.mean) != 3 or len(prep.std) != 3 \
+                or min(prep.std) <= 0 or prep.scale <= 0:
+            raise ValueError(f"{path}: need 0 < crop <= resize <= 4096, 3 means, 3 stds > 0 and scale > 0")
+        return prep
+
+
+def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
+    """Encoded image -> float32 CHW. Blocking (run off the event loop)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size  # from the header: nothing is decompressed yet
+        if w * h > max_pixels:
+            raise BadInput(f"image of {w}x{h} pixels is over the limit of {max_pixels} (--max-image-pixels)")
+        img = img.convert("RGB")
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at open, for far larger images
+        raise BadInput(f"image is over the limit of {max_pixels} pixels (--max-image-pixels): {exc}") from None
+    except BadInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"undecodable image: {exc}") from None
+    w, h = img.size
+    ratio = prep.resize / min(w, h)
+    size = prep.crop
+    img = img.resize((max(size, round(w * ratio)), max(size, round(h * ratio))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * np.float32(prep.scale)
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(3, 1, 1)
+    return (arr - mean) / std
+
+
+class ImageSource:
+    """Turns one element of the `image` input into encoded image bytes."""
+
+    def __init__(self, base_dir: str | None = None, allow_urls: bool = False, max_bytes: int = 16 << 20,
+                 url_timeout: float = 10.0) -> None:
+        self.base_dir = Path(base_dir).resolve() if base_dir else None
+        self.allow_urls = allow_urls
+        self.max_bytes = max_bytes
+        self.url_timeout = url_timeout
+        self._session = None
+
+    async def load(self, value: bytes) -> bytes:
+        if not value:
+            raise BadInput("`image` is empty")
+        if value[:8].lower().startswith((b"http://", b"https://")):
+            return await self._fetch(value.decode("utf-8", "replace"))
+        try:  # before paths: base64 JPEG starts with "/9j/"; a path with a "." is never base64
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+        if value[:1] == b"/" and len(value) < 4096 and b"\0" not in value:
+            return self._read_file(value.decode("utf-8", "replace"))
+        return value  # the encoded image itself (binary tensor data)
+
+    def _read_file(self, name: str) -> bytes:
+        if self.base_dir is None:
+            raise BadInput("image file paths are disabled (start the runtime with --image-base-dir DIR)")
+        path = Path(name).resolve()
+        if not path.is_relative_to(self.base_dir):
+            raise BadInput(f"image file {name} is outside --image-base-dir")
+        if not path.is_file():
+            raise BadInput(f"image file {name} does not exist")
+        if os.path.getsize(path) > self.max_bytes:
+            raise TooLarge(f"image file {name} is larger than {self.max_bytes} bytes")
+        return path.read_bytes()
+
+    async def _fetch(self, url: str) -> bytes:
+        if not self.allow_urls:
+            raise BadInput("image URLs are disabled (start the runtime with --allow-urls)")
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.url_timeout))
+        try:
+            async with self._session.get(url, allow_redirects=True, max_redirects=3) as r:
+                if r.status != 200:
+                    raise BadInput(f"image URL answered HTTP {r.status}")
+                if (r.content_length or 0) > self.max_bytes:
+                    raise TooLarge(f"image at the URL is larger than {self.max_bytes} bytes")
+                data = bytearray()
+                async for chunk in r.content.iter_chunked(65536):
+                    data += chunk
+                    if len(data) > self.max_bytes:
+                        raise TooLarge(f"image at the URL is larger than {self.max_bytes} bytes")
+                return bytes(data)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise BadInput(f"cannot fetch the image URL: {type(exc).__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,101 @@
+"""LAC word segmentation as a handler: `words` (BYTES, UTF-8 sentences) -> `word_seg` (BYTES, words
+joined by the separator). Concurrent requests are merged into one Paddle run (runtime.batching); the
+text <-> ids work is runtime.lac."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import ModelLoadError, create_predictor
+from runtime.batching import Batcher
+from runtime.errors import BadInput, TooLarge
+from runtime.handlers.base import Handler, OnBatch, WebApi
+from runtime.lac import LacSegmenter, lac_dir
+from runtime.tensors import TensorSpec, object_array
+
+
+def lac_model_dir(model: str) -> Path:
+    """`lac` names the LAC segmentation model shipped by the lac package; anything else is a path."""
+    if model == "lac":
+        return lac_dir() / "seg_model" / "model"
+    path = Path(model)
+    if not path.exists():
+        raise ModelLoadError(f"model path {model} does not exist")
+    return path
+
+
+class LacHandler(Handler):
+    platform = "paddle"
+    inputs = [TensorSpec("words", "BYTES", (-1,))]
+    outputs = [TensorSpec("word_seg", "BYTES", (-1,))]
+    web = WebApi(feed=("words",), fetch={"word_seg": ("word_seg",)}, rows=True)
+
+    def __init__(self, model: str = "lac", separator: str = "|", threads: int = 1,
+                 gpu_ids: list[int] | None = None, max_batch_size: int = 32, batch_timeout: float = 0.0,
+                 max_chars: int = 2048, on_batch: OnBatch | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.separator = separator
+        self.threads = threads
+        self.gpu_ids = gpu_ids
+        self.max_chars = max_chars
+        self._predictor = None
+        self._seg: LacSegmenter | None = None
+        self._lock = threading.Lock()
+        self.batcher = Batcher(self.run_batch, self.executor, max_batch_size, batch_timeout, on_batch)
+
+    def load(self) -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
+        model_dir = lac_model_dir(self.model)
+        if not (model_dir.parent / "conf" / "word.dic").exists():
+            raise ModelLoadError(f"{model_dir}: the lac handler needs ../conf/word.dic, tag.dic and q2b.dic")
+        self._seg = LacSegmenter(model_dir, self.separator)
+        self._predictor = create_predictor(model_dir, self.threads, self.gpu_ids)
+        self.run_batch(["预热"])  # warm-up: the first run allocates
+
+    def run_batch(self, sentences: list[str]) -> list[str]:
+        """Blocking, on the inference thread: one Paddle run for every sentence of the batch."""
+        assert self._seg is not None and self._predictor is not None
+        nonempty = [s for s in sentences if s]
+        out_by_sentence: dict[int, str] = {}
+        if nonempty:
+            ids, lod = self._seg.encode(nonempty)
+            with self._lock:
+                p = self._predictor
+                h = p.get_input_handle(p.get_input_names()[0])
+                h.reshape(list(ids.shape))
+                h.copy_from_cpu(ids)
+                h.set_lod([lod])
+                p.run()
+                tags = p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
+            k = 0
+            for i, s in enumerate(sentences):
+                if s:
+                    out_by_sentence[i] = self._seg.join(self._seg.decode(s, tags[lod[k]:lod[k + 1]]))
+                    k += 1
+        return [out_by_sentence.get(i, "") for i in range(len(sentences))]
+
+    async def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        self.batcher.close()
+        await super().close()
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sentences = []
+        for i, raw in enumerate(inputs["words"]):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInput(f"input `words`[{i}] holds bytes that are not UTF-8 text") from None
+            if len(text) > self.max_chars:
+                raise TooLarge(f"sentence {i} has {len(text)} characters; the limit is {self.max_chars} "
+                               "(--max-text-chars)")
+            sentences.append(text)
+        segs = await self.batcher.submit(sentences)
+        return {"word_seg": object_array([s.encode("utf-8") for s in segs])}

@@ -1,0 +1,158 @@
+"""The data plane without a server: spec checks, per-request and queue limits, readiness while
+draining, request IDs and the one structured log line per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from runtime.dataplane import DataPlane, InferRequest, Limits, index_specs
+from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
+from runtime.handlers.base import Handler, WebApi
+from runtime.metrics import RuntimeMetrics
+from runtime.request_log import JsonFormatter, request_id
+from runtime.tensors import TensorSpec, object_array
+
+IMAGE_SPECS = [TensorSpec("image", "BYTES", (-1,)), TensorSpec("image", "FP32", (-1, 3, 4, 4))]
+
+
+class Gate(Handler):
+    """Echoes `x` back as `y` once `release` is set; counts calls."""
+
+    platform = "test"
+    inputs = [TensorSpec("x", "FP32", (-1, 2))]
+    outputs = [TensorSpec("y", "FP32", (-1, 2)), TensorSpec("z", "FP32", (-1,))]
+    web = WebApi(feed=("x",))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def infer(self, inputs):
+        self.entered.set()
+        await self.release.wait()
+        return {"y": inputs["x"], "z": inputs["x"][:, 0]}
+
+
+def plane(handler: Handler | None = None, **limits) -> DataPlane:
+    p = DataPlane("m", RuntimeMetrics(), Limits(**limits), drain_quiet=0.05)
+    p.handler = handler
+    return p
+
+
+def x(n: int) -> dict[str, np.ndarray]:
+    return {"x": np.zeros((n, 2), dtype=np.float32)}
+
+
+@pytest.mark.parametrize(("specs", "inputs", "reason"), [
+    (Gate.inputs, {"x": np.zeros((1, 2), np.float64)}, "must have datatype FP32, not 'FP64'"),
+    (Gate.inputs, {"x": np.zeros((1, 3), np.float32)}, r"has shape \[1, 3\], the model takes \[-1,2\]"),
+    (Gate.inputs, {"x": np.zeros((2,), np.float32)}, "has shape"),
+    (Gate.inputs, {"x": np.zeros((0, 2), np.float32)}, "no elements"),
+    (Gate.inputs, {"w": np.zeros((1, 2), np.float32)}, "unknown input 'w'"),
+    (Gate.inputs, {}, "missing input"),
+    (IMAGE_SPECS, {"image": np.zeros((1, 3, 5, 5), np.float32)}, r"the model takes \[-1,3,4,4\]"),
+    (IMAGE_SPECS, {"image": np.zeros((1,), np.int64)}, "BYTES or FP32, not 'INT64'"),
+    ([TensorSpec("words", "BYTES", (-1,))], {"words": np.zeros((1,), np.float32)}, "datatype BYTES"),
+])
+def test_inputs_are_checked_against_the_specs(specs, inputs, reason):
+    with pytest.raises(BadInput, match=reason):
+        DataPlane.check_inputs(index_specs(specs), inputs)
+
+
+def test_spec_alternatives_and_items():
+    assert DataPlane.check_inputs(index_specs(IMAGE_SPECS), {"image": object_array([b"a", b"b"])}) == 2
+    assert DataPlane.check_inputs(index_specs(IMAGE_SPECS), {"image": np.zeros((3, 3, 4, 4), np.float32)}) == 3
+
+
+async def test_model_name_loading_and_outputs():
+    p = plane(None)
+    with pytest.raises(NotFound, match="unknown model 'other'"):
+        await p.infer(InferRequest("other", x(1)))
+    with pytest.raises(Unavailable, match="model is loading"):
+        await p.infer(InferRequest("m", x(1)))
+    gate = Gate()
+    gate.release.set()
+    p.handler = gate
+    assert set(await p.infer(InferRequest("m", x(1)))) == {"y", "z"}
+    assert list(await p.infer(InferRequest("m", x(1), ["z"]))) == ["z"]
+    with pytest.raises(BadInput, match="unknown output 'q'"):
+        await p.infer(InferRequest("m", x(1), ["q"]))
+
+
+async def test_items_per_request_are_capped():
+    gate = Gate()
+    gate.release.set()
+    p = plane(gate, max_batch_size=4)
+    await p.infer(InferRequest("m", x(4)))
+    with pytest.raises(TooLarge, match="5 items in one request; the limit is 4"):
+        await p.infer(InferRequest("m", x(5)))
+
+
+async def test_a_full_queue_is_refused_then_frees():
+    gate = Gate()
+    p = plane(gate, max_batch_size=8, max_queue=8)
+    first = asyncio.create_task(p.infer(InferRequest("m", x(6))))
+    await gate.entered.wait()
+    with pytest.raises(Overloaded, match="queue full"):
+        await p.infer(InferRequest("m", x(3)))
+    assert Overloaded.http_status == 503 and Overloaded.grpc_code == "RESOURCE_EXHAUSTED"
+    second = asyncio.create_task(p.infer(InferRequest("m", x(2))))  # 6 + 2 fits
+    gate.release.set()
+    await asyncio.gather(first, second)
+    assert p.admitted == 0
+    await p.infer(InferRequest("m", x(8)))
+
+
+async def test_draining_fails_readiness_but_keeps_serving():
+    gate = Gate()
+    p = plane(gate)
+    assert p.ready
+    with p.track("v2-rest", "r1"):
+        task = asyncio.create_task(p.infer(InferRequest("m", x(1))))
+        await gate.entered.wait()
+        drained = asyncio.create_task(p.drain(30))
+        await asyncio.sleep(0)
+        assert not p.ready and p.not_ready_reason() == "draining"
+        assert not drained.done()
+        gate.release.set()
+        await p.infer(InferRequest("m", x(1)))  # still served while draining
+        await task
+    assert await drained is True
+
+
+async def test_drain_gives_up_after_its_time():
+    p = plane(Gate())
+    with p.track("v2-rest", "r1"):
+        assert await p.drain(0.05) is False
+
+
+@pytest.mark.parametrize(("incoming", "kept"), [
+    ("abc-123", True), ("0af7651916cd43dd8448eb211c80319c", True), (None, False), ("", False),
+    ("has space", False), ("line\nbreak", False), ("x" * 129, False), ("é", False),
+])
+def test_request_ids_are_kept_when_sane(incoming, kept):
+    rid = request_id(incoming)
+    assert (rid == incoming) is kept and 1 <= len(rid) <= 128
+
+
+def test_each_request_is_one_log_line_with_its_status(caplog):
+    p = plane(Gate())
+    caplog.set_level(logging.INFO, "elasticserving.runtime.requests")
+    with p.track("paddle-serving", "req-1") as rec:
+        rec.status = 200
+    with pytest.raises(TooLarge), p.track("v2-grpc", "req-2"):
+        raise TooLarge("too big")
+    first, second = caplog.records
+    assert first.fields["request_id"] == "req-1" and first.fields["status"] == 200
+    assert first.fields["model"] == "m" and first.fields["protocol"] == "paddle-serving"
+    assert second.fields["status"] == "INVALID_ARGUMENT" and second.fields["duration_ms"] >= 0
+    line = json.loads(JsonFormatter().format(second))
+    assert line["request_id"] == "req-2" and line["protocol"] == "v2-grpc" and line["level"] == "INFO"
+    assert "request_id=req-1" in first.getMessage()
+    assert p.inflight == 0
