@@ -55,29 +55,11 @@ def runtime_argv(cmd: str, env: dict[str, str]) -> list[str] | None:
 
 
 def runtime_kind(argv: list[str]) -> str | None:
-    """Which zygote can fork this replica: `onnx` for ONNX models, `paddle` otherwise; None: none can."""
-    backend = "auto"
-    model = "lac"
-    for i, word in enumerate(argv):
-        nxt = argv[i + 1] if i + 1 < len(argv) else ""
-        if word == "--backend":
-            backend = nxt
-        elif word.startswith("--backend="):
-            backend = word.split("=", 1)[1]
-        elif word == "--model":
-            model = nxt
-        elif word.startswith("--model="):
-            model = word.split("=", 1)[1]
-    if backend in ("paddle", "onnx"):
-        return backend
-    if backend != "auto":
-        return None  # tensorflow: started the ordinary way
-    path = Path(model)
-    if model.endswith(".onnx") or (path.is_dir() and any(path.glob("*.onnx"))):
-        return "onnx"
-    if path.is_dir() and (any(path.glob("saved_model.pb*"))):
-        return None
-    return "paddle"
+    """Which zygote can fork this replica: the backend the runtime itself would load for `argv`
+    (runtime.cli parses it with the runtime's own flags and defaults); None: none can."""
+    from runtime.cli import backend_kind  # light: imports neither numpy nor a backend
+
+    return backend_kind(argv)
 
 
 class ForkedReplica:

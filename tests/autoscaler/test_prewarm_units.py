@@ -33,8 +33,12 @@ def test_runtime_kind(tmp_path):
     assert runtime_kind(["--model", "lac"]) == "paddle"
     assert runtime_kind([]) == "paddle"
     assert runtime_kind(["--backend", "onnx", "--model", "x"]) == "onnx"
-    assert runtime_kind(["--backend=tensorflow"]) is None
-    assert runtime_kind(["--model=m.onnx"]) == "onnx"
+    assert runtime_kind(["--backend=tensorflow", "--model", "m"]) is None
+    assert runtime_kind(["--backend=tensorflow"]) == "paddle"  # the default model is LAC, a Paddle model
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert runtime_kind([f"--model={tmp_path / 'm.onnx'}"]) == "onnx"
+    assert runtime_kind(["--model", "missing-dir"]) == "paddle"  # the replica refuses it with a message
+    assert runtime_kind(["--no-such-flag"]) is None  # the runtime would refuse it: start it plainly
     onnx_dir = tmp_path / "o"
     onnx_dir.mkdir()
     (onnx_dir / "model.onnx").write_bytes(b"")
