@@ -192,7 +192,8 @@ def copy(context: Path, sources: list[str], dest: str, root: Path, ignore: Docke
         entries = _sources(context, src, ignore)
         top = entries[0][0] if entries and entries[0][1] == "" else None
         if top is not None:  # a single file
-            target = dest + top.name if dest.endswith("/") else dest
+            into = dest.endswith("/") or (root / dest.lstrip("/")).is_dir()
+            target = dest.rstrip("/") + "/" + top.name if into else dest
             _copy_one(top, root / target.lstrip("/"))
             continue
         base = root / dest.lstrip("/")

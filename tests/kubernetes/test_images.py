@@ -101,7 +101,7 @@ def test_every_image_used_is_built_here() -> None:
 sys.path.insert(0, str(ROOT / "images"))
 from imagebuild import build as imagebuild  # noqa: E402
 from imagebuild import dockerfile as dfile  # noqa: E402
-from imagebuild import layers, oci  # noqa: E402
+from imagebuild import layers, oci, rootfs  # noqa: E402
 
 
 def _docker_less_config(name: str) -> dict:
@@ -208,6 +208,27 @@ def test_layer_holds_the_changes_and_whiteouts_of_a_step(tmp_path: Path) -> None
     assert tree == {p: (os.readlink(lower / p) if (lower / p).is_symlink() else
                         (lower / p).read_text() if (lower / p).is_file() else "dir")
                     for p in layers.snapshot(lower)}
+
+
+def test_copy_is_dockers_and_its_key_covers_the_contents(tmp_path: Path) -> None:
+    ctx, root = tmp_path / "ctx", tmp_path / "root"
+    (ctx / "pkg/__pycache__").mkdir(parents=True)
+    (ctx / "pkg/a.py").write_text("a = 1\n")
+    (ctx / "pkg/__pycache__/a.cpython-311.pyc").write_bytes(b"junk")
+    (ctx / "setup.cfg").write_text("[metadata]\n")
+    (root / "app").mkdir(parents=True)
+    ignore = dfile.DockerIgnore(("**/__pycache__",))
+    key = rootfs.copy_digest(ctx, ["pkg/"], ignore)
+
+    rootfs.copy(ctx, ["pkg/"], "/app/pkg/", root, ignore)  # a directory: its contents
+    rootfs.copy(ctx, ["setup.cfg"], "/app", root, ignore)  # a file into an existing directory
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "app", "app/pkg", "app/pkg/a.py", "app/setup.cfg"]
+
+    (ctx / "pkg/__pycache__/a.cpython-311.pyc").write_bytes(b"other junk")
+    assert rootfs.copy_digest(ctx, ["pkg/"], ignore) == key  # ignored files do not rebuild
+    (ctx / "pkg/a.py").write_text("a = 2\n")
+    assert rootfs.copy_digest(ctx, ["pkg/"], ignore) != key
 
 
 # --- The built images, run by a throwaway containerd + runc --------------------------------------------
