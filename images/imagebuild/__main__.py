@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     except DockerfileError as exc:
         print(f"build-images: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get("IMAGEBUILD_PRIVATE_MOUNTS") != "1":
+        # The whole build in its own mount namespace: the overlays it mounts vanish with it, even
+        # when it is killed.
+        os.environ["IMAGEBUILD_PRIVATE_MOUNTS"] = "1"
+        os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", "--", sys.executable,
+                              "-m", "imagebuild", *(argv if argv is not None else sys.argv[1:])])
     cache = Cache(args.cache)
     with open(cache.root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             log(f"{name}: {out.stat().st_size / 1e6:.0f} MB in {time.monotonic() - start:.1f}s")
             print(f"{TARGETS[name].names[0]} {out}", flush=True)
+        cache.prune_unpacked()
     return 0
 
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join((BUILDER_VERSION, *parts)).encode()).hexdigest()
 
 
+_START = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"build-images: {msg}", file=sys.stderr, flush=True)
+    print(f"build-images: [{time.monotonic() - _START:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 class Cache:
@@ -70,7 +74,8 @@ class Cache:
         self.out = root / "out"
         self.pip = root / "pip"
         self.work = root / "work"
-        for d in (self.blobs, self.records, self.out, self.pip, self.work):
+        self.unpacked = root / "unpacked"
+        for d in (self.blobs, self.records, self.out, self.pip, self.work, self.unpacked):
             d.mkdir(parents=True, exist_ok=True)
 
     def layer(self, key: str) -> dict | None:
@@ -79,6 +84,21 @@ class Cache:
             return None
         rec = json.loads(path.read_text())
         return rec if (self.blobs / rec["digest"].split(":", 1)[1]).exists() else None
+
+    def lower_dir(self, rec: dict) -> Path:
+        """The layer unpacked (once) as an overlayfs lower directory."""
+        hexd = rec["digest"].split(":", 1)[1]
+        path = self.unpacked / hexd
+        if not path.exists():
+            layers.unpack_layer(self.blobs / hexd, path, rec["whiteouts"])
+        os.utime(path)  # last use, for pruning
+        return path
+
+    def prune_unpacked(self, max_age_s: float = 3 * 86400) -> None:
+        """Unpacked layers unused for days go (their blobs stay: they are in the archives)."""
+        for path in self.unpacked.iterdir():
+            if time.time() - path.stat().st_mtime > max_age_s:
+                subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
     def save_layer(self, key: str, blob: layers.Blob, whiteouts: list[str], created_by: str) -> dict:
         rec = dict(blob.to_json(), whiteouts=whiteouts, created_by=created_by)
@@ -145,6 +165,7 @@ def build_dockerfile(context: Path, target: Target, cache: Cache) -> tuple[list[
     first_missing = records.index(None)
     work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=cache.work))
     root = work / "root"
+    mounted = False
     try:
         if first_missing == 0:
             log(f"{from_ref}: mmdebstrap {base.suite} with {', '.join(base.packages)}")
@@ -153,13 +174,21 @@ def build_dockerfile(context: Path, target: Target, cache: Cache) -> tuple[list[
                                           f"FROM {from_ref} (mmdebstrap {base.suite})")
             first_missing = 1
         else:
-            root.mkdir()
-            for rec in records[:first_missing]:
-                layers.extract_layer(cache.blobs / rec["digest"].split(":", 1)[1], root, rec["whiteouts"])
+            # The cached layers under an overlay, as containerd stacks them: nothing is copied, and
+            # the steps see (and change) the merged tree.
+            log(f"{target.dockerfile}: {first_missing} cached layers as overlay lowers")
+            lowers = [str(cache.lower_dir(rec)) for rec in records[:first_missing]]
+            for d in ("root", "upper", "ovl"):
+                (work / d).mkdir()
+            opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={work}/upper,workdir={work}/ovl"
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], check=True)
+            mounted = True
         for i in range(first_missing - 1, len(steps)):
             log(f"{target.dockerfile}: {steps[i].ins.text()[:100]}")
             records[i + 1] = _run_step(context, steps[i], root, cache, ignore)
     finally:
+        if mounted:
+            subprocess.run(["umount", str(root)], check=False)
         subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
     return records, config.to_oci()  # type: ignore[return-value]
 
@@ -175,6 +204,7 @@ def _run_step(context: Path, step: Step, root: Path, cache: Cache, ignore: df.Do
     else:
         rootfs.run(root, step.ins.args, cfg.env, cfg.workdir, cfg.user, cache.pip)
     changed, deleted = layers.diff(before, layers.snapshot(root, exclude))
+    log(f"layer: {len(changed)} paths changed, {len(deleted)} deleted")
     blob = layers.write_layer(root, changed, deleted, cache.blobs)
     return cache.save_layer(step.key, blob, deleted, step.ins.text())
 

@@ -2,7 +2,7 @@
 
 A step of the build (images/imagebuild/build.py) runs between two `snapshot`s of the rootfs; `diff`
 turns them into the changed paths and whiteouts, `write_layer` packs them into the blob store, and
-`extract_layer` lays cached layers back down when a later step must run again.
+`unpack_layer` turns a cached layer into an overlayfs lower directory when a later step must run again.
 """
 
 from __future__ import annotations
@@ -126,17 +126,16 @@ def write_tree_layer(root: Path, blobs: Path) -> Blob:
     return write_layer(root, sorted(snap), [], blobs)
 
 
-def extract_layer(blob_path: Path, root: Path, whiteouts: list[str]) -> None:
-    """Lay a layer down on `root` the way an overlay shows it: its files over, its whiteouts remove.
-
-    `whiteouts` are the deleted paths the layer was written with (kept in the layer's cache record, so
-    the tarball is not read twice)."""
-    subprocess.run(["tar", "--numeric-owner", "-xpzf", str(blob_path), "-C", str(root)], check=True)
+def unpack_layer(blob_path: Path, dest: Path, whiteouts: list[str]) -> None:
+    """A layer as an overlayfs lower directory: its files, and its whiteouts as overlay whiteouts
+    (0/0 character devices). `whiteouts` are the deleted paths the layer was written with (kept in the
+    layer's cache record, so the tarball is not read twice)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(tmp)], check=True)
+    tmp.mkdir(parents=True)
+    subprocess.run(["tar", "--numeric-owner", "-xpzf", str(blob_path), "-C", str(tmp)], check=True)
     for rel in whiteouts:
         head, name = os.path.split(rel)
-        (root / head / (WHITEOUT + name)).unlink(missing_ok=True)
-        target = root / rel
-        if target.is_dir() and not target.is_symlink():
-            subprocess.run(["rm", "-rf", "--one-file-system", str(target)], check=True)
-        else:
-            target.unlink(missing_ok=True)
+        (tmp / head / (WHITEOUT + name)).unlink(missing_ok=True)
+        os.mknod(tmp / rel, stat.S_IFCHR, os.makedev(0, 0))
+    os.replace(tmp, dest)
