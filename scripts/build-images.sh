@@ -20,7 +20,7 @@ names=()
 for arg in "$@"; do
   case "$arg" in
     --import) do_import=1 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "build-images: unknown option $arg" >&2; exit 2 ;;
     *) names+=("$arg") ;;
   esac
