@@ -147,12 +147,13 @@ class Dispatcher(Generic[R]):
         for attempt in (1, 2):
             if not t.has_ready():
                 self._ensure_poking(t)
-            waited_from = time.monotonic()
-            backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+            backend = t.try_acquire(tried)
+            if backend is None:  # held: no free slot, or a side at zero
+                waited_from = time.monotonic()
+                backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+                m.cold_start.observe(time.monotonic() - waited_from)
             call.replica = backend.id
             sent = time.monotonic()
-            if sent - waited_from > 0.005:
-                m.cold_start.observe(sent - waited_from)
             try:
                 remaining = deadline - sent
                 if remaining <= 0:

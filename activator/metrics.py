@@ -30,7 +30,7 @@ class Metrics:
                                  "(waiting included).", ["service", "side"], buckets=BUCKETS, registry=r)
         self.proxy_latency = Histogram(P + "proxy_duration_seconds", "Time from forwarding to a replica to "
                                        "its answer.", ["service", "side"], buckets=BUCKETS, registry=r)
-        self.cold_start = Histogram(P + "cold_start_wait_seconds", "Time requests waited for a replica.",
+        self.cold_start = Histogram(P + "cold_start_wait_seconds", "Time held requests waited for a replica slot (from zero, or behind a full breaker).",
                                     ["service", "side"], buckets=BUCKETS, registry=r)
         self.queue_depth = Gauge(P + "queue_depth", "Requests held waiting for a replica slot.",
                                  ["service", "side"], registry=r)

@@ -160,14 +160,22 @@ class SideThrottler:
             if not fut.done():
                 fut.set_exception(Failure("unavailable", reason))
 
+    def try_acquire(self, exclude: frozenset[str] = frozenset()) -> Backend | None:
+        """A replica with a free slot now, unless requests are held before this one (FIFO)."""
+        if self.waiters:
+            return None
+        b = self._free(exclude)
+        if b is not None:
+            self._tick()
+            b.inflight += 1
+        return b
+
     async def acquire(self, timeout: float, exclude: frozenset[str] = frozenset()) -> Backend:
         """A replica with a free slot, waiting (FIFO) up to `timeout` seconds; Failure otherwise."""
+        b = self.try_acquire(exclude)
+        if b is not None:
+            return b
         self._tick()
-        if not self.waiters:
-            b = self._free(exclude)
-            if b is not None:
-                b.inflight += 1
-                return b
         if self.error and not self._healthy():
             raise Failure("unavailable", self.error)
         if len(self.waiters) >= self.queue_depth:
