@@ -126,12 +126,12 @@ class FrontConnection(asyncio.Protocol):
         self.peer = ""
         self.deadline = 0.0  # monotonic; checked by HttpFront's sweep
         self.deadline_kind = "header"
+        self._head_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
         self._target = b""
         self._headers: list[tuple[bytes, bytes, bytes]] = []
-        self._head_bytes = 0
         self._host = self._pin = self._rid = b""
         self._hop: frozenset[bytes] = frozenset()
         self._body: list[bytes] = []
@@ -151,7 +151,7 @@ class FrontConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refusing:
             return
-        if self.in_head:
+        if not self.in_body:  # bytes of a head (possibly starting in this very chunk)
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -218,6 +218,7 @@ class FrontConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self._head_bytes = 0
         size = sum(len(n) + len(v) + 4 for _, n, v in self._headers)
         if size > self.limits.max_header_bytes:
             self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
