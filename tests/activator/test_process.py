@@ -5,6 +5,7 @@ at once, held and in-flight requests are all answered, new connections are still
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -18,10 +19,11 @@ from tests.helpers import ROOT, free_port
 pytestmark = pytest.mark.timeout(120)
 
 
-async def start_replica(*args: str) -> tuple[asyncio.subprocess.Process, int]:
+async def start_replica(*args: str, name: str = "replica") -> tuple[asyncio.subprocess.Process, int]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "tests/fixtures/echo_replica.py"),
-                                                "--port", str(port), *args)
+                                                "--port", str(port), *args,
+                                                env={**os.environ, "ELASTICSERVING_REPLICA": name})
     return proc, port
 
 
