@@ -8,6 +8,7 @@ second a logging.Handler (a lock, a format and a flush per line) costs a measura
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,12 @@ FLUSH_SECONDS = 0.2
 FLUSH_BYTES = 64 * 1024
 
 
+# New ids: a random per-process prefix and a counter (32 hex digits, unique across processes without a
+# getrandom call per request; ids name requests, they are not secrets).
+_PREFIX = os.urandom(8).hex()
+_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def request_id(given: str | bytes | None) -> str:
     """The client's id when it is a sane token (1-128 visible characters, no spaces), else a new one:
     an id goes into logs and headers, so nothing that could forge a log line or a header passes."""
@@ -29,7 +36,7 @@ def request_id(given: str | bytes | None) -> str:
         text = given.decode("latin-1") if isinstance(given, bytes) else given
         if _ID_OK.match(text):
             return text
-    return os.urandom(16).hex()
+    return f"{_PREFIX}{next(_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 class AccessLog:
@@ -40,6 +47,7 @@ class AccessLog:
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._second, self._stamp = 0, ""
 
     def request(self, rid: str, protocol: str, service: str, side: str, replica: str, status: str,
                 duration: float) -> None:
@@ -50,8 +58,11 @@ class AccessLog:
                                "protocol": protocol, "service": service, "side": side, "replica": replica,
                                "status": status, "duration_ms": round(duration * 1000, 3)}) + "\n"
         else:
-            line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} request id={rid} protocol={protocol} service={service} "
-                    f"side={side} replica={replica} status={status} duration_ms={duration * 1000:.3f}\n")
+            now = int(time.time())
+            if now != self._second:
+                self._second, self._stamp = now, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+            line = (f"{self._stamp} request id={rid} protocol={protocol} service={service} side={side} "
+                    f"replica={replica} status={status} duration_ms={duration * 1000:.3f}\n")
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

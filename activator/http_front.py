@@ -388,8 +388,8 @@ class HttpFront:
         except Failure as f:
             headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else None
             return error(HTTP_STATUS[f.kind], f.reason, headers)
-        hop = HOP_BY_HOP | _answer_tokens(answer.headers)
-        headers = [(k, v) for k, v in answer.headers if k.lower() not in hop and k.lower() != REQUEST_ID]
+        hop = _answer_hop(answer.headers)
+        headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
         headers.append((SIDE_HEADER, call.side.encode()))
         return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
 
@@ -405,8 +405,9 @@ class HttpFront:
         self.pool.close()
 
 
-def _answer_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    out: frozenset[bytes] = frozenset()
+def _answer_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """HOP_BY_HOP plus the names the answer's own Connection header lists."""
+    out = HOP_BY_HOP
     for k, v in headers:
         if k.lower() == b"connection":
             out = out | connection_tokens(v)
