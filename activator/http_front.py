@@ -29,7 +29,7 @@ from activator.upstream import Answer, UpstreamPool
 log = logging.getLogger("elasticserving.activator")
 
 CANARY_HEADER = b"x-paddleservice-canary"
-SIDE_HEADER = b"X-Paddleservice-Side"
+SIDE_HEADER = b"x-paddleservice-side"  # lower-case, as clients have always read it
 REQUEST_ID = b"x-request-id"
 # Not forwarded either way: connection-level headers, and the ones the proxy sets itself.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",

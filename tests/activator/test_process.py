@@ -5,6 +5,7 @@ at once, held and in-flight requests are all answered, new connections are still
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -27,11 +28,12 @@ async def start_replica(*args: str, name: str = "replica") -> tuple[asyncio.subp
     return proc, port
 
 
-async def start_activator(control: FakeControl, *extra: str) -> tuple[asyncio.subprocess.Process, int, int]:
+async def start_activator(control: FakeControl, *extra: str, stderr=None) -> tuple[asyncio.subprocess.Process, int, int]:
     http, admin = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", "0",
-        "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--autoscaler", control.url, *extra, cwd=ROOT)
+        "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--autoscaler", control.url, *extra, cwd=ROOT,
+        stderr=stderr)
     return proc, http, admin
 
 
@@ -61,10 +63,11 @@ async def control():
     await c.close()
 
 
-async def test_admin_port_and_draining_with_16_in_flight(control):
+async def test_admin_port_and_draining_with_16_in_flight(control, tmp_path):
     replica, rport = await start_replica("--delay", "2")
     control.publish(full(route("ns/slow", ports=(rport,)), route("ns/cold"), version=1))
-    act, http, admin = await start_activator(control, "--drain-seconds", "30")
+    log = (tmp_path / "activator.log").open("w")
+    act, http, admin = await start_activator(control, "--drain-seconds", "30", "--log-format", "json", stderr=log)
     try:
         async with aiohttp.ClientSession() as s:
             await poll(lambda: _is(s, f"http://127.0.0.1:{admin}/ready", 200), 30, "activator ready")
@@ -97,6 +100,13 @@ async def test_admin_port_and_draining_with_16_in_flight(control):
             assert [r[0] for r in results] == [200] * 18
             assert all(r[1] == "close" for r in results)  # clients are told to go elsewhere
             assert await asyncio.wait_for(act.wait(), 30) == 0
+        lines = [json.loads(line) for line in (tmp_path / "activator.log").read_text().splitlines()]
+        requests = [ln for ln in lines if ln.get("msg") == "request" and ln["status"] != "404"]
+        assert sum(ln.get("msg") == "request" and ln["status"] == "404" for ln in lines) == 3  # the admin paths
+        assert len(requests) == 18 and {r["status"] for r in requests} == {"200"}
+        assert {r["service"] for r in requests} == {"ns/slow", "ns/cold"}
+        assert len({r["request_id"] for r in requests}) == 18
+        assert any("draining" in ln.get("msg", "") for ln in lines)  # the process's own lines are JSON too
     finally:
         for p in (act, replica):
             if p.returncode is None:

@@ -25,9 +25,11 @@ def test_two_activators_reports_are_summed(tmp_path):
                                                         targetUtilization="100", window="6s"))
     s = start_stack(tmp_path, [f])
     port2, admin2 = free_port(), free_port()
+    token_file = getattr(s, "token_file", None)  # a stack whose control API wants the bearer token
+    token = ["--control-token-file", str(token_file)] if token_file else []
     second = subprocess.Popen([sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(port2),
                                "--grpc-port", "0", "--admin-host", "127.0.0.1", "--admin-port", str(admin2),
-                               "--autoscaler", s.control, "--id", "second"], cwd=ROOT)
+                               "--autoscaler", s.control, "--id", "second", *token], cwd=ROOT)
     stop = threading.Event()
     errors: list[int] = []
     try:
