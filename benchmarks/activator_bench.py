@@ -126,6 +126,11 @@ def _get(url: str, headers: dict[str, str] | None = None) -> int:
         return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def start_activator(tree: Path, control: Control, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0",
@@ -155,7 +160,10 @@ def run(quick: bool = False, tree: Path = ROOT) -> dict:
             direct1 = load(direct_url, body, 1, seconds / 2)
             via1 = load(via_url, body, 1, seconds / 2, {"Host": HOST})
             direct = load(direct_url, body, 64, seconds)
+            cpu0 = _cpu_seconds(act.pid)
             via = load(via_url, body, 64, seconds, {"Host": HOST})
+            # CPU per request is steadier than throughput on a machine shared with other work.
+            via["cpu_us_per_request"] = (_cpu_seconds(act.pid) - cpu0) / max(1, via["requests"]) * 1e6
             cold = asyncio.run(_cold_start(port, control))
         finally:
             if act is not None:
@@ -214,10 +222,12 @@ def main() -> None:
     med["direct_rps"] = statistics.median(r["direct"]["rps"] for r in runs)
     med["activator_p50_ms"] = statistics.median(r["activator"]["p50_ms"] for r in runs)
     med["activator_p99_ms"] = statistics.median(r["activator"]["p99_ms"] for r in runs)
+    med["activator_cpu_us_per_request"] = statistics.median(r["activator"]["cpu_us_per_request"] for r in runs)
     med["cold_added_s"] = statistics.median(r["cold_start"]["activator_added_s"] for r in runs)
     print(json.dumps({"tree": str(args.tree), "runs": args.runs, "median": med,
                       "each": [{"rps": r["activator"]["rps"], "direct_rps": r["direct"]["rps"],
-                                "p50": r["activator"]["p50_ms"], "p99": r["activator"]["p99_ms"]} for r in runs]},
+                                "p50": r["activator"]["p50_ms"], "p99": r["activator"]["p99_ms"],
+                                "cpu_us": r["activator"]["cpu_us_per_request"]} for r in runs]},
                      indent=2))
 
 

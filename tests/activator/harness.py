@@ -59,11 +59,12 @@ async def echo_replica(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     try:
         while True:
             line, headers, body = await read_request(reader)
-            out = json.dumps({"line": line.decode(), "headers": {k.decode(): v.decode() for k, v in headers.items()},
+            out = json.dumps({"line": line.decode("latin-1"),
+                              "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()},
                               "body": body.decode(errors="replace")}).encode()
             writer.write(ok_answer(out))
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
         writer.close()
 
 
