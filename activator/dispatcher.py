@@ -145,10 +145,10 @@ class Dispatcher(Generic[R]):
                        timeout: float) -> R:
         tried: frozenset[str] = frozenset()
         for attempt in (1, 2):
-            if not t.has_ready():
-                self._ensure_poking(t)
             backend = t.try_acquire(tried)
             if backend is None:  # held: no free slot, or a side at zero
+                if not t.has_ready():
+                    self._ensure_poking(t)
                 waited_from = time.monotonic()
                 backend = await t.acquire(max(0.0, deadline - waited_from), tried)
                 m.cold_start.observe(time.monotonic() - waited_from)

@@ -134,6 +134,8 @@ class FrontConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes, bytes]] = []
         self._host = self._pin = self._rid = b""
         self._hop: frozenset[bytes] = frozenset()
+        self._header_bytes = 0
+        self._too_large = self._continue = False
         self._body: list[bytes] = []
         self._size = 0
 
@@ -204,6 +206,7 @@ class FrontConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         self._headers.append((lname, name, value))
+        self._header_bytes += len(name) + len(value) + 4
         if len(self._headers) > self.limits.max_header_fields:
             self._refuse(error(431, f"more than {self.limits.max_header_fields} header fields"))
             raise httptools.HttpParserError("too many headers")
@@ -215,21 +218,24 @@ class FrontConnection(asyncio.Protocol):
             self._rid = value
         elif lname == b"connection":
             self._hop = self._hop | connection_tokens(value)
+        elif lname == b"content-length":
+            v = value.strip()
+            if v.isdigit() and int(v) > self.limits.max_body_bytes:
+                self._too_large = True
+        elif lname == b"expect":
+            self._continue = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self._head_bytes = 0
-        size = sum(len(n) + len(v) + 4 for _, n, v in self._headers)
-        if size > self.limits.max_header_bytes:
+        if self._header_bytes > self.limits.max_header_bytes:
             self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
             raise httptools.HttpParserError("headers too large")
-        limit = self.limits.max_body_bytes
-        for lname, _, v in self._headers:
-            if lname == b"content-length" and v.strip().isdigit() and int(v) > limit:
-                self._refuse(error(413, f"request body larger than {limit} bytes"))
-                raise httptools.HttpParserError("body too large")
-            if lname == b"expect" and v.strip().lower() == b"100-continue" and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._too_large:
+            self._refuse(error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+            raise httptools.HttpParserError("body too large")
+        if self._continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.in_body = True
         self._set_deadline("body", self.limits.body_timeout)
 
