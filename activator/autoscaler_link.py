@@ -90,18 +90,20 @@ class AutoscalerLink:
 
     async def _call(self, method: str, path: str, json_body: str | None = None, **kw) -> aiohttp.ClientResponse:
         """One control-API call with the bearer token; once more with a re-read token after a 401."""
-        assert self._session is not None
-        for attempt in (1, 2):
-            headers = self.token.headers()
-            if json_body is not None:
-                headers["Content-Type"] = "application/json"
-            resp = await self._session.request(method, self.base + path, headers=headers,
-                                               data=None if json_body is None else json_body.encode(), **kw)
-            if resp.status != 401 or attempt == 2:
-                return resp
+        resp = await self._send(method, path, json_body, **kw)
+        if resp.status == 401:
             resp.release()
-            self.token.reload()
-        raise AssertionError("unreachable")  # pragma: no cover
+            self.token.reload()  # a rotated token file
+            resp = await self._send(method, path, json_body, **kw)
+        return resp
+
+    async def _send(self, method: str, path: str, json_body: str | None, **kw) -> aiohttp.ClientResponse:
+        assert self._session is not None
+        headers = self.token.headers()
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+        return await self._session.request(method, self.base + path, headers=headers,
+                                           data=None if json_body is None else json_body.encode(), **kw)
 
     # ---- routes down -------------------------------------------------------------------------
     def _params(self) -> dict[str, str]:

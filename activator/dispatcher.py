@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from activator.access_log import AccessLog
 from activator.metrics import Metrics, SideMetrics
@@ -22,9 +22,7 @@ from activator.routing import RouteTable
 from activator.throttler import Backend, SideThrottler
 from autoscaler.wire import RoutesUpdate, Side, SideStats
 
-R = TypeVar("R")
-Send = Callable[[Backend, float], Awaitable[R]]
-Label = Callable[["R | Failure"], str]
+R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
 Wake = Callable[[str, Side], Awaitable[None]]
 
 
@@ -51,7 +49,7 @@ class Capacity:
     index: int = 0
 
 
-class Dispatcher(Generic[R]):
+class Dispatcher:
     def __init__(self, *, metrics: Metrics, access_log: AccessLog, wake: Wake, request_timeout: float,
                  queue_depth: int, index: Callable[[int], int] = lambda n: 0) -> None:
         self.metrics = metrics
@@ -104,7 +102,10 @@ class Dispatcher(Generic[R]):
         return sum(t.concurrency for t in self.throttlers.values())
 
     # ---- the path ----------------------------------------------------------------------------
-    async def dispatch(self, call: Call, send: Send[R], label: Label) -> R:
+    async def dispatch(self, call: Call, send: Callable[[Backend, float], Awaitable[R]],
+                       label: Callable[[R | Failure], str]) -> R:
+        """`send(backend, timeout)` forwards to one replica (raising NotSent or Broken); `label` names an
+        outcome for the metrics and the log line (its HTTP status or gRPC code)."""
         t0 = self.last_arrival = time.monotonic()
         code = ""
         m: SideMetrics | None = None
@@ -141,10 +142,10 @@ class Dispatcher(Generic[R]):
             self.access_log.request(call.request_id, call.protocol, call.service, call.side, call.replica, code,
                                     took)
 
-    async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call, send: Send[R], deadline: float,
-                       timeout: float) -> R:
-        tried: frozenset[str] = frozenset()
-        for attempt in (1, 2):
+    async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
+                       send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
+        tried: frozenset[str] = frozenset()  # the replica that was not reached, on the one resend
+        while True:
             backend = t.try_acquire(tried)
             if backend is None:  # held: no free slot, or a side at zero
                 if not t.has_ready():
@@ -158,15 +159,16 @@ class Dispatcher(Generic[R]):
                 remaining = deadline - sent
                 if remaining <= 0:
                     raise TimeoutError
-                result = await asyncio.wait_for(send(backend, remaining), remaining)
+                async with asyncio.timeout(remaining):  # no task per request, unlike wait_for
+                    result = await send(backend, remaining)
                 m.proxy_latency.observe(time.monotonic() - sent)
                 return result
             except NotSent as exc:
                 t.mark(backend, False)  # the prober puts it back as soon as it answers
-                if attempt == 2 or time.monotonic() >= deadline:
+                if tried or time.monotonic() >= deadline:
                     raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) could not be "
                                             f"reached: {exc}") from None
-                tried = tried | {backend.id}
+                tried = frozenset((backend.id,))
                 m.retries.inc()
             except Broken as exc:
                 raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) failed after the request "
@@ -176,7 +178,6 @@ class Dispatcher(Generic[R]):
                                          f"{timeout:g}s") from None
             finally:
                 t.release(backend)
-        raise AssertionError("the loop returns or raises")  # pragma: no cover
 
     # ---- hold and poke -----------------------------------------------------------------------
     def _ensure_poking(self, t: SideThrottler) -> None:

@@ -296,7 +296,12 @@ class FrontConnection(asyncio.Protocol):
                     self.paused = False
                     self.transport.resume_reading()
                 if self.write_paused is not None:
-                    await self.write_paused  # a client that does not read its answers gets no more
+                    # A client that does not read its answers gets no more, and is closed after the idle timeout.
+                    try:
+                        await asyncio.wait_for(self.write_paused, self.limits.idle_timeout)
+                    except TimeoutError:
+                        self.transport.close()
+                        return
                     self.write_paused = None
         finally:
             self.worker = None
