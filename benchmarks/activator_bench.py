@@ -207,28 +207,35 @@ async def _cold_start(port: int, control: Control) -> dict:
             "activator_added_s": first_answer - own}
 
 
+def summary(tree: Path, runs: list[dict]) -> dict:
+    """The median of each figure over `runs` of one tree."""
+    figures = {"activator_rps": ("activator", "rps"), "direct_rps": ("direct", "rps"),
+               "activator_p50_ms": ("activator", "p50_ms"), "activator_p99_ms": ("activator", "p99_ms"),
+               "activator_cpu_us_per_request": ("activator", "cpu_us_per_request"),
+               "cold_added_s": ("cold_start", "activator_added_s")}
+    med = {k: statistics.median(r[k] for r in runs) for k in ("added_p50_ms", "added_p99_ms", "throughput_ratio")}
+    med |= {k: statistics.median(r[a][b] for r in runs) for k, (a, b) in figures.items()}
+    return {"tree": str(tree), "runs": len(runs), "median": med,
+            "each": [{"rps": r["activator"]["rps"], "direct_rps": r["direct"]["rps"], "p50": r["activator"]["p50_ms"],
+                      "p99": r["activator"]["p99_ms"], "cpu_us": r["activator"]["cpu_us_per_request"]} for r in runs]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--tree", type=Path, default=ROOT, help="checkout whose `python -m activator` is measured")
+    p.add_argument("--tree", type=Path, nargs="+", default=[ROOT],
+                   help="checkouts whose `python -m activator` is measured (several: runs interleaved)")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
     args = p.parse_args()
-    runs = [run(args.quick, args.tree.resolve()) for _ in range(args.runs)]
-    if args.runs == 1:
-        print(json.dumps(runs[0], indent=2))
+    trees = [t.resolve() for t in args.tree]
+    results: dict[Path, list[dict]] = {t: [] for t in trees}
+    for _ in range(args.runs):
+        for t in trees:  # interleaved, so that a noisy minute on a shared machine hits every tree alike
+            results[t].append(run(args.quick, t))
+    if args.runs == 1 and len(trees) == 1:
+        print(json.dumps(results[trees[0]][0], indent=2))
         return
-    med = {k: statistics.median(r[k] for r in runs) for k in ("added_p50_ms", "added_p99_ms", "throughput_ratio")}
-    med["activator_rps"] = statistics.median(r["activator"]["rps"] for r in runs)
-    med["direct_rps"] = statistics.median(r["direct"]["rps"] for r in runs)
-    med["activator_p50_ms"] = statistics.median(r["activator"]["p50_ms"] for r in runs)
-    med["activator_p99_ms"] = statistics.median(r["activator"]["p99_ms"] for r in runs)
-    med["activator_cpu_us_per_request"] = statistics.median(r["activator"]["cpu_us_per_request"] for r in runs)
-    med["cold_added_s"] = statistics.median(r["cold_start"]["activator_added_s"] for r in runs)
-    print(json.dumps({"tree": str(args.tree), "runs": args.runs, "median": med,
-                      "each": [{"rps": r["activator"]["rps"], "direct_rps": r["direct"]["rps"],
-                                "p50": r["activator"]["p50_ms"], "p99": r["activator"]["p99_ms"],
-                                "cpu_us": r["activator"]["cpu_us_per_request"]} for r in runs]},
-                     indent=2))
+    print(json.dumps([summary(t, rs) for t, rs in results.items()], indent=2))
 
 
 if __name__ == "__main__":
