@@ -136,7 +136,8 @@ class AutoscalerLink:
         try:
             update = RoutesUpdate.model_validate_json(body)
         except ValidationError as exc:
-            raise RuntimeError(f"not a routes update: {exc.errors()[:3]}") from None
+            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+            raise RuntimeError(f"not a wire.RoutesUpdate ({why})") from None
         if not accept(self.held, update):
             log.info("ignoring routes epoch %s version %d (holding %s)", update.epoch, update.version, self.held)
             return False

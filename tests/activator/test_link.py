@@ -129,3 +129,27 @@ def test_token_sources(monkeypatch, tmp_path):
     f = tmp_path / "t"
     f.write_text("from-file\n")
     assert Token(str(f)).headers() == {"Authorization": "Bearer from-file"}  # the file wins
+
+
+async def test_an_answer_of_another_shape_is_refused_with_a_short_reason(setup):
+    from aiohttp import web
+
+    async def old_routes(_: web.Request) -> web.Response:  # the untyped answer of an older control API
+        return web.json_response({"version": 3, "services": [{"service": "ns/a", "hosts": ["a.ns"]}]})
+
+    app = web.Application()
+    app.add_routes([web.get("/v1/routes", old_routes)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    link = AutoscalerLink(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", "act-1",
+                          setup.dispatcher.apply, setup.dispatcher.take_stats, Token(None))
+    await link.start(loops=False)
+    try:
+        with pytest.raises(RuntimeError, match=r"not a wire.RoutesUpdate \(epoch: Field required; full:") as exc:
+            await link.poll_once()
+        assert len(str(exc.value)) < 200 and not link.synced.is_set()
+    finally:
+        await link.close()
+        await runner.cleanup()
