@@ -1,5 +1,6 @@
 """ElasticServing activator: the front door every request passes through.
 
-Routes by Host to a PaddleService side, holds requests while the service scales from zero,
-balances over ready replicas within their concurrency limits and reports load to the autoscaler.
+http_front / grpc_front translate the wire format; dispatcher routes by host to a PaddleService side,
+holds requests while it scales from zero, caps per-replica concurrency and forwards; autoscaler_link
+brings routes and takes load reports and pokes to the autoscaler. See activator.main for the wiring.
 """

@@ -1,7 +1,7 @@
-"""`python -m activator`: run the front door (see activator.server)."""
+"""`python -m activator`: run the front door (see activator.main)."""
 
 import sys
 
-from activator.server import main
+from activator.main import main
 
 sys.exit(main())

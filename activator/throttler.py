@@ -1,7 +1,9 @@
-"""Per service side: ready replicas with their in-flight slots (breakers), and the FIFO of requests
-held until a slot frees or a replica turns ready. The proxy acquires a replica here and releases it.
+"""Capacity and the hold queue of one service side: its replicas with their in-flight slots (breakers),
+and the FIFO of requests held until a slot frees or a replica turns ready. The dispatcher acquires here.
 
-Also integrates concurrency over time for the autoscaler's stats (held requests count as load).
+Capacity is this activator's share of each replica (`shares`, after Knative's throttler.go: the
+replica's containerConcurrency divided among the activators). Concurrency integrated over time is the
+load reported to the autoscaler; held requests count as load, so a side at zero asks for replicas.
 """
 
 from __future__ import annotations
@@ -11,24 +13,46 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+
+from activator.outcomes import Failure
+from autoscaler.wire import Side, SideRoute, SideStats
+
+MAX_WINDOW = 60.0  # wire.SideStats refuses longer windows; a stalled reporter sends at most this
 
 
-class Unavailable(Exception):
-    """No replica within the deadline, or the side's replicas fail: answered 503 with the reason."""
+def shares(pod_ids: list[str], container_concurrency: int, activators: int, index: int) -> dict[str, int | None]:
+    """This activator's slots on each replica (None: unlimited, 0: not used by this activator).
 
-    def __init__(self, reason: str, retry_after: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+    Rules, so that N activators together never put more than `container_concurrency` requests on a pod:
+      1. cc == 0: every pod, unlimited (the replica takes whatever comes).
+      2. pods >= N: pod j (sorted by id) belongs to activator j % N, at full cc; the others leave it alone.
+      3. pods < N: activator a uses pod a % pods only, with floor(cc / sharers) slots, sharers being the
+         activators mapped to that pod; 0 slots means none, and its requests are held (they count as
+         load, so the autoscaler adds pods until rule 2 applies).
+    """
+    n = max(1, activators)
+    index %= n
+    pods = sorted(pod_ids)
+    if container_concurrency <= 0:
+        return dict.fromkeys(pods)
+    if len(pods) >= n:
+        return {p: (container_concurrency if j % n == index else 0) for j, p in enumerate(pods)}
+    if not pods:
+        return {}
+    mine = index % len(pods)
+    sharers = len(range(mine, n, len(pods)))
+    return {p: (container_concurrency // sharers if j == mine else 0) for j, p in enumerate(pods)}
 
 
 @dataclass(eq=False)
 class Backend:
+    """One replica as this activator uses it."""
+
     id: str
     host: str
     http_port: int
     grpc_port: int | None
+    slots: int | None = None  # this activator's share of the replica; None = unlimited
     inflight: int = 0
     healthy: bool = True
 
@@ -38,18 +62,17 @@ class Backend:
 
 
 class SideThrottler:
-    def __init__(self, key: str, side: str, queue_depth: int = 1000) -> None:
+    """Breakers and the hold queue of one (service, side)."""
+
+    def __init__(self, key: str, side: Side, queue_depth: int = 1000) -> None:
         self.key, self.side = key, side
         self.queue_depth = queue_depth
-        self.capacity = 0  # per replica; 0 = unlimited
         self.backends: dict[str, Backend] = {}
         self.error: str | None = None
-        self.desired = 0
         self.waiters: collections.deque[tuple[asyncio.Future, frozenset[str]]] = collections.deque()
         self._rr = itertools.count()
         self._orphan_inflight = 0  # requests still running on replicas that left the route
-        # stats
-        self.requests = 0
+        self.requests = 0  # arrivals since the last stats
         self._area = 0.0
         self._last = time.monotonic()
         self._window_start = self._last
@@ -68,34 +91,39 @@ class SideThrottler:
         self._area += self.concurrency * (now - self._last)
         self._last = now
 
-    def take_stats(self) -> dict[str, Any]:
+    def take_stats(self) -> SideStats:
         self._tick()
         span = max(1e-6, self._last - self._window_start)
-        stats = {"service": self.key, "side": self.side, "average_concurrency": self._area / span,
-                 "concurrency": self.concurrency, "requests": self.requests, "window": span}
+        stats = SideStats(service=self.key, side=self.side, average_concurrency=self._area / span,
+                          concurrency=self.concurrency, requests=self.requests, window=min(span, MAX_WINDOW))
         self._area, self.requests, self._window_start = 0.0, 0, self._last
         return stats
 
     # ---- routes ----------------------------------------------------------------------------
-    def update(self, side_route: dict[str, Any], capacity: int) -> None:
+    def update(self, route: SideRoute, container_concurrency: int, activators: int = 1, index: int = 0) -> None:
+        """Take the side's replicas from the routes; replicas that left keep their running requests."""
         self._tick()
-        self.capacity = max(0, int(capacity))
-        self.error = side_route.get("error")
-        self.desired = int(side_route.get("desired", 0))
-        seen = set()
-        for ep in side_route.get("endpoints", []):
-            seen.add(ep["id"])
-            if ep["id"] not in self.backends:
-                self.backends[ep["id"]] = Backend(ep["id"], ep["host"], int(ep["http_port"]), ep.get("grpc_port"))
+        self.error = route.error
+        slots = shares([ep.id for ep in route.endpoints], container_concurrency, activators, index)
+        for ep in route.endpoints:
+            b = self.backends.get(ep.id)
+            if b is None or (b.host, b.http_port, b.grpc_port) != (ep.host, ep.http_port, ep.grpc_port):
+                if b is not None:
+                    self._orphan_inflight += b.inflight
+                b = self.backends[ep.id] = Backend(ep.id, ep.host, ep.http_port, ep.grpc_port)
+            b.slots = slots[ep.id]
+        seen = set(slots)
         for bid in [b for b in self.backends if b not in seen]:
-            gone = self.backends.pop(bid)
-            self._orphan_inflight += gone.inflight  # their requests finish; they just leave the pool
+            self._orphan_inflight += self.backends.pop(bid).inflight
         self._dispatch()
         if self.error and not self._healthy():
             self.fail_waiters(self.error)
 
     def _healthy(self) -> list[Backend]:
         return [b for b in self.backends.values() if b.healthy]
+
+    def has_ready(self) -> bool:
+        return any(b.healthy and b.slots != 0 for b in self.backends.values())
 
     def mark(self, backend: Backend, healthy: bool) -> None:
         backend.healthy = healthy
@@ -104,13 +132,13 @@ class SideThrottler:
 
     # ---- slots -----------------------------------------------------------------------------
     def _free(self, exclude: frozenset[str]) -> Backend | None:
-        cands = [b for b in self._healthy() if b.id not in exclude
-                 and (self.capacity == 0 or b.inflight < self.capacity)]
+        cands = [b for b in self.backends.values() if b.healthy and b.id not in exclude
+                 and (b.slots is None or b.inflight < b.slots)]
         if not cands:
             return None
         least = min(b.inflight for b in cands)
         ties = [b for b in cands if b.inflight == least]
-        return ties[next(self._rr) % len(ties)]
+        return ties[next(self._rr) % len(ties)] if len(ties) > 1 else ties[0]
 
     def _dispatch(self) -> None:
         while self.waiters:
@@ -130,32 +158,42 @@ class SideThrottler:
         while self.waiters:
             fut, _ = self.waiters.popleft()
             if not fut.done():
-                fut.set_exception(Unavailable(reason))
+                fut.set_exception(Failure("unavailable", reason))
+
+    def try_acquire(self, exclude: frozenset[str] = frozenset()) -> Backend | None:
+        """A replica with a free slot now, unless requests are held before this one (FIFO)."""
+        if self.waiters:
+            return None
+        b = self._free(exclude)
+        if b is not None:
+            self._tick()
+            b.inflight += 1
+        return b
 
     async def acquire(self, timeout: float, exclude: frozenset[str] = frozenset()) -> Backend:
-        """A replica with a free slot, waiting (FIFO) up to `timeout` seconds."""
+        """A replica with a free slot, waiting (FIFO) up to `timeout` seconds; Failure otherwise."""
+        b = self.try_acquire(exclude)
+        if b is not None:
+            return b
         self._tick()
-        if not self.waiters:
-            b = self._free(exclude)
-            if b is not None:
-                b.inflight += 1
-                return b
         if self.error and not self._healthy():
-            raise Unavailable(self.error)
+            raise Failure("unavailable", self.error)
         if len(self.waiters) >= self.queue_depth:
-            raise Unavailable(f"too many requests waiting for {self.key} ({self.side}): queue of "
-                              f"{self.queue_depth} is full", retry_after=1)
+            raise Failure("queue_full", f"too many requests waiting for {self.key} ({self.side}): queue of "
+                                        f"{self.queue_depth} is full", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.waiters.append((fut, exclude))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
+            # Race 1: the slot was handed over just as the deadline fired: give it back.
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())  # got a slot at the very last moment: give it back
+                self.release(fut.result())
             reason = (f"no ready replica of {self.key} ({self.side}) within {timeout:g}s"
                       + (f"; last error: {self.error}" if self.error else ""))
-            raise Unavailable(reason) from None
-        except asyncio.CancelledError:  # client went away: free the slot or the queue place
+            raise Failure("unavailable", reason) from None
+        except asyncio.CancelledError:
+            # Race 2: the client left after its slot was granted but before it ran: free the slot.
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())
             else:

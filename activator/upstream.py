@@ -1,24 +1,24 @@
-"""HTTP/1.1 client side of the activator's proxy: keep-alive connections to replicas, one exchange at a
-time per connection, responses parsed with httptools and buffered whole (so a failure is still a clean
-502). Used by activator.http_proxy; replicas come from the throttler."""
+"""HTTP/1.1 client side of the HTTP front door: keep-alive connections to replicas, one exchange at a
+time per connection, answers parsed with httptools and buffered whole (so a failure is still a clean
+502), bounded by the answer size limit and the process-wide byte budget.
+
+Retry safety lives in the exception types: `NotSent` only when nothing was written (connect failed, or
+the pooled connection was found closed before writing); anything after the write is `Broken`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import httptools
 
+from activator.limits import ByteBudget
+from activator.outcomes import Broken, Failure, NotSent
+
 MAX_IDLE_PER_REPLICA = 256
-
-
-class ConnectFailed(Exception):
-    """The replica refused or reset the connection before sending a byte: safe to retry elsewhere."""
-
-
-class AnswerBroken(Exception):
-    """The replica's answer started but did not complete (it died, or sent bad HTTP)."""
 
 
 @dataclass
@@ -28,19 +28,23 @@ class Answer:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
     keep_alive: bool = True
+    charged: int = 0  # bytes of the budget this answer holds until the front door has written it
 
 
 class _Exchange(asyncio.Protocol):
     """One keep-alive connection to a replica."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ByteBudget, max_answer: int) -> None:
+        self.budget = budget
+        self.max_answer = max_answer
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._fut: asyncio.Future[Answer] | None = None
         self._head_only = False
-        self._got_bytes = False
         self._answer: Answer | None = None
         self._body: list[bytes] = []
+        self._size = 0
+        self._charged = 0
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -54,11 +58,10 @@ class _Exchange(asyncio.Protocol):
         if self._fut is None or self._fut.done():
             self.close()  # bytes nobody asked for: this connection cannot be trusted any more
             return
-        self._got_bytes = True
         try:
             self._parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserError as exc:
-            self._fail(AnswerBroken(f"invalid HTTP from the replica: {exc}"))
+            self._fail(Broken(f"invalid HTTP from the replica: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -66,10 +69,10 @@ class _Exchange(asyncio.Protocol):
             return
         if self._answer is not None and not self._length_known:
             self._finish(keep_alive=False)  # read-until-close body: EOF ends it
-        elif self._got_bytes:
-            self._fail(AnswerBroken("the replica closed the connection in the middle of its answer"))
+        elif self._answer is not None:
+            self._fail(Broken("the replica closed the connection in the middle of its answer"))
         else:
-            self._fail(ConnectFailed(f"connection closed before any answer ({exc or 'EOF'})"))
+            self._fail(Broken(f"the replica closed the connection before answering ({exc or 'EOF'})"))
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -90,6 +93,15 @@ class _Exchange(asyncio.Protocol):
             self._finish(keep_alive=False)  # the parser would wait for a body: do not reuse
 
     def on_body(self, body: bytes) -> None:
+        n = len(body)
+        self._size += n
+        if self._size > self.max_answer:
+            self._fail(Broken(f"its answer is larger than {self.max_answer} bytes"))
+            raise httptools.HttpParserError("answer too large")  # stop parsing this connection
+        if not self.budget.take(n):
+            self._fail(Failure("unavailable", "the activator is out of buffer memory for answers; retry"))
+            raise httptools.HttpParserError("out of budget")
+        self._charged += n
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -100,21 +112,29 @@ class _Exchange(asyncio.Protocol):
     def _finish(self, keep_alive: bool) -> None:
         if self._fut is None or self._fut.done() or self._answer is None:
             return
-        self._answer.body = b"".join(self._body)
+        self._answer.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._answer.keep_alive = keep_alive
+        self._answer.charged, self._charged = self._charged, 0
+        self._body = []
         self._fut.set_result(self._answer)
 
     def _fail(self, exc: Exception) -> None:
+        self.budget.give(self._charged)
+        self._charged = 0
+        self._body = []
         if self._fut is not None and not self._fut.done():
             self._fut.set_exception(exc)
         self.close()
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def send(self, request: list[bytes], head_only: bool) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._fut = asyncio.get_running_loop().create_future()
         self._head_only = head_only
-        self._got_bytes = False
         self._answer, self._body, self._headers, self._reason = None, [], [], b""
+        self._size = self._charged = 0
         self._length_known = False
         self._parser = httptools.HttpResponseParser(self)
         self.transport.writelines(request)
@@ -129,15 +149,18 @@ class _Exchange(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per replica address."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ByteBudget | None = None, max_answer_bytes: int = 64 * 1024 * 1024) -> None:
+        self.budget = budget or ByteBudget(1 << 62)
+        self.max_answer_bytes = max_answer_bytes
         self._idle: dict[tuple[str, int], collections.deque[_Exchange]] = {}
 
     def _take(self, addr: tuple[str, int]) -> _Exchange | None:
         q = self._idle.get(addr)
         while q:
             conn = q.pop()
-            if not conn.closed:
+            if conn.usable():
                 return conn
+            conn.close()  # found closed before writing: dropped quietly, the request is still unsent
         return None
 
     def _give_back(self, addr: tuple[str, int], conn: _Exchange) -> None:
@@ -148,23 +171,16 @@ class UpstreamPool:
             q.append(conn)
 
     async def exchange(self, host: str, port: int, request: list[bytes], head_only: bool = False) -> Answer:
-        """Send one request, return the whole answer. ConnectFailed: nothing reached the replica's
-        answer (connection refused/reset); AnswerBroken: it started answering and failed."""
+        """Send one request, return the whole answer (the caller gives `answer.charged` back to the
+        budget once written). NotSent: nothing was written; Broken: written, and then it failed."""
         addr = (host, port)
         conn = self._take(addr)
-        if conn is not None:
+        if conn is None:
             try:
-                return await self._use(addr, conn, request, head_only)
-            except ConnectFailed:
-                pass  # an idle connection the replica had closed: try a new one once
-        loop = asyncio.get_running_loop()
-        try:
-            _, conn = await loop.create_connection(_Exchange, host, port)
-        except OSError as exc:
-            raise ConnectFailed(str(exc) or type(exc).__name__) from exc
-        return await self._use(addr, conn, request, head_only)
-
-    async def _use(self, addr: tuple[str, int], conn: _Exchange, request: list[bytes], head_only: bool) -> Answer:
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: _Exchange(self.budget, self.max_answer_bytes), host, port)
+            except OSError as exc:
+                raise NotSent(str(exc) or type(exc).__name__) from exc
         ok = False
         try:
             answer = await conn.send(request, head_only)
@@ -177,6 +193,13 @@ class UpstreamPool:
         else:
             conn.close()
         return answer
+
+    def prune(self, live: Iterable[tuple[str, int]]) -> None:
+        """Close idle connections to replicas that are no longer routed."""
+        keep = set(live)
+        for addr in [a for a in self._idle if a not in keep]:
+            for conn in self._idle.pop(addr):
+                conn.close()
 
     def close(self) -> None:
         for q in self._idle.values():

@@ -1,5 +1,6 @@
-"""Pure parts of the activator: host normalization and lookup, the deterministic canary split, and
-the per-replica slot accounting (breakers, FIFO hold, deadlines, released slots)."""
+"""Pure parts of the activator: host normalization and lookup, routes applied as full tables and
+deltas, the deterministic canary split, the per-replica slot accounting (breakers, FIFO hold,
+deadlines, released slots), each activator's share of a replica, and which route updates to accept."""
 
 from __future__ import annotations
 
@@ -7,17 +8,32 @@ import asyncio
 
 import pytest
 
-from activator.routing import HostIndex, normalize_host
-from activator.throttler import SideThrottler, Unavailable
-from activator.traffic import CanarySplitter
+from activator.autoscaler_link import accept
+from activator.main import stable_index
+from activator.outcomes import Failure
+from activator.routing import CanarySplitter, RouteTable, normalize_host
+from activator.throttler import SideThrottler, shares
+from autoscaler.wire import Endpoint, RoutesUpdate, SideRoute
+from tests.activator.harness import route
 
 
 def test_host_forms():
-    idx = HostIndex([{"service": "ns/a", "hosts": ["a.ns.example.com", "a.ns", "a.ns.svc"]}])
-    for h in ("a.ns.example.com", "A.NS.example.com:8080", "a.ns", "a.ns.svc", "a.ns.example.com."):
-        assert idx.resolve(h)["service"] == "ns/a", h
-    assert idx.resolve("b.ns.example.com") is None and idx.resolve(None) is None
+    table = RouteTable([route("ns/a")])
+    for h in ("a.ns.example.com", "A.NS.example.com:8080", "a.ns", "a.ns.example.com."):
+        assert table.resolve(h).service == "ns/a", h
+    assert table.resolve("b.ns.example.com") is None and table.resolve(None) is None
     assert normalize_host("[::1]:8080") == "[::1]"
+
+
+def test_full_tables_replace_and_deltas_touch_only_named_services():
+    table = RouteTable()
+    assert table.apply(RoutesUpdate(epoch="e", version=1, full=True, services=(route("ns/a"), route("ns/b")))) == []
+    gone = table.apply(RoutesUpdate(epoch="e", version=2, full=False, services=(route("ns/c", canary_percent=5),),
+                                    removed=("ns/a", "ns/never")))
+    assert gone == ["ns/a"] and sorted(table.routes) == ["ns/b", "ns/c"]
+    assert table.resolve("c.ns").canary_percent == 5 and table.resolve("a.ns") is None
+    assert table.apply(RoutesUpdate(epoch="f", version=1, full=True, services=(route("ns/c"),))) == ["ns/b"]
+    assert sorted(table.routes) == ["ns/c"]
 
 
 @pytest.mark.parametrize("p", [0, 1, 5, 20, 33, 50, 99, 100])
@@ -28,15 +44,80 @@ def test_canary_split_is_exact_over_100(p):
         assert picks[i:i + 100].count("canary") == p
 
 
-def route(n: int, error: str | None = None) -> dict:
-    return {"ready": n > 0, "error": error, "desired": n,
-            "endpoints": [{"id": f"r{i}", "host": "127.0.0.1", "http_port": 9000 + i, "grpc_port": None}
-                          for i in range(n)]}
+def test_side_pinning():
+    table = RouteTable([route("ns/a", canary=(), canary_percent=0), route("ns/b")])
+    a, b = table.resolve("a.ns"), table.resolve("b.ns")
+    assert [table.pick_side(a, pin) for pin in ("true", "YES", "false", "")] == ["canary", "canary", "default",
+                                                                                  "default"]
+    assert table.pick_side(b, "true") is None and table.pick_side(b, "") == "default"
+
+
+@pytest.mark.parametrize(("name", "pods", "cc", "activators", "index", "expected"), [
+    ("unlimited: every pod, no cap", 3, 0, 2, 1, [None, None, None]),
+    ("one activator: full cc everywhere", 3, 4, 1, 0, [4, 4, 4]),
+    ("pods == N: one pod each", 2, 1, 2, 0, [1, 0]),
+    ("pods == N, the other one", 2, 1, 2, 1, [0, 1]),
+    ("pods > N: j % N", 5, 3, 2, 1, [0, 3, 0, 3, 0]),
+    ("pods > N, index 0", 5, 3, 2, 0, [3, 0, 3, 0, 3]),
+    ("pods < N: shared pod, floor(cc / sharers)", 1, 10, 3, 2, [3]),
+    ("pods < N: cc too small to share -> none", 1, 1, 2, 0, [0]),
+    ("pods < N: uneven sharers", 2, 5, 3, 0, [2, 0]),  # activators 0 and 2 share pod 0
+    ("pods < N: alone on its pod", 2, 5, 3, 1, [0, 5]),
+    ("no pods", 0, 4, 2, 0, []),
+    ("index beyond N wraps", 2, 1, 2, 3, [0, 1]),
+])
+def test_capacity_shares(name, pods, cc, activators, index, expected):
+    ids = [f"p{j}" for j in range(pods)]
+    got = shares(list(reversed(ids)), cc, activators, index)  # input order does not matter: sorted by id
+    assert [got[p] for p in ids] == expected, name
+
+
+@pytest.mark.parametrize(("pods", "cc", "activators"), [(p, c, n) for p in range(0, 6) for c in range(0, 5)
+                                                          for n in range(1, 5)])
+def test_activators_together_never_exceed_a_pods_concurrency(pods, cc, activators):
+    ids = [f"p{j}" for j in range(pods)]
+    per_pod = {p: 0 for p in ids}
+    for a in range(activators):
+        for p, slots in shares(ids, cc, activators, a).items():
+            if slots is None:
+                assert cc == 0
+            else:
+                per_pod[p] += slots
+    if cc:
+        assert all(v <= cc for v in per_pod.values())
+        if pods >= activators:
+            assert all(v == cc for v in per_pod.values())  # nothing wasted once every activator has pods
+
+
+def test_stable_index_is_stable_and_in_range():
+    assert stable_index("act-1", 3) == stable_index("act-1", 3)
+    assert {stable_index(f"a{i}", 4) for i in range(50)} == {0, 1, 2, 3}
+
+
+U = RoutesUpdate
+
+
+@pytest.mark.parametrize(("held", "update", "ok"), [
+    (None, U(epoch="e", version=3, full=True), True),
+    (None, U(epoch="e", version=3, full=False), False),  # a delta needs a base
+    (("e", 3), U(epoch="e", version=4, full=False), True),
+    (("e", 3), U(epoch="e", version=3, full=False), False),  # not newer
+    (("e", 3), U(epoch="e", version=2, full=True), False),  # an older table never replaces a newer one
+    (("e", 3), U(epoch="f", version=1, full=True), True),  # a new leader: full table only
+    (("e", 3), U(epoch="f", version=9, full=False), False),
+])
+def test_which_route_updates_are_accepted(held, update, ok):
+    assert accept(held, update) is ok
+
+
+def side_route(n: int, error: str | None = None) -> SideRoute:
+    return SideRoute(ready=n > 0, error=error, desired=n,
+                     endpoints=tuple(Endpoint(id=f"r{i}", host="127.0.0.1", http_port=9000 + i) for i in range(n)))
 
 
 async def test_breaker_caps_and_least_loaded():
     t = SideThrottler("ns/a", "default")
-    t.update(route(2), capacity=1)
+    t.update(side_route(2), 1)
     a = await t.acquire(1)
     b = await t.acquire(1)
     assert {a.id, b.id} == {"r0", "r1"} and a.inflight == b.inflight == 1
@@ -48,9 +129,21 @@ async def test_breaker_caps_and_least_loaded():
     assert c.id == a.id and c.inflight == 1
 
 
+async def test_shares_are_enforced_by_the_throttler():
+    t = SideThrottler("ns/a", "default")
+    t.update(side_route(1), 1, activators=2, index=0)  # one pod, cc 1, two activators: none for either
+    assert not t.has_ready()
+    w = asyncio.create_task(t.acquire(5))
+    await asyncio.sleep(0.01)
+    assert not w.done() and t.concurrency == 1  # held, and counted as load
+    t.update(side_route(2), 1, activators=2, index=0)  # a second pod: r0 is ours at full cc
+    b = await asyncio.wait_for(w, 1)
+    assert b.id == "r0" and t.backends["r1"].slots == 0
+
+
 async def test_fifo_hold_from_zero_and_deadline():
     t = SideThrottler("ns/a", "default")
-    t.update(route(0), capacity=0)
+    t.update(side_route(0), 0)
     order = []
 
     async def req(i):
@@ -61,33 +154,33 @@ async def test_fifo_hold_from_zero_and_deadline():
     tasks = [asyncio.create_task(req(i)) for i in range(5)]
     await asyncio.sleep(0.01)
     assert len(t.waiters) == 5
-    t.update(route(1), capacity=1)
+    t.update(side_route(1), 1)
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3, 4]
-    t.update(route(0), capacity=0)
-    with pytest.raises(Unavailable, match="within 0.05s"):
+    t.update(side_route(0), 0)
+    with pytest.raises(Failure, match="within 0.05s"):
         await t.acquire(0.05)
     assert t.concurrency == 0
 
 
 async def test_error_fails_held_requests_and_queue_limit():
     t = SideThrottler("ns/a", "default", queue_depth=2)
-    t.update(route(0), capacity=0)
+    t.update(side_route(0), 0)
     w1 = asyncio.create_task(t.acquire(5))
     w2 = asyncio.create_task(t.acquire(5))
     await asyncio.sleep(0.01)
-    with pytest.raises(Unavailable) as full:
+    with pytest.raises(Failure) as full:
         await t.acquire(5)
-    assert full.value.retry_after == 1
-    t.update(route(0, error="replica command exited (exit code 3)"), capacity=0)
+    assert full.value.retry_after == 1 and full.value.kind == "queue_full"
+    t.update(side_route(0, error="replica command exited (exit code 3)"), 0)
     for w in (w1, w2):
-        with pytest.raises(Unavailable, match="exit code 3"):
+        with pytest.raises(Failure, match="exit code 3"):
             await w
 
 
 async def test_cancelled_waiter_releases_its_place_and_slot():
     t = SideThrottler("ns/a", "default")
-    t.update(route(1), capacity=1)
+    t.update(side_route(1), 1)
     held = await t.acquire(1)
     w = asyncio.create_task(t.acquire(5))
     await asyncio.sleep(0.01)
@@ -98,4 +191,4 @@ async def test_cancelled_waiter_releases_its_place_and_slot():
     t.release(held)
     assert t.backends["r0"].inflight == 0
     stats = t.take_stats()
-    assert stats["concurrency"] == 0 and stats["average_concurrency"] > 0
+    assert stats.concurrency == 0 and stats.average_concurrency > 0 and stats.service == "ns/a"

@@ -1,82 +1,15 @@
-"""The activator's HTTP/1.1 proxy (activator.http_proxy + activator.upstream) on loopback, with routes set
-by hand and small raw replicas, some of them misbehaving: pipelining, 100-continue, Connection: close,
-upgrades, broken and truncated answers, idle connections closed by the replica, retries."""
+"""The HTTP front door (activator.http_front + dispatcher + upstream) on loopback, with routes set by
+hand and small raw replicas, some misbehaving: pipelining, 100-continue, Connection: close, upgrades,
+broken and truncated answers, idle connections closed by the replica, retries only when never sent."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from activator.http_proxy import HttpProxy
-from activator.server import Activator, parse_args
-
-HOST = b"svc.ns.example.com"
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes] | None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, v in (ln.split(b":", 1) for ln in lines[1:] if b":" in ln))
-    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
-    return lines[0], headers, body
-
-
-def ok_answer(body: bytes, extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s" % (
-        extra, len(body), body)
-
-
-async def echo_replica(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Keep-alive replica answering each request with its request line, headers and body."""
-    try:
-        while True:
-            line, headers, body = await read_request(reader)
-            out = json.dumps({"line": line.decode(), "headers": {k.decode(): v.decode() for k, v in headers.items()},
-                              "body": body.decode()}).encode()
-            writer.write(ok_answer(out))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
-
-
-class Setup:
-    def __init__(self) -> None:
-        self.servers: list[asyncio.base_events.Server] = []
-        self.act = Activator(parse_args(["--request-timeout", "3", "--max-body-bytes", "1000"]))
-        self.proxy = HttpProxy(self.act)
-        self.port = 0
-
-    async def start(self) -> None:
-        server = await asyncio.get_running_loop().create_server(self.proxy.protocol, "127.0.0.1", 0)
-        self.servers.append(server)
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def replica(self, handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        self.servers.append(server)
-        return server.sockets[0].getsockname()[1]
-
-    def route(self, *ports: int) -> None:
-        eps = [{"id": f"r{p}", "host": "127.0.0.1", "http_port": p} for p in ports]
-        self.act.apply_routes([{"service": "ns/svc", "hosts": [HOST.decode()],
-                                "sides": {"default": {"endpoints": eps, "desired": len(eps)}}}])
-
-    async def raw(self, data: bytes, read_until_close: bool = True) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(data)
-        await writer.drain()
-        out = await asyncio.wait_for(reader.read(), 5) if read_until_close else b""
-        writer.close()
-        return out
-
-    def close(self) -> None:
-        self.proxy.close()
-        for s in self.servers:
-            s.close()
+from tests.activator.harness import HOST, Setup, echo_replica, ok_answer, read_request, responses
 
 
 @pytest.fixture
@@ -85,19 +18,6 @@ async def setup():
     await s.start()
     yield s
     s.close()
-
-
-def responses(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    """Split a byte stream of HTTP/1.1 answers with Content-Length."""
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        headers = dict((k.strip().lower(), v.strip()) for k, v in (ln.split(b":", 1) for ln in lines[1:]))
-        n = int(headers.get(b"content-length", b"0"))
-        out.append((int(lines[0].split()[1]), headers, rest[:n]))
-        raw = rest[n:]
-    return out
 
 
 async def test_pipelined_requests_are_answered_in_order_with_forwarding_headers(setup):
@@ -144,8 +64,15 @@ async def test_bad_input_gets_json_errors(setup):
     (a,) = responses(await setup.raw(b"GET /ws HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
                                      % HOST))
     assert a[0] == 501
-    (a,) = responses(await setup.raw(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))
-    assert a[0] == 200 and b"elasticserving_activator_requests_total" in a[2]
+    # an absolute-form target with an invalid port: a 400, not a connection left hanging
+    (a,) = responses(await setup.raw(b"GET http://a:99999/ HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST))
+    assert a[0] == 400 and a[1][b"connection"] == b"close"
+
+
+async def test_admin_paths_are_not_served_on_the_public_port(setup):
+    for path in (b"/metrics", b"/healthz", b"/ready"):
+        (a,) = responses(await setup.raw(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path))
+        assert a[0] == 404, path
 
 
 async def test_a_truncated_answer_is_a_clear_502_not_retried(setup):
@@ -161,8 +88,24 @@ async def test_a_truncated_answer_is_a_clear_502_not_retried(setup):
     setup.route(await setup.replica(truncating), await setup.replica(truncating))
     (a,) = responses(await setup.raw(b"POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                                      % HOST))
-    assert a[0] == 502 and "while answering" in json.loads(a[2])["error"]
+    assert a[0] == 502 and "after the request was sent" in json.loads(a[2])["error"]
     assert calls == [1]  # the answer had started: not sent to another replica
+
+
+async def test_a_connection_broken_after_the_request_was_written_is_not_resent(setup):
+    calls = []
+
+    async def vanishing(reader, writer):  # reads the whole request, then closes without a byte
+        await read_request(reader)
+        calls.append(1)
+        writer.close()
+
+    setup.route(await setup.replica(vanishing), await setup.replica(vanishing))
+    (a,) = responses(await setup.raw(b"POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                     % HOST))
+    assert a[0] == 502 and "before answering" in json.loads(a[2])["error"]
+    assert calls == [1]  # the replica may have acted on it: never a second time
+    assert setup.metrics.retries.labels("ns/svc", "default")._value.get() == 0
 
 
 async def test_refused_connection_is_retried_once_on_another_replica(setup):
@@ -174,25 +117,31 @@ async def test_refused_connection_is_retried_once_on_another_replica(setup):
     for _ in range(4):
         (a,) = responses(await setup.raw(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST))
         assert a[0] == 200
-    backends = setup.act.throttler("ns/svc", "default").backends
+    backends = setup.throttler().backends
     assert not backends[f"r{dead}"].healthy and backends[f"r{ok}"].healthy
+    assert setup.metrics.retries.labels("ns/svc", "default")._value.get() >= 1
 
 
 async def test_idle_connection_closed_by_the_replica_is_replaced_quietly(setup):
+    closed = asyncio.Event()
+
     async def one_shot(reader, writer):  # answers with keep-alive, then closes the idle connection
         await read_request(reader)
         writer.write(ok_answer(b"{}"))
         await writer.drain()
-        await asyncio.sleep(0.05)
         writer.close()
+        await writer.wait_closed()
+        closed.set()
 
     port = await setup.replica(one_shot)
     setup.route(port)
     for _ in range(3):
+        closed.clear()
         (a,) = responses(await setup.raw(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST))
         assert a[0] == 200
-        await asyncio.sleep(0.1)  # the replica has closed the pooled connection by now
-    assert setup.act.throttler("ns/svc", "default").backends[f"r{port}"].healthy
+        await asyncio.wait_for(closed.wait(), 5)
+        await asyncio.sleep(0.05)  # let the pooled connection see the EOF (event-driven above; this is the read)
+    assert setup.throttler().backends[f"r{port}"].healthy
 
 
 async def test_slow_replica_is_504_and_a_gone_client_frees_its_slot(setup):
@@ -204,16 +153,31 @@ async def test_slow_replica_is_504_and_a_gone_client_frees_its_slot(setup):
         await asyncio.sleep(10)
 
     setup.route(await setup.replica(slow))
-    t = setup.act.throttler("ns/svc", "default")
+    t = setup.throttler()
     reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
     writer.write(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % HOST)
     await asyncio.wait_for(started.wait(), 5)
     assert t.inflight == 1
     writer.close()  # the client gives up
-    for _ in range(100):
+    for _ in range(500):
         if t.inflight == 0:
             break
         await asyncio.sleep(0.01)
     assert t.inflight == 0
     (a,) = responses(await setup.raw(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST))
     assert a[0] == 504 and "did not answer" in json.loads(a[2])["error"]
+
+
+async def test_request_id_is_kept_or_made_forwarded_returned_and_logged(setup):
+    setup.route(await setup.replica(echo_replica))
+    raw = await setup.raw(b"GET /a HTTP/1.1\r\nHost: %s\r\nX-Request-Id: abc-123\r\n\r\n"
+                          b"GET /b HTTP/1.1\r\nHost: %s\r\nX-Request-Id: bad id\r\nConnection: close\r\n\r\n"
+                          % (HOST, HOST))
+    a, b = responses(raw)
+    assert a[1][b"x-request-id"] == b"abc-123" and json.loads(a[2])["headers"]["x-request-id"] == "abc-123"
+    made = b[1][b"x-request-id"].decode()
+    assert made != "bad id" and len(made) == 32 and json.loads(b[2])["headers"]["x-request-id"] == made
+    lines = setup.log_lines()
+    assert [(ln["request_id"], ln["service"], ln["side"], ln["status"]) for ln in lines] == [
+        ("abc-123", "ns/svc", "default", "200"), (made, "ns/svc", "default", "200")]
+    assert all(ln["replica"].startswith("r") and ln["duration_ms"] >= 0 for ln in lines)

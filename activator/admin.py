@@ -1,0 +1,44 @@
+"""The admin listener (`--admin-host`/`--admin-port`): /metrics, /healthz and /ready for Prometheus and
+the platform's probes, kept off the public port so clients can neither scrape nor probe the activator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from activator.metrics import Metrics
+
+
+def build_admin_app(metrics: Metrics, refresh_gauges: Callable[[], None], ready: Callable[[], str | None],
+                    synced: Callable[[], bool]) -> web.Application:
+    """`ready()` returns None when ready, else the reason it is not (answered 503)."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "routes_synced": synced()})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reason = ready()
+        if reason is None:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "error": reason}, status=503)
+
+    async def prometheus(_: web.Request) -> web.Response:
+        refresh_gauges()
+        body, ctype = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    app = web.Application(client_max_size=1024)
+    app.add_routes([web.get("/healthz", healthz), web.get("/ready", readyz), web.get("/metrics", prometheus)])
+    return app
+
+
+async def start_admin(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (0: a free port); returns the runner and the port bound."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # aiohttp does not expose the bound port otherwise
+    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    return runner, bound

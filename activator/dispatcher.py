@@ -1,0 +1,205 @@
+"""The one request path of the activator, called by both front doors (HTTP and gRPC):
+
+    route -> side -> acquire a replica slot, or hold and poke the autoscaler -> send -> release -> account
+
+A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
+the result or `Failure` back. Retry rule (one place for both protocols): a request that was never sent
+(`NotSent`) is resent once to another replica; once written it is never resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from activator.access_log import AccessLog
+from activator.metrics import Metrics, SideMetrics
+from activator.outcomes import Broken, Failure, NotSent
+from activator.routing import RouteTable
+from activator.throttler import Backend, SideThrottler
+from autoscaler.wire import RoutesUpdate, Side, SideStats
+
+R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
+Wake = Callable[[str, Side], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Call:
+    """What a front door asks for, in no wire format."""
+
+    host: str | None  # the routing key: Host header or x-paddleservice metadata
+    pin: str  # x-paddleservice-canary: "true" / "false" / ""
+    request_id: str
+    protocol: str  # "http" or "grpc", for the log line
+    timeout: float | None = None  # the caller's own deadline (gRPC), seconds; None: the activator's
+    # Where it went, filled in by the dispatcher (the answer carries the side; the log line all three).
+    service: str = "-"
+    side: str = "-"
+    replica: str = "-"
+
+
+@dataclass(slots=True)
+class Capacity:
+    """How many activators share each replica, and which one this is (see throttler.shares)."""
+
+    activators: int = 1
+    index: int = 0
+
+
+class Dispatcher:
+    def __init__(self, *, metrics: Metrics, access_log: AccessLog, wake: Wake, request_timeout: float,
+                 queue_depth: int, index: Callable[[int], int] = lambda n: 0) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+        self.wake = wake
+        self.request_timeout = request_timeout
+        self.queue_depth = queue_depth
+        self.index = index  # activators -> this activator's index among them
+        self.table = RouteTable()
+        self.capacity = Capacity()
+        self.throttlers: dict[tuple[str, str], SideThrottler] = {}
+        self._pokers: dict[tuple[str, str], tuple[asyncio.Task, SideThrottler]] = {}
+        self.last_arrival = 0.0  # monotonic; draining waits for a quiet spell
+
+    # ---- routes in, stats out ----------------------------------------------------------------
+    def apply(self, update: RoutesUpdate) -> None:
+        """A full table or a delta from the autoscaler. Removed services fail their held requests."""
+        gone = self.table.apply(update)
+        capacity = Capacity(update.activators, self.index(update.activators) % update.activators)
+        if update.full or capacity != self.capacity:
+            changed = list(self.table.routes.values())  # the share of every replica may have moved
+        else:
+            changed = list(update.services)
+        self.capacity = capacity
+        for r in changed:
+            for side, sr in r.sides.items():
+                self.throttler(r.service, side).update(sr, r.container_concurrency, self.capacity.activators,
+                                                       self.capacity.index)
+        live = {(r.service, side) for r in self.table.routes.values() for side in r.sides}
+        for key in [k for k in self.throttlers if k not in live]:
+            t = self.throttlers.pop(key)
+            why = "was removed" if key[0] in gone or key[0] not in self.table.routes else "has no such side now"
+            t.fail_waiters(f"service {key[0]} ({key[1]}) {why}")
+
+    def throttler(self, key: str, side: Side) -> SideThrottler:
+        t = self.throttlers.get((key, side))
+        if t is None:
+            t = self.throttlers[(key, side)] = SideThrottler(key, side, self.queue_depth)
+        return t
+
+    def take_stats(self) -> list[SideStats]:
+        self.metrics.set_gauges(self.throttlers.values())
+        return [t.take_stats() for t in self.throttlers.values()]
+
+    def sides(self) -> Iterable[SideThrottler]:
+        return list(self.throttlers.values())
+
+    def busy(self) -> int:
+        """Requests in flight or held, over every side (draining waits for 0)."""
+        return sum(t.concurrency for t in self.throttlers.values())
+
+    # ---- the path ----------------------------------------------------------------------------
+    async def dispatch(self, call: Call, send: Callable[[Backend, float], Awaitable[R]],
+                       label: Callable[[R | Failure], str]) -> R:
+        """`send(backend, timeout)` forwards to one replica (raising NotSent or Broken); `label` names an
+        outcome for the metrics and the log line (its HTTP status or gRPC code)."""
+        t0 = self.last_arrival = time.monotonic()
+        code = ""
+        m: SideMetrics | None = None
+        try:
+            route = self.table.resolve(call.host)
+            if route is None:
+                raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}")
+            call.service = route.service
+            side = self.table.pick_side(route, call.pin)
+            if side is None:
+                raise Failure("no_canary", f"x-paddleservice-canary: true needs a canary, and {route.service} "
+                                           "has none")
+            call.side = side
+            m = self.metrics.side(route.service, side)
+            t = self.throttler(route.service, side)
+            t.requests += 1
+            timeout = self.request_timeout if call.timeout is None else min(call.timeout, self.request_timeout)
+            result = await self._forward(t, m, call, send, t0 + timeout, timeout)
+            code = label(result)
+            return result
+        except Failure as f:
+            code = label(f)
+            if m is not None and f.kind in ("unavailable", "queue_full"):
+                m.reject(f.kind)
+            raise
+        except asyncio.CancelledError:
+            code = label(Failure("cancelled", "the client went away"))
+            raise
+        finally:
+            took = time.monotonic() - t0
+            if m is not None:
+                m.count(code)
+                m.latency.observe(took)
+            self.access_log.request(call.request_id, call.protocol, call.service, call.side, call.replica, code,
+                                    took)
+
+    async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
+                       send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
+        tried: frozenset[str] = frozenset()  # the replica that was not reached, on the one resend
+        while True:
+            backend = t.try_acquire(tried)
+            if backend is None:  # held: no free slot, or a side at zero
+                if not t.has_ready():
+                    self._ensure_poking(t)
+                waited_from = time.monotonic()
+                backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+                m.cold_start.observe(time.monotonic() - waited_from)
+            call.replica = backend.id
+            sent = time.monotonic()
+            try:
+                remaining = deadline - sent
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):  # no task per request, unlike wait_for
+                    result = await send(backend, remaining)
+                m.proxy_latency.observe(time.monotonic() - sent)
+                return result
+            except NotSent as exc:
+                t.mark(backend, False)  # the prober puts it back as soon as it answers
+                if tried or time.monotonic() >= deadline:
+                    raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) could not be "
+                                            f"reached: {exc}") from None
+                tried = frozenset((backend.id,))
+                m.retries.inc()
+            except Broken as exc:
+                raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) failed after the request "
+                                        f"was sent: {exc}") from None
+            except TimeoutError:
+                raise Failure("timeout", f"replica {backend.id} of {t.key} ({t.side}) did not answer within "
+                                         f"{timeout:g}s") from None
+            finally:
+                t.release(backend)
+
+    # ---- hold and poke -----------------------------------------------------------------------
+    def _ensure_poking(self, t: SideThrottler) -> None:
+        """Wake the autoscaler for requests held by `t`, unless a poker for this very throttler runs
+        (a service deleted and applied again has a new throttler: its requests get their own poke)."""
+        poker = self._pokers.get((t.key, t.side))
+        if poker is not None and not poker[0].done():
+            if poker[1] is t:
+                return
+            poker[0].cancel()
+        self._pokers[(t.key, t.side)] = (asyncio.create_task(self._poke_while_held(t)), t)
+
+    async def _poke_while_held(self, t: SideThrottler) -> None:
+        """Poke at once, then every second while requests are held. Ends as soon as nothing is held, so
+        the next request at zero pokes at once instead of a second later."""
+        while True:
+            await self.wake(t.key, t.side)
+            for _ in range(20):
+                await asyncio.sleep(0.05)
+                if not t.waiters:
+                    return
+
+    def close(self) -> None:
+        for task, _ in self._pokers.values():
+            task.cancel()

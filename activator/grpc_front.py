@@ -1,0 +1,143 @@
+"""The gRPC front door: a byte-level forwarder for unary calls (KServe v2 GRPCInferenceService), routed
+by the `x-paddleservice` metadata key (`name.namespace`) or the authority; it translates each call into
+a dispatcher `Call` plus a "send to this replica" callable over a channel per replica.
+
+Refusals are gRPC statuses with the reason as details (NOT_FOUND unknown service, UNAVAILABLE no replica
+in time / replica failed, DEADLINE_EXCEEDED replica too slow); a replica's own status passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from activator.access_log import REQUEST_ID_HEADER, request_id
+from activator.dispatcher import Call, Dispatcher
+from activator.limits import Limits
+from activator.outcomes import Broken, Failure, FailureKind, NotSent
+from activator.throttler import Backend
+
+ROUTE_KEY = "x-paddleservice"
+CANARY_KEY = "x-paddleservice-canary"
+DROP_METADATA = frozenset({ROUTE_KEY, "host", ":authority", "user-agent", "grpc-timeout", "te", "content-type",
+                           REQUEST_ID_HEADER, "x-forwarded-for", "x-forwarded-proto"})
+# Details of an UNAVAILABLE raised by the channel itself before the call left (no connection).
+NOT_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing")
+GRPC_CODE: dict[FailureKind, grpc.StatusCode] = {
+    "no_route": grpc.StatusCode.NOT_FOUND, "no_canary": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.UNAVAILABLE, "queue_full": grpc.StatusCode.UNAVAILABLE,
+    "broken": grpc.StatusCode.UNAVAILABLE, "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "cancelled": grpc.StatusCode.CANCELLED,
+}
+
+
+@dataclass(slots=True)
+class GrpcAnswer:
+    code: grpc.StatusCode
+    details: str
+    payload: bytes | None
+
+
+def _label(outcome: GrpcAnswer | Failure) -> str:
+    if isinstance(outcome, Failure):
+        return f"grpc_{GRPC_CODE[outcome.kind].name}"
+    return f"grpc_{outcome.code.name}"
+
+
+class Channels:
+    """One channel per replica address; channels of replicas that left the routes are closed after a
+    grace period (their calls in flight finish first)."""
+
+    def __init__(self, max_answer_bytes: int, grace: float) -> None:
+        self.options = [("grpc.max_receive_message_length", max_answer_bytes),
+                        ("grpc.max_send_message_length", -1)]
+        self.grace = grace
+        self._by_target: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, target: str) -> grpc.aio.Channel:
+        ch = self._by_target.get(target)
+        if ch is None:
+            ch = self._by_target[target] = grpc.aio.insecure_channel(target, options=self.options)
+        return ch
+
+    def prune(self, live: Iterable[str]) -> None:
+        keep = set(live)
+        loop = asyncio.get_running_loop()
+        for target in [t for t in self._by_target if t not in keep]:
+            ch = self._by_target.pop(target)
+            loop.call_later(self.grace, lambda c=ch: asyncio.ensure_future(c.close()))
+
+    def __len__(self) -> int:
+        return len(self._by_target)
+
+    async def close(self) -> None:
+        for ch in self._by_target.values():
+            await ch.close()
+        self._by_target.clear()
+
+
+class GrpcFront(grpc.GenericRpcHandler):
+    def __init__(self, dispatcher: Dispatcher, channels: Channels) -> None:
+        self.dispatcher = dispatcher
+        self.channels = channels
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+
+        async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self.forward(method, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary)  # no (de)serializers: raw bytes
+
+    async def forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        md = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        rid = request_id(md.get(REQUEST_ID_HEADER))
+        host = md.get(ROUTE_KEY) or md.get(":authority") or md.get("host")
+        call = Call(host, str(md.get(CANARY_KEY, "")), rid, "grpc", context.time_remaining())
+        forward_md = tuple((k, v) for k, v in md.items() if k not in DROP_METADATA and not k.startswith(":")) \
+            + ((REQUEST_ID_HEADER, rid),)
+
+        async def send(backend: Backend, timeout: float) -> GrpcAnswer:
+            if not backend.grpc_port:
+                raise Failure("unavailable", f"replica {backend.id} has no gRPC port")
+            stub = self.channels.get(f"{backend.host}:{backend.grpc_port}").unary_unary(method)
+            try:
+                return GrpcAnswer(grpc.StatusCode.OK, "", await stub(request, metadata=forward_md, timeout=timeout))
+            except grpc.aio.AioRpcError as err:
+                details = err.details() or ""
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    if any(s in details.lower() for s in NOT_CONNECTED):
+                        raise NotSent(details) from None
+                    raise Broken(details) from None
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError from None
+                return GrpcAnswer(err.code(), details, None)
+
+        try:
+            answer = await self.dispatcher.dispatch(call, send, _label)
+        except Failure as f:
+            reason = f.reason
+            if f.kind == "no_route":
+                reason += f": set metadata {ROUTE_KEY}: <name>.<namespace>"
+            await context.abort(GRPC_CODE[f.kind], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),))
+        trailing = (("x-paddleservice-side", call.side), (REQUEST_ID_HEADER, rid))
+        if answer.code != grpc.StatusCode.OK:
+            await context.abort(answer.code, answer.details, trailing_metadata=trailing)
+        context.set_trailing_metadata(trailing)
+        return answer.payload  # type: ignore[return-value]
+
+
+async def start_grpc_front(dispatcher: Dispatcher, limits: Limits, host: str, port: int,
+                           grace: float) -> tuple[grpc.aio.Server, GrpcFront, int]:
+    """Listen on host:port (0: a free port); returns the server, the handler and the port bound."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.max_body_bytes),
+                                      ("grpc.max_send_message_length", limits.max_answer_bytes),
+                                      ("grpc.max_metadata_size", limits.max_header_bytes)])
+    front = GrpcFront(dispatcher, Channels(limits.max_answer_bytes, grace))
+    server.add_generic_rpc_handlers((front,))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, front, bound

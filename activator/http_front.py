@@ -1,0 +1,438 @@
+"""The HTTP/1.1 front door: an asyncio protocol that parses requests with httptools within the limits of
+activator.limits, turns each into a dispatcher `Call` plus a "send to this replica" callable (over
+activator.upstream), and writes the answers back in order per connection.
+
+Errors are JSON `{"error": ...}`: 400 malformed HTTP, 404 unknown host, 408 slow client, 413 body too
+large, 414/431 request line/headers too large, 503 no replica in time / queue full / overloaded
+(Retry-After), 502 replica failed, 504 replica too slow. Public: serves PaddleServices only (the admin
+endpoints are on activator.admin's own listener).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import json
+import logging
+import time
+
+import httptools
+
+from activator.access_log import request_id
+from activator.dispatcher import Call, Dispatcher
+from activator.limits import ByteBudget, Limits
+from activator.outcomes import HTTP_STATUS, Failure
+from activator.throttler import Backend
+from activator.upstream import Answer, UpstreamPool
+
+log = logging.getLogger("elasticserving.activator")
+
+CANARY_HEADER = b"x-paddleservice-canary"
+SIDE_HEADER = b"x-paddleservice-side"  # lower-case, as clients have always read it
+REQUEST_ID = b"x-request-id"
+# Not forwarded either way: connection-level headers, and the ones the proxy sets itself.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+                        b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+                        b"expect", b"proxy-connection"})
+# Set from the socket, never taken from the client.
+SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", REQUEST_ID})
+DROP_FORWARD = HOP_BY_HOP | SET_BY_PROXY
+MAX_PIPELINED = 32  # requests read ahead on one connection before reading pauses (also bounded by bytes)
+LINGER_SECONDS = 2.0  # after refusing input, how long its remaining bytes are read and dropped
+SWEEP_SECONDS = 0.5  # how often connection deadlines are checked
+
+
+class Request:
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "peer", "host", "pin", "rid", "hop",
+                 "charged")
+
+    def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes, bytes]], body: bytes,
+                 keep_alive: bool, peer: str, host: bytes, pin: bytes, rid: str, hop: frozenset[bytes],
+                 charged: int) -> None:
+        self.method, self.target, self.headers, self.body = method, target, headers, body
+        self.keep_alive, self.peer, self.host, self.pin, self.rid = keep_alive, peer, host, pin, rid
+        self.hop = hop  # header names listed in this request's Connection header
+        self.charged = charged  # body bytes held in the budget until the answer is written
+
+
+class Reply:
+    __slots__ = ("status", "headers", "body", "reason", "charged")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, reason: bytes = b"",
+                 charged: int = 0) -> None:
+        self.status, self.headers, self.body, self.reason, self.charged = status, headers, body, reason, charged
+
+    def render(self, keep_alive: bool, rid: bytes) -> list[bytes]:
+        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, self.reason or _reason(self.status))]
+        head += [b"%s: %s\r\n" % kv for kv in self.headers]
+        head.append(b"X-Request-Id: %s\r\nContent-Length: %d\r\n%s\r\n"
+                    % (rid, len(self.body), b"" if keep_alive else b"Connection: close\r\n"))
+        return [b"".join(head), self.body]
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    body = json.dumps({"error": message}, ensure_ascii=False).encode()
+    return Reply(status, [(b"Content-Type", b"application/json; charset=utf-8"), *(headers or [])], body)
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of a request target; an absolute-form target (`http://a/x`) keeps its path.
+    Raises ValueError when it is not a valid URL."""
+    if not target.startswith((b"http://", b"https://")):
+        return target
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError as exc:
+        raise ValueError(f"invalid request target: {exc}") from None
+    return (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
+
+def _label(outcome: Answer | Failure) -> str:
+    if isinstance(outcome, Failure):
+        return str(HTTP_STATUS[outcome.kind])
+    return str(outcome.status)
+
+
+class FrontConnection(asyncio.Protocol):
+    """One client connection: parse requests within the limits, answer them in order, release
+    everything on disconnect."""
+
+    def __init__(self, front: HttpFront) -> None:
+        self.front = front
+        self.limits = front.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: collections.deque[Request] = collections.deque()
+        self.pending_bytes = 0
+        self.worker: asyncio.Task | None = None
+        self.closed = False
+        self.refusing = False  # an error was sent: drop the rest of the input, then close
+        self.paused = False
+        self.write_paused: asyncio.Future | None = None
+        self.in_head = False
+        self.in_body = False
+        self.peer = ""
+        self.deadline = 0.0  # monotonic; checked by HttpFront's sweep
+        self.deadline_kind = "header"
+        self._head_bytes = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._target = b""
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._host = self._pin = self._rid = b""
+        self._hop: frozenset[bytes] = frozenset()
+        self._header_bytes = 0
+        self._too_large = self._continue = False
+        self._body: list[bytes] = []
+        self._size = 0
+
+    # ---- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        # A connection that sends nothing at all gets the header timeout, not the (longer) idle one.
+        self._set_deadline("header", self.limits.header_timeout)
+        if not self.front.admit(self):
+            self._refuse(error(503, f"too many open connections (limit {self.limits.max_connections}); retry",
+                               [(b"Retry-After", b"1")]))
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusing:
+            return
+        if not self.in_body:  # bytes of a head (possibly starting in this very chunk)
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(error(501, "protocol upgrades (websocket, h2c) are not supported"))
+            return
+        except httptools.HttpParserError as exc:
+            if not self.refusing:
+                self._refuse(error(400, f"malformed HTTP request: {exc}"))
+            return
+        # Bytes of a head still incomplete: the parser buffers them, so bound them here.
+        if self.in_head and self._head_bytes > self.limits.max_request_line + self.limits.max_header_bytes:
+            self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
+
+    # EOF from the client closes the connection (asyncio's default eof_received): a client that leaves
+    # and one that only half-closes look the same, and a leaving client must free its slot at once.
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.front.forget(self)
+        budget = self.front.budget
+        budget.give(self._size)
+        for req in self.pending:
+            budget.give(req.charged)
+        self.pending.clear()
+        if self.worker is not None:
+            self.worker.cancel()  # the client left: free its replica slot or its place in the queue
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.write_paused is None or self.write_paused.done():
+            self.write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
+    # ---- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.in_head = True
+        self._set_deadline("header", self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > self.limits.max_request_line:
+            self._refuse(error(414, f"request target longer than {self.limits.max_request_line} bytes"))
+            raise httptools.HttpParserError("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        self._headers.append((lname, name, value))
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) > self.limits.max_header_fields:
+            self._refuse(error(431, f"more than {self.limits.max_header_fields} header fields"))
+            raise httptools.HttpParserError("too many headers")
+        if lname == b"host":
+            self._host = value
+        elif lname == CANARY_HEADER:
+            self._pin = value
+        elif lname == REQUEST_ID:
+            self._rid = value
+        elif lname == b"connection":
+            self._hop = self._hop | connection_tokens(value)
+        elif lname == b"content-length":
+            v = value.strip()
+            if v.isdigit() and int(v) > self.limits.max_body_bytes:
+                self._too_large = True
+        elif lname == b"expect":
+            self._continue = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._head_bytes = 0
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
+            raise httptools.HttpParserError("headers too large")
+        if self._too_large:
+            self._refuse(error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+            raise httptools.HttpParserError("body too large")
+        if self._continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.in_body = True
+        self._set_deadline("body", self.limits.body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        n = len(body)
+        if self._size + n > self.limits.max_body_bytes:
+            self._refuse(error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+            raise httptools.HttpParserError("body too large")
+        if not self.front.budget.take(n):
+            self._refuse(error(503, "the activator is out of buffer memory for requests; retry",
+                               [(b"Retry-After", b"1")]))
+            raise httptools.HttpParserError("out of budget")
+        self._size += n
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        req = Request(self.parser.get_method(), self._target, self._headers, body, self.parser.should_keep_alive(),
+                      self.peer, self._host, self._pin, request_id(self._rid), self._hop, self._size)
+        self._size = 0  # now held by the request
+        self._body = []
+        self.pending.append(req)
+        self.pending_bytes += len(body) + len(self._target)
+        self.deadline = 0.0  # working: no client deadline until the answer is written
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+        if (len(self.pending) >= MAX_PIPELINED or self.pending_bytes >= self.limits.max_pipelined_bytes) \
+                and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    # ---- answering --------------------------------------------------------------------------
+    async def _work(self) -> None:
+        front = self.front
+        try:
+            while self.pending and not self.closed:
+                req = self.pending.popleft()
+                self.pending_bytes -= len(req.body) + len(req.target)
+                try:
+                    reply = await front.serve(req)
+                except Exception:
+                    log.exception("request %s failed inside the activator", req.rid)
+                    reply = error(500, "internal error in the activator (logged)")
+                    req.keep_alive = False
+                front.budget.give(req.charged)
+                if self.closed or self.transport is None:
+                    front.budget.give(reply.charged)
+                    return
+                keep = req.keep_alive and not front.draining
+                self.transport.writelines(reply.render(keep, req.rid.encode()))
+                front.budget.give(reply.charged)  # the transport holds the bytes now (bounded by pause_writing)
+                if not keep:
+                    self.transport.close()
+                    return
+                if self.paused and len(self.pending) < MAX_PIPELINED // 2 \
+                        and self.pending_bytes < self.limits.max_pipelined_bytes // 2:
+                    self.paused = False
+                    self.transport.resume_reading()
+                if self.write_paused is not None:
+                    # A client that does not read its answers gets no more, and is closed after the idle timeout.
+                    try:
+                        await asyncio.wait_for(self.write_paused, self.limits.idle_timeout)
+                    except TimeoutError:
+                        self.transport.close()
+                        return
+                    self.write_paused = None
+        finally:
+            self.worker = None
+            if not self.closed and not self.pending and not self.in_head and not self.in_body:
+                self._set_deadline("idle", self.limits.idle_timeout)
+
+    def _set_deadline(self, kind: str, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = time.monotonic() + seconds
+
+    def expire(self) -> None:
+        """The deadline passed: a slow client gets 408; an idle keep-alive connection is closed."""
+        self.deadline = 0.0
+        if self.deadline_kind == "idle" or self.transport is None:
+            if self.transport is not None:
+                self.transport.close()
+        elif self.deadline_kind == "header":
+            if self.in_head:
+                self._refuse(error(408, f"request headers not received within {self.limits.header_timeout:g}s"))
+            else:
+                self.transport.close()  # connected and sent nothing
+        else:
+            self._refuse(error(408, f"request body not received within {self.limits.body_timeout:g}s"))
+
+    def _refuse(self, reply: Reply) -> None:
+        """Answer (instead of anything still queued) and close; read and drop the rest for a moment so
+        the client sees the answer rather than a reset."""
+        if self.refusing or self.transport is None:
+            return
+        self.refusing = True
+        self.deadline = 0.0
+        for req in self.pending:
+            self.front.budget.give(req.charged)
+        self.pending.clear()
+        if self.worker is not None:
+            self.worker.cancel()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.writelines(reply.render(False, request_id(self._rid).encode()))
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+
+class HttpFront:
+    """Translates HTTP into dispatcher calls; owns the client connections and the upstream pool."""
+
+    def __init__(self, dispatcher: Dispatcher, limits: Limits, budget: ByteBudget | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.budget = budget or ByteBudget(limits.max_buffered_bytes)
+        self.pool = UpstreamPool(self.budget, limits.max_answer_bytes)
+        self.connections: set[FrontConnection] = set()
+        self.draining = False
+        self._sweeper: asyncio.Task | None = None
+
+    def protocol(self) -> FrontConnection:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return FrontConnection(self)
+
+    def admit(self, conn: FrontConnection) -> bool:
+        if len(self.connections) >= self.limits.max_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def forget(self, conn: FrontConnection) -> None:
+        self.connections.discard(conn)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
+                conn.expire()
+
+    async def serve(self, req: Request) -> Reply:
+        try:
+            target = origin_form(req.target)
+        except ValueError as exc:
+            req.keep_alive = False
+            return error(400, str(exc))
+        host = req.host.decode("latin-1")
+        call = Call(host, req.pin.decode("latin-1"), req.rid, "http")
+        head_only = req.method == b"HEAD"
+
+        async def send(backend: Backend, timeout: float) -> Answer:
+            upstream = _upstream_request(req, target, host, backend)
+            return await self.pool.exchange(backend.host, backend.http_port, upstream, head_only)
+
+        try:
+            answer = await self.dispatcher.dispatch(call, send, _label)
+        except Failure as f:
+            headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else None
+            return error(HTTP_STATUS[f.kind], f.reason, headers)
+        hop = _answer_hop(answer.headers)
+        headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
+        headers.append((SIDE_HEADER, call.side.encode()))
+        return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
+
+    def live_upstreams(self) -> list[tuple[str, int]]:
+        return [(b.host, b.http_port) for t in self.dispatcher.sides() for b in t.backends.values()]
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.pool.close()
+
+
+def _answer_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """HOP_BY_HOP plus the names the answer's own Connection header lists."""
+    out = HOP_BY_HOP
+    for k, v in headers:
+        if k.lower() == b"connection":
+            out = out | connection_tokens(v)
+    return out
+
+
+def _upstream_request(req: Request, target: bytes, host: str, backend: Backend) -> list[bytes]:
+    head = [b"%s %s HTTP/1.1\r\nHost: %s:%d\r\n" % (req.method, target, backend.host.encode(), backend.http_port)]
+    hop = req.hop
+    if hop:
+        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in DROP_FORWARD and ln not in hop]
+    else:
+        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in DROP_FORWARD]
+    head.append(b"X-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n"
+                b"Content-Length: %d\r\n\r\n" % (host.encode("latin-1"), req.peer.encode(), req.rid.encode(),
+                                                   len(req.body)))
+    return [b"".join(head), req.body]
