@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,11 +88,18 @@ def load_files(files: list[str], defaults: dict[str, Any]) -> list[PaddleService
     return out
 
 
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class ActivatorProcess:
     """The activator as a child process, restarted if it dies."""
 
     def __init__(self, opts: StackOptions) -> None:
         self.opts = opts
+        self.admin_port = _free_loopback_port()  # /metrics /healthz /ready live off the public port
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -102,7 +110,8 @@ class ActivatorProcess:
             sys.executable, "-m", "activator",
             "--host", o.host, "--http-port", str(o.http_port), "--grpc-port", str(o.grpc_port),
             "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
-            "--control-token-file", str(o.token_path), *o.activator_args,
+            "--control-token-file", str(o.token_path),
+            "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port), *o.activator_args,
         ]
 
     async def start(self) -> None:
@@ -124,7 +133,7 @@ class ActivatorProcess:
             await self._spawn()
 
     async def wait_listening(self, timeout: float = 30.0) -> bool:
-        url = f"http://127.0.0.1:{self.opts.http_port}/healthz"
+        url = f"http://127.0.0.1:{self.admin_port}/ready"  # the admin listener: ready once routes are in
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
@@ -188,7 +197,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         if opts.prometheus_port:
             from autoscaler.local.prometheus import LocalPrometheus
 
-            prometheus = LocalPrometheus(f"127.0.0.1:{opts.http_port}", f"127.0.0.1:{opts.control_port}",
+            prometheus = LocalPrometheus(f"127.0.0.1:{activator.admin_port}", f"127.0.0.1:{opts.control_port}",
                                          port=opts.prometheus_port, token_file=str(opts.token_path))
             await prometheus.start()
             print(f"  Prometheus: {prometheus.url} (dashboards: deploy/monitoring/grafana-dashboard.json)",
