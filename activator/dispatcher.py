@@ -51,13 +51,13 @@ class Capacity:
 
 class Dispatcher:
     def __init__(self, *, metrics: Metrics, access_log: AccessLog, wake: Wake, request_timeout: float,
-                 queue_depth: int, index: Callable[[int], int] = lambda n: 0) -> None:
+                 queue_depth: int, index: Callable[[RoutesUpdate], int] = lambda u: u.activator_index or 0) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self.wake = wake
         self.request_timeout = request_timeout
         self.queue_depth = queue_depth
-        self.index = index  # activators -> this activator's index among them
+        self.index = index  # a routes update -> this activator's index among its `activators`
         self.table = RouteTable()
         self.capacity = Capacity()
         self.throttlers: dict[tuple[str, str], SideThrottler] = {}
@@ -68,7 +68,7 @@ class Dispatcher:
     def apply(self, update: RoutesUpdate) -> None:
         """A full table or a delta from the autoscaler. Removed services fail their held requests."""
         gone = self.table.apply(update)
-        capacity = Capacity(update.activators, self.index(update.activators) % update.activators)
+        capacity = Capacity(update.activators, self.index(update) % update.activators)
         if update.full or capacity != self.capacity:
             changed = list(self.table.routes.values())  # the share of every replica may have moved
         else:

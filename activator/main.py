@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from activator.access_log import AccessLog
 from activator.admin import build_admin_app, start_admin
@@ -86,9 +87,19 @@ def limits_from(args: argparse.Namespace) -> Limits:
 
 
 def stable_index(activator_id: str, activators: int) -> int:
-    """This activator's index when none is given: a hash of its id. Two activators can collide (and
-    then share replicas beyond their share) until the routes carry an index; see --activator-index."""
+    """This activator's index when neither --activator-index nor the routes give one (an autoscaler that
+    does not send `activator_index`): a hash of its id. Two activators can collide, and then share
+    replicas beyond their share."""
     return int.from_bytes(hashlib.sha256(activator_id.encode()).digest()[:8], "big") % max(1, activators)
+
+
+def index_source(activator_id: str, fixed: int | None) -> Callable[[RoutesUpdate], int]:
+    """Where this activator's index comes from: the flag, else the autoscaler's `activator_index`
+    (its position among the live activators' sorted ids), else a hash of its id."""
+    if fixed is not None:
+        return lambda update: fixed
+    return lambda update: (update.activator_index if update.activator_index is not None
+                           else stable_index(activator_id, update.activators))
 
 
 class Activator:
@@ -100,8 +111,7 @@ class Activator:
         self.access_log = AccessLog(args.log_format)
         self.link = AutoscalerLink(args.autoscaler, args.id, self.on_routes, self.take_stats,
                                    Token(args.control_token_file))
-        index = (lambda n: args.activator_index) if args.activator_index is not None \
-            else (lambda n: stable_index(args.id, n))
+        index = index_source(args.id, args.activator_index)
         self.dispatcher: Dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log,
                                                  wake=self.link.wake, request_timeout=args.request_timeout,
                                                  queue_depth=args.queue_depth, index=index)

@@ -194,7 +194,7 @@ def build_app(
         wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
         if wait > 0:
             await controller.routes.wait_news(epoch, since, wait)
-        update = controller.routes.update(epoch, since)
+        update = controller.routes.update(epoch, since, activator)
         return web.Response(text=update.model_dump_json(), content_type="application/json")
 
     @routes.post("/v1/stats")

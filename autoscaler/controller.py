@@ -55,7 +55,7 @@ class ServiceEntry:
 class RouteTable:
     """Routes for activators, versioned so that a long-poll gets only what changed since the version it holds.
 
-    Every change of one or more services (or of the number of activators) is a new `version`; a bounded
+    Every change of one or more services (or of the set of activators) is a new `version`; a bounded
     history remembers which service keys changed at which version, so `update(epoch, since)` answers a
     delta while that history reaches back to `since` in this process's `epoch`, else the whole table.
     """
@@ -63,7 +63,7 @@ class RouteTable:
     def __init__(self, history: int = 4096, epoch: str | None = None) -> None:
         self.epoch = epoch or secrets.token_hex(8)  # a new controller process: activators resync in full
         self.version = 0
-        self.activators = 1
+        self.activator_ids: tuple[str, ...] = ()  # live activators, sorted: an index is a position here
         self.closed = False
         self._routes: dict[str, Route] = {}
         self._history: collections.deque[tuple[int, tuple[str, ...]]] = collections.deque(maxlen=history)
@@ -76,9 +76,13 @@ class RouteTable:
     def all(self) -> list[Route]:
         return [self._routes[k] for k in sorted(self._routes)]
 
-    def publish(self, changes: Mapping[str, Route | None], activators: int | None = None) -> bool:
-        """Set the routes of the services in `changes` (None: deleted) and, when given, the number of
-        activators; one new version if anything differs. True when a new version was made."""
+    @property
+    def activators(self) -> int:
+        return max(1, len(self.activator_ids))
+
+    def publish(self, changes: Mapping[str, Route | None], activators: Iterable[str] | None = None) -> bool:
+        """Set the routes of the services in `changes` (None: deleted) and, when given, the ids of the
+        live activators; one new version if anything differs. True when a new version was made."""
         changed: list[str] = []
         for key, route in changes.items():
             if route is None:
@@ -87,11 +91,12 @@ class RouteTable:
             elif self._routes.get(key) != route:
                 self._routes[key] = route
                 changed.append(key)
-        new_count = activators is not None and activators != self.activators
-        if not changed and not new_count:
+        ids = tuple(sorted(activators)) if activators is not None else self.activator_ids
+        # The same number of activators with one replaced can still move every index: compare the set.
+        new_set = ids != self.activator_ids
+        if not changed and not new_set:
             return False
-        if new_count:
-            self.activators = int(activators)  # type: ignore[arg-type]
+        self.activator_ids = ids
         self.version += 1
         if len(self._history) == self._history.maxlen:
             self._floor = self._history[0][0]  # that version's changes are forgotten
@@ -107,8 +112,10 @@ class RouteTable:
         return (self.closed or since != self.version
                 or (epoch is not None and epoch != self.epoch))
 
-    def update(self, epoch: str | None, since: int) -> RoutesUpdate:
-        """What an activator holding (`epoch`, `since`) needs: a delta when the history covers it."""
+    def update(self, epoch: str | None, since: int, activator: str | None = None) -> RoutesUpdate:
+        """What an activator holding (`epoch`, `since`) needs: a delta when the history covers it, with
+        its index among the live activators when it named itself and is one of them."""
+        index = self.activator_ids.index(activator) if activator in self.activator_ids else None
         if epoch == self.epoch and self._floor <= since <= self.version:
             keys: set[str] = set()
             for version, changed in reversed(self._history):
@@ -119,9 +126,9 @@ class RouteTable:
             return RoutesUpdate(epoch=self.epoch, version=self.version, full=False,
                                 services=tuple(self._routes[k] for k in ordered if k in self._routes),
                                 removed=tuple(k for k in ordered if k not in self._routes),
-                                activators=self.activators)
+                                activators=self.activators, activator_index=index)
         return RoutesUpdate(epoch=self.epoch, version=self.version, full=True, services=tuple(self.all()),
-                            activators=self.activators)
+                            activators=self.activators, activator_index=index)
 
     def close(self) -> None:
         """Answer every long-poll now (shutdown)."""
@@ -260,7 +267,7 @@ class Controller:
         horizon = self.clock() - ACTIVATOR_TTL
         for gone in [a for a, seen in self._activators.items() if seen < horizon]:
             del self._activators[gone]
-        self.routes.publish({}, activators=self.activator_count())
+        self.routes.publish({}, activators=self._activators)
 
     def record_stats(self, report: StatsReport) -> int:
         """Take one activator's per-second report; returns how many stats named a known service side."""

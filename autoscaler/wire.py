@@ -90,6 +90,9 @@ class RoutesUpdate(_Message):
     services: tuple[Route, ...] = ()  # full: every service; delta: the services changed since `since`
     removed: tuple[str, ...] = ()  # delta only: keys of services deleted since `since`
     activators: int = Field(default=1, ge=1)  # activators reporting lately: each takes 1/N of capacity
+    # The asking activator's position among them (their ids sorted), when it named itself: which share
+    # of each replica's containerConcurrency is its own. None: it did not say who it is.
+    activator_index: int | None = Field(default=None, ge=0)
 
 
 # ---- activators -> autoscaler -----------------------------------------------------------------

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from activator.autoscaler_link import accept
-from activator.main import stable_index
+from activator.main import index_source, stable_index
 from activator.outcomes import Failure
 from activator.routing import CanarySplitter, RouteTable, normalize_host
 from activator.throttler import SideThrottler, shares
@@ -192,3 +192,18 @@ async def test_cancelled_waiter_releases_its_place_and_slot():
     assert t.backends["r0"].inflight == 0
     stats = t.take_stats()
     assert stats.concurrency == 0 and stats.average_concurrency > 0 and stats.service == "ns/a"
+
+
+@pytest.mark.parametrize(("fixed", "sent", "activators", "want"), [
+    pytest.param(1, 0, 2, 1, id="the flag wins"),
+    pytest.param(None, 1, 2, 1, id="the autoscaler's index"),
+    pytest.param(None, None, 1, 0, id="alone: index 0"),
+])
+def test_index_source(fixed, sent, activators, want):
+    update = RoutesUpdate(epoch="e", version=1, full=True, activators=activators, activator_index=sent)
+    assert index_source("act-1", fixed)(update) == want
+
+
+def test_index_source_falls_back_to_a_stable_hash_of_the_id():
+    update = RoutesUpdate(epoch="e", version=1, full=True, activators=4)
+    assert index_source("act-1", None)(update) == stable_index("act-1", 4) == index_source("act-1", None)(update)

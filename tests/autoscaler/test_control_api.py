@@ -187,7 +187,7 @@ async def test_routes_json_is_the_wire_shape(api):
     _, c, client, _ = api
     await c.apply(svc(canary=True, percent=20))
     body = json.loads(await (await client.get("/v1/routes")).read())
-    assert set(body) == {"epoch", "version", "full", "services", "removed", "activators"}
+    assert set(body) == {"epoch", "version", "full", "services", "removed", "activators", "activator_index"}
     assert set(body["services"][0]["sides"]) == {"default", "canary"}
 
 

@@ -219,7 +219,32 @@ def test_route_table_same_route_is_no_new_version():
     t = _table()
     assert not t.publish({"ns/a": _route("ns/a", desired=1)})
     assert t.version == 4
-    assert t.publish({}, activators=2) and t.version == 5 and t.update("e1", 4).activators == 2
+    assert t.publish({}, activators=["b", "a"]) and t.version == 5 and t.update("e1", 4).activators == 2
+    assert not t.publish({}, activators=["a", "b"])  # the same set: no new version
+
+
+@pytest.mark.parametrize(("live", "asking", "count", "index"), [
+    pytest.param(["a"], "a", 1, 0, id="alone"),
+    pytest.param(["b", "a"], "b", 2, 1, id="position among the sorted ids"),
+    pytest.param(["b", "a"], "c", 2, None, id="not a live activator: no index"),
+    pytest.param(["b", "a"], None, 2, None, id="did not name itself"),
+    pytest.param([], "a", 1, None, id="none heard of yet: one share"),
+])
+def test_route_table_gives_each_activator_its_index(live, asking, count, index):
+    t = _table()
+    t.publish({}, activators=live)
+    for since in (t.version, -1):  # the same in a delta and in a full table
+        u = t.update("e1", since, asking)
+        assert (u.activators, u.activator_index) == (count, index)
+
+
+def test_replacing_one_activator_with_another_is_a_new_version():
+    # Same count, but the indexes move: the activators must hear of it.
+    t = _table()
+    t.publish({}, activators=["a", "c"])
+    v = t.version
+    assert t.publish({}, activators=["b", "c"]) and t.version == v + 1
+    assert t.update("e1", v, "c").activator_index == 1
 
 
 @pytest.mark.parametrize(("epoch", "since", "news"), [
