@@ -20,7 +20,8 @@ ALLOWED = {
     "activator": ("autoscaler.wire",),
     "autoscaler": ("core",),
     "autoscaler.kube": ("core",),
-    "autoscaler.local": ("core", "runtime.cli"),
+    # the `elasticserving` CLI also starts the in-cluster controller (`elasticserving controller`)
+    "autoscaler.local": ("core", "runtime.cli", "autoscaler.kube.main"),
 }
 
 
