@@ -180,9 +180,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     if args.platform == "kubernetes":
-        from autoscaler.kube import main as kube_main
+        from autoscaler.kube.main import main as run_kube_controller
 
-        return kube_main.main(args.rest)
+        return run_kube_controller(args.rest)
     print("error: use `elasticserving up` for the local platform", file=sys.stderr)
     return 2
 
