@@ -17,7 +17,9 @@ class Limits:
     max_body_bytes: int = 64 * MIB  # 413 beyond
     max_answer_bytes: int = 64 * MIB  # a replica's answer: 502 beyond
     max_pipelined_bytes: int = 1 * MIB  # complete requests read ahead on one connection: reading pauses
-    max_buffered_bytes: int = 1024 * MIB  # all request + answer bytes held by the process: 503 beyond
+    # All request + answer bytes held by the process: 503 beyond. Below the activator Pod's memory limit
+    # (512Mi in deploy/), so no client mix can push the front door out of memory for every tenant.
+    max_buffered_bytes: int = 256 * MIB
     max_connections: int = 10_000  # open client connections: 503 and close beyond
     header_timeout: float = 10.0  # from the first byte of a request to the end of its headers: 408
     body_timeout: float = 60.0  # from the end of the headers to the end of the body: 408
