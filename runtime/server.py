@@ -23,7 +23,7 @@ from runtime.handlers import build_handler
 from runtime.handlers.base import Handler
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols.http_api import HttpApi
-from runtime.request_log import configure_logging
+from runtime.request_log import configure_logging, flush
 
 __all__ = ["Server", "main", "parse_args"]
 log = logging.getLogger("elasticserving.runtime")
@@ -92,4 +92,7 @@ class Server:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"), args.log_format)
-    return asyncio.run(Server(args).run())
+    try:
+        return asyncio.run(Server(args).run())
+    finally:
+        flush()
