@@ -105,6 +105,13 @@ def _logging_runtime(root: Path, log_dir: str, *extra: str) -> tuple[subprocess.
     return p, f"http://127.0.0.1:{port}/lac/prediction"
 
 
+def _get(url: str, seconds: float) -> dict[str, Any]:
+    """wrk GETs on one connection (benchmarks.wrk posts)."""
+    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{max(1, round(seconds))}s", "--latency", url],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    return wrk.parse(out)
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.terminate()
     p.wait(30)
@@ -112,7 +119,9 @@ def _stop(p: subprocess.Popen) -> None:
 
 def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str, Any]:
     """p50 of one request at a time: direct call vs the runtime over HTTP (batch size 1), alternating
-    so both see the same machine load; with `before`, that checkout's runtime too (`before_*` keys)."""
+    so both see the same machine load; with `before`, that checkout's runtime too (`before_*` keys).
+    `runtime_http_floor_p50_ms` (GET /healthz) and `runtime_no_inference_p50_ms` (the same POST to an
+    unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
     cdf: list[list[float]] = []
@@ -133,6 +142,11 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                     r = closed_loop(url, 1, seconds)
                     if key == "runtime":
                         cdf[:] = r.get("cdf", [])
+                        if wrk.available():  # where the added time goes: HTTP alone, HTTP + data plane
+                            out["runtime_http_floor_p50_ms"] = _get(url.replace("/lac/prediction", "/healthz"),
+                                                                    seconds)["p50_ms"]
+                            out["runtime_no_inference_p50_ms"] = closed_loop(
+                                url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
                     out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
                                 f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
                 return out
