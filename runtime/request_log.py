@@ -5,8 +5,9 @@ per line for every log record, with the request's fields as keys.
 The request line is on every request's path, so once configure_logging has set up the process's log
 stream it is not a logging.LogRecord: `AccessLog` formats the same line by hand (the text or JSON the
 logging formatters below would write) and writes it from a loop callback, after the response has gone
-out; lines queued in one loop iteration are written with one call. Measured on LAC at batch 1 (wrk,
-1 connection): the logging-module path cost 25-30 us of event-loop time per request, this one ~5 us.
+out; lines queued in one loop iteration are written with one call. Measured per line (to /dev/null,
+write included): 9-11 us through the logging module (text/JSON), 2.7 us here, and that write no longer
+sits between the inference result and the response.
 Nothing is dropped: lines are written in order, and `flush()` runs at shutdown and at exit.
 """
 
