@@ -69,21 +69,27 @@ class AccessLog:
                 f"protocol={protocol} status={status} duration_ms={ms}\n")
 
     def write(self, request_id: str, model: str, protocol: str, status: int | str, seconds: float) -> None:
-        self._pending.append(self.line(request_id, model, protocol, status, seconds))
+        line = self.line(request_id, model, protocol, status, seconds)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop's thread: write now, leaving the loop's queue alone
+            self._write(line)
+            return
+        self._pending.append(line)
         if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no event loop in this thread: write now
-                self.flush()
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        lines, self._pending = self._pending, []
+        """Write the queued lines (on the loop's thread, or at shutdown once the loop has stopped)."""
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._write("".join(lines))
+
+    def _write(self, text: str) -> None:
         h = self.handler
         h.acquire()
         try:
-            h.stream.write("".join(lines))
+            h.stream.write(text)
             h.stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: as logging's handleError, never raise
             pass
