@@ -3,22 +3,29 @@ the runtime's HTTP API (wrk, one connection) against the same sentence through `
 called directly in this process; then batching on vs off at 8/16/32/64 clients.
 
 Each figure is measured >= 3 times (benchmarks.stats): median with min-max. Load comes from wrk when it
-is installed (a C load generator, so the client does not take the servers' CPU), else from aiohttp."""
+is installed (a C load generator, so the client does not take the servers' CPU), else from aiohttp.
+The hot path runs the runtime as deployed: log level INFO (one request line per request, to a file).
+`python -m benchmarks.runtime_bench --hot-path --before DIR` measures another checkout of the project
+(e.g. a `git worktree` of main) side by side with this one, alternating runs: before/after figures."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks import wrk
 from benchmarks.load import closed_loop as aiohttp_closed_loop
 from benchmarks.load import percentile
 from benchmarks.stats import ratio, repeat
-from tests.helpers import start_runtime
+from tests.helpers import ROOT, free_port, http, start_runtime, wait_for
 
 SENTENCE = "百度是一家高科技公司"
 BODY = json.dumps({"feed": [{"words": SENTENCE}], "fetch": ["word_seg"]}, ensure_ascii=False).encode()
@@ -76,32 +83,78 @@ def _runtime(*extra: str) -> tuple[subprocess.Popen, str]:
     return p, f"http://127.0.0.1:{port}/lac/prediction"
 
 
+def _logging_runtime(root: Path, log_dir: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    """The runtime of checkout `root` as deployed: log level INFO, its log lines written to a file."""
+    port = free_port()
+    log = open(Path(log_dir) / f"runtime-{port}.log", "w")  # noqa: SIM115 - the child owns it
+    p = subprocess.Popen([sys.executable, "-m", "runtime", "--model", "lac", "--host", "127.0.0.1", "--port",
+                          str(port), *extra], cwd=root, stdout=log, stderr=log,
+                         env={**os.environ, "PYTHONPATH": str(root), "GRPC_PORT": "",
+                              "ELASTICSERVING_LOG_LEVEL": "INFO"})
+    log.close()
+
+    def ready() -> bool:
+        if p.poll() is not None:
+            raise RuntimeError(f"runtime in {root} exited with code {p.returncode}")
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(ready, 120, 0.1, f"runtime in {root} ready")
+    return p, f"http://127.0.0.1:{port}/lac/prediction"
+
+
+def _get(url: str, seconds: float) -> dict[str, Any]:
+    """wrk GETs on one connection (benchmarks.wrk posts)."""
+    out = subprocess.run(["wrk", "-t1", "-c1", f"-d{max(1, round(seconds))}s", "--latency", url],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    return wrk.parse(out)
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.terminate()
     p.wait(30)
 
 
-def hot_path(seconds: float, runs: int) -> dict[str, Any]:
+def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str, Any]:
     """p50 of one request at a time: direct call vs the runtime over HTTP (batch size 1), alternating
-    so both see the same machine load."""
+    so both see the same machine load; with `before`, that checkout's runtime too (`before_*` keys).
+    `runtime_http_floor_p50_ms` (GET /healthz) and `runtime_no_inference_p50_ms` (the same POST to an
+    unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
-    p, url = _runtime("--max-batch-size", "1")
     cdf: list[list[float]] = []
-    try:
-        closed_loop(url, 1, 1.0)  # warm-up: first requests allocate
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="runtime-bench-") as logs:
+        try:
+            urls = {}
+            for key, root in (("runtime", ROOT), ("before", before)):
+                if root is not None:
+                    p, urls[key] = _logging_runtime(Path(root), logs, "--max-batch-size", "1")
+                    procs.append(p)
+                    closed_loop(urls[key], 1, 1.0)  # warm-up: first requests allocate
 
-        def one() -> dict[str, float]:
-            d = direct.measure(seconds)
-            r = closed_loop(url, 1, seconds)
-            cdf[:] = r.get("cdf", [])
-            return {"direct_p50_ms": d["p50_ms"], "runtime_p50_ms": r["p50_ms"],
-                    "added_p50_ms": r["p50_ms"] - d["p50_ms"], "direct_p99_ms": d["p99_ms"],
-                    "runtime_p99_ms": r["p99_ms"]}
+            def one() -> dict[str, float]:
+                d = direct.measure(seconds)
+                out = {"direct_p50_ms": d["p50_ms"], "direct_p99_ms": d["p99_ms"]}
+                for key, url in urls.items():
+                    r = closed_loop(url, 1, seconds)
+                    if key == "runtime":
+                        cdf[:] = r.get("cdf", [])
+                        if wrk.available():  # where the added time goes: HTTP alone, HTTP + data plane
+                            out["runtime_http_floor_p50_ms"] = _get(url.replace("/lac/prediction", "/healthz"),
+                                                                    seconds)["p50_ms"]
+                            out["runtime_no_inference_p50_ms"] = closed_loop(
+                                url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
+                    out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
+                                f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
+                return out
 
-        out: dict[str, Any] = repeat(one, runs)
-    finally:
-        _stop(p)
+            out: dict[str, Any] = repeat(one, runs)
+        finally:
+            for p in procs:
+                _stop(p)
     out["goal"] = "the runtime adds < 0.3 ms p50 at batch 1 over the direct call"
     out["goal_met"] = out["added_p50_ms"]["median"] < 0.3
     out["runtime_cdf"] = cdf
@@ -154,7 +207,23 @@ def summary_line(res: dict[str, Any]) -> str:
             f"(+{hot['added_p50_ms']['median']:.3f}); batching gain at 32 clients {b['median']:.2f}x")
 
 
-if __name__ == "__main__":
-    r = run(quick="--quick" in sys.argv)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.runtime_bench")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hot-path", action="store_true", help="only the hot path (batch 1) figures")
+    ap.add_argument("--before", type=Path, help="another checkout to measure side by side (hot path)")
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    if args.hot_path or args.before:
+        r = hot_path(args.seconds or (2.0 if args.quick else 5.0), args.runs, args.before)
+        r.pop("runtime_cdf")
+        print(json.dumps(r, indent=2, default=str))
+        return
+    r = run(quick=args.quick)
     print(json.dumps(r, indent=2, default=str))
     print(summary_line(r))
+
+
+if __name__ == "__main__":
+    main()

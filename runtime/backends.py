@@ -2,6 +2,13 @@
 SavedModel (when installed). Handlers give them numpy arrays by input name and get arrays back.
 
 `load_backend` picks one from the files in the model path (runtime.model_files); `--backend` overrides it.
+
+oneDNN (MKL-DNN) on CPU: Paddle 3.3.1's oneDNN fused GRU caches blobs per input shape and crashes LAC
+(SIGSEGV / double free) once batch sizes vary, so it stays off for LAC. For convolutional image models
+it is ~7x faster (EfficientNet-Lite0 at batch 1: 9.9 ms vs 79.6 ms p50) and
+tests/models/test_efficientnet_lite0.py checks it is stable under 50 batches of random sizes 1..16 in
+one predictor, equal to oneDNN off within 1e-4: `--mkldnn auto` turns it on for the image handler only
+(runtime.cli.mkldnn_for); raw Paddle programs, which may hold recurrent ops, need `--mkldnn on`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from runtime.tensors import TensorSpec, datatype_of
 __all__ = ["ModelLoadError", "create_predictor", "load_backend"]
 
 
-def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
+def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):
     import paddle.inference as pi  # imported lazily: `import runtime` stays light
 
     files = {p.name for p in model_dir.iterdir()} if model_dir.is_dir() else set()
@@ -36,8 +43,10 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
     else:
         cfg.disable_gpu()
         cfg.set_cpu_math_library_num_threads(max(1, threads))
-        # oneDNN's fused GRU caches blobs per input shape and crashes once LAC batches vary in size.
-        cfg.disable_mkldnn()
+        if mkldnn:
+            cfg.enable_mkldnn()
+        else:  # see the module docstring: LAC's fused GRU crashes under oneDNN once batch sizes vary
+            cfg.disable_mkldnn()
     cfg.disable_glog_info()
     try:
         return pi.create_predictor(cfg)
@@ -46,8 +55,8 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None):
 
 
 class PaddleBackend:
-    def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None) -> None:
-        self.predictor = create_predictor(path, threads, gpu_ids)
+    def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False) -> None:
+        self.predictor = create_predictor(path, threads, gpu_ids, mkldnn)
         p = self.predictor
         self.inputs = [self._spec(p.get_input_handle(n), n) for n in p.get_input_names()]
         self.outputs = [TensorSpec(n, "FP32", None) for n in p.get_output_names()]
@@ -128,7 +137,8 @@ class TensorFlowBackend:
         return {k: v.numpy() for k, v in out.items()}
 
 
-def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | None):
+def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):
+    """(kind, backend) for the model at `path`; `mkldnn` turns oneDNN on for a Paddle model."""
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist")
     kind = detect_backend(path) if backend == "auto" else backend
@@ -136,4 +146,6 @@ def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | No
     cls = {"paddle": PaddleBackend, "onnx": OnnxBackend, "tensorflow": TensorFlowBackend}.get(kind)
     if cls is None:
         raise ModelLoadError(f"unknown backend {kind!r} (paddle, onnx, tensorflow)")
+    if cls is PaddleBackend:
+        return kind, PaddleBackend(path, threads, gpu_ids, mkldnn)
     return kind, cls(path, threads, gpu_ids)

@@ -24,6 +24,8 @@ class Batcher:
         self.on_batch = on_batch or (lambda n: None)
         self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future]] = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._busy = False  # a batch is running (on the executor)
+        self._free = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batcher")
@@ -33,7 +35,18 @@ class Batcher:
             self._task.cancel()
 
     async def submit(self, items: list[Any]) -> list[Any]:
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._busy and not self.batch_timeout and self._queue.empty():
+            # Idle and no window to wait for: this request is the whole batch, run it now. Skipping the
+            # hand-over to the batching task saves two loop iterations (~30 us) at batch 1.
+            self._busy = True
+            try:
+                self.on_batch(len(items))
+                return list(await loop.run_in_executor(self.executor, self.run, items))
+            finally:
+                self._busy = False
+                self._free.set()
+        fut = loop.create_future()
         await self._queue.put((items, fut))
         return await fut
 
@@ -41,6 +54,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            while self._busy:  # a direct run (submit) is on the executor; requests keep queueing meanwhile
+                self._free.clear()
+                await self._free.wait()
             size = len(batch[0][0])
             deadline = loop.time() + self.batch_timeout
             while size < self.max_batch_size:
@@ -54,6 +70,7 @@ class Batcher:
                 size += len(item[0])
             items = [x for part, _ in batch for x in part]
             self.on_batch(len(items))
+            self._busy = True
             try:
                 results = await loop.run_in_executor(self.executor, self.run, items)
             except Exception as exc:
@@ -61,6 +78,8 @@ class Batcher:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self._busy = False
             k = 0
             for part, fut in batch:
                 if not fut.done():

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-separator", default="|", help="LAC: separator between words")
     p.add_argument("--max-text-chars", type=int, default=2048, help="LAC: longest sentence accepted")
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
+    p.add_argument("--mkldnn", default="auto", choices=["auto", "on", "off"],
+                   help="oneDNN for Paddle models on CPU (auto: on for the imagenet handler, off for lac and raw; "
+                        "lac refuses on: its fused GRU crashes under oneDNN)")
     p.add_argument("--gpu-ids", default="", help="comma separated GPU ids (empty: CPU)")
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="largest batch run at once, and most items one request may carry")
@@ -70,10 +73,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--max-queue must be at least --max-batch-size")
     if args.handler is None:
         args.handler = "lac" if args.model == "lac" else "imagenet" if is_name(args.model) else "raw"
+    if args.handler == "lac" and args.mkldnn == "on":
+        p.error("--mkldnn on is not supported for LAC: oneDNN's fused GRU crashes once batch sizes vary")
     if args.name is None:
         args.name = "lac" if args.model == "lac" else os.path.basename(os.path.normpath(args.model))
     args.gpu_id_list = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
     return args
+
+
+def mkldnn_for(handler: str, choice: str) -> bool:
+    """Whether a Paddle model gets oneDNN: `auto` is on only for the image handler, whose convolutional
+    models were tested stable under varying batch sizes (runtime.backends' docstring)."""
+    if handler == "lac":
+        return False
+    return choice == "on" or (choice == "auto" and handler == "imagenet")
 
 
 def backend_kind(argv: list[str]) -> str | None:

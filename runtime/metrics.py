@@ -30,10 +30,17 @@ class RuntimeMetrics:
         self.batch_size = Histogram(P + "batch_size", "Items per executed batch (dynamic batching).", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.load_seconds = Gauge(P + "model_load_seconds", "Time taken to load the model.", ["model"], registry=r)
+        # labelled children by (model, protocol, code): `labels()` takes a lock and builds keys each call
+        self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
 
-    def observe(self, model: str, protocol: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(code)).inc()
-        self.latency.labels(model, protocol).observe(seconds)
+    def observe(self, model: str, protocol: str, code: int | str, seconds: float) -> None:
+        key = (model, protocol, code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(model, protocol, str(code)),
+                                              self.latency.labels(model, protocol))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch(self, model: str, n: int) -> None:
         self.batch_size.labels(model).observe(n)

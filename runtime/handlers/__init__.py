@@ -10,7 +10,10 @@ from runtime.handlers.base import Handler, OnBatch
 
 def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
     """The handler the command line asks for, not loaded yet (raises ModelLoadError for missing files)."""
+    from runtime.cli import mkldnn_for
+
     batch_timeout = max(0.0, args.batch_timeout_ms) / 1000.0
+    mkldnn = mkldnn_for(args.handler, args.mkldnn)
     if args.handler == "lac":
         from runtime.handlers.lac import LacHandler
 
@@ -21,12 +24,13 @@ def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
     files = resolve_model(args.model, args.backend, args.labels, args.preprocess)
     if args.handler == "imagenet":
         from runtime.handlers.image import ImageClassifier
-        from runtime.handlers.image_input import ImageSource, Preprocess
+        from runtime.handlers.image_input import ImageSource
+        from runtime.models.preprocess import Preprocess
 
         source = ImageSource(args.image_base_dir, args.allow_urls, args.max_image_bytes, args.url_timeout)
         return ImageClassifier(files.path, files.backend, args.threads, args.gpu_id_list, files.labels,
                                Preprocess.from_file(files.preprocess), source, args.max_image_pixels,
-                               args.max_batch_size, batch_timeout, on_batch)
+                               args.max_batch_size, batch_timeout, on_batch, mkldnn)
     from runtime.handlers.raw import RawTensors
 
-    return RawTensors(files.path, files.backend, args.threads, args.gpu_id_list)
+    return RawTensors(files.path, files.backend, args.threads, args.gpu_id_list, mkldnn)

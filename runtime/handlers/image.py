@@ -17,7 +17,8 @@ from runtime.backends import load_backend
 from runtime.batching import Batcher
 from runtime.errors import BadInput
 from runtime.handlers.base import Handler, OnBatch, WebApi
-from runtime.handlers.image_input import ImageSource, Preprocess, decode_image
+from runtime.handlers.image_input import ImageSource, decode_image
+from runtime.models.preprocess import IMAGENET, Preprocess
 from runtime.tensors import TensorSpec, object_array
 
 
@@ -29,15 +30,16 @@ class ImageClassifier(Handler):
     def __init__(self, model: Path, backend: str = "auto", threads: int = 1, gpu_ids: list[int] | None = None,
                  labels: Path | None = None, preprocess: Preprocess | None = None,
                  source: ImageSource | None = None, max_pixels: int = 40_000_000, max_batch_size: int = 32,
-                 batch_timeout: float = 0.0, on_batch: OnBatch | None = None) -> None:
+                 batch_timeout: float = 0.0, on_batch: OnBatch | None = None, mkldnn: bool = True) -> None:
         super().__init__()
+        self.mkldnn = mkldnn
         self.model_path = model
         self.backend_choice = backend
         self.threads = threads
         self.gpu_ids = gpu_ids
         self.labels_file = labels
         self.labels: list[str] = []
-        self.prep = preprocess or Preprocess()
+        self.prep = preprocess or IMAGENET
         self.source = source or ImageSource()
         self.max_pixels = max_pixels
         self.backend = None
@@ -48,7 +50,8 @@ class ImageClassifier(Handler):
         self.batcher = Batcher(self.classify_batch, self.executor, max_batch_size, batch_timeout, on_batch)
 
     def load(self) -> None:
-        self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids)
+        self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids,
+                                                   self.mkldnn)
         if self.labels_file is not None:
             self.labels = [ln.strip() for ln in self.labels_file.read_text().splitlines() if ln.strip()]
         # warm-up: the first run allocates

@@ -11,44 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import BadInput, TooLarge
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """RGB, resize the short side to `resize` (bilinear), centre crop `crop`, float32 CHW,
-    x = (pixel * scale - mean) / std. Defaults: ImageNet."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    scale: float = 1 / 255
-
-    @classmethod
-    def from_file(cls, path: Path | None) -> Preprocess:
-        if path is None or not path.is_file():
-            return cls()
-        try:
-            cfg = json.loads(path.read_text()[:65536])
-            default = cls()
-            prep = cls(resize=int(cfg.get("resize", default.resize)), crop=int(cfg.get("crop", default.crop)),
-                       mean=tuple(float(x) for x in cfg.get("mean", default.mean)),
-                       std=tuple(float(x) for x in cfg.get("std", default.std)),
-                       scale=float(cfg.get("scale", default.scale)))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a valid preprocess.json: {exc}") from None
-        if not (0 < prep.crop <= prep.resize <= 4096) or len(prep.mean) != 3 or len(prep.std) != 3 \
-                or min(prep.std) <= 0 or prep.scale <= 0:
-            raise ValueError(f"{path}: need 0 < crop <= resize <= 4096, 3 means, 3 stds > 0 and scale > 0")
-        return prep
+from runtime.models.preprocess import Preprocess
 
 
 def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
@@ -67,17 +36,7 @@ def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadInput(f"undecodable image: {exc}") from None
-    w, h = img.size
-    ratio = prep.resize / min(w, h)
-    size = prep.crop
-    img = img.resize((max(size, round(w * ratio)), max(size, round(h * ratio))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) * np.float32(prep.scale)
-    mean = np.asarray(prep.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(prep.std, dtype=np.float32).reshape(3, 1, 1)
-    return (arr - mean) / std
+    return prep.apply(img)
 
 
 class ImageSource:

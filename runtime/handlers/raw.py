@@ -15,8 +15,9 @@ from runtime.handlers.base import Handler, WebApi
 
 class RawTensors(Handler):
     def __init__(self, model: Path, backend: str = "auto", threads: int = 1,
-                 gpu_ids: list[int] | None = None) -> None:
+                 gpu_ids: list[int] | None = None, mkldnn: bool = False) -> None:
         super().__init__()
+        self.mkldnn = mkldnn
         self.model_path = model
         self.backend_choice = backend
         self.threads = threads
@@ -26,7 +27,8 @@ class RawTensors(Handler):
         self.web = WebApi(feed=())
 
     def load(self) -> None:
-        self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids)
+        self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids,
+                                                   self.mkldnn)
         self.inputs, self.outputs = list(self.backend.inputs), list(self.backend.outputs)
         self.web = WebApi(feed=tuple(s.name for s in self.inputs),
                           fetch={s.name: (s.name,) for s in self.outputs})

@@ -9,6 +9,11 @@ Fields of preprocess.json (all required unless marked):
   mean, std      [3]    ... then x = (value * scale - mean[c]) / std[c] per channel c (R, G, B)
   interpolation  str    (informative) always "bilinear"
   layout         str    (informative) always "NCHW": the batch the model takes is float32 [N, 3, crop, crop]
+
+This is the one preprocessing definition: build.py writes it, the image handler
+(runtime.handlers.image_input) applies it to every decoded request image, the benchmarks use it too.
+A preprocess.json given to the runtime by hand (`--preprocess`) may leave fields out: they take
+IMAGENET's values.
 """
 
 from __future__ import annotations
@@ -57,6 +62,23 @@ class Preprocess:
             raise ValueError(f"{path}: over {MAX_FILE_BYTES} bytes, not a preprocess.json")
         return cls.from_dict(json.loads(text))
 
+    @classmethod
+    def from_file(cls, path: Path | None) -> Preprocess:
+        """The runtime's reading: no file is IMAGENET; fields the file leaves out are IMAGENET's;
+        anything invalid is a ValueError naming the file."""
+        if path is None or not Path(path).is_file():
+            return IMAGENET
+        try:
+            text = Path(path).read_text()[:MAX_FILE_BYTES + 1]
+            if len(text) > MAX_FILE_BYTES:
+                raise ValueError(f"over {MAX_FILE_BYTES} bytes")
+            cfg = json.loads(text)
+            if not isinstance(cfg, dict):
+                raise ValueError("not a JSON object")
+            return cls.from_dict({**asdict(IMAGENET), **cfg})
+        except ValueError as exc:  # json.JSONDecodeError is one
+            raise ValueError(f"{path}: not a valid preprocess.json: {exc}") from None
+
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "mean": list(self.mean), "std": list(self.std)}, indent=2) + "\n"
 
@@ -64,7 +86,7 @@ class Preprocess:
         """A PIL image (any mode) -> float32 [3, crop, crop]."""
         from PIL import Image
 
-        img = image.convert("RGB")
+        img = image if image.mode == "RGB" else image.convert("RGB")
         w, h = img.size
         k = self.resize / min(w, h)
         img = img.resize((max(self.crop, round(w * k)), max(self.crop, round(h * k))), Image.BILINEAR)
@@ -75,3 +97,7 @@ class Preprocess:
         mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
         return (arr - mean) / std
+
+
+# ImageNet's usual preprocessing: the runtime's default for models that ship no preprocess.json.
+IMAGENET = Preprocess(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=1 / 255)

@@ -176,3 +176,22 @@ def test_preprocess_maps_pixels_as_documented():
     assert np.allclose(x[0], 1.0) and np.allclose(x[1], 0.0) and np.allclose(x[2], -127 / 128)
     assert pre.apply(Image.new("L", (10, 50))).shape == (3, 224, 224)  # grey and tiny images too
     assert Preprocess.from_dict(json.loads(pre.to_json())) == pre
+
+
+def test_onednn_is_stable_under_varying_batch_sizes_and_equal_to_onednn_off(built, photos):
+    """Why `--mkldnn auto` turns oneDNN on for image models (not for LAC, whose fused GRU crashes):
+    one oneDNN predictor, 50 batches of random sizes 1..16, every row equal to oneDNN off within 1e-4."""
+    from runtime.backends import PaddleBackend
+
+    rng = np.random.default_rng(17)
+    pool = np.concatenate([photos[1], rng.standard_normal((12, 3, 224, 224)).astype(np.float32)])
+    off = PaddleBackend(built / "paddle", 1, None, mkldnn=False)
+    want = next(iter(off.run({"image": pool}).values()))  # one batch of all 16: each row's reference
+    on = PaddleBackend(built / "paddle", 1, None, mkldnn=True)
+    sizes = rng.integers(1, 17, size=50)
+    assert len(set(sizes.tolist())) >= 10  # the sizes really vary
+    for size in sizes:
+        rows = rng.integers(0, len(pool), size=size)
+        got = next(iter(on.run({"image": pool[rows]}).values()))
+        assert got.shape == (size, 1000)
+        np.testing.assert_allclose(got, want[rows], atol=1e-4, rtol=0)

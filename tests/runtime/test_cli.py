@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli import backend_kind, parse_args
-from runtime.handlers.image_input import Preprocess
+from runtime.cli import backend_kind, mkldnn_for, parse_args
 from runtime.model_files import ModelLoadError, resolve_model
+from runtime.models.preprocess import IMAGENET, Preprocess
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_files_next_to_a_model_path_are_picked_up(tmp_path):
     (tmp_path / "labels.txt").write_text("x\n")
     files = resolve_model(str(tmp_path / "paddle"))
     assert files.labels == tmp_path / "labels.txt" and files.preprocess is None
-    assert Preprocess.from_file(None) == Preprocess()  # ImageNet's
+    assert Preprocess.from_file(None) == IMAGENET
 
 
 @pytest.mark.parametrize("text", ['{"resize": 100, "crop": 200}', '{"std": [0, 1, 1]}', "[1]", "{"])
@@ -106,3 +106,17 @@ def test_limits_must_make_sense(argv, reason, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("handler", "choice", "on"), [
+    ("imagenet", "auto", True), ("imagenet", "off", False), ("imagenet", "on", True),
+    ("raw", "auto", False), ("raw", "on", True), ("lac", "auto", False), ("lac", "off", False),
+])
+def test_onednn_is_on_by_default_only_for_image_models(handler, choice, on):
+    assert mkldnn_for(handler, choice) is on
+
+
+def test_lac_refuses_onednn(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "lac", "--mkldnn", "on"])
+    assert "fused GRU" in capsys.readouterr().err

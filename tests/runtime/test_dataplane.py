@@ -4,6 +4,7 @@ draining, request IDs and the one structured log line per request."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 
@@ -14,7 +15,7 @@ from runtime.dataplane import DataPlane, InferRequest, Limits, index_specs
 from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
-from runtime.request_log import JsonFormatter, request_id
+from runtime.request_log import REQUESTS_LOGGER, TEXT_FORMAT, AccessLog, JsonFormatter, request_id
 from runtime.tensors import TensorSpec, object_array
 
 IMAGE_SPECS = [TensorSpec("image", "BYTES", (-1,)), TensorSpec("image", "FP32", (-1, 3, 4, 4))]
@@ -156,3 +157,53 @@ def test_each_request_is_one_log_line_with_its_status(caplog):
     assert line["request_id"] == "req-2" and line["protocol"] == "v2-grpc" and line["level"] == "INFO"
     assert "request_id=req-1" in first.getMessage()
     assert p.inflight == 0
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(("rid", "model", "status"), [
+    ("req-1", "lac", 200), ('we"ird\\id', "my model", "INVALID_ARGUMENT"), ("r", "模型", 503),
+])
+def test_the_access_log_line_is_what_the_logging_formatter_writes(fmt, rid, model, status):
+    """The hand-formatted request line (runtime.request_log.AccessLog) equals the logging module's."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    fields = {"request_id": rid, "model": model, "protocol": "v2-rest", "status": status, "duration_ms": 1.235}
+    record = logging.LogRecord(REQUESTS_LOGGER, logging.INFO, __file__, 1, "request %s",
+                               (" ".join(f"{k}={v}" for k, v in fields.items()),), None)
+    record.fields = fields
+    want = handler.format(record)
+    got = AccessLog(handler, fmt).line(rid, model, "v2-rest", status, 0.0012351).rstrip("\n")
+    if fmt == "json":
+        want_d, got_d = json.loads(want), json.loads(got)
+        assert abs(_seconds(got_d.pop("time")) - _seconds(want_d.pop("time"))) < 2
+        assert got_d == want_d and list(got_d) == list(want_d)
+    else:
+        assert got.split(" ", 2)[2] == want.split(" ", 2)[2]  # all but the time
+        assert abs(_seconds(" ".join(got.split(" ", 2)[:2])) - _seconds(" ".join(want.split(" ", 2)[:2]))) < 2
+
+
+def _seconds(asctime: str) -> float:
+    import datetime
+
+    stamp, ms = asctime.split(",")
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp() + int(ms) / 1000
+
+
+async def test_access_log_lines_are_written_in_order_after_the_current_loop_step():
+    stream = io.StringIO()
+    log = AccessLog(logging.StreamHandler(stream), "json")
+    for i in range(3):
+        log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
+    assert stream.getvalue() == ""  # not on the request's own path
+    await asyncio.sleep(0)
+    assert [json.loads(ln)["request_id"] for ln in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
+    log.write("r3", "m", "v2-rest", 200, 0.001)
+    log.flush()  # as at shutdown: nothing pending is lost
+    assert stream.getvalue().count("\n") == 4
+
+
+def test_access_log_without_an_event_loop_writes_at_once():
+    stream = io.StringIO()
+    AccessLog(logging.StreamHandler(stream), "text").write("r9", "m", "paddle-serving", 200, 0.002)
+    assert "request_id=r9 model=m protocol=paddle-serving status=200 duration_ms=2.0" in stream.getvalue()

@@ -1,0 +1,90 @@
+"""Dynamic batching without a server: an idle batcher runs a lone request at once, requests that
+arrive while a batch runs are merged into the next one, results and errors go back to their callers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+from runtime.batching import Batcher
+
+
+class Model:
+    """`run` doubles each item; the first call blocks until `release` is set; records batch sizes."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[int]] = []
+
+    def run(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        assert self.release.wait(60)
+        if any(i < 0 for i in items):
+            raise ValueError("negative item")
+        return [2 * i for i in items]
+
+
+@pytest.fixture
+def pool():
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    yield ex
+    ex.shutdown(wait=True)
+
+
+async def _entered(model: Model) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 60)
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.002])
+async def test_requests_arriving_during_a_run_are_merged_into_the_next_batch(pool, timeout):
+    model, sizes = Model(), []
+    b = Batcher(model.run, pool, max_batch_size=8, batch_timeout=timeout, on_batch=sizes.append)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit([1]))
+        await _entered(model)  # the first batch is running: the next requests must wait for it
+        rest = [asyncio.create_task(b.submit([i, i + 1])) for i in (10, 20, 30)]
+        await asyncio.sleep(0)  # let them queue
+        model.release.set()
+        assert await first == [2]
+        assert [await t for t in rest] == [[20, 22], [40, 42], [60, 62]]
+        assert model.batches == [[1], [10, 11, 20, 21, 30, 31]] and sizes == [1, 6]
+    finally:
+        b.close()
+
+
+async def test_an_idle_batcher_runs_a_lone_request_and_reports_its_error(pool):
+    model = Model()
+    model.release.set()
+    b = Batcher(model.run, pool, max_batch_size=4)
+    b.start()
+    try:
+        assert await b.submit([3]) == [6]
+        with pytest.raises(ValueError, match="negative"):
+            await b.submit([-1])
+        assert await b.submit([4, 5]) == [8, 10]  # still serving after an error
+    finally:
+        b.close()
+
+
+async def test_an_error_in_a_merged_batch_reaches_every_request_of_it(pool):
+    model = Model()
+    b = Batcher(model.run, pool, max_batch_size=8)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit([1]))
+        await _entered(model)
+        merged = [asyncio.create_task(b.submit([i])) for i in (2, -3)]
+        await asyncio.sleep(0)
+        model.release.set()
+        assert await first == [2]
+        for t in merged:
+            with pytest.raises(ValueError, match="negative"):
+                await t
+    finally:
+        b.close()
