@@ -30,8 +30,13 @@ class RuntimeMetrics:
         self.batch_size = Histogram(P + "batch_size", "Items per executed batch (dynamic batching).", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.load_seconds = Gauge(P + "model_load_seconds", "Time taken to load the model.", ["model"], registry=r)
+        # Request log lines dropped while nobody read stderr (serving never waits for the log reader).
+        self.log_dropped = Counter(P + "log_lines_dropped", "Request log lines dropped: stderr was not read.",
+                                   registry=r)
+        self.log_dropped.inc(0)
         # labelled children by (model, protocol, code): `labels()` takes a lock and builds keys each call
         self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
+        self._dropped_seen = 0
 
     def observe(self, model: str, protocol: str, code: int | str, seconds: float) -> None:
         key = (model, protocol, code)
@@ -49,4 +54,10 @@ class RuntimeMetrics:
         self.load_seconds.labels(model).set(seconds)
 
     def render(self) -> tuple[bytes, str]:
+        from runtime.request_log import dropped_lines
+
+        seen = dropped_lines()
+        if seen > self._dropped_seen:  # a counter follows the log's own count
+            self.log_dropped.inc(seen - self._dropped_seen)
+            self._dropped_seen = seen
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -8,18 +8,25 @@ logging formatters below would write) and writes it from a loop callback, after 
 out; lines queued in one loop iteration are written with one call. Measured per line (to /dev/null,
 write included): 9-11 us through the logging module (text/JSON), 2.7 us here, and that write no longer
 sits between the inference result and the response.
-Nothing is dropped: lines are written in order, and `flush()` runs at shutdown and at exit.
+The write itself happens on a writer thread: stderr is a pipe (to the local platform, or the
+container runtime), and a reader that stops reading (a frozen `elasticserving up`) must not stop the
+replica from serving. Lines are written in order; while the reader is stuck, lines beyond
+MAX_QUEUED_LINES waiting are dropped and counted (`dropped`, exported as
+elasticserving_runtime_log_lines_dropped_total) rather than blocking the event loop.
+`flush()` runs at shutdown and at exit and waits (bounded) for the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 
 _SANE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: safe in logs and headers
@@ -39,9 +46,14 @@ def _json_str(s: str) -> str:
     return f'"{s}"' if s.isprintable() and '"' not in s and "\\" not in s else json.dumps(s, ensure_ascii=False)
 
 
+MAX_QUEUED_LINES = 10_000  # waiting for a stalled stderr reader (~2 MB); beyond: dropped and counted
+EXIT_FLUSH_SECONDS = 2.0  # how long exit waits for a stalled reader
+
+
 class AccessLog:
     """Writes request lines to a logging.StreamHandler's stream, formatted as TEXT_FORMAT or
-    JsonFormatter would, under the handler's lock (other records may come from other threads)."""
+    JsonFormatter would, under the handler's lock (other records may come from other threads), from a
+    writer thread fed by a bounded queue."""
 
     def __init__(self, handler: logging.StreamHandler, fmt: str) -> None:
         self.handler = handler
@@ -49,6 +61,13 @@ class AccessLog:
         self._pending: list[str] = []
         self._second = -1
         self._stamp = ""
+        self.dropped = 0  # lines dropped because stderr was not being read
+        self._queue: collections.deque[tuple[str, int]] = collections.deque()
+        self._queued_lines = 0
+        self._wake = threading.Condition()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._writer: threading.Thread | None = None
 
     def _asctime(self) -> str:
         """logging.Formatter.formatTime's default, with the strftime done once a second."""
@@ -80,10 +99,37 @@ class AccessLog:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write the queued lines (on the loop's thread, or at shutdown once the loop has stopped)."""
-        if self._pending:
-            lines, self._pending = self._pending, []
-            self._write("".join(lines))
+        """Hand the lines of this loop iteration to the writer thread (never blocks)."""
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        with self._wake:
+            if self._queued_lines + len(lines) > MAX_QUEUED_LINES:
+                self.dropped += len(lines)  # the reader is stuck: keep serving, count what is lost
+                return
+            self._queue.append(("".join(lines), len(lines)))
+            self._queued_lines += len(lines)
+            self._idle.clear()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="request-log", daemon=True)
+                self._writer.start()
+            self._wake.notify()
+
+    def wait_written(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
+        """At shutdown: flush, then wait (bounded: the reader may be gone) until the writer is idle."""
+        self.flush()
+        return self._idle.wait(timeout)
+
+    def _drain(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._idle.set()
+                    self._wake.wait()
+                text, n = self._queue.popleft()
+            self._write(text)  # outside the condition: a blocked write must not block flush()
+            with self._wake:
+                self._queued_lines -= n
 
     def _write(self, text: str) -> None:
         h = self.handler
@@ -113,8 +159,13 @@ def log_request(request_id: str, model: str, protocol: str, status: int | str, s
 
 
 def flush() -> None:
+    """Shutdown and exit: write what is queued, waiting a bounded time for a stalled reader."""
     if _access_log is not None:
-        _access_log.flush()
+        _access_log.wait_written()
+
+
+def dropped_lines() -> int:
+    return _access_log.dropped if _access_log is not None else 0
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import logging
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -196,11 +198,43 @@ async def test_access_log_lines_are_written_in_order_after_the_current_loop_step
     for i in range(3):
         log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
     assert stream.getvalue() == ""  # not on the request's own path
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the loop step ends: the lines go to the writer thread
+    assert log.wait_written(5)
     assert [json.loads(ln)["request_id"] for ln in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
     log.write("r3", "m", "v2-rest", 200, 0.001)
-    log.flush()  # as at shutdown: nothing pending is lost
-    assert stream.getvalue().count("\n") == 4
+    assert log.wait_written(5)  # as at shutdown: nothing pending is lost
+    assert stream.getvalue().count("\n") == 4 and log.dropped == 0
+
+
+async def test_a_stalled_log_reader_never_blocks_serving_and_drops_are_counted():
+    """stderr is a pipe nobody reads (a frozen `elasticserving up`): writing request lines must not
+    block the event loop; lines beyond the queue bound are dropped and counted, the rest arrive in
+    order once the reader comes back."""
+    from runtime import request_log
+
+    r, w = os.pipe()
+    stream = os.fdopen(w, "w", buffering=1)
+    log = AccessLog(logging.StreamHandler(stream), "text")
+    n = request_log.MAX_QUEUED_LINES * 2  # far more than the pipe (64 KiB) and the queue hold
+    for i in range(n):
+        log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
+        if i % 500 == 0:
+            await asyncio.sleep(0)  # loop steps go on: nothing here waits for the pipe
+    await asyncio.sleep(0)
+    assert log.dropped > 0  # the reader never read: the bound was reached and counted
+    received = []
+    with os.fdopen(r, "rb") as reader:
+        def read_all() -> None:
+            received.extend(reader.read().decode().splitlines())
+
+        t = threading.Thread(target=read_all)
+        t.start()  # the reader comes back
+        assert log.wait_written(10)
+        stream.close()
+        t.join(10)
+    ids = [int(line.split("request_id=r")[1].split()[0]) for line in received]
+    assert ids == sorted(ids) and ids[0] == 0  # in order, from the first line on
+    assert len(ids) + log.dropped == n  # every line written or counted as dropped
 
 
 def test_access_log_without_an_event_loop_writes_at_once():
