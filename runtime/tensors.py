@@ -61,16 +61,24 @@ class TensorSpec:
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if (not isinstance(shape, list | tuple) or len(shape) > MAX_RANK
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    """A request's shape as a tuple of dims, or BadInput: JSON gives a list (or null, a number, a
+    string: anything), gRPC a repeated field."""
+    dims = None
+    if not isinstance(shape, str | bytes | dict):
+        try:
+            dims = list(shape)
+        except TypeError:  # null, a number
+            pass
+    if (dims is None or len(dims) > MAX_RANK
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
         raise BadInput(f"input `{name}`: shape must be a list of at most {MAX_RANK} non-negative integers, "
-                       f"not {shape!r}")
-    return tuple(shape)
+                       f"not {shape!r:.80}")
+    return tuple(dims)
 
 
 def from_buffer(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
     """Binary tensor data (v2 binary extension, gRPC raw contents) as an array, sizes checked."""
-    shape = check_shape(name, list(shape))
+    shape = check_shape(name, shape)
     count = math.prod(shape)
     if datatype == "BYTES":
         items = unpack_bytes(raw, name)
@@ -86,7 +94,7 @@ def from_buffer(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> n
 
 def from_values(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
     """JSON (or gRPC typed contents) data as an array: element count checked against the shape."""
-    shape = check_shape(name, list(shape))
+    shape = check_shape(name, shape)
     count = math.prod(shape)
     if datatype == "BYTES":
         flat = _flatten(name, data)

@@ -140,6 +140,9 @@ def test_v2_bad_binary_requests_are_refused_with_a_reason(head, tail, n, reason)
     (json_input(data=[[1], [2, 3]]), "needs 2 element|not FP32"),
     (json_input(datatype="BYTES"), "must be strings"),
     (json_input(shape="2"), "shape must be"),
+    (json_input(shape=None), "shape must be"),  # was a TypeError (500), found by the HTTP fuzz
+    (json_input(shape=2), "shape must be"),
+    (json.dumps({"inputs": [{"name": "words", "data": None}]}).encode(), "shape must be"),
     (json_input(parameters={"binary_data_size": 8}), "no Inference-Header"),
     (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}).encode(), "neither"),
     (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}] * 2}).encode(), "twice"),
