@@ -19,6 +19,7 @@ import pytest
 
 from activator.limits import Limits
 from tests.helpers import paddleservice, start_stack, wait_for, write_yaml
+from tests.reliability.figures import record
 from tests.reliability.test_soak import child_pids, rss_mib
 
 ECHO = f"{sys.executable} tests/fixtures/echo_replica.py"
@@ -27,6 +28,7 @@ ECHO_HOST = b"echo.hostile.example.com"
 LAC_HOST = "lac.hostile.example.com"
 LAC_KEY = "hostile/lac"
 DEFAULTS = Limits()
+FIGURES: dict[str, dict] = {}
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,6 +43,7 @@ def stack(tmp_path_factory):
                     extra=["--request-timeout", "30", "--replica-ready-timeout", "90"])
     wait_for(lambda: s.service("hostile/echo")["status"]["replicas"] == 1, 60, 0.1, "echo replica ready")
     yield s
+    record("hostile_stack", FIGURES)
     assert s.stop() == 0, "\n".join(s.output[-30:])
 
 
@@ -115,6 +118,8 @@ def test_slowloris_does_not_starve_normal_clients_and_slow_connections_are_close
             latencies.append(normal_request(stack))
             if len(latencies) >= 200:
                 break
+        FIGURES["slowloris"] = {"slow_connections": SLOW, "normal_requests": len(latencies),
+                                "normal_max_seconds": round(max(latencies), 3)}
         assert max(latencies) < 1.0, sorted(latencies)[-5:]
         # Every stalled connection ends: 408 (headers too slow) or closed, within a generous deadline.
         outcomes = {"408": 0, "closed": 0}
@@ -137,6 +142,7 @@ def test_slowloris_does_not_starve_normal_clients_and_slow_connections_are_close
                 assert not buf or buf.startswith(b"HTTP/1.1 408 "), bytes(buf[:200])
                 sel.unregister(sock)
         assert not sel.get_map(), f"{len(sel.get_map())} slow connections still open after the deadline"
+        FIGURES["slowloris"].update(outcomes)
         assert sum(outcomes.values()) == SLOW and outcomes["408"] > 0, outcomes
     finally:
         for s in slow:
@@ -220,6 +226,10 @@ def test_pipelining_flood_is_answered_in_order_within_a_memory_bound(stack):
         sock.close()
         writer.join(30)
     after = rss_mib(pid)
+    FIGURES["pipelining_flood"] = {"requests": FLOOD, "mib_offered": round(FLOOD * FLOOD_BODY / 2**20, 1),
+                                   "answered_in_order": paths == [f"/flood/{i}" for i in range(FLOOD)],
+                                   "rss_mib_before": round(before, 1), "rss_mib_peak": round(peak[0], 1),
+                                   "rss_mib_after": round(after, 1), "bound_mib": RSS_BOUND_MIB}
     assert not sending_error, sending_error
     assert paths == [f"/flood/{i}" for i in range(FLOOD)]
     assert max(peak[0], after) - before < RSS_BOUND_MIB, (before, peak[0], after)
