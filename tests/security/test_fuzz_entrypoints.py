@@ -50,7 +50,8 @@ N = 10_000  # inputs per entry point
 SERVER_SAMPLE = 250  # of them, per runtime protocol, through a real server
 TOKEN = "fuzz-token"
 
-pytestmark = pytest.mark.timeout(300)
+# FP32 data of 1e308 becomes inf in the cast: numpy warns, the request is served (the model's business).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
 
 # Crashes found by this fuzzer in code outside the tests (reported, not fixed here): each is recognised
 # by its exception, counted apart from unknown crashes, and reproduced by a strict xfail test below.
