@@ -56,6 +56,9 @@ async def _json_body(request: web.Request) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed JSON: {exc}"}),
                                  content_type="application/json") from None
+    except RecursionError:  # json.loads nests recursively: a body of "[" * 100000
+        raise web.HTTPBadRequest(text=json.dumps({"error": "malformed JSON: nested too deeply"}),
+                                 content_type="application/json") from None
 
 
 def _refuse_constant(name: str) -> Any:

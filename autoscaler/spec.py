@@ -398,6 +398,8 @@ def load_paddleservices(text: str, defaults: dict[str, Any] | None = None) -> li
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise SpecError("", f"invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError("", "invalid YAML: nested too deeply") from None
     out = []
     for i, doc in enumerate(docs):
         if isinstance(doc, dict) and doc.get("kind") not in (None, KIND):

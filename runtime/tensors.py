@@ -26,6 +26,9 @@ DTYPES: dict[str, np.dtype] = {
 }
 _BY_NUMPY = {(d.kind, d.itemsize): name for name, d in DTYPES.items() if name != "BYTES"}
 MAX_RANK = 8
+# Elements a shape may describe, counting only its non-zero dims: numpy refuses more even for an empty
+# array ([0, 2**62] is "too big"), and no request body can carry that many anyway.
+MAX_ELEMENTS = 2**31
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -73,7 +76,18 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims)):
         raise BadInput(f"input `{name}`: shape must be a list of at most {MAX_RANK} non-negative integers, "
                        f"not {shape!r:.80}")
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise BadInput(f"input `{name}`: shape {dims!r:.80} describes more than {MAX_ELEMENTS} elements")
     return tuple(dims)
+
+
+def utf8(name: str, text: str) -> bytes:
+    """A JSON string as UTF-8, or BadInput: JSON can carry lone surrogates (`"\\ud800"`) that no
+    UTF-8 encodes."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"input `{name}`: a string is not valid Unicode (a lone surrogate)") from None
 
 
 def from_buffer(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
@@ -103,7 +117,7 @@ def from_values(name: str, datatype: str, shape: Sequence[int], data: Any) -> np
         items = []
         for x in flat:
             if isinstance(x, str):
-                items.append(x.encode("utf-8"))
+                items.append(utf8(name, x))
             elif isinstance(x, bytes):
                 items.append(x)
             else:

@@ -14,7 +14,7 @@ import numpy as np
 from runtime.dataplane import InferRequest
 from runtime.errors import BadInput
 from runtime.handlers.base import WebApi
-from runtime.tensors import DTYPES, TensorSpec, object_array, to_list
+from runtime.tensors import DTYPES, TensorSpec, object_array, to_list, utf8
 
 
 def decode(body: Any, model: str, web: WebApi, specs: list[TensorSpec]) -> tuple[InferRequest, list[str]]:
@@ -53,7 +53,7 @@ def _column(key: str, values: list[Any], specs: list[TensorSpec]) -> np.ndarray:
         for i, v in enumerate(values):
             if not isinstance(v, str):
                 raise BadInput(f"feed[{i}].{key} must be a string")
-        return object_array([v.encode("utf-8") for v in values])
+        return object_array([utf8(f"feed[].{key}", v) for v in values])
     dtype = DTYPES.get(alternatives[0].datatype if alternatives else "FP32", DTYPES["FP32"])
     try:
         return np.asarray(values, dtype=dtype)

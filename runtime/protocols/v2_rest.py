@@ -104,7 +104,10 @@ def encode(head: dict[str, Any], model: str, request_id: str | None,
         else:
             tensor["data"] = to_list(arr)
         out["outputs"].append(tensor)
-    text = json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        text = json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # the request's `id` held a lone surrogate: escape it, JSON allows that
+        text = json.dumps(out, separators=(",", ":")).encode("ascii")
     if not blobs:
         return text, None
     return text + b"".join(blobs), len(text)
