@@ -1,0 +1,130 @@
+"""The real single-node Kubernetes of the cluster suite, seen from the tests: kubectl, the
+activator's NodePorts, Pods and Deployments of a PaddleService.
+
+Sits under tests/cluster/conftest.py, which brings the node up and down with scripts/cluster.sh;
+also used by benchmarks/cluster_bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_SH = ROOT / "scripts/cluster.sh"
+STATE = Path(os.environ.get("ELASTICSERVING_CLUSTER_DIR") or ROOT / ".cache/cluster")
+SYSTEM_NS = "elasticserving-system"
+LAC_BODY = json.dumps({"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}).encode()
+LAC_ANSWER = {"result": [{"word_seg": "我|爱|北京|天安门"}]}
+SERVICE_LABEL = "elasticserving.paddlepaddle.org/paddleservice"
+SIDE_LABEL = "elasticserving.paddlepaddle.org/side"
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_activator_line(output: str) -> str:
+    """`activator: http://127.0.0.1:PORT`, the last line of `scripts/cluster.sh up`."""
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    m = re.fullmatch(r"activator: (http://127\.0\.0\.1:\d+)", lines[-1].strip()) if lines else None
+    if m is None:
+        raise ValueError(f"no `activator: http://127.0.0.1:PORT` last line in {output[-500:]!r}")
+    return m.group(1)
+
+
+@dataclass
+class Node:
+    """A running node: its admin kubeconfig and the activator's HTTP URL (NodePort on loopback)."""
+
+    kubeconfig: Path
+    activator: str
+
+    # ---- kubectl ---------------------------------------------------------------------------------
+    def kubectl(self, *args: str, input: str | None = None, timeout: float = 120, check: bool = True) -> str:
+        p = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return p.stdout
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", "-o", "json", *args))
+
+    def get_or_none(self, *args: str) -> dict[str, Any] | None:
+        out = self.kubectl("get", "-o", "json", "--ignore-not-found", *args)
+        return json.loads(out) if out.strip() else None
+
+    def apply(self, manifest: str) -> None:
+        self.kubectl("apply", "-f", "-", input=manifest)
+
+    # ---- a PaddleService's children --------------------------------------------------------------
+    def pods(self, namespace: str, name: str, side: str | None = None) -> list[dict[str, Any]]:
+        selector = f"{SERVICE_LABEL}={name}" + (f",{SIDE_LABEL}={side}" if side else "")
+        return self.get("pods", "-n", namespace, "-l", selector)["items"]
+
+    def deployment_replicas(self, namespace: str, name: str, side: str = "default") -> int | None:
+        dep = self.get_or_none("deployment", "-n", namespace, f"{name}-{side}")
+        return None if dep is None else int(dep["spec"].get("replicas") or 0)
+
+    def psvc(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.get("paddleservice", "-n", namespace, name)
+
+    # ---- the activator ---------------------------------------------------------------------------
+    def node_port(self, name: str) -> int:
+        svc = self.get("service", "-n", SYSTEM_NS, "elasticserving-activator")
+        return next(int(p["nodePort"]) for p in svc["spec"]["ports"] if p["name"] == name)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.node_port('grpc')}"
+
+    def post(self, host: str, path: str, body: bytes, timeout: float = 120,
+             headers: dict[str, str] | None = None) -> Answer:
+        """One POST through the activator's NodePort (a fresh connection per request)."""
+        req = urllib.request.Request(self.activator + path, data=body, method="POST",
+                                     headers={"Host": host, "Content-Type": "application/json",
+                                              **(headers or {})})
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return Answer(r.status, r.read(), {k.lower(): v for k, v in r.headers.items()},
+                              time.monotonic() - t0)
+        except urllib.error.HTTPError as e:
+            return Answer(e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}, time.monotonic() - t0)
+
+    def lac(self, host: str, timeout: float = 120) -> Answer:
+        return self.post(host, "/lac/prediction", LAC_BODY, timeout=timeout)
+
+
+def host_of(namespace: str, name: str, domain: str = "example.com") -> str:
+    return f"{name}.{namespace}.{domain}"
+
+
+def running_node() -> Node | None:
+    """The node of an earlier `scripts/cluster.sh up` when it still answers, else None."""
+    kubeconfig = STATE / "kubeconfig"
+    if not kubeconfig.exists():
+        return None
+    p = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "get", "service", "-n", SYSTEM_NS,
+                        "elasticserving-activator", "-o",
+                        'jsonpath={.spec.ports[?(@.name=="http")].nodePort}', "--request-timeout=5s"],
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0 or not p.stdout.strip():
+        return None
+    return Node(kubeconfig, f"http://127.0.0.1:{p.stdout.strip()}")
