@@ -197,7 +197,7 @@ def build_pause(context: Path, target: Target, cache: Cache) -> tuple[list[dict]
         try:
             (work / "root").mkdir(mode=0o755)
             binary = work / "root/pause"
-            subprocess.run(["gcc", *PAUSE_CFLAGS, "-o", str(binary), str(source)], check=True)
+            subprocess.run(["gcc", *PAUSE_CFLAGS, "-o", str(binary), str(source)], check=True, stdout=sys.stderr)
             subprocess.run(["strip", str(binary)], check=True)
             os.chmod(binary, 0o755)
             rec = cache.save_layer(key, layers.write_tree_layer(work / "root", cache.blobs), [],

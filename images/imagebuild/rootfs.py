@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,17 +30,30 @@ class Base:
     suite: str
     packages: tuple[str, ...]
     hooks: tuple[str, ...]
+    files: tuple[tuple[str, str], ...] = ()  # (path, content) written into the rootfs
     env: dict[str, str] = field(default_factory=dict)
     cmd: tuple[str, ...] = ()
 
     def recipe(self) -> str:
-        return repr((self.suite, self.packages, self.hooks, sorted(self.env.items()), self.cmd, SLIM))
+        return repr((self.suite, self.packages, self.hooks, self.files, sorted(self.env.items()), self.cmd,
+                     SLIM))
 
 
 # Like the slim Debian images: no manuals, docs (but their copyright) or translations.
 SLIM = ("path-exclude=/usr/share/man/*", "path-exclude=/usr/share/info/*",
         "path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/copyright",
         "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias")
+
+# What Debian's Docker images set for apt: `apt-get install` in a RUN leaves no .deb files nor
+# package caches behind, and fetches no translations.
+_CLEAN = "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"
+APT_LIKE_DOCKER_DEBIAN = (
+    ("etc/apt/apt.conf.d/docker-clean",
+     f'DPkg::Post-Invoke {{ "{_CLEAN}"; }};\nAPT::Update::Post-Invoke {{ "{_CLEAN}"; }};\n'
+     'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'),
+    ("etc/apt/apt.conf.d/docker-no-languages", 'Acquire::Languages "none";\n'),
+    ("etc/apt/apt.conf.d/docker-autoremove-suggests", 'Apt::AutoRemove::SuggestsImportant "false";\n'),
+)
 
 # The images our Dockerfiles start FROM. python:3.11-slim-bookworm puts python, python3 and pip first
 # on PATH; here they are Debian's python3.11 in a venv at /opt/venv (Debian's own python3 refuses
@@ -49,6 +63,7 @@ BASES = {
         suite="bookworm",
         packages=("python3", "python3-venv", "ca-certificates"),
         hooks=("python3 -m venv /opt/venv",),
+        files=APT_LIKE_DOCKER_DEBIAN,
         env={"PATH": "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "LANG": "C.UTF-8"},
         cmd=("python3",),
@@ -61,11 +76,13 @@ def make_base(base: Base, root: Path) -> None:
     cmd = ["mmdebstrap", "--quiet", "--variant=minbase", "--include=" + ",".join(base.packages)]
     cmd += [f"--dpkgopt={o}" for o in SLIM]
     cmd += [f"--customize-hook=chroot \"$1\" /bin/sh -c {shlex.quote(h)}" for h in base.hooks]
-    subprocess.run(cmd + [base.suite, str(root)], check=True)
+    subprocess.run(cmd + [base.suite, str(root)], check=True, stdout=sys.stderr)
     # The runtime (containerd, kubelet) provides these per container; never the build host's.
     for name in ("etc/resolv.conf", "etc/hostname"):
         (root / name).unlink(missing_ok=True)
         (root / name).write_text("")
+    for name, content in base.files:
+        (root / name).write_text(content)
     for d in ("proc", "sys", "dev", "tmp"):
         (root / d).mkdir(exist_ok=True)
     os.chmod(root / "tmp", 0o1777)
@@ -120,7 +137,8 @@ def run(root: Path, command: str, env: dict[str, str], workdir: str, user: str, 
                "/bin/sh", "-c", f"cd {shlex.quote(workdir)} || exit 1\n{command}"]
     try:
         subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _MOUNT,
-                        "mount-and-run", str(root), str(cache), ca, *chroot], check=True)
+                        "mount-and-run", str(root), str(cache), ca, *chroot], check=True,
+                       stdout=sys.stderr)  # stdout carries only the `IMAGE TARBALL` lines
     except subprocess.CalledProcessError as exc:
         raise DockerfileError(f"RUN failed (exit {exc.returncode}): {command}") from None
     finally:
@@ -174,7 +192,8 @@ def copy(context: Path, sources: list[str], dest: str, root: Path, ignore: Docke
         entries = _sources(context, src, ignore)
         top = entries[0][0] if entries and entries[0][1] == "" else None
         if top is not None:  # a single file
-            target = dest + top.name if dest.endswith("/") else dest
+            into = dest.endswith("/") or (root / dest.lstrip("/")).is_dir()
+            target = dest.rstrip("/") + "/" + top.name if into else dest
             _copy_one(top, root / target.lstrip("/"))
             continue
         base = root / dest.lstrip("/")
