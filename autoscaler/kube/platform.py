@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,19 @@ def pod_resources(svc: PaddleService) -> dict[str, dict[str, str]]:
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}
 
 
+_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|\$\(")
+
+
+def shell_arg(arg: str) -> str:
+    """`arg` for `sh -c`, prefixed with `exec` when it is one simple command: the model server then
+    is the container's PID 1 and gets the kubelet's SIGTERM (a shell as PID 1 neither forwards it nor
+    dies of it, so every Pod would wait out its grace period and be killed)."""
+    text = arg.strip()
+    if text.startswith("exec ") or _SHELL_SYNTAX.search(text):
+        return arg
+    return f"exec {text}"
+
+
 def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[str, Any]:
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
@@ -112,7 +126,7 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
     }
     if spec.arg:
         container["command"] = ["sh", "-c"]
-        container["args"] = [spec.arg]
+        container["args"] = [shell_arg(spec.arg)]
     labels = _labels(svc, side)
     template = {
         "metadata": {

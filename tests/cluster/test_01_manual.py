@@ -18,6 +18,9 @@ NS, NAME = "paddleservice-system", "paddleservice-sample"
 
 @pytest.fixture(scope="module")
 def lac(stack: Node) -> Node:
+    # a fresh resource (a reused node may still have one from an earlier run)
+    stack.kubectl("delete", "paddleservice", "-n", NS, NAME, "--ignore-not-found", "--wait=true",
+                  timeout=180)
     stack.kubectl("apply", "-f", str(ROOT / "examples/lac.yaml"))
     wait_for(lambda: stack.deployment_replicas(NS, NAME) is not None, 60, 0.5,
              "the controller to create the Deployment of examples/lac.yaml")
@@ -33,7 +36,7 @@ def test_get_psvc_shows_ready_replicas_url(lac: Node) -> None:
         return rows[0] if rows and rows[0][2] == "True" else None
 
     r = wait_for(row, 120, 0.5, "paddleservice-sample Ready in `kubectl get psvc -A`")
-    assert r[3] == "0", r  # minScale 0 and no traffic yet
+    assert r[3] == "0", r  # minScale 0 and no request yet
     assert r[4] == f"http://{NAME}.{NS}.example.com"
 
 
