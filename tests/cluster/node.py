@@ -128,3 +128,71 @@ def running_node() -> Node | None:
     if p.returncode != 0 or not p.stdout.strip():
         return None
     return Node(kubeconfig, f"http://127.0.0.1:{p.stdout.strip()}")
+
+
+def lac_service(namespace: str, name: str, *, min_scale: int = 0, canary_percent: int | None = None,
+                annotations: dict[str, str] | None = None, window: str = "10s") -> str:
+    """A Namespace + a PaddleService serving LAC (examples/lac.yaml's spec) as YAML."""
+    side = ("    arg: python3 -m runtime --model lac --name lac --port $PORT\n"
+            "    containerImage: elasticserving/runtime-lac\n    port: 9292\n    tag: latest\n")
+    ann = "".join(f'    {k}: "{v}"\n' for k, v in (annotations or {}).items())
+    text = (f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n---\n"
+            "apiVersion: elasticserving.paddlepaddle.org/v1\nkind: PaddleService\n"
+            f"metadata:\n  name: {name}\n  namespace: {namespace}\n"
+            + (f"  annotations:\n{ann}" if ann else "")
+            + f"spec:\n  default:\n{side}")
+    if canary_percent is not None:
+        text += f"  canary:\n{side}  canaryTrafficPercent: {canary_percent}\n"
+    text += f"  service:\n    minScale: {min_scale}\n    window: {window}\n"
+    return text
+
+
+def fresh_service(node: Node, namespace: str, name: str, manifest: str) -> None:
+    """Apply `manifest` after deleting an earlier PaddleService of that name (a reused node)."""
+    node.kubectl("delete", "paddleservice", "-n", namespace, name, "--ignore-not-found", "--wait=true",
+                 timeout=180)
+    node.apply(manifest)
+
+
+class Load:
+    """`clients` threads sending the LAC request through the activator until stopped; every answer
+    (status, side header) or error is kept, so a test can assert that none was lost."""
+
+    def __init__(self, node: Node, host: str, clients: int):
+        import threading
+
+        self.node, self.host = node, host
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[tuple[int, str]] = []  # (HTTP status or 0 for an error, side or error text)
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                a = self.node.lac(self.host, timeout=60)
+                ok = a.status == 200 and a.json() == LAC_ANSWER
+                item = (a.status if ok else -a.status,
+                        a.headers.get("x-paddleservice-side", "") if ok else a.body[:200].decode("utf-8", "replace"))
+            except Exception as exc:  # noqa: BLE001 - a lost request, whatever the cause
+                item = (0, repr(exc))
+            with self.lock:
+                self.results.append(item)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(90)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+    def failures(self) -> list[tuple[int, str]]:
+        with self.lock:
+            return [r for r in self.results if r[0] != 200]
