@@ -80,7 +80,9 @@ pid_of() {  # the pid of a running component (checked against its command line),
   local name="$1" pid
   pid="$(cat "$RUN/$name.pid" 2>/dev/null)" || return 1
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name" || return 1
+  local cmd
+  cmd="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$name"* ]] || return 1
   echo "$pid"
 }
 
@@ -449,7 +451,9 @@ setup_host() {
     ip link add "$BRIDGE" type bridge
     echo "$BRIDGE" > "$RUN/bridge"
   fi
-  ip addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  local addrs
+  addrs="$(ip -4 addr show dev "$BRIDGE")"
+  [[ "$addrs" == *"inet $NODE_IP/"* ]] || ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }
 
@@ -503,7 +507,9 @@ import_images() {
     [[ "$image" == */* && "$tarball" == *.tar && -f "$tarball" ]] || continue
     import_image "$tarball"
   done <<<"$out"
-  ctr_ images ls -q | grep -qx "$PAUSE_IMAGE" || die "$PAUSE_IMAGE not imported"
+  local have
+  have="$(ctr_ images ls -q)"
+  grep -qx "$PAUSE_IMAGE" <<<"$have" || die "$PAUSE_IMAGE not imported"
 }
 
 # ---- up --------------------------------------------------------------------------------------------
@@ -581,6 +587,14 @@ deploy_stack() {
   log "applied deploy/; waiting for the controller and the activator"
   kctl -n elasticserving-system rollout status deployment/elasticserving-controller --timeout=300s >&2
   kctl -n elasticserving-system rollout status deployment/elasticserving-activator --timeout=300s >&2
+  wait_until 120 "a controller leading (its endpoint published)" leader_published || exit 1
+}
+
+leader_published() {  # the leader's Pod IP is the elasticserving-autoscaler Service's endpoint
+  local ip
+  ip="$(kctl -n elasticserving-system get endpointslice elasticserving-autoscaler-leader \
+        -o jsonpath='{.endpoints[0].addresses[0]}' 2>/dev/null)"
+  [ -n "$ip" ]
 }
 
 activator_url() {
@@ -645,7 +659,11 @@ drain_pods() {  # let the kubelet stop every Pod (CNI DEL, unmounts) before it s
   wait_until 60 "Pods stopped" no_running_tasks || true
 }
 
-no_running_tasks() { ! ctr_ tasks ls 2>/dev/null | awk 'NR > 1 { print $3 }' | grep -q RUNNING; }
+no_running_tasks() {
+  local tasks
+  tasks="$(ctr_ tasks ls 2>/dev/null | awk 'NR > 1 { print $3 }')"
+  ! grep -q RUNNING <<<"$tasks"
+}
 
 kill_pod_processes() {  # whatever still runs in our Pods' cgroups, and the shims of our containerd
   local procs pid

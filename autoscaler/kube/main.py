@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -180,6 +181,10 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
             await _first(_until_leader(elector), stop.wait())
             if stop.is_set():
                 return
+        # Activators long-poll with the last version they saw, maybe from the previous leader: start
+        # above any version an earlier leader can have reached (milliseconds since the epoch grow
+        # faster than a route table changes), so they get this leader's routes at once.
+        kc.controller.routes.version = max(kc.controller.routes.version, int(time.time() * 1000))
         start = asyncio.ensure_future(kc.start())
         watched = [stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
         await _first(start, *watched)

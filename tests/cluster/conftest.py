@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.node import CLUSTER_SH, STATE, SYSTEM_NS, Node, parse_activator_line, running_node
+from tests.helpers import wait_for
 
 UP_TIMEOUT = 50 * 60  # a cold `up` builds Kubernetes and the images
 GRACE = "5s"          # scale-to-zero grace of the suite (the deploy default is 30s)
@@ -88,4 +89,5 @@ def stack(node: Node) -> Node:
                  "--timeout=300s", timeout=320)
     node.kubectl("rollout", "status", "-n", SYSTEM_NS, "deployment/elasticserving-activator",
                  "--timeout=300s", timeout=320)
+    wait_for(node.leader_published, 120, 0.5, "the leader published as the autoscaler's endpoint")
     return node

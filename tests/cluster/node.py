@@ -94,10 +94,28 @@ class Node:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.node_port('grpc')}"
 
+    def activator_pods(self) -> dict[str, str]:
+        """Ready activator Pods: name -> `http://POD_IP:8080` (the host reaches Pod IPs on cni0)."""
+        pods = self.get("pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"]
+        return {p["metadata"]["name"]: f"http://{p['status']['podIP']}:8080" for p in pods
+                if not p["metadata"].get("deletionTimestamp")
+                and any(c.get("ready") for c in p["status"].get("containerStatuses") or [])}
+
+    def leader_published(self) -> bool:
+        """The Lease holder's Pod IP is the autoscaler Service's endpoint (activators reach it)."""
+        lease = self.get_or_none("lease", "-n", SYSTEM_NS, "elasticserving-controller")
+        holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
+        sl = self.get_or_none("endpointslice", "-n", SYSTEM_NS, "elasticserving-autoscaler-leader")
+        pod = self.get_or_none("pod", "-n", SYSTEM_NS, holder) if holder else None
+        if not sl or not pod or pod["metadata"].get("deletionTimestamp"):
+            return False
+        eps = sl.get("endpoints") or []
+        return [e.get("addresses") for e in eps] == [[pod["status"].get("podIP")]]
+
     def post(self, host: str, path: str, body: bytes, timeout: float = 120,
-             headers: dict[str, str] | None = None) -> Answer:
-        """One POST through the activator's NodePort (a fresh connection per request)."""
-        req = urllib.request.Request(self.activator + path, data=body, method="POST",
+             headers: dict[str, str] | None = None, base: str | None = None) -> Answer:
+        """One POST through the activator's NodePort, or `base` (a fresh connection per request)."""
+        req = urllib.request.Request((base or self.activator) + path, data=body, method="POST",
                                      headers={"Host": host, "Content-Type": "application/json",
                                               **(headers or {})})
         t0 = time.monotonic()
@@ -108,8 +126,17 @@ class Node:
         except urllib.error.HTTPError as e:
             return Answer(e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}, time.monotonic() - t0)
 
-    def lac(self, host: str, timeout: float = 120) -> Answer:
-        return self.post(host, "/lac/prediction", LAC_BODY, timeout=timeout)
+    def lac(self, host: str, timeout: float = 120, base: str | None = None) -> Answer:
+        return self.post(host, "/lac/prediction", LAC_BODY, timeout=timeout, base=base)
+
+    def routed_by_every_activator(self, host: str, sides: set[str]) -> bool:
+        """Each ready activator answers `host` from each of `sides` (requests sent to its Pod IP):
+        the routes reached all of them."""
+        for base in self.activator_pods().values():
+            seen = {self.lac(host, timeout=60, base=base).headers.get("x-paddleservice-side") for _ in range(6)}
+            if not sides <= seen:
+                return False
+        return True
 
 
 def host_of(namespace: str, name: str, domain: str = "example.com") -> str:

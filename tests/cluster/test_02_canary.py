@@ -25,9 +25,8 @@ def both_sides_ready(node: Node) -> bool:
 def canary(stack: Node) -> Node:
     fresh_service(stack, NS, NAME, lac_service(NS, NAME, min_scale=1, canary_percent=50))
     wait_for(lambda: both_sides_ready(stack), 300, 1, "a ready Pod on both sides")
-    # the routes reach the activators: both sides answer
-    wait_for(lambda: {stack.lac(host_of(NS, NAME)).headers.get("x-paddleservice-side") for _ in range(6)}
-             == {"default", "canary"}, 60, 0.5, "both sides routed")
+    wait_for(lambda: stack.routed_by_every_activator(host_of(NS, NAME), {"default", "canary"}), 60, 0.5,
+             "both sides routed by every activator")
     return stack
 
 

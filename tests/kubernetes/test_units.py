@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.kube.client import resource_path
-from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
 from autoscaler.kube.leader_endpoint import build_slice, lists
+from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
 from autoscaler.kube.platform import (
     KubernetesPlatform,
     build_deployment,
