@@ -31,9 +31,24 @@ def _unavailable(msg: str) -> None:
     pytest.skip(msg)
 
 
+SYSCTLS = ["net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet", "vm/overcommit_memory",
+           "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops"]
+
+
+def read_sysctls() -> dict[str, str]:
+    out = {}
+    for k in SYSCTLS:
+        try:
+            out[k] = open(f"/proc/sys/{k}").read().strip()
+        except OSError:
+            pass
+    return out
+
+
 class Session:
     started_here = False
     up_seconds: float | None = None
+    sysctls_before: dict[str, str] = {}
     timings: dict[str, list[float]] = {}
 
 
@@ -56,6 +71,7 @@ def node() -> Iterator[Node]:
     if shutil.which("apt-get") is None and shutil.which("containerd") is None:
         _unavailable("no containerd and no apt-get to install it")
     STATE.mkdir(parents=True, exist_ok=True)
+    Session.sysctls_before = read_sysctls()
     log_path = STATE / "up.log"
     t0 = time.monotonic()
     with open(log_path, "w") as log:
