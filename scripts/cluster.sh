@@ -150,7 +150,7 @@ install_packages() {
   # tool -> Debian package (kubectl: only when missing; another package may provide it)
   local -A pkg=([containerd]=containerd [runc]=runc [iptables]=iptables [conntrack]=conntrack
                 [etcd]=etcd-server [openssl]=openssl [ip]=iproute2 [curl]=curl [python3]=python3
-                [modprobe]=kmod [kubectl]=kubernetes-client [setsid]=util-linux [go]=golang-go)
+                [modprobe]=kmod [kubectl]=kubernetes-client [setsid]=util-linux)
   local need=() tool
   for tool in "${!pkg[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || need+=("${pkg[$tool]}")
@@ -169,7 +169,9 @@ install_packages() {
 }
 
 build_binaries() {
-  BIN="$("$REPO/scripts/build-kube.sh")"
+  # Debian's golang-go is too old for Kubernetes 1.32 (needs Go >= 1.23): no apt fallback here.
+  BIN="$("$REPO/scripts/build-kube.sh")" \
+    || die "scripts/build-kube.sh failed (it needs Go >= 1.23 on PATH unless the binaries are cached)"
   local c
   for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns; do
     [ -x "$BIN/$c" ] || die "$BIN/$c missing after scripts/build-kube.sh"
