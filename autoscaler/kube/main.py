@@ -198,6 +198,9 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
                 await _first(*([stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
                                + ([endpoint.keep_published()] if endpoint is not None else [])))
             finally:
+                # At once, before this Pod goes: kube-proxy stops sending new connections to an
+                # address that will not answer (a SYN to a deleted Pod's IP gets no reset, and the
+                # client hangs until its own connect timeout).
                 if endpoint is not None:
                     await endpoint.withdraw()
         elif start.done() and not start.cancelled() and start.exception() is not None:
