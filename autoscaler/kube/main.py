@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.kube.client import Kube, KubeError, resource_path
 from autoscaler.kube.leader import LeaderElector
+from autoscaler.kube.leader_endpoint import LeaderEndpoint
 from autoscaler.kube.operator import PaddleServiceOperator
 from autoscaler.kube.platform import KubernetesPlatform
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="control API address")
     p.add_argument("--port", type=int, default=int(env("ELASTICSERVING_CONTROL_PORT", "8090")))
     p.add_argument("--identity", default=env("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
+    p.add_argument("--leader-service", default=env("ELASTICSERVING_LEADER_SERVICE") or None,
+                   help="selector-less Service (in the system namespace) whose endpoint the leader sets "
+                        "to --pod-ip:--port, so activators reach the leader (default: none)")
+    p.add_argument("--pod-ip", default=env("POD_IP") or None, help="this replica's address (downward API)")
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-name", default="elasticserving-controller")
     p.add_argument("--lease-duration", type=float, default=15.0)
@@ -56,12 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def load_config_map(kube: Kube, namespace: str, name: str) -> dict[str, str]:
-    try:
-        cm = await kube.get_or_none(resource_path("v1", "configmaps", namespace, name))
-    except KubeError as exc:
-        log.warning("cannot read ConfigMap %s/%s (%s): using built-in defaults", namespace, name, exc)
-        return {}
+async def load_config_map(kube: Kube, namespace: str, name: str,
+                          stop: asyncio.Event | None = None) -> dict[str, str]:
+    """The ConfigMap's data; built-in defaults when it does not exist or may not be read. While the
+    API server is unreachable (e.g. the Pod network is not up yet) it retries instead of running
+    with defaults for the whole life of the process."""
+    attempt = 0
+    while True:
+        try:
+            cm = await kube.get_or_none(resource_path("v1", "configmaps", namespace, name))
+            break
+        except KubeError as exc:
+            if 0 < exc.status < 500:
+                log.warning("cannot read ConfigMap %s/%s (%s): using built-in defaults", namespace, name, exc)
+                return {}
+            attempt += 1
+            log.warning("cannot read ConfigMap %s/%s (%s): retrying", namespace, name, exc)
+            if stop is None:
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+            else:
+                await _first(asyncio.sleep(min(5.0, 0.5 * attempt)), stop.wait())
+                if stop.is_set():
+                    return {}
     if cm is None:
         log.info("no ConfigMap %s/%s: using built-in defaults", namespace, name)
         return {}
@@ -159,12 +181,28 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
             await _first(_until_leader(elector), stop.wait())
             if stop.is_set():
                 return
+        # Activators long-poll with the last version they saw, maybe from the previous leader: start
+        # above any version an earlier leader can have reached (milliseconds since the epoch grow
+        # faster than a route table changes), so they get this leader's routes at once.
+        kc.controller.routes.version = max(kc.controller.routes.version, int(time.time() * 1000))
         start = asyncio.ensure_future(kc.start())
         watched = [stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
         await _first(start, *watched)
         if start.done() and not start.cancelled() and start.exception() is None:
             log.info("leading: reconciling PaddleServices")
-            await _first(*([stop.wait()] + ([_until_lost(elector)] if elector is not None else [])))
+            endpoint = None
+            if args.leader_service and args.pod_ip:
+                endpoint = LeaderEndpoint(kube, args.system_namespace, args.leader_service, args.identity,
+                                          args.pod_ip, args.port)
+            try:
+                await _first(*([stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
+                               + ([endpoint.keep_published()] if endpoint is not None else [])))
+            finally:
+                # At once, before this Pod goes: kube-proxy stops sending new connections to an
+                # address that will not answer (a SYN to a deleted Pod's IP gets no reset, and the
+                # client hangs until its own connect timeout).
+                if endpoint is not None:
+                    await endpoint.withdraw()
         elif start.done() and not start.cancelled() and start.exception() is not None:
             raise start.exception()  # type: ignore[misc]
         if not stop.is_set():
@@ -184,7 +222,7 @@ async def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
     elector: LeaderElector | None = None
     try:
-        data = await load_config_map(kube, args.system_namespace, args.config_map)
+        data = await load_config_map(kube, args.system_namespace, args.config_map, stop)
         domain = args.domain or data.get("domain") or "example.com"
         defaults = _defaults(data)
         if args.leader_elect:

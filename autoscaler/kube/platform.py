@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,33 @@ def grpc_port_of(spec: EndpointSpec) -> int | None:
     return spec.port + 1 if spec.port < 65535 else None
 
 
+def pod_resources(svc: PaddleService) -> dict[str, dict[str, str]]:
+    """Requests with the original's defaults (0.1 CPU, 128Mi) for scheduling; limits only where
+    spec.resources.limits sets them (a limit without a request is also the request, as Kubernetes
+    does). The defaults as limits would OOM-kill a model server (LAC alone holds ~330 MB) and throttle
+    its start to a tenth of a core."""
+    explicit_requests = svc.spec.resources.requests or {}
+    limits = dict(svc.spec.resources.limits or {})
+    requests = dict(svc.resources()["requests"])
+    for k, v in limits.items():
+        if k not in explicit_requests:
+            requests[k] = v
+    return {"requests": requests, "limits": limits} if limits else {"requests": requests}
+
+
+_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|\$\(")
+
+
+def shell_arg(arg: str) -> str:
+    """`arg` for `sh -c`, prefixed with `exec` when it is one simple command: the model server then
+    is the container's PID 1 and gets the kubelet's SIGTERM (a shell as PID 1 neither forwards it nor
+    dies of it, so every Pod would wait out its grace period and be killed)."""
+    text = arg.strip()
+    if text.startswith("exec ") or _SHELL_SYNTAX.search(text):
+        return arg
+    return f"exec {text}"
+
+
 def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[str, Any]:
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
@@ -85,9 +113,12 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
+        # A scale from zero must not wait for a pull (nor fail where the node cannot pull): the
+        # image is pulled once, `:latest` included; roll a new image out with a new tag.
+        "imagePullPolicy": "IfNotPresent",
         "ports": ports,
         "env": env,
-        "resources": svc.resources(),
+        "resources": pod_resources(svc),
         "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
@@ -95,7 +126,7 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
     }
     if spec.arg:
         container["command"] = ["sh", "-c"]
-        container["args"] = [spec.arg]
+        container["args"] = [shell_arg(spec.arg)]
     labels = _labels(svc, side)
     template = {
         "metadata": {
@@ -184,8 +215,11 @@ class KubernetesPlatform(Platform):
         # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
         # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait
         # with the model loaded, so a scale from zero is a routing change and a Pod start refills them.
+        # The routed Pods of each side in standby mode, recomputed when the ready endpoints, the
+        # desired count or the standby count change (never on read: every reader, a Prometheus
+        # scrape included, sees the same choice).
         self._standby: dict[str, int] = {}
-        self._active: dict[tuple[str, str], list[str]] = {}
+        self._routed: dict[tuple[str, str], list[Endpoint]] = {}
         # Called with the service key when one of its children was deleted or changed behind our
         # back (kubectl delete/edit): the reconciler re-applies it at once instead of at resync.
         self.on_drift: Callable[[str], None] = lambda key: None
@@ -233,6 +267,7 @@ class KubernetesPlatform(Platform):
             self._ready[ref] = ready
             if not ready:
                 self._ready.pop(ref, None)
+            self._update_routed(ref)
             log.info("%s/%s: %d ready endpoint(s)", key, side, len(ready))
             self.on_change(key)
 
@@ -244,38 +279,61 @@ class KubernetesPlatform(Platform):
                 (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
                 != (old["metadata"].get("annotations") or {}).get(HASH_ANNOTATION))):
             self.on_drift(ref[0])
+        changed = False
+        if ref not in self._desired and self._standby.get(ref[0]):
+            changed = self._update_routed(ref)  # the desired count still comes from the Deployment
         err = None if kind == "DELETED" else _deployment_error(obj)
         if err != self._errors.get(ref):
             self._errors[ref] = err
+            changed = True
+        if changed:
             self.on_change(ref[0])
 
     def _deployment(self, key: str, side: str) -> dict[str, Any] | None:
         ns, name = split_key(key)
         return self.deployments.store.get(f"{ns}/{workload_name(name, side)}")
 
-    # ---- Platform -------------------------------------------------------------------------------
-    def state(self, key: str, side: str) -> SideState:
-        ref = (key, side)
-        ready = list(self._ready.get(ref, []))
-        standby = self._standby.get(key, 0)
+    # ---- standby routing ------------------------------------------------------------------------
+    def _desired_of(self, ref: tuple[str, str]) -> int:
+        """Routed replicas wanted: the autoscaler's last scale, else (after a restart) the
+        Deployment's replicas minus the standby Pods."""
         desired = self._desired.get(ref)
         if desired is None:
-            dep = self._deployment(key, side)
-            desired = max(0, int((dep or {}).get("spec", {}).get("replicas") or 0) - standby)
+            dep = self._deployment(*ref)
+            replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
+            desired = max(0, replicas - self._standby.get(ref[0], 0))
+        return desired
+
+    def _update_routed(self, ref: tuple[str, str]) -> bool:
+        """Standby mode: route `desired` of the ready Pods, those already routed first (no flapping),
+        then by name. True when the routed set changed."""
+        before = self._routed.get(ref, [])
+        if not self._standby.get(ref[0], 0):
+            chosen: list[Endpoint] = []
+        else:
+            kept = [e.id for e in before]
+            ready = sorted(self._ready.get(ref, []),
+                           key=lambda e: (e.id not in kept, kept.index(e.id) if e.id in kept else 0, e.id))
+            chosen = ready[:self._desired_of(ref)]
+        if chosen:
+            self._routed[ref] = chosen
+        else:
+            self._routed.pop(ref, None)
+        return chosen != before
+
+    # ---- Platform -------------------------------------------------------------------------------
+    def state(self, key: str, side: str) -> SideState:
+        """A read of the caches only: the same answer for every caller until the next event."""
+        ref = (key, side)
+        ready = list(self._ready.get(ref, []))
+        desired = self._desired_of(ref)
         spare = 0
-        if standby:
-            ready = self._routed(ref, ready, desired)
-            spare = len(self._ready.get(ref, [])) - len(ready)
+        if self._standby.get(key, 0):
+            routed = list(self._routed.get(ref, []))
+            spare = len(ready) - len(routed)
+            ready = routed
         return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
                          error=self._errors.get(ref) if not ready else None, standby=spare)
-
-    def _routed(self, ref: tuple[str, str], ready: list[Endpoint], desired: int) -> list[Endpoint]:
-        """`desired` of the ready Pods: those already routed first (no flapping), then by name."""
-        before = self._active.get(ref, [])
-        ready.sort(key=lambda e: (e.id not in before, before.index(e.id) if e.id in before else 0, e.id))
-        chosen = ready[:desired]
-        self._active[ref] = [e.id for e in chosen]
-        return chosen
 
     async def apply(self, svc: PaddleService) -> None:
         try:
@@ -294,6 +352,7 @@ class KubernetesPlatform(Platform):
             for side in svc.sides:
                 if (svc.key, side) in self._desired:
                     await self.scale(svc.key, side, self._desired[(svc.key, side)])
+                self._update_routed((svc.key, side))
             self.on_change(svc.key)
 
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
@@ -341,7 +400,7 @@ class KubernetesPlatform(Platform):
             log.info("deleted %s side of %s/%s", side, namespace, name)
         key = f"{namespace}/{name}"
         self._desired.pop((key, side), None)
-        self._active.pop((key, side), None)
+        self._routed.pop((key, side), None)
 
     async def delete(self, key: str) -> None:
         ns, name = split_key(key)
@@ -361,6 +420,7 @@ class KubernetesPlatform(Platform):
         before = self._desired.get((key, side))
         self._desired[(key, side)] = replicas
         if standby and before != replicas:
+            self._update_routed((key, side))
             self.on_change(key)  # standby Pods are routed (or no longer) at once
         path = resource_path("apps/v1", "deployments", ns, workload_name(name, side), "scale")
         try:

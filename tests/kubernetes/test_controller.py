@@ -83,12 +83,14 @@ def test_lac_example_creates_deployment_service_and_status(installed: Cluster, c
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "elasticserving/runtime-lac:latest"
     assert container["command"] == ["sh", "-c"]
-    assert container["args"] == ["python3 -m runtime --model lac --name lac --port $PORT"]
+    # exec: the model server is PID 1 and gets SIGTERM
+    assert container["args"] == ["exec python3 -m runtime --model lac --name lac --port $PORT"]
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 9292), ("grpc", 9293)]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PORT"] == "9292" and env["GRPC_PORT"] == "9293"
-    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"cpu": "100m", "memory": "128Mi"}}
+    # the original's defaults as requests; no limits unless spec.resources.limits sets them
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}}
+    assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # minScale 0: nothing runs until a request arrives.

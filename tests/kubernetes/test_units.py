@@ -3,9 +3,19 @@ ready endpoints from EndpointSlices, status for invalid specs, and transition-ti
 
 from __future__ import annotations
 
+import pytest
+
 from autoscaler.kube.client import resource_path
+from autoscaler.kube.leader_endpoint import build_slice, lists
 from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
-from autoscaler.kube.platform import build_deployment, build_service, ready_endpoints
+from autoscaler.kube.platform import (
+    KubernetesPlatform,
+    build_deployment,
+    build_service,
+    pod_resources,
+    ready_endpoints,
+    shell_arg,
+)
 from autoscaler.platform import Endpoint
 from autoscaler.spec import PaddleService, SpecError
 
@@ -68,3 +78,81 @@ def test_scale_field_is_not_part_of_the_model() -> None:
     obj = {"spec": {"replicas": 3, "default": {}}}
     assert _without_scale_field(obj) == {"spec": {"default": {}}}
     assert obj["spec"]["replicas"] == 3  # not mutated
+
+
+@pytest.mark.parametrize(("arg", "want"), [
+    ("python3 -m runtime --port $PORT", "exec python3 -m runtime --port $PORT"),
+    ("  python3 -m runtime  ", "exec python3 -m runtime"),
+    ("exec python3 -m runtime", "exec python3 -m runtime"),
+    ("cd /m && python3 -m runtime", "cd /m && python3 -m runtime"),
+    ("a; b", "a; b"),
+    ("run $(cat f)", "run $(cat f)"),
+    ("run > log", "run > log"),
+])
+def test_shell_arg_execs_one_simple_command(arg: str, want: str) -> None:
+    assert shell_arg(arg) == want
+
+
+@pytest.mark.parametrize(("resources", "want"), [
+    ({}, {"requests": {"cpu": "0.1", "memory": "128Mi"}}),
+    ({"requests": {"memory": "1Gi"}}, {"requests": {"cpu": "0.1", "memory": "1Gi"}}),
+    ({"limits": {"memory": "1Gi"}},
+     {"requests": {"cpu": "0.1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}),
+    ({"requests": {"memory": "512Mi"}, "limits": {"memory": "1Gi", "cpu": "2"}},
+     {"requests": {"cpu": "2", "memory": "512Mi"}, "limits": {"memory": "1Gi", "cpu": "2"}}),
+])
+def test_pod_resources_default_requests_and_only_explicit_limits(resources, want) -> None:
+    assert pod_resources(_svc(resources=resources)) == want
+
+
+def test_leader_slice_names_one_ready_endpoint_of_the_service() -> None:
+    owner = {"apiVersion": "v1", "kind": "Service", "name": "svc", "uid": "u"}
+    sl = build_slice("sys", "svc", "pod-a", "10.0.0.7", 8090, owner)
+    assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == "svc"
+    assert sl["metadata"]["ownerReferences"] == [owner]
+    assert sl["addressType"] == "IPv4" and build_slice("s", "v", "p", "fd00::1", 1, None)["addressType"] == "IPv6"
+    assert sl["ports"] == [{"name": "http", "port": 8090, "protocol": "TCP"}]
+    assert lists(sl, "10.0.0.7") and not lists(sl, "10.0.0.8") and not lists(None, "10.0.0.7")
+    assert ready_endpoints([sl])[0].host == "10.0.0.7"
+
+
+def _slice(pods: list[str]) -> dict:
+    return {"metadata": {"name": "a-default-x", "namespace": "ns",
+                         "labels": {"elasticserving.paddlepaddle.org/paddleservice": "a",
+                                    "elasticserving.paddlepaddle.org/side": "default",
+                                    "kubernetes.io/service-name": "a-default"}},
+            "ports": [{"name": "http", "port": 80}],
+            "endpoints": [{"addresses": [f"10.0.0.{i + 1}"], "conditions": {"ready": True},
+                           "targetRef": {"name": p}} for i, p in enumerate(pods)]}
+
+
+async def test_standby_routing_changes_on_events_never_on_read() -> None:
+    platform = KubernetesPlatform(kube=None)  # type: ignore[arg-type]  # caches only, no API calls
+    changes: list[str] = []
+    platform.on_change = changes.append
+    platform._standby["ns/a"] = 1
+    platform._desired[("ns/a", "default")] = 0
+
+    def slice_event(pods: list[str]) -> None:
+        sl = _slice(pods)
+        platform.slices.store["ns/a-default-x"] = sl
+        platform._slice_event("MODIFIED", sl, None)
+
+    slice_event(["pod-b", "pod-a"])
+    st = platform.state("ns/a", "default")
+    assert (st.ready, st.standby, st.desired) == ([], 2, 0)
+    platform._desired[("ns/a", "default")] = 1  # as scale() sets it, then routes
+    platform._update_routed(("ns/a", "default"))
+    first = [e.id for e in platform.state("ns/a", "default").ready]
+    assert first == ["pod-a"]
+    # Reads in any order and number answer the same.
+    for _ in range(3):
+        assert [e.id for e in platform.state("ns/a", "default").ready] == first
+    # A new ready Pod sorting first does not take the routed one's place.
+    slice_event(["pod-0", "pod-a", "pod-b"])
+    st = platform.state("ns/a", "default")
+    assert ([e.id for e in st.ready], st.standby) == (["pod-a"], 2)
+    # The routed Pod goes: another ready one is routed at once.
+    slice_event(["pod-0", "pod-b"])
+    assert [e.id for e in platform.state("ns/a", "default").ready] == ["pod-0"]
+    assert changes.count("ns/a") == 3
