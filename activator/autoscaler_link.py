@@ -25,6 +25,9 @@ log = logging.getLogger("elasticserving.activator.link")
 TOKEN_ENV = "ELASTICSERVING_CONTROL_TOKEN"
 MAX_ROUTES_BYTES = 256 * 1024 * 1024  # the whole table of a very large installation, with room
 WAIT_SECONDS = 30
+# A SYN to a deleted leader Pod's IP gets no reset: give up connecting quickly and try again (the
+# Service already points at the new leader) instead of hanging until the long-poll's own timeout.
+CONNECT_SECONDS = 2.0
 
 
 def accept(held: tuple[str, int] | None, update: RoutesUpdate) -> bool:
@@ -128,7 +131,8 @@ class AutoscalerLink:
     async def poll_once(self) -> bool:
         """One long-poll; True when an update was applied. Raises with the reason when none could be."""
         resp = await self._call("GET", "/v1/routes", params=self._params(),
-                                timeout=aiohttp.ClientTimeout(total=WAIT_SECONDS + 10))
+                                timeout=aiohttp.ClientTimeout(total=WAIT_SECONDS + 10,
+                                                              sock_connect=CONNECT_SECONDS))
         async with resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}: {(await resp.content.read(300)).decode(errors='replace')}")
@@ -156,7 +160,7 @@ class AutoscalerLink:
         if self._session is None:
             return
         try:
-            resp = await self._call("POST", path, body, timeout=aiohttp.ClientTimeout(total=2))
+            resp = await self._call("POST", path, body, timeout=aiohttp.ClientTimeout(total=2, sock_connect=CONNECT_SECONDS))
             async with resp:
                 if resp.status >= 400:
                     text = (await resp.content.read(300)).decode(errors="replace")

@@ -10,6 +10,7 @@ the result or `Failure` back. Retry rule (one place for both protocols): a reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -63,11 +64,15 @@ class Dispatcher:
         self.throttlers: dict[tuple[str, str], SideThrottler] = {}
         self._pokers: dict[tuple[str, str], tuple[asyncio.Task, SideThrottler]] = {}
         self.last_arrival = 0.0  # monotonic; draining waits for a quiet spell
+        # Set by the first routes update: until then no host is unknown, only not known yet (a
+        # restarted activator must hold its first requests, not answer them 404).
+        self.synced = asyncio.Event()
 
     # ---- routes in, stats out ----------------------------------------------------------------
     def apply(self, update: RoutesUpdate) -> None:
         """A full table or a delta from the autoscaler. Removed services fail their held requests."""
         gone = self.table.apply(update)
+        self.synced.set()
         capacity = Capacity(update.activators, self.index(update) % update.activators)
         if update.full or capacity != self.capacity:
             changed = list(self.table.routes.values())  # the share of every replica may have moved
@@ -111,6 +116,10 @@ class Dispatcher:
         m: SideMetrics | None = None
         try:
             route = self.table.resolve(call.host)
+            if route is None and not self.synced.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.synced.wait(), self.request_timeout)
+                route = self.table.resolve(call.host)
             if route is None:
                 raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}")
             call.service = route.service

@@ -124,6 +124,7 @@ class FrontConnection(asyncio.Protocol):
         self.in_head = False
         self.in_body = False
         self.peer = ""
+        self.requests = 0  # complete requests read on this connection
         self.deadline = 0.0  # monotonic; checked by HttpFront's sweep
         self.deadline_kind = "header"
         self._head_bytes = 0
@@ -258,6 +259,7 @@ class FrontConnection(asyncio.Protocol):
                       self.peer, self._host, self._pin, request_id(self._rid), self._hop, self._size)
         self._size = 0  # now held by the request
         self._body = []
+        self.requests += 1
         self.pending.append(req)
         self.pending_bytes += len(body) + len(self._target)
         self.deadline = 0.0  # working: no client deadline until the answer is written
@@ -406,6 +408,28 @@ class HttpFront:
 
     def live_upstreams(self) -> list[tuple[str, int]]:
         return [(b.host, b.http_port) for t in self.dispatcher.sides() for b in t.backends.values()]
+
+    async def finish(self, timeout: float) -> None:
+        """The end of a drain (the listener is closed): every request already read is answered, and so is
+        the first request of a connection accepted but not read yet (its client has sent it or is about
+        to: it cannot tell an accepted connection from a served one); a keep-alive connection that has
+        been answered and is idle is closed now (HTTP lets a server close those). Bounded by `timeout`;
+        each connection closes after its answer (draining answers carry `Connection: close`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for conn in list(self.connections):
+            transport = conn.transport
+            if transport is None or transport.is_closing() or conn.requests == 0:
+                continue
+            transport.pause_reading()  # what it sends next is not read: the close tells the client
+            if not conn.pending and conn.worker is None:
+                transport.close()
+
+        def owed(c: FrontConnection) -> bool:
+            return bool(c.pending or c.worker or (c.requests == 0 and not c.closed and not c.refusing))
+
+        while any(owed(c) for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     def close(self) -> None:
         if self._sweeper is not None:

@@ -161,9 +161,13 @@ class Activator:
                  self.ports["admin"], a.autoscaler)
         await stop.wait()
         await self.drain()
-        if grpc_server is not None:
-            await grpc_server.stop(1)
+        # Past the drain: accept nothing new, but a request already read is still answered (a client
+        # that sent it has no way to know whether it ran), then close.
         server.close()
+        finishing = [self.http.finish(a.request_timeout)]
+        if grpc_server is not None:
+            finishing.append(grpc_server.stop(a.request_timeout))  # in-flight calls finish; no new ones
+        await asyncio.gather(*finishing)
         self.http.close()
         prober.cancel()
         self.dispatcher.close()

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from aiohttp import web
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.kube.client import Kube, KubeError, resource_path
+from autoscaler.kube.control_token import SECRET_NAME, ensure_control_token
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.leader_endpoint import LeaderEndpoint
 from autoscaler.kube.operator import PaddleServiceOperator
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="selector-less Service (in the system namespace) whose endpoint the leader sets "
                         "to --pod-ip:--port, so activators reach the leader (default: none)")
     p.add_argument("--pod-ip", default=env("POD_IP") or None, help="this replica's address (downward API)")
+    p.add_argument("--control-token-file", default=env("ELASTICSERVING_CONTROL_TOKEN_FILE") or None,
+                   help="file holding the control API token (default: the Secret below)")
+    p.add_argument("--control-token-secret", default=env("ELASTICSERVING_CONTROL_TOKEN_SECRET", SECRET_NAME),
+                   help="Secret in the system namespace holding the control API token, created with a random "
+                        "value when absent; activators read it ('': no token, the API is unauthenticated)")
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-name", default="elasticserving-controller")
     p.add_argument("--lease-duration", type=float, default=15.0)
@@ -164,13 +169,15 @@ async def _until_lost(elector: LeaderElector) -> None:
 
 
 async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults: dict[str, Any],
-                     elector: LeaderElector | None, stop: asyncio.Event) -> None:
+                     elector: LeaderElector | None, stop: asyncio.Event, token: str | None) -> None:
     """One leadership term: a fresh platform + Controller + reconciler and control API. Stands by
     (/ready 503) until leading, works until leadership is lost or `stop` is set, then tears all
     down, so a leader that lost its Lease (e.g. the API server was unreachable past the renew
     deadline) stops writing at once and becomes a candidate again with clean state."""
     kc = KubeController(kube, args, domain, defaults)
-    app = build_app(kc.controller, read_only=True)
+    # A standby or a leader whose caches are not synced answers the activators 503 (they keep their
+    # table); a new leader's route table has a new epoch, so activators take its full table at once.
+    app = build_app(kc.controller, read_only=True, token=token, serving=lambda: kc.running)
     app.middlewares.append(_readiness_middleware(lambda: kc.running))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -181,10 +188,6 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
             await _first(_until_leader(elector), stop.wait())
             if stop.is_set():
                 return
-        # Activators long-poll with the last version they saw, maybe from the previous leader: start
-        # above any version an earlier leader can have reached (milliseconds since the epoch grow
-        # faster than a route table changes), so they get this leader's routes at once.
-        kc.controller.routes.version = max(kc.controller.routes.version, int(time.time() * 1000))
         start = asyncio.ensure_future(kc.start())
         watched = [stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
         await _first(start, *watched)
@@ -225,6 +228,7 @@ async def run(args: argparse.Namespace) -> int:
         data = await load_config_map(kube, args.system_namespace, args.config_map, stop)
         domain = args.domain or data.get("domain") or "example.com"
         defaults = _defaults(data)
+        token = await control_token(kube, args)
         if args.leader_elect:
             elector = LeaderElector(kube, args.system_namespace, args.lease_name, args.identity,
                                     lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
@@ -234,7 +238,7 @@ async def run(args: argparse.Namespace) -> int:
         while not stop.is_set():
             terms += 1
             try:
-                await serve_term(kube, args, domain, defaults, elector, stop)
+                await serve_term(kube, args, domain, defaults, elector, stop, token)
             except Exception:
                 log.exception("term %d failed; starting over", terms)
                 await _first(asyncio.sleep(1.0), stop.wait())
@@ -247,6 +251,17 @@ async def run(args: argparse.Namespace) -> int:
         if elector is not None:
             await elector.stop(release=True)
         await kube.close()
+
+
+async def control_token(kube: Kube, args: argparse.Namespace) -> str | None:
+    """The bearer token the control API requires of activators: from a file, or the Secret."""
+    if args.control_token_file:
+        with open(args.control_token_file) as f:
+            return f.read().strip() or None
+    if not args.control_token_secret:
+        log.warning("no control API token: /v1/* is open to anything that reaches the port")
+        return None
+    return await ensure_control_token(kube, args.system_namespace, args.control_token_secret)
 
 
 def main(argv: list[str] | None = None) -> int:

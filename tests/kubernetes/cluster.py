@@ -278,6 +278,16 @@ class ControllerProc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def token_file(self) -> Path:
+        path = self.cluster.workdir / "control-token"
+        if not path.exists():
+            path.write_text("test-control-token\n")
+        return path
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+
     def start(self) -> ControllerProc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -285,13 +295,15 @@ class ControllerProc:
              "--host", "127.0.0.1", "--port", str(self.port), "--identity", self.identity,
              "--system-namespace", "elasticserving-system",
              "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5",
-             "--tick-seconds", "0.5", "--resync-seconds", "5", *self.extra],
+             "--tick-seconds", "0.5", "--resync-seconds", "5", "--control-token-file", str(self.token_file),
+             *self.extra],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self.cluster.env(), start_new_session=True)
         return self
 
     def get(self, path: str) -> tuple[int, dict]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as r:
+            with urllib.request.urlopen(urllib.request.Request(self.url + path, headers=self._headers()),
+                                        timeout=5) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
@@ -300,7 +312,7 @@ class ControllerProc:
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **self._headers()})
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 return r.status, json.loads(r.read())

@@ -164,10 +164,6 @@ def test_sigterm_then_traffic_moves_away_loses_nothing(stack):
     assert during["refused_at_connect"] == 0, during  # the draining activator still accepted connections
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "activator/main.py Activator.run: when --drain-seconds (30 s) passes with traffic still arriving, "
-    "server.close() and HttpFront.close() close every client connection at once, including those whose "
-    "request was read and is in flight: ~10 of ~11,000 requests get EOF without an answer"))
 def test_sigterm_under_continuous_load_loses_nothing(stack):
     """SIGTERM while 8 clients never stop (nothing tells them to go elsewhere on a laptop): the activator
     drains for --drain-seconds, exits, and `up` starts a new one. Only connects while no activator listens
