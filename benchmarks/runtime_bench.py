@@ -52,7 +52,7 @@ class DirectLac:
         cfg = pi.Config(str(model_dir))
         cfg.disable_gpu()
         cfg.set_cpu_math_library_num_threads(1)
-        cfg.disable_mkldnn()  # as the runtime does (runtime/model.py)
+        cfg.disable_mkldnn()  # as the runtime does for LAC (runtime/backends.py)
         cfg.disable_glog_info()
         self.predictor = pi.create_predictor(cfg)
 

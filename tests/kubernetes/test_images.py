@@ -417,7 +417,7 @@ def test_control_plane_image_starts(containerd: Containerd) -> None:
                          "--help")
     assert "usage: python -m activator" in out.stdout
     out = containerd.ctr("run", "--rm", image, _cid("imports"), "sh", "-c",
-                         'id -u && python -c "import autoscaler.kube.main, activator.server; print(\'ok\')"')
+                         'id -u && python -c "import autoscaler.kube.main, activator.main; print(\'ok\')"')
     assert out.stdout.split() == ["65532", "ok"]
     # No Paddle in the control plane: only the runtime image serves models.
     out = containerd.ctr("run", "--rm", image, _cid("nopaddle"), "python", "-c", "import paddle", check=False)
