@@ -25,6 +25,7 @@ from benchmarks import wrk
 from benchmarks.load import closed_loop as aiohttp_closed_loop
 from benchmarks.load import percentile
 from benchmarks.stats import ratio, repeat
+from runtime.lac import predict_tags
 from tests.helpers import ROOT, free_port, http, start_runtime, wait_for
 
 SENTENCE = "百度是一家高科技公司"
@@ -58,14 +59,7 @@ class DirectLac:
 
     def segment(self, sentence: str) -> str:
         ids, lod = self.seg.encode([sentence])
-        p = self.predictor
-        h = p.get_input_handle(p.get_input_names()[0])
-        h.reshape(list(ids.shape))
-        h.copy_from_cpu(ids)
-        h.set_lod([lod])
-        p.run()
-        tags = p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
-        return self.seg.join(self.seg.decode(sentence, tags))
+        return self.seg.join(self.seg.decode(sentence, predict_tags(self.predictor, ids, lod)))
 
     def measure(self, seconds: float) -> dict[str, float]:
         lat = []

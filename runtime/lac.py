@@ -69,3 +69,14 @@ class LacSegmenter:
 
     def join(self, words: list[str]) -> str:
         return self.separator.join(words)
+
+
+def predict_tags(predictor, ids: np.ndarray, lod: list[int]) -> np.ndarray:
+    """One run of LAC's Paddle predictor: char ids with their LoD offsets in, tag ids out (blocking;
+    the caller owns the predictor's thread)."""
+    h = predictor.get_input_handle(predictor.get_input_names()[0])
+    h.reshape(list(ids.shape))
+    h.copy_from_cpu(ids)
+    h.set_lod([lod])
+    predictor.run()
+    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()

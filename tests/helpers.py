@@ -202,3 +202,18 @@ def start_runtime(*args: str, grpc: bool = False, timeout: float = 90.0) -> tupl
 
     wait_for(ready, timeout, 0.1, "runtime ready")
     return p, port, grpc_port
+
+
+def read_answer(sock: socket.socket, reader=None) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One HTTP answer (Content-Length framed, as the activator always sends); pass the same buffered
+    `reader` (sock.makefile("rb")) for pipelined answers. socket.timeout = a hang."""
+    reader = reader or sock.makefile("rb")
+    line = reader.readline(65536)
+    if not line:
+        raise ConnectionError("closed before an answer")
+    headers: dict[bytes, bytes] = {}
+    while (h := reader.readline(65536)) not in (b"\r\n", b""):
+        k, _, v = h.partition(b":")
+        headers[k.strip().lower()] = v.strip()
+    body = reader.read(int(headers.get(b"content-length", b"0")))
+    return int(line.split()[1]), headers, body

@@ -14,7 +14,7 @@ from runtime.backends import ModelLoadError, create_predictor
 from runtime.batching import Batcher
 from runtime.errors import BadInput, TooLarge
 from runtime.handlers.base import Handler, OnBatch, WebApi
-from runtime.lac import LacSegmenter, lac_dir
+from runtime.lac import LacSegmenter, lac_dir, predict_tags
 from runtime.tensors import TensorSpec, object_array
 
 
@@ -65,13 +65,7 @@ class LacHandler(Handler):
         if nonempty:
             ids, lod = self._seg.encode(nonempty)
             with self._lock:
-                p = self._predictor
-                h = p.get_input_handle(p.get_input_names()[0])
-                h.reshape(list(ids.shape))
-                h.copy_from_cpu(ids)
-                h.set_lod([lod])
-                p.run()
-                tags = p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
+                tags = predict_tags(self._predictor, ids, lod)
             k = 0
             for i, s in enumerate(sentences):
                 if s:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import paddleservice, replica_ids, start_stack, wait_for, write_yaml
+from tests.helpers import paddleservice, read_answer, replica_ids, start_stack, wait_for, write_yaml
 from tests.reliability.figures import record
 from tests.reliability.test_soak import child_pids
 
@@ -91,7 +91,7 @@ class Load:
                 try:
                     sock.sendall(b"POST /c%d/%d HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                                  % (i, n, self.host, len(body), body))
-                    status, headers, data = _answer(sock)
+                    status, headers, data = read_answer(sock)
                 except OSError as exc:
                     self._count("lost", f"client {i} request {n}: {type(exc).__name__}: {exc}")
                     continue
@@ -111,17 +111,6 @@ class Load:
                     refused_at_connect=self.counts["refused_at_connect"])
 
 
-def _answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
-    reader = sock.makefile("rb")
-    line = reader.readline(65536)
-    if not line:
-        raise ConnectionError("closed without an answer")
-    headers: dict[bytes, bytes] = {}
-    while (h := reader.readline(65536)) not in (b"\r\n", b""):
-        k, _, v = h.partition(b":")
-        headers[k.strip().lower()] = v.strip()
-    body = reader.read(int(headers.get(b"content-length", b"0")))
-    return int(line.split()[1]), headers, body
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from activator.limits import Limits
-from tests.helpers import paddleservice, start_stack, wait_for, write_yaml
+from tests.helpers import paddleservice, read_answer, start_stack, wait_for, write_yaml
 from tests.reliability.figures import record
 from tests.reliability.test_soak import child_pids, rss_mib
 
@@ -61,19 +61,6 @@ def connect(stack, timeout: float = 15.0) -> socket.socket:
     return s
 
 
-def read_answer(sock: socket.socket, reader=None) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One HTTP answer (Content-Length framed, as the activator always sends); pass the same buffered
-    `reader` (sock.makefile("rb")) for pipelined answers. socket.timeout = a hang."""
-    reader = reader or sock.makefile("rb")
-    line = reader.readline(65536)
-    if not line:
-        raise ConnectionError("closed before an answer")
-    headers: dict[bytes, bytes] = {}
-    while (h := reader.readline(65536)) not in (b"\r\n", b""):
-        k, _, v = h.partition(b":")
-        headers[k.strip().lower()] = v.strip()
-    body = reader.read(int(headers.get(b"content-length", b"0")))
-    return int(line.split()[1]), headers, body
 
 
 def closed_after(sock: socket.socket) -> bool:
