@@ -48,7 +48,12 @@ class Platform(abc.ABC):
     name: str = "abstract"
 
     def __init__(self) -> None:
+        # Called with a service key when its replicas' state changed (routes and status follow).
         self.on_change: Callable[[str], None] = lambda key: None
+        # Called with a service key when something the platform created for it was changed or deleted
+        # behind its back (kubectl delete/edit): the owner re-applies it at once. Platforms whose
+        # objects nobody else can touch (local processes) never call it.
+        self.on_drift: Callable[[str], None] = lambda key: None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Start background work (watches, supervisors)."""

@@ -107,8 +107,7 @@ class PaddleServiceOperator:
         self.reconciles = 0
         self.status_writes = 0
         controller.on_status = self._controller_status
-        if hasattr(self.platform, "on_drift"):
-            self.platform.on_drift = self._drifted
+        self.platform.on_drift = self._drifted  # a child deleted or edited: reconcile at once, not at resync
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
@@ -220,9 +219,6 @@ class KubernetesPlatform(Platform):
         # scrape included, sees the same choice).
         self._standby: dict[str, int] = {}
         self._routed: dict[tuple[str, str], list[Endpoint]] = {}
-        # Called with the service key when one of its children was deleted or changed behind our
-        # back (kubectl delete/edit): the reconciler re-applies it at once instead of at resync.
-        self.on_drift: Callable[[str], None] = lambda key: None
         selector = f"{LABEL_SERVICE},{LABEL_SIDE}"
         self.slices = Informer(kube, resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
                                self._slice_event, name="endpointslices", label_selector=selector,
