@@ -28,6 +28,7 @@ from aiohttp import web
 from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute
 from benchmarks import wrk
 from benchmarks.load import closed_loop
+from benchmarks.stats import MIN_RUNS, summarize
 from tests.helpers import ROOT, free_port, wait_for
 
 ECHO = [sys.executable, str(ROOT / "tests/fixtures/echo_replica.py")]
@@ -145,7 +146,38 @@ def start_activator(tree: Path, control: Control, log: Path) -> tuple[subprocess
     return proc, port
 
 
-def run(quick: bool = False, tree: Path = ROOT) -> dict:
+def run(quick: bool = False) -> dict:
+    """The suite for `python -m benchmarks`: three measurements, each figure their median with min-max
+    (ratios run by run), and the one-client latency CDFs of the last run."""
+    runs = [measure(quick) for _ in range(MIN_RUNS)]
+
+    def figures(r: dict) -> dict[str, float]:
+        return {"one_client_added_p50_ms": r["one_client"]["added_p50_ms"],
+                "one_client_added_p99_ms": r["one_client"]["added_p99_ms"],
+                "c64_added_p50_ms": r["added_p50_ms"], "c64_added_p99_ms": r["added_p99_ms"],
+                "c64_throughput_ratio": r["throughput_ratio"], "c64_activator_rps": r["activator"]["rps"],
+                "c64_direct_rps": r["direct"]["rps"],
+                "activator_cpu_us_per_request": r["activator"]["cpu_us_per_request"],
+                "cold_start_added_s": r["cold_start"]["activator_added_s"]}
+
+    per_run = [figures(r) for r in runs]
+    out: dict = {k: summarize([f[k] for f in per_run]) for k in per_run[0]}
+    out["generator"] = runs[-1]["generator"]
+    out["goal"] = runs[-1]["goal"]
+    med = {k: v["median"] for k, v in out.items() if isinstance(v, dict)}
+    out["goal_met"] = (med["c64_added_p50_ms"] < 1 and med["c64_added_p99_ms"] < 5
+                       and med["c64_throughput_ratio"] >= 0.7)
+    last = runs[-1]["one_client"]
+    out["charts"] = [{"name": "activator-latency-cdf", "kind": "line",
+                      "title": "One client: latency CDF, direct vs through the activator (last run)",
+                      "xlabel": "latency (ms)", "ylabel": "fraction of requests",
+                      "series": {"direct": last["direct"].get("cdf", []),
+                                 "through the activator": last["activator"].get("cdf", [])}}]
+    return out
+
+
+def measure(quick: bool = False, tree: Path = ROOT) -> dict:
+    """One side-by-side measurement of `tree`'s activator against the replica called directly."""
     seconds = 3.0 if quick else 10.0
     echo_port = free_port()
     echo = subprocess.Popen([*ECHO, "--port", str(echo_port)])
@@ -231,7 +263,7 @@ def main() -> None:
     results: dict[Path, list[dict]] = {t: [] for t in trees}
     for _ in range(args.runs):
         for t in trees:  # interleaved, so that a noisy minute on a shared machine hits every tree alike
-            results[t].append(run(args.quick, t))
+            results[t].append(measure(args.quick, t))
     if args.runs == 1 and len(trees) == 1:
         print(json.dumps(results[trees[0]][0], indent=2))
         return

@@ -1,4 +1,5 @@
-"""Reliability figures for the report: runs the soak, fault and fuzz tests (pytest, loopback only)
+"""Reliability figures for the report: runs the soak, fault, zero-loss, hostile-client and fuzz tests
+(tests/reliability, tests/security; pytest, loopback only)
 and returns what they recorded: requests sent/answered, errors by kind, faults survived, inputs tried."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def run(quick: bool = False) -> dict:
     if PATH.exists():
         PATH.unlink()
     env = {**os.environ, "ELASTICSERVING_SOAK_SECONDS": "20" if quick else "300"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/reliability"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/reliability", "tests/security"], cwd=ROOT,
+                          env=env,
                           capture_output=True, text=True)
     figures = load()
     figures["pytest_exit_code"] = proc.returncode

@@ -58,6 +58,15 @@ def _owner(svc: PaddleService) -> list[dict[str, Any]]:
              "controller": True, "blockOwnerDeletion": True}]
 
 
+def owned_by(obj: dict[str, Any], name: str) -> bool:
+    """Whether `obj` is a child of the PaddleService `name` (its controller owner reference): a
+    Deployment or Service that merely has our name is somebody else's and is neither adopted, changed
+    nor deleted."""
+    return any(ref.get("controller") and ref.get("kind") == KIND and ref.get("name") == name
+               and str(ref.get("apiVersion", "")).split("/")[0] == API_GROUP
+               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -122,6 +131,10 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
                           "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+        # Pod Security "restricted": a model server needs no privilege, capability or syscall beyond
+        # the runtime's default profile.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if spec.arg:
         container["command"] = ["sh", "-c"]
@@ -133,7 +146,11 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.port),
                             "prometheus.io/path": "/metrics"},
         },
-        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
+        # No API token in replicas (they never call the API server); non-root, as our runtime images
+        # run (USER 65532): an image that runs as root is refused by the kubelet with the reason.
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30,
+                 "automountServiceAccountToken": False,
+                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
     }
     body_spec = {"selector": {"matchLabels": selector_labels(svc.name, side)}, "template": template}
     return {
@@ -165,6 +182,10 @@ def build_service(svc: PaddleService, side: str) -> dict[str, Any]:
                      "ownerReferences": _owner(svc)},
         "spec": body_spec,
     }
+
+
+class NotOwned(Exception):
+    """A child's name is taken by an object another owner controls: the side cannot be created."""
 
 
 def ready_endpoints(slices: list[dict[str, Any]]) -> list[Endpoint]:
@@ -211,6 +232,7 @@ class KubernetesPlatform(Platform):
         self._desired: dict[tuple[str, str], int] = {}
         self._ready: dict[tuple[str, str], list[Endpoint]] = {}
         self._errors: dict[tuple[str, str], str | None] = {}
+        self._foreign: set[tuple[str, str]] = set()  # sides whose child names another owner holds
         # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
         # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait
         # with the model loaded, so a scale from zero is a routing change and a Pod start refills them.
@@ -249,14 +271,16 @@ class KubernetesPlatform(Platform):
 
     def _slice_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         ref = self._side_of(obj)
-        if ref is None:
+        if ref is None or ref in self._foreign:  # another owner's Service: its Pods are not ours to route
             return
         key, side = ref
         svc_name = workload_name(split_key(key)[1], side)
         ns = split_key(key)[0]
         slices = [s for s in self.slices.store.values()
                   if s["metadata"].get("namespace") == ns
-                  and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL, svc_name) == svc_name
+                  # Only slices of our own Service: labels alone can be put on any slice by anyone who
+                  # may write EndpointSlices in the namespace, the service-name is the control plane's.
+                  and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == svc_name
                   and self._side_of(s) == ref]
         ready = ready_endpoints(slices)
         if ready != self._ready.get(ref, []):
@@ -269,7 +293,7 @@ class KubernetesPlatform(Platform):
 
     def _deployment_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         ref = self._side_of(obj)
-        if ref is None:
+        if ref is None or ref in self._foreign:
             return
         if kind == "DELETED" or (kind == "MODIFIED" and old is not None and (
                 (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
@@ -339,8 +363,20 @@ class KubernetesPlatform(Platform):
         changed = standby != self._standby.get(svc.key, 0)
         self._standby[svc.key] = standby
         for side in svc.sides:
-            await self._apply_deployment(svc, side)
-            await self._apply_service(svc, side)
+            ref = (svc.key, side)
+            try:
+                await self._apply_deployment(svc, side)
+                await self._apply_service(svc, side)
+            except NotOwned as exc:  # the side cannot run here: say why in its status, touch nothing
+                log.warning("%s", exc)
+                self._foreign.add(ref)
+                self._errors[ref] = str(exc)
+                self.on_change(svc.key)
+                continue
+            if ref in self._foreign:
+                self._foreign.discard(ref)
+                self._errors.pop(ref, None)
+                self.on_change(svc.key)
         for side in SIDES:
             if side not in svc.sides:
                 await self._delete_side(svc.namespace, svc.name, side)
@@ -376,6 +412,10 @@ class KubernetesPlatform(Platform):
                     log.debug("%s %s appeared meanwhile", want["kind"].lower(), name)
                 raise
             return
+        owner = want["metadata"]["ownerReferences"]
+        if owner and not owned_by(have, owner[0]["name"]):
+            raise NotOwned(f"{want['kind']} {ns}/{name} exists and is not owned by PaddleService "
+                           f"{ns}/{owner[0]['name']}: rename one of them")
         if (have["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) == \
                 want["metadata"]["annotations"][HASH_ANNOTATION]:
             return
@@ -388,10 +428,22 @@ class KubernetesPlatform(Platform):
         await self.kube.replace(path, have)
         log.info("updated %s %s/%s", want["kind"].lower(), ns, name)
 
+    async def _delete_owned(self, api: str, plural: str, namespace: str, child: str, owner: str) -> bool:
+        """Delete a child only when it is really the PaddleService's (see owned_by)."""
+        path = resource_path(api, plural, namespace, child)
+        have = await self.kube.get_or_none(path)
+        if have is None:
+            return False
+        if not owned_by(have, owner):
+            log.warning("not deleting %s %s/%s: it is not owned by PaddleService %s", plural, namespace, child,
+                        owner)
+            return False
+        return await self.kube.delete(path)
+
     async def _delete_side(self, namespace: str, name: str, side: str) -> None:
         wl = workload_name(name, side)
-        gone_dep = await self.kube.delete(resource_path("apps/v1", "deployments", namespace, wl))
-        gone_svc = await self.kube.delete(resource_path("v1", "services", namespace, wl))
+        gone_dep = await self._delete_owned("apps/v1", "deployments", namespace, wl, name)
+        gone_svc = await self._delete_owned("v1", "services", namespace, wl, name)
         if gone_dep or gone_svc:
             log.info("deleted %s side of %s/%s", side, namespace, name)
         key = f"{namespace}/{name}"
@@ -408,9 +460,12 @@ class KubernetesPlatform(Platform):
         for api, plural in (("apps/v1", "deployments"), ("v1", "services")):
             items = (await self.kube.get(resource_path(api, plural, ns), labelSelector=selector)).get("items", [])
             for item in items:
-                await self.kube.delete(resource_path(api, plural, ns, item["metadata"]["name"]))
+                if owned_by(item, name):
+                    await self.kube.delete(resource_path(api, plural, ns, item["metadata"]["name"]))
 
     async def scale(self, key: str, side: str, replicas: int) -> None:
+        if (key, side) in self._foreign:
+            return  # never scale a Deployment that is not ours
         ns, name = split_key(key)
         standby = self._standby.get(key, 0)
         before = self._desired.get((key, side))

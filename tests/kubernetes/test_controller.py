@@ -296,6 +296,35 @@ def test_children_deleted_behind_our_back_are_recreated(installed: Cluster, ctl:
     installed.kubectl("delete", "psvc", name, "-n", NS, "--timeout=30s")
 
 
+def test_a_deployment_of_another_owner_is_neither_adopted_nor_deleted(installed: Cluster,
+                                                                      ctl: ControllerProc) -> None:
+    """`squatter-default` exists and is not ours: the PaddleService reports why it cannot run (a
+    condition with the reason) and the Deployment is left as it was, also when the service is deleted."""
+    name = "squatter"
+    installed.apply_yaml(yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"{name}-default", "namespace": NS},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "mine"}},
+                 "template": {"metadata": {"labels": {"app": "mine"}},
+                              "spec": {"containers": [{"name": "c", "image": "someone/else:1"}]}}}}))
+    before = installed.get_json("deployment", f"{name}-default", "-n", NS)
+    installed.apply_yaml(psvc(name))
+
+    def refused() -> dict | None:
+        c = condition(get_psvc(installed, name), "DefaultPaddleServiceReady")
+        return c if c and c["status"] == "False" and "not owned" in c["message"] else None
+
+    cond = wait_for(refused, 20, what="a condition saying the Deployment is not ours")
+    assert cond["reason"] == "ReplicaFailed"
+    after = installed.get_json("deployment", f"{name}-default", "-n", NS)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]  # untouched
+    assert not after["metadata"].get("ownerReferences")
+    assert ctl.post("/v1/poke", {"service": f"{NS}/{name}", "side": "default"})[0] == 200
+    installed.kubectl("delete", "psvc", name, "-n", NS, "--timeout=30s")
+    left = installed.get_json("deployment", f"{name}-default", "-n", NS)
+    assert left is not None and left["spec"]["replicas"] == 0  # neither scaled by the poke nor deleted
+    installed.kubectl("delete", "deployment", f"{name}-default", "-n", NS)
+
+
 def test_scale_subresource_of_the_crd(installed: Cluster, ctl: ControllerProc) -> None:
     """`kubectl scale psvc` works (scale subresource); the autoscaler still owns the Deployments."""
     name = "scaled"

@@ -12,6 +12,7 @@ from autoscaler.kube.platform import (
     KubernetesPlatform,
     build_deployment,
     build_service,
+    owned_by,
     pod_resources,
     ready_endpoints,
     shell_arg,
@@ -156,3 +157,48 @@ async def test_standby_routing_changes_on_events_never_on_read() -> None:
     slice_event(["pod-0", "pod-b"])
     assert [e.id for e in platform.state("ns/a", "default").ready] == ["pod-0"]
     assert changes.count("ns/a") == 3
+
+
+@pytest.mark.parametrize(("refs", "owned"), [
+    pytest.param([{"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService", "name": "a",
+                   "uid": "u", "controller": True}], True, id="our controller reference"),
+    pytest.param([], False, id="no owner: somebody's own Deployment"),
+    pytest.param([{"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService", "name": "b",
+                   "controller": True}], False, id="another PaddleService"),
+    pytest.param([{"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService", "name": "a"}],
+                 False, id="not the controller reference"),
+    pytest.param([{"apiVersion": "evil.example/v1", "kind": "PaddleService", "name": "a", "controller": True}],
+                 False, id="a look-alike kind of another group"),
+])
+def test_children_are_ours_only_by_controller_reference(refs, owned) -> None:
+    assert owned_by({"metadata": {"ownerReferences": refs}}, "a") is owned
+
+
+async def test_only_slices_of_our_own_service_are_routed() -> None:
+    platform = KubernetesPlatform(kube=None)  # type: ignore[arg-type]  # caches only, no API calls
+    planted = _slice(["intruder"])
+    planted["metadata"]["name"] = "planted"
+    del planted["metadata"]["labels"]["kubernetes.io/service-name"]  # our labels, but no Service's slice
+    platform.slices.store["ns/planted"] = planted
+    platform._slice_event("ADDED", planted, None)
+    assert platform.state("ns/a", "default").ready == []
+    other = _slice(["other"])
+    other["metadata"]["name"] = "other-svc"
+    other["metadata"]["labels"]["kubernetes.io/service-name"] = "someone-else"
+    platform.slices.store["ns/other-svc"] = other
+    platform._slice_event("ADDED", other, None)
+    assert platform.state("ns/a", "default").ready == []
+    ours = _slice(["pod-1"])
+    platform.slices.store["ns/a-default-x"] = ours
+    platform._slice_event("ADDED", ours, None)
+    assert [e.id for e in platform.state("ns/a", "default").ready] == ["pod-1"]
+
+
+def test_replica_pods_are_restricted() -> None:
+    dep = build_deployment(_svc(), "default", replicas=1)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "seccompProfile": {"type": "RuntimeDefault"}}
