@@ -26,6 +26,7 @@ SUITES = [
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
     ("image", "benchmarks.image_bench", "EfficientNet-Lite0: paddle.inference (oneDNN off/on) vs ONNX Runtime, batch 1 and 16"),
     ("scale", "benchmarks.scale_bench", "1,000 services at zero: idle CPU, RSS per service, route bytes per change, cold start"),
+    ("cluster", "benchmarks.cluster_bench", "real node: apply to Ready, cold start through a real Pod (plain vs standby), control-plane memory"),
     ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
 ]
 CHARTS_KEY = "charts"
@@ -36,7 +37,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# ElasticServing benchmarks ({report['started']})", "",
              f"Machine: {report['machine']}", ""]
     for name, res in report["suites"].items():
-        lines += [f"## {name}", "", res.get("description", ""), ""]
+        lines += [f"## {name}", "", res.get("description", ""), f"measured {res.get('measured', report['started'])}", ""]
         if "error" in res:
             lines += ["```", res["error"].strip(), "```", ""]
             continue
@@ -62,7 +63,8 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer trials and shorter loads")
-    p.add_argument("--only", nargs="*", choices=[s[0] for s in SUITES], help="run only these suites")
+    p.add_argument("--only", nargs="*", choices=[s[0] for s in SUITES],
+                   help="run only these suites (the others' results in an existing report are kept)")
     p.add_argument("--out", default=str(RESULTS), help="directory for report.json and report.md")
     args = p.parse_args(argv)
     selected = [s for s in SUITES if not args.only or s[0] in args.only]
@@ -72,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "suites": {},
     }
+    out = Path(args.out)
+    if args.only and (out / "report.json").exists():
+        # Re-running some suites: the others' results stay in the report, each with its own date.
+        previous = json.loads((out / "report.json").read_text())
+        report["suites"] = {k: v for k, v in previous.get("suites", {}).items() if k not in args.only}
     failed = 0
     for i, (name, module, desc) in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {name}: {desc} ...", flush=True)
         t0 = time.monotonic()
-        entry: dict[str, Any] = {"description": desc}
+        entry: dict[str, Any] = {"description": desc, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
             mod = importlib.import_module(module)
             entry["results"] = mod.run(quick=args.quick)
@@ -88,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         entry["seconds"] = time.monotonic() - t0
         report["suites"][name] = entry
         print(f"[{i}/{len(selected)}] {name}: done in {entry['seconds']:.1f}s", flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(_markdown(report))
