@@ -139,11 +139,16 @@ def cmd_get(args: argparse.Namespace) -> int:
         return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+def _namespace_of(args: argparse.Namespace) -> str:
+    """The namespace of the one PaddleService named `args.name` (in `-n`, or the only one of that name)."""
     items = _items(args)
     if len(items) > 1:
         raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
-    ns = items[0]["metadata"]["namespace"]
+    return items[0]["metadata"]["namespace"]
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    ns = _namespace_of(args)
     _request(args, "DELETE", f"/v1/paddleservices/{ns}/{args.name}")
     print(f"paddleservice/{args.name} deleted ({ns}/{args.name})")
     return 0
@@ -151,10 +156,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """The replicas' output of one side, `[replica] line` per line; -f keeps following."""
-    items = _items(args)
-    if len(items) > 1:
-        raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
-    ns = items[0]["metadata"]["namespace"]
+    ns = _namespace_of(args)
     query = urllib.parse.urlencode({"side": args.side, "follow": "1" if args.follow else "0",
                                     **({"tail": str(args.tail)} if args.tail is not None else {})})
     url = f"{args.server.rstrip('/')}/v1/paddleservices/{ns}/{args.name}/logs?{query}"
