@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the external servers the tests run on loopback: Prometheus (+ promtool), etcd, openssl
-# and kubectl from Debian, then builds kube-apiserver from source (scripts/build-kube-apiserver.sh).
+# and kubectl from Debian, then builds kube-apiserver from source (scripts/build-kube-apiserver.sh)
+# and a Prometheus with kubernetes discovery (scripts/build-prometheus.sh).
 # Idempotent: skips what is already installed; the kube-apiserver build is cached (.cache/bin and
 # $HOME/.cache/elasticserving/bin). SKIP_KUBE_APISERVER=1 skips the build (no Go toolchain).
 set -euo pipefail
@@ -30,6 +31,12 @@ if [ -z "${SKIP_KUBE_APISERVER:-}" ]; then
      || [ -x "$HOME/.cache/elasticserving/bin/kube-apiserver" ]; then
     bin="$(scripts/build-kube-apiserver.sh)"
     echo "test tools: $("$bin" --version 2>&1 | head -1) ($bin)"
+    # Prometheus with kubernetes discovery, for the cluster suite (Debian's has none).
+    if prom="$(scripts/build-prometheus.sh)"; then
+      echo "test tools: $("$prom" --version 2>&1 | head -1) ($prom)"
+    else
+      echo "test tools: Prometheus with kubernetes discovery not built (the cluster monitoring test fails)" >&2
+    fi
   else
     echo "test tools: no Go toolchain: kube-apiserver not built (kubernetes tests skip, or fail with CI set)" >&2
   fi

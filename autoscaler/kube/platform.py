@@ -90,6 +90,11 @@ def pod_resources(svc: PaddleService) -> dict[str, dict[str, str]]:
 
 
 _SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|\$\(")
+# Commands of the shell itself (POSIX special and regular built-ins), which `exec` cannot run.
+_SH_BUILTINS = frozenset({"break", ":", ".", "continue", "eval", "exit", "export", "readonly", "return", "set",
+                          "shift", "times", "trap", "unset", "alias", "bg", "cd", "command", "false", "fc", "fg",
+                          "getopts", "jobs", "kill", "read", "true", "umask", "unalias", "wait", "source",
+                          "echo", "printf", "test", "["})
 
 
 def shell_arg(arg: str) -> str:
@@ -97,8 +102,9 @@ def shell_arg(arg: str) -> str:
     is the container's PID 1 and gets the kubelet's SIGTERM (a shell as PID 1 neither forwards it nor
     dies of it, so every Pod would wait out its grace period and be killed)."""
     text = arg.strip()
-    if text.startswith("exec ") or _SHELL_SYNTAX.search(text):
-        return arg
+    first = text.split(maxsplit=1)[0] if text else ""
+    if not first or first == "exec" or _SHELL_SYNTAX.search(text) or first in _SH_BUILTINS or "=" in first:
+        return arg  # `exec exit 3` or `exec A=1 cmd` would run a program of that name: not found
     return f"exec {text}"
 
 
@@ -219,6 +225,59 @@ def _deployment_error(dep: dict[str, Any] | None) -> str | None:
     return None
 
 
+# Container states that do not end by waiting: the kubelet retries them with back-off, but a request
+# held for the side would wait out its timeout for nothing (Knative's revision reports the same ones).
+FAILING_WAITS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull",
+                           "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+                           "RunContainerError"})
+
+
+def _exit(term: dict[str, Any]) -> str:
+    reason = term.get("reason") or "Error"
+    return f"exit code {term.get('exitCode')} ({reason})"
+
+
+def pod_failure(pod: dict[str, Any]) -> str | None:
+    """Why one replica Pod cannot turn ready, or None while it may still: unschedulable, a container
+    waiting in a failing state (crash loop, image not there, bad config) or exited non-zero."""
+    md, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if md.get("deletionTimestamp"):
+        return None  # on its way out: not what the side will run
+    name = md.get("name", "?")
+    if status.get("phase") == "Failed":
+        return f"Pod {name} failed: {status.get('reason') or 'Failed'}: {status.get('message') or ''}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                and cond.get("reason") == "Unschedulable":
+            return f"Pod {name} is unschedulable: {cond.get('message') or ''}".rstrip(": ")
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        if cs.get("ready"):
+            continue
+        state, last = cs.get("state") or {}, (cs.get("lastState") or {}).get("terminated")
+        waiting, term = state.get("waiting"), state.get("terminated")
+        if waiting and waiting.get("reason") in FAILING_WAITS:
+            why = f"Pod {name}: {waiting['reason']}"
+            if last and last.get("exitCode"):
+                why += f", last {_exit(last)}"
+            elif waiting.get("message"):
+                why += f": {waiting['message']}"
+            return why
+        if term and term.get("exitCode"):
+            return f"Pod {name}: container {cs.get('name')} {_exit(term)}"
+        if last and last.get("exitCode") and int(cs.get("restartCount") or 0) > 0:
+            return f"Pod {name}: container {cs.get('name')} restarted after {_exit(last)}"
+    return None
+
+
+def side_failure(pods: list[dict[str, Any]]) -> str | None:
+    """The first failing Pod's reason among a side's Pods (by name), for a side with no ready replica."""
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        why = pod_failure(pod)
+        if why:
+            return why
+    return None
+
+
 class KubernetesPlatform(Platform):
     """Deployments + headless Services per side; readiness from EndpointSlices."""
 
@@ -231,7 +290,8 @@ class KubernetesPlatform(Platform):
         self.namespace = namespace  # None: all namespaces
         self._desired: dict[tuple[str, str], int] = {}
         self._ready: dict[tuple[str, str], list[Endpoint]] = {}
-        self._errors: dict[tuple[str, str], str | None] = {}
+        self._errors: dict[tuple[str, str], str | None] = {}  # from the Deployment (or not ours)
+        self._pod_errors: dict[tuple[str, str], str] = {}  # from the side's Pods
         self._foreign: set[tuple[str, str]] = set()  # sides whose child names another owner holds
         # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
         # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait
@@ -249,15 +309,20 @@ class KubernetesPlatform(Platform):
                                     self._deployment_event, name="deployments",
                                     label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
                                     resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+        # Replica Pods, only for why a side does not turn ready (crash loops, images the node lacks):
+        # requests held for it are then refused at once with the reason, as on the local platform.
+        self.pods = Informer(kube, resource_path("v1", "pods", namespace), self._pod_event, name="pods",
+                             label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
+                             resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.slices.start()
-        self.deployments.start()
-        await asyncio.gather(self.slices.wait_synced(), self.deployments.wait_synced())
+        for informer in (self.slices, self.deployments, self.pods):
+            informer.start()
+        await asyncio.gather(self.slices.wait_synced(), self.deployments.wait_synced(), self.pods.wait_synced())
 
     async def close(self) -> None:
-        await asyncio.gather(self.slices.stop(), self.deployments.stop())
+        await asyncio.gather(self.slices.stop(), self.deployments.stop(), self.pods.stop())
 
     # ---- watch caches ---------------------------------------------------------------------------
     @staticmethod
@@ -309,6 +374,21 @@ class KubernetesPlatform(Platform):
         if changed:
             self.on_change(ref[0])
 
+    def _pod_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        ref = self._side_of(obj)
+        if ref is None or ref in self._foreign:
+            return
+        ns = split_key(ref[0])[0]
+        err = side_failure([p for p in self.pods.store.values()
+                            if p["metadata"].get("namespace") == ns and self._side_of(p) == ref])
+        if err != self._pod_errors.get(ref):
+            if err:
+                self._pod_errors[ref] = err
+                log.warning("%s/%s: %s", ref[0], ref[1], err)
+            else:
+                self._pod_errors.pop(ref, None)
+            self.on_change(ref[0])
+
     def _deployment(self, key: str, side: str) -> dict[str, Any] | None:
         ns, name = split_key(key)
         return self.deployments.store.get(f"{ns}/{workload_name(name, side)}")
@@ -352,8 +432,9 @@ class KubernetesPlatform(Platform):
             routed = list(self._routed.get(ref, []))
             spare = len(ready) - len(routed)
             ready = routed
+        error = (self._errors.get(ref) or self._pod_errors.get(ref)) if not ready else None
         return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
-                         error=self._errors.get(ref) if not ready else None, standby=spare)
+                         error=error, standby=spare)
 
     async def apply(self, svc: PaddleService) -> None:
         try:

@@ -13,9 +13,11 @@ from autoscaler.kube.platform import (
     build_deployment,
     build_service,
     owned_by,
+    pod_failure,
     pod_resources,
     ready_endpoints,
     shell_arg,
+    side_failure,
 )
 from autoscaler.platform import Endpoint
 from autoscaler.spec import PaddleService, SpecError
@@ -89,6 +91,9 @@ def test_scale_field_is_not_part_of_the_model() -> None:
     ("a; b", "a; b"),
     ("run $(cat f)", "run $(cat f)"),
     ("run > log", "run > log"),
+    ("exit 3", "exit 3"),                     # a shell built-in: `exec exit` is "not found" (127)
+    ("A=1 python3 -m runtime", "A=1 python3 -m runtime"),
+    ("", ""),
 ])
 def test_shell_arg_execs_one_simple_command(arg: str, want: str) -> None:
     assert shell_arg(arg) == want
@@ -202,3 +207,42 @@ def test_replica_pods_are_restricted() -> None:
     (container,) = pod["containers"]
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod(name: str = "p", *, phase: str = "Running", deleting: bool = False, conditions=(), **cs: object):
+    md = {"name": name, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+    status = {"phase": phase, "conditions": list(conditions),
+              "containerStatuses": [dict({"name": "paddleserving", "ready": False, "restartCount": 0}, **cs)]}
+    return {"metadata": md, "status": status}
+
+
+EXIT3 = {"terminated": {"exitCode": 3, "reason": "Error"}}
+
+
+@pytest.mark.parametrize(("pod", "want"), [
+    (_pod(state={"waiting": {"reason": "ContainerCreating"}}), None),          # still starting
+    (_pod(state={"running": {}}), None),                                        # loading its model
+    (_pod(state={"running": {}}, ready=True, lastState=EXIT3, restartCount=1), None),  # recovered
+    (_pod(state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}, lastState=EXIT3,
+          restartCount=2), "Pod p: CrashLoopBackOff, last exit code 3 (Error)"),
+    (_pod(state={"waiting": {"reason": "ErrImageNeverPull", "message": 'image "x" not present'}}),
+     'Pod p: ErrImageNeverPull: image "x" not present'),
+    (_pod(state=EXIT3), "Pod p: container paddleserving exit code 3 (Error)"),
+    (_pod(state={"running": {}}, lastState={"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+          restartCount=1), "Pod p: container paddleserving restarted after exit code 137 (OOMKilled)"),
+    (_pod(state={"terminated": {"exitCode": 0, "reason": "Completed"}}), None),
+    (_pod(phase="Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": "0/1 nodes: Insufficient cpu"}]),
+     "Pod p is unschedulable: 0/1 nodes: Insufficient cpu"),
+    (_pod(phase="Failed") | {"status": {"phase": "Failed", "reason": "Evicted", "message": "low memory"}},
+     "Pod p failed: Evicted: low memory"),
+    (_pod(deleting=True, state=EXIT3), None),                                   # on its way out
+])
+def test_pod_failure_reasons(pod, want) -> None:
+    assert pod_failure(pod) == want
+
+
+def test_side_failure_is_the_first_failing_pod_by_name() -> None:
+    ok, bad_b, bad_c = _pod("a", state={"running": {}}), _pod("b", state=EXIT3), _pod("c", state=EXIT3)
+    assert side_failure([bad_c, ok, bad_b]) == "Pod b: container paddleserving exit code 3 (Error)"
+    assert side_failure([ok]) is None and side_failure([]) is None
