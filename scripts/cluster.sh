@@ -280,6 +280,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # This VM lacks CAP_SYS_RESOURCE: lowering oom_score_adj fails ("can't get final child's PID
   # from pipe") unless containerd keeps it at or above its own.
   restrict_oom_score_adj = true
+  # Pod network namespaces live under our state dir, not /var/run/netns: `down` unmounts whatever a
+  # sandbox torn down half-way left there (seen in CI: 7 cni-* netns outlived the node).
+  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"

@@ -108,6 +108,9 @@ def shell_arg(arg: str) -> str:
     return f"exec {text}"
 
 
+PRESTOP_SECONDS = 3  # EndpointSlice -> controller -> activators takes well under a second on a quiet node
+
+
 def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[str, Any]:
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
@@ -137,6 +140,10 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
                           "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
+        # A Pod leaving (scale-down, rollout) first drops out of its EndpointSlice, then the controller
+        # pushes the smaller route table to every activator: keep serving through that before SIGTERM
+        # starts the runtime's drain, so no activator sends to a closed port.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         # Pod Security "restricted": a model server needs no privilege, capability or syscall beyond
         # the runtime's default profile.
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},

@@ -209,6 +209,14 @@ def test_replica_pods_are_restricted() -> None:
                                             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+def test_replica_pods_keep_serving_while_leaving_the_endpoints() -> None:
+    (container,) = build_deployment(_svc(), "default", replicas=1)["spec"]["template"]["spec"]["containers"]
+    assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 3}}}
+    # the runtime's drain (after the pause) must fit in the grace period with the pause
+    pod = build_deployment(_svc(), "default")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 3
+
+
 def _pod(name: str = "p", *, phase: str = "Running", deleting: bool = False, conditions=(), **cs: object):
     md = {"name": name, **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
     status = {"phase": phase, "conditions": list(conditions),
