@@ -45,6 +45,8 @@ def _markdown(report: dict[str, Any]) -> str:
         results = {k: v for k, v in res.get("results", {}).items() if k != CHARTS_KEY}
         lines += [f"| {k} | {fmt(v)} |" for k, v in _flatten(results)]
         lines += [f"![{p.stem}]({p.name})" for p in map(Path, res.get("chart_files", []))]
+        if "chart_error" in res:
+            lines += ["", "charts not drawn:", "```", res["chart_error"].strip().splitlines()[-1], "```"]
         lines += ["", f"took {res['seconds']:.1f}s", ""]
     return "\n".join(lines)
 
@@ -87,11 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mod = importlib.import_module(module)
             entry["results"] = mod.run(quick=args.quick)
-            entry["chart_files"] = [str(p) for p in render_all(entry["results"], Path(args.out))]
         except Exception:
             failed += 1
             entry["error"] = traceback.format_exc()
             print(entry["error"], file=sys.stderr)
+        if "results" in entry:
+            try:  # a chart that cannot be drawn must not cost the suite's figures
+                entry["chart_files"] = [str(p) for p in render_all(entry["results"], Path(args.out))]
+            except Exception:
+                failed += 1
+                entry["chart_error"] = traceback.format_exc()
+                print(entry["chart_error"], file=sys.stderr)
         entry["seconds"] = time.monotonic() - t0
         report["suites"][name] = entry
         print(f"[{i}/{len(selected)}] {name}: done in {entry['seconds']:.1f}s", flush=True)
