@@ -3,6 +3,14 @@
 
 Models hand it a blocking `run(items) -> results` (one result per item) that runs on their own
 inference thread; protocol handlers just `await batcher.submit(items)`.
+
+`inline_if`: when it answers True (the replica serves no other request), a one-item request to an idle
+batcher runs on the event loop's thread instead.
+Measured on a 2-vCPU VM (LAC, batch 1): the hop to the inference thread and back cost ~0.24 ms around a
+0.18 ms run (two thread wake-ups on vCPUs that had gone idle), and Paddle's `predictor.run()` holds the
+GIL, so while it runs the loop could not have served anything else anyway. With other requests in
+flight nothing changes: they may reach the batcher during the run, so it runs on the inference thread
+and what arrives meanwhile queues and is merged into the next batch.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from typing import Any
 class Batcher:
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], executor: concurrent.futures.Executor,
                  max_batch_size: int = 32, batch_timeout: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 inline_if: Callable[[], bool] | None = None) -> None:
         self.run = run
+        self.inline_if = inline_if
         self.executor = executor
         self.max_batch_size = max(1, max_batch_size)
         self.batch_timeout = max(0.0, batch_timeout)
@@ -42,6 +52,8 @@ class Batcher:
             self._busy = True
             try:
                 self.on_batch(len(items))
+                if len(items) == 1 and self.inline_if is not None and self.inline_if():
+                    return list(self.run(items))  # the module docstring: cheaper than the thread hop
                 return list(await loop.run_in_executor(self.executor, self.run, items))
             finally:
                 self._busy = False

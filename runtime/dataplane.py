@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ def index_specs(specs: list[TensorSpec]) -> dict[str, list[TensorSpec]]:
     return by_name
 
 
+ALONE_AFTER = 0.01  # seconds of requests on one connection only before the replica counts as alone()
+
+
 @dataclass(frozen=True)
 class Limits:
     max_batch_size: int = 32  # items (first dimension) one request may carry
@@ -52,7 +56,8 @@ class RequestRecord:
 
 class DataPlane:
     def __init__(self, name: str, metrics: RuntimeMetrics, limits: Limits | None = None,
-                 drain_quiet: float = 0.5) -> None:
+                 drain_quiet: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.name = name
         self.metrics = metrics
         self.limits = limits or Limits()
@@ -67,6 +72,8 @@ class DataPlane:
         self._last_active = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_conn: object = None
+        self._shared_until = 0.0  # monotonic; see alone()
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -110,12 +117,16 @@ class DataPlane:
         return self.handler
 
     # ---- one request -------------------------------------------------------------------------
-    def track(self, protocol: str, request_id: str) -> _Tracked:
+    def track(self, protocol: str, request_id: str, conn: object = None) -> _Tracked:
         """`with plane.track(...) as rec:` around one request's whole handling (parsing included):
-        in-flight count, metrics, log line; the status comes from `rec.status` or the exception."""
-        return _Tracked(self, protocol, request_id)
+        in-flight count, metrics, log line; the status comes from `rec.status` or the exception.
+        `conn` names the client connection (HTTP/1.1: one request at a time on it), None if unknown."""
+        return _Tracked(self, protocol, request_id, conn)
 
-    def begin(self, protocol: str, request_id: str) -> RequestRecord:
+    def begin(self, protocol: str, request_id: str, conn: object = None) -> RequestRecord:
+        if conn is None or conn is not self._last_conn:
+            self._shared_until = self._clock() + ALONE_AFTER
+            self._last_conn = conn
         self.inflight += 1
         self._idle.clear()
         self._gauge(protocol).inc()
@@ -136,6 +147,12 @@ class DataPlane:
         self._last_active = time.monotonic()
         if self.inflight == 0:
             self._idle.set()
+
+    def alone(self) -> bool:
+        """One client, one request: nothing else in flight, and for ALONE_AFTER every request came on
+        the same HTTP/1.1 connection. Requests waiting unread in other sockets are invisible to the
+        in-flight count; a second connection (or gRPC, which multiplexes) is what reveals them."""
+        return self.inflight <= 1 and self._clock() >= self._shared_until
 
     def _gauge(self, protocol: str) -> Any:
         gauge = self._inflight_gauges.get(protocol)
@@ -218,13 +235,13 @@ class DataPlane:
 class _Tracked:
     """The context manager of DataPlane.track (a class: cheaper than a generator on the hot path)."""
 
-    __slots__ = ("plane", "protocol", "request_id", "rec", "started")
+    __slots__ = ("plane", "protocol", "request_id", "conn", "rec", "started")
 
-    def __init__(self, plane: DataPlane, protocol: str, request_id: str) -> None:
-        self.plane, self.protocol, self.request_id = plane, protocol, request_id
+    def __init__(self, plane: DataPlane, protocol: str, request_id: str, conn: object = None) -> None:
+        self.plane, self.protocol, self.request_id, self.conn = plane, protocol, request_id, conn
 
     def __enter__(self) -> RequestRecord:
-        self.rec = self.plane.begin(self.protocol, self.request_id)
+        self.rec = self.plane.begin(self.protocol, self.request_id, self.conn)
         self.started = time.perf_counter()
         return self.rec
 

@@ -79,6 +79,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):  # paddle installs its own handlers on import
             loop.remove_signal_handler(sig)
             loop.add_signal_handler(sig, stop.set)
+        handler.alone = self.plane.alone
         await handler.start()
         # The model and its libraries live as long as the process: out of the collector's scans, so a
         # full collection never walks paddle's millions of objects in the middle of a request.

@@ -40,6 +40,9 @@ class Handler:
     def __init__(self) -> None:
         # One thread owns the backend: Paddle predictors must not hop between threads.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        # Set by the server: True while the replica serves no other request (a handler may then run a
+        # lone request on the loop, see runtime.batching).
+        self.alone: Callable[[], bool] = lambda: False
 
     def load(self) -> None:
         raise NotImplementedError

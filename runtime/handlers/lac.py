@@ -46,7 +46,10 @@ class LacHandler(Handler):
         self._predictor = None
         self._seg: LacSegmenter | None = None
         self._lock = threading.Lock()
-        self.batcher = Batcher(self.run_batch, self.executor, max_batch_size, batch_timeout, on_batch)
+        # While the replica is `alone`, a lone sentence runs on the loop (runtime.batching's docstring).
+        # No oneDNN here, and the lock keeps the predictor to one caller on either thread.
+        self.batcher = Batcher(self.run_batch, self.executor, max_batch_size, batch_timeout, on_batch,
+                               inline_if=lambda: self.alone())
 
     def load(self) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))

@@ -58,7 +58,7 @@ class HttpApi:
                      work: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
         rid = request_id(request.headers.get(REQUEST_ID))
         try:
-            with self.plane.track(protocol, rid) as rec:
+            with self.plane.track(protocol, rid, request.protocol) as rec:
                 resp = await work(request)
                 rec.status = resp.status
         except InferError as exc:

@@ -88,3 +88,30 @@ async def test_an_error_in_a_merged_batch_reaches_every_request_of_it(pool):
                 await t
     finally:
         b.close()
+
+
+class Where:
+    """Records the thread each batch ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def run(self, items: list[int]) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return [2 * i for i in items]
+
+
+@pytest.mark.parametrize(("inline", "items", "on_loop"), [
+    (True, [1], True),        # alone, one item: run on the loop's own thread
+    (True, [1, 2], False),    # several items: the inference thread
+    (False, [1], False),      # not alone: the inference thread
+])
+async def test_a_lone_item_runs_inline_only_when_alone(pool, inline, items, on_loop):
+    model = Where()
+    b = Batcher(model.run, pool, max_batch_size=8, inline_if=lambda: inline)
+    b.start()
+    try:
+        assert await b.submit(items) == [2 * i for i in items]
+        assert (model.threads == [threading.get_ident()]) is on_loop
+    finally:
+        b.close()

@@ -241,3 +241,37 @@ def test_access_log_without_an_event_loop_writes_at_once():
     stream = io.StringIO()
     AccessLog(logging.StreamHandler(stream), "text").write("r9", "m", "paddle-serving", 200, 0.002)
     assert "request_id=r9 model=m protocol=paddle-serving status=200 duration_ms=2.0" in stream.getvalue()
+
+
+A, B = object(), object()  # two client connections
+
+
+@pytest.mark.parametrize(("begins", "at", "alone"), [
+    ([(0.0, A)], 0.011, True),              # one connection, quiet for the window: alone
+    ([(0.0, A)], 0.005, False),             # the window has not passed since the first request
+    ([(0.0, A), (0.012, A)], 0.013, True),  # the same connection again: still alone
+    ([(0.0, A), (0.012, B)], 0.013, False),  # a second connection: not alone for the window
+    ([(0.0, A), (0.012, B)], 0.023, True),  # ... until the window passes
+    ([(0.0, A), (0.012, None)], 0.02, False),  # a request of unknown connection (gRPC) counts as shared
+])
+def test_alone_means_one_connection_for_a_while(begins, at, alone):
+    now = [0.0]
+    p = DataPlane("m", RuntimeMetrics(), clock=lambda: now[0])
+    recs = []
+    for t, conn in begins:
+        now[0] = t
+        recs.append(p.begin("paddle-serving", "rid", conn))
+        if t != begins[-1][0]:
+            p.end(recs.pop(), 0.0)  # earlier requests are done
+    now[0] = at
+    assert p.alone() is alone
+
+
+def test_not_alone_while_another_request_is_in_flight():
+    now = [1.0]
+    p = DataPlane("m", RuntimeMetrics(), clock=lambda: now[0])
+    p.begin("paddle-serving", "r1", A)
+    now[0] = 2.0
+    assert p.alone()
+    p.begin("paddle-serving", "r2", A)  # pipelined on the same connection: two in flight
+    assert not p.alone()
