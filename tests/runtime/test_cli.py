@@ -111,6 +111,7 @@ def test_limits_must_make_sense(argv, reason, capsys):
 @pytest.mark.parametrize(("handler", "choice", "on"), [
     ("imagenet", "auto", True), ("imagenet", "off", False), ("imagenet", "on", True),
     ("raw", "auto", False), ("raw", "on", True), ("lac", "auto", False), ("lac", "off", False),
+    ("ocr", "auto", True), ("ocr", "off", False),
 ])
 def test_onednn_is_on_by_default_only_for_image_models(handler, choice, on):
     assert mkldnn_for(handler, choice) is on
