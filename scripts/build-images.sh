@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the container images without Docker, as OCI archives a node's containerd imports:
-#   elasticserving/runtime-lac:latest (+ elasticserving/runtime:latest), elasticserving/control-plane:latest,
+#   elasticserving/runtime-lac:latest (+ elasticserving/runtime:latest), elasticserving/runtime-image:latest
+#   (+ elasticserving/runtime-ocr:latest), elasticserving/control-plane:latest,
 #   elasticserving/pause:3.10
 # from the Dockerfiles under images/ (python3 -m imagebuild executes them: mmdebstrap for the base,
 # chroot for RUN, one OCI layer per COPY/RUN). Prints `IMAGE TARBALL` per image on stdout.
 #
-#   scripts/build-images.sh [--import] [NAME...]     NAME: runtime-lac|runtime|control-plane|pause
+#   scripts/build-images.sh [--import] [NAME...]     NAME: runtime-lac|runtime|runtime-models|control-plane|pause
 #
 # --import also runs `ctr -n k8s.io --address "${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
 # images import` for each archive. Everything is cached under ~/.cache/elasticserving/images

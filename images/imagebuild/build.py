@@ -38,6 +38,8 @@ class Target:
 TARGETS = {
     "runtime-lac": Target(("elasticserving/runtime-lac:latest", "elasticserving/runtime:latest"),
                           "images/runtime/Dockerfile"),
+    "runtime-models": Target(("elasticserving/runtime-image:latest", "elasticserving/runtime-ocr:latest"),
+                             "images/runtime/Dockerfile.models"),
     "control-plane": Target(("elasticserving/control-plane:latest",), "images/control-plane/Dockerfile"),
     "pause": Target(("elasticserving/pause:3.10",), "images/pause/Dockerfile"),
 }

@@ -5,12 +5,12 @@ Every inference route reads the request ID (`X-Request-Id`, else a new one), ans
 runtime.errors into a status with `{"error": reason}`.
 
 Why aiohttp and not httptools (as activator/ does): measured with wrk on one connection against this
-server on uvloop (benchmarks.runtime_bench, 2 shared cores), GET /healthz round-trips in 0.032 ms p50 and
-a POST of the LAC body to an unknown model (body read, routing, data plane, JSON error, request line)
-in 0.06-0.07 ms, while a LAC request adds 0.26-0.35 ms over the direct paddle.inference call: the
-remainder is the hop to the inference thread and back, the data plane and handler (~0.06 ms in-process
-on an idle core, twice that under load) and the Paddle run itself being ~0.045 ms slower next to the
-load generator. A hand-written HTTP server could save at most part of the ~0.03 ms aiohttp takes.
+server on uvloop (benchmarks.runtime_bench, 2 shared cores). On the machine of the first report GET
+/healthz round-tripped in 0.032 ms p50 and a POST of the LAC body to an unknown model (body read,
+routing, data plane, JSON error, request line) in 0.06-0.07 ms, against 0.26-0.35 ms a LAC request
+added over the direct call. On the 2-vCPU VM of the 2026-12 report the same figures are 0.11 ms and
+0.17 ms against +0.52 ms, most of it vCPU wake-ups (README, "Measured here"). Either way aiohttp's own
+share is a few hundredths of a millisecond: a hand-written server could save at most part of that.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_every_image_used_is_built_here() -> None:
     for df in DOCKERFILES:
         built |= set(re.findall(r"-t (elasticserving/[\w-]+)", df.read_text()))
     used = set()
-    for f in list((ROOT / "deploy").glob("*.yaml")) + [ROOT / "examples/lac.yaml"]:
+    for f in list((ROOT / "deploy").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(f.read_text()):
             if not doc:
                 continue
@@ -121,6 +121,8 @@ def _docker_less_config(name: str) -> dict:
 @pytest.mark.parametrize("name, user, ports, cmd, entrypoint", [
     ("runtime-lac", "65532:65532", {"9292/tcp", "9293/tcp"},
      ["sh", "-c", 'exec python3 -m runtime --model lac --name lac --port "$PORT"'], None),
+    ("runtime-models", "65532:65532", {"9292/tcp", "9293/tcp"},
+     ["sh", "-c", 'exec python3 -m runtime --model efficientnet-lite0 --name image --port "$PORT"'], None),
     ("control-plane", "65532:65532", {"8080/tcp", "8081/tcp", "8090/tcp"},
      ["python", "-m", "autoscaler.kube"], None),
     ("pause", "65535:65535", set(), None, ["/pause"]),
