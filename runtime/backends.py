@@ -24,6 +24,20 @@ from runtime.tensors import TensorSpec, datatype_of
 __all__ = ["ModelLoadError", "create_predictor", "load_backend"]
 
 
+def configure_device(cfg, threads: int, gpu_ids: list[int] | None, mkldnn: bool, gpu_mem_mb: int = 256) -> None:
+    """A `paddle.inference.Config` on our device: the first GPU of `gpu_ids`, else the CPU with `threads`
+    and oneDNN on or off."""
+    if gpu_ids:
+        cfg.enable_use_gpu(gpu_mem_mb, gpu_ids[0])
+        return
+    cfg.disable_gpu()
+    cfg.set_cpu_math_library_num_threads(max(1, threads))
+    if mkldnn:
+        cfg.enable_mkldnn()
+    else:  # see the module docstring: LAC's fused GRU crashes under oneDNN once batch sizes vary
+        cfg.disable_mkldnn()
+
+
 def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):
     import paddle.inference as pi  # imported lazily: `import runtime` stays light
 
@@ -38,15 +52,7 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, m
             raise ModelLoadError(f"no Paddle model found in {model_dir} (expected __model__ or "
                                  "*.pdmodel/*.json with *.pdiparams)")
         cfg = pi.Config(str(prog), str(params))
-    if gpu_ids:
-        cfg.enable_use_gpu(256, gpu_ids[0])
-    else:
-        cfg.disable_gpu()
-        cfg.set_cpu_math_library_num_threads(max(1, threads))
-        if mkldnn:
-            cfg.enable_mkldnn()
-        else:  # see the module docstring: LAC's fused GRU crashes under oneDNN once batch sizes vary
-            cfg.disable_mkldnn()
+    configure_device(cfg, threads, gpu_ids, mkldnn)
     cfg.disable_glog_info()
     try:
         return pi.create_predictor(cfg)

@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import ModelLoadError
+from runtime.backends import ModelLoadError, configure_device
 from runtime.errors import BadInput
 from runtime.handlers.base import Handler, WebApi
 from runtime.handlers.image_input import ImageSource, open_image
 from runtime.tensors import TensorSpec, object_array
 
-# With the library's defaults (detector input scaled so its shortest side is 736 pixels) the detector's
-# work grew with the aspect ratio (a blank 40x2000 image took 50 s and 10 GB); we cap the long side
-# instead (DET_MAX_SIDE) and keep these bounds as well. Wide images it letterboxes to 4:1,
-# which bounds that, up to the ratio where it first upscales sides under 30 pixels (about 64:1 once it has
-# shrunk the longest side to 2000); tall ones it does not, and 1:8 keeps them within the work of 2000x2000.
+# The detector's work grows with the aspect ratio: with the library's defaults (input scaled so its
+# shortest side is 736 pixels) a blank 40x2000 image took 50 s and 10 GB. We cap the long side instead
+# (DET_MAX_SIDE) and keep these shape bounds too: wide images the library letterboxes to 4:1 up to the
+# ratio where it first upscales sides under 30 pixels (about 64:1 once the longest side is 2000); tall
+# ones it does not, and 1:8 keeps them within the work of 2000x2000.
 MAX_WIDE = 64
 MAX_TALL = 8
 DET_MAX_SIDE = 960
@@ -62,16 +62,9 @@ def to_tensors(lines: list[Any] | None) -> dict[str, np.ndarray]:
 def configure(cfg: Any, threads: int, gpu_ids: list[int] | None, mkldnn: bool) -> None:
     """Our device, threads and oneDNN choice on a `paddle.inference.Config` the library built: it leaves
     oneDNN at Paddle's default (on) and cannot pick the GPU of its cls and rec models."""
-    if gpu_ids:
-        cfg.enable_use_gpu(500, gpu_ids[0])
-        return
-    cfg.disable_gpu()
-    cfg.set_cpu_math_library_num_threads(max(1, threads))
-    if mkldnn:
+    if mkldnn and not gpu_ids:
         cfg.set_mkldnn_cache_capacity(10)  # input shapes vary per image: bound the per-shape primitive cache
-        cfg.enable_mkldnn()
-    else:
-        cfg.disable_mkldnn()
+    configure_device(cfg, threads, gpu_ids, mkldnn, gpu_mem_mb=500)
 
 
 @contextlib.contextmanager
