@@ -94,6 +94,8 @@ class PaddleServiceOperator:
                                  watch_timeout_seconds=watch_timeout_seconds)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._reconciled: set[str] = set()  # keys reconciled at least once (start() waits for the listed ones)
+        self._progress = asyncio.Event()
         self._active: set[str] = set()
         self._forced: set[str] = set()
         self._applied: dict[str, tuple[str | None, int | None]] = {}  # key -> (uid, generation)
@@ -110,11 +112,27 @@ class PaddleServiceOperator:
         self.platform.on_drift = self._drifted  # a child deleted or edited: reconcile at once, not at resync
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, initial_timeout: float = 60.0) -> None:
+        """Watch and reconcile; returns once every PaddleService of the first list was reconciled once
+        (at most `initial_timeout` s), so a new leader's first route table holds the services that
+        exist: an activator takes a new leader's table whole, and fails the requests it holds for a
+        service missing from it."""
         self.informer.start()
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"reconcile-{i}"))
         self._tasks.append(asyncio.create_task(self._status_loop(), name="status-writer"))
+        try:
+            await asyncio.wait_for(self._first_reconciles(), initial_timeout)
+        except TimeoutError:
+            pending = set(self.informer.store) - self._reconciled
+            log.warning("serving after %.0fs with %d PaddleService(s) not reconciled yet%s", initial_timeout,
+                        len(pending), f" ({sorted(pending)[0]}, ...)" if pending else " (not listed yet)")
+
+    async def _first_reconciles(self) -> None:
+        await self.informer.wait_synced()
+        while set(self.informer.store) - self._reconciled:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def close(self) -> None:
         await self.informer.stop()
@@ -172,6 +190,8 @@ class PaddleServiceOperator:
             try:
                 await self.reconcile(key)
                 self._failures.pop(key, None)
+                self._reconciled.add(key)
+                self._progress.set()
             except asyncio.CancelledError:
                 raise
             except KubeError as exc:

@@ -177,6 +177,9 @@ def test_leader_election_two_replicas(installed: Cluster, ns: str) -> None:
             t0 = time.monotonic()
             wait_for(restarted.is_ready, 10, what="replica-c leads after a release")
             assert time.monotonic() - t0 < 3.0  # well under the 3 s lease duration + retry
+            # Its first table already routes what exists: activators take a new leader's table whole
+            # and would fail requests held for a service missing from it.
+            assert restarted.route(f"{ns}/led") is not None and restarted.route(f"{ns}/led-after") is not None
             for name in ("led", "led-after"):
                 installed.kubectl("delete", "psvc", name, "-n", ns, "--timeout=30s")
         finally:
