@@ -61,10 +61,14 @@ class DirectLac:
         ids, lod = self.seg.encode([sentence])
         return self.seg.join(self.seg.decode(sentence, predict_tags(self.predictor, ids, lod)))
 
-    def measure(self, seconds: float) -> dict[str, float]:
+    def measure(self, seconds: float, gap: float = 0.0) -> dict[str, float]:
+        """Back to back; with `gap`, the thread sleeps that long before each call, as a server's does
+        between answering one request and reading the next."""
         lat = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            if gap:
+                time.sleep(gap)
             t0 = time.perf_counter()
             self.segment(SENTENCE)
             lat.append(time.perf_counter() - t0)
@@ -106,6 +110,24 @@ def _get(url: str, seconds: float) -> dict[str, Any]:
     return wrk.parse(out)
 
 
+def _floor_server() -> tuple[subprocess.Popen, str]:
+    """benchmarks.floor_server on a free port: the least any server adds on this machine."""
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "benchmarks.floor_server", "--port", str(port)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def up() -> bool:
+        if p.poll() is not None:
+            raise RuntimeError(f"floor server exited with code {p.returncode}")
+        try:
+            return http("POST", f"http://127.0.0.1:{port}/?us=0", raw=b"{}", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 30, 0.05, "floor server up")
+    return p, f"http://127.0.0.1:{port}/"
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.terminate()
     p.wait(30)
@@ -115,7 +137,13 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
     """p50 of one request at a time: direct call vs the runtime over HTTP (batch size 1), alternating
     so both see the same machine load; with `before`, that checkout's runtime too (`before_*` keys).
     `runtime_http_floor_p50_ms` (GET /healthz) and `runtime_no_inference_p50_ms` (the same POST to an
-    unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time."""
+    unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time.
+
+    The machine's floor (with wrk): `floor_added_p50_ms` is what benchmarks.floor_server adds around a
+    busy-wait as long as this run's direct call; `direct_gapped_p50_ms` is the direct call when the
+    thread sleeps one HTTP round trip before each call, as a server's does between requests. Their sum
+    over the direct call, `machine_floor_added_p50_ms`, is what any server would add here, and
+    `runtime_own_p50_ms` (added minus that floor) is what the runtime's code adds on top."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
     cdf: list[list[float]] = []
@@ -128,6 +156,10 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                     p, urls[key] = _logging_runtime(Path(root), logs, "--max-batch-size", "1")
                     procs.append(p)
                     closed_loop(urls[key], 1, 1.0)  # warm-up: first requests allocate
+            floor_url = None
+            if wrk.available():
+                p, floor_url = _floor_server()
+                procs.append(p)
 
             def one() -> dict[str, float]:
                 d = direct.measure(seconds)
@@ -143,6 +175,14 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                                 url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
                     out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
                                 f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
+                if floor_url is not None:
+                    busy_us = round(d["p50_ms"] * 1000)
+                    floor = closed_loop(f"{floor_url}?us={busy_us}", 1, seconds)["p50_ms"] - busy_us / 1000
+                    gapped = direct.measure(seconds, out["runtime_http_floor_p50_ms"] / 1000)["p50_ms"]
+                    machine = floor + gapped - d["p50_ms"]
+                    out.update({"floor_added_p50_ms": floor, "direct_gapped_p50_ms": gapped,
+                                "machine_floor_added_p50_ms": machine,
+                                "runtime_own_p50_ms": out["added_p50_ms"] - machine})
                 return out
 
             out: dict[str, Any] = repeat(one, runs)
@@ -197,8 +237,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def summary_line(res: dict[str, Any]) -> str:
     hot, b = res["hot_path"], res["batching"]["clients_32"]["gain"]
+    floor = (f", of which the machine's floor {hot['machine_floor_added_p50_ms']['median']:.3f}"
+             if "machine_floor_added_p50_ms" in hot else "")
     return (f"direct p50 {hot['direct_p50_ms']['median']:.3f} ms, runtime p50 {hot['runtime_p50_ms']['median']:.3f} ms "
-            f"(+{hot['added_p50_ms']['median']:.3f}); batching gain at 32 clients {b['median']:.2f}x")
+            f"(+{hot['added_p50_ms']['median']:.3f}{floor}); batching gain at 32 clients {b['median']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:

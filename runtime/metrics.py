@@ -36,6 +36,7 @@ class RuntimeMetrics:
         self.log_dropped.inc(0)
         # labelled children by (model, protocol, code): `labels()` takes a lock and builds keys each call
         self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
+        self._batch_children: dict[str, Histogram] = {}
         self._dropped_seen = 0
 
     def observe(self, model: str, protocol: str, code: int | str, seconds: float) -> None:
@@ -48,7 +49,10 @@ class RuntimeMetrics:
         children[1].observe(seconds)
 
     def batch(self, model: str, n: int) -> None:
-        self.batch_size.labels(model).observe(n)
+        child = self._batch_children.get(model)
+        if child is None:
+            child = self._batch_children[model] = self.batch_size.labels(model)
+        child.observe(n)
 
     def model_load(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).set(seconds)

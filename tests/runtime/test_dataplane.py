@@ -192,14 +192,18 @@ def _seconds(asctime: str) -> float:
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp() + int(ms) / 1000
 
 
-async def test_access_log_lines_are_written_in_order_after_the_current_loop_step():
+async def test_access_log_lines_are_written_in_order_in_one_hand_off_off_the_request_path():
     stream = io.StringIO()
-    log = AccessLog(logging.StreamHandler(stream), "json")
+    log = AccessLog(logging.StreamHandler(stream), "json", flush_interval=0.02)
     for i in range(3):
         log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
-    assert stream.getvalue() == ""  # not on the request's own path
-    await asyncio.sleep(0)  # the loop step ends: the lines go to the writer thread
-    assert log.wait_written(5)
+        await asyncio.sleep(0)  # requests in loop steps of their own
+    assert stream.getvalue() == "" and log.handoffs == 0  # not on the requests' own path
+    deadline = asyncio.get_running_loop().time() + 10
+    while stream.getvalue().count("\n") < 3:  # the timer hands them on, with no flush from here
+        assert asyncio.get_running_loop().time() < deadline, "request lines never written"
+        await asyncio.sleep(0.005)
+    assert log.handoffs == 1  # three requests, one wake-up of the writer thread
     assert [json.loads(ln)["request_id"] for ln in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
     log.write("r3", "m", "v2-rest", 200, 0.001)
     assert log.wait_written(5)  # as at shutdown: nothing pending is lost
@@ -214,7 +218,7 @@ async def test_a_stalled_log_reader_never_blocks_serving_and_drops_are_counted()
 
     r, w = os.pipe()
     stream = os.fdopen(w, "w", buffering=1)
-    log = AccessLog(logging.StreamHandler(stream), "text")
+    log = AccessLog(logging.StreamHandler(stream), "text", flush_interval=0)  # a hand-off per loop step
     n = request_log.MAX_QUEUED_LINES * 2  # far more than the pipe (64 KiB) and the queue hold
     for i in range(n):
         log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
