@@ -19,12 +19,16 @@ def run(quick: bool = False) -> dict:
     if PATH.exists():
         PATH.unlink()
     env = {**os.environ, "ELASTICSERVING_SOAK_SECONDS": "20" if quick else "300"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/reliability", "tests/security"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "tests/reliability", "tests/security"], cwd=ROOT,
                           env=env,
                           capture_output=True, text=True)
     figures = load()
     figures["pytest_exit_code"] = proc.returncode
-    figures["pytest_summary"] = (proc.stdout.strip().splitlines() or [""])[-1]
+    lines = proc.stdout.strip().splitlines()
+    figures["pytest_summary"] = (lines or [""])[-1]
+    failed = [ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith("FAILED ")]
+    if failed:  # which tests, so a red report says where to look
+        figures["pytest_failed"] = ", ".join(failed)
     return figures
 
 
