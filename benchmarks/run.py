@@ -40,7 +40,7 @@ NODE_NOTE = ("measured while a Kubernetes node (scripts/cluster.sh up) was runni
 
 def _node_running() -> bool:
     """A node of scripts/cluster.sh shares the CPU: on 2 cores it moved the runtime hot path from
-    ~1.1 to 2.5 ms p50. Only the cluster suite needs it."""
+    1.3 to 2.5 ms p50. Only the cluster suite needs it."""
     return subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True).returncode == 0
 
 

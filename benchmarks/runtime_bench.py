@@ -26,7 +26,7 @@ from benchmarks.load import closed_loop as aiohttp_closed_loop
 from benchmarks.load import percentile
 from benchmarks.stats import ratio, repeat
 from runtime.lac import predict_tags
-from tests.helpers import ROOT, free_port, http, start_runtime, wait_for
+from tests.helpers import ROOT, free_port, start_runtime, wait_answering
 
 SENTENCE = "百度是一家高科技公司"
 BODY = json.dumps({"feed": [{"words": SENTENCE}], "fetch": ["word_seg"]}, ensure_ascii=False).encode()
@@ -90,16 +90,7 @@ def _logging_runtime(root: Path, log_dir: str, *extra: str) -> tuple[subprocess.
                          env={**os.environ, "PYTHONPATH": str(root), "GRPC_PORT": "",
                               "ELASTICSERVING_LOG_LEVEL": "INFO"})
     log.close()
-
-    def ready() -> bool:
-        if p.poll() is not None:
-            raise RuntimeError(f"runtime in {root} exited with code {p.returncode}")
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, 120, 0.1, f"runtime in {root} ready")
+    wait_answering(p, f"http://127.0.0.1:{port}/ready", 120, f"runtime in {root} ready")
     return p, f"http://127.0.0.1:{port}/lac/prediction"
 
 
@@ -115,16 +106,7 @@ def _floor_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "benchmarks.floor_server", "--port", str(port)], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def up() -> bool:
-        if p.poll() is not None:
-            raise RuntimeError(f"floor server exited with code {p.returncode}")
-        try:
-            return http("POST", f"http://127.0.0.1:{port}/?us=0", raw=b"{}", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(up, 30, 0.05, "floor server up")
+    wait_answering(p, f"http://127.0.0.1:{port}/?us=0", 30, "floor server up")
     return p, f"http://127.0.0.1:{port}/"
 
 

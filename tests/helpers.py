@@ -184,6 +184,19 @@ def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | Non
     return stack
 
 
+def wait_answering(p: subprocess.Popen, url: str, timeout: float, what: str) -> None:
+    """Poll GET `url` until it answers 200; RuntimeError at once when the process `p` exits first."""
+    def up() -> bool:
+        if p.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with code {p.returncode}")
+        try:
+            return http("GET", url, timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, timeout, 0.05, what)
+
+
 def start_runtime(*args: str, grpc: bool = False, timeout: float = 90.0) -> tuple[subprocess.Popen, int, int | None]:
     """`python -m runtime ARGS` on loopback free ports; returns once /ready answers 200."""
     port = free_port()

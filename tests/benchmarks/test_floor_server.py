@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -76,8 +77,8 @@ def test_module_runs_as_a_server() -> None:
 
     p, url = _floor_server()
     try:
-        host, port = url.split("//")[1].rstrip("/").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as s:
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port), timeout=5) as s:
             s.sendall(b"GET /?us=0 HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(1024).startswith(b"HTTP/1.1 200 OK")
     finally:
