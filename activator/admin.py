@@ -3,6 +3,7 @@ the platform's probes, kept off the public port so clients can neither scrape no
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
@@ -33,11 +34,13 @@ def build_admin_app(metrics: Metrics, refresh_gauges: Callable[[], None], ready:
     return app
 
 
-async def start_admin(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Listen on host:port (0: a free port); returns the runner and the port bound."""
+async def start_admin(app: web.Application, host: str, port: int,
+                      sock: socket.socket | None = None) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (0: a free port), or on `sock` when given (a listening socket handed down);
+    returns the runner and the port bound."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site: web.BaseSite = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
     await site.start()
     server = site._server  # aiohttp does not expose the bound port otherwise
     bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port

@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=8081, help="0: no gRPC front door")
     p.add_argument("--admin-host", default="0.0.0.0", help="address of /metrics, /healthz, /ready")
+    p.add_argument("--http-fd", type=int, default=None,
+                   help="serve HTTP on this inherited listening socket instead of binding --host/--http-port "
+                        "(a supervisor that holds the port across restarts, as `elasticserving up` does)")
+    p.add_argument("--admin-fd", type=int, default=None,
+                   help="serve /metrics, /healthz, /ready on this inherited listening socket")
     p.add_argument("--admin-port", type=int, default=8082, help="port of /metrics, /healthz, /ready (0: a free "
                    "port, logged)")
     p.add_argument("--domain", default="example.com")
@@ -102,6 +107,13 @@ def index_source(activator_id: str, fixed: int | None) -> Callable[[RoutesUpdate
                            else stable_index(activator_id, update.activators))
 
 
+def inherited_socket(fd: int) -> socket.socket:
+    """A listening TCP socket handed down by the parent (`--http-fd`/`--admin-fd`)."""
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
 class Activator:
     """The wired pieces and their lifecycle (nothing on the request path reaches back in here)."""
 
@@ -144,11 +156,16 @@ class Activator:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.link.start()
-        server = await loop.create_server(self.http.protocol, a.host, a.http_port, backlog=1024, reuse_address=True)
+        if a.http_fd is not None:
+            server = await loop.create_server(self.http.protocol, sock=inherited_socket(a.http_fd), backlog=1024)
+        else:
+            server = await loop.create_server(self.http.protocol, a.host, a.http_port, backlog=1024,
+                                              reuse_address=True)
         self.ports["http"] = server.sockets[0].getsockname()[1]
         admin, self.ports["admin"] = await start_admin(
             build_admin_app(self.metrics, lambda: self.metrics.set_gauges(self.dispatcher.sides()), self.not_ready,
-                            self.link.synced.is_set), a.admin_host, a.admin_port)
+                            self.link.synced.is_set), a.admin_host, a.admin_port,
+            sock=None if a.admin_fd is None else inherited_socket(a.admin_fd))
         prober = asyncio.create_task(Prober(self.dispatcher.sides).run())
         grpc_server = None
         if a.grpc_port:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,27 +153,34 @@ def paddleservice(name: str, namespace: str, arg: str, **service: Any) -> dict[s
     }
 
 
+UP_LINE = re.compile(r"ElasticServing is up: activator http://\S+:(\d+) \(gRPC (\d+)\), "
+                     r"control API http://127\.0\.0\.1:(\d+)")
+
+
 def start_stack(tmp: Path, files: list[Path | str], config: dict[str, Any] | None = None,
                 extra: list[str] | None = None, timeout: float = 60.0) -> Stack:
-    hp, gp, cp = free_port(), free_port(), free_port()
+    """`elasticserving up` on free ports (port 0: the stack binds them and its "is up" line names them;
+    choosing free ports here and binding them later raced with everything else choosing free ports)."""
     cfg = tmp / "autoscaler-config.yaml"
     cfg.write_text(yaml.safe_dump(config or {}))
-    token_file = tmp / f"control-{cp}.token"
-    cmd = [sys.executable, "-m", "autoscaler.local.cli", "up", "--http-port", str(hp), "--grpc-port", str(gp),
-           "--control-port", str(cp), "--config", str(cfg), "--log-dir", str(tmp / "logs"),
+    token_file = tmp / "control.token"
+    cmd = [sys.executable, "-m", "autoscaler.local.cli", "up", "--http-port", "0", "--grpc-port", "0",
+           "--control-port", "0", "--config", str(cfg), "--log-dir", str(tmp / "logs"),
            "--token-file", str(token_file), *(extra or [])]
     for f in files:
         cmd += ["-f", str(f)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True)
-    stack = Stack(proc, hp, gp, cp, token_file)
+    stack = Stack(proc, 0, 0, 0, token_file)
     up = threading.Event()
 
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             stack.output.append(line.rstrip())
-            if "ElasticServing is up" in line:
+            m = UP_LINE.search(line)
+            if m and not up.is_set():
+                stack.http_port, stack.grpc_port, stack.control_port = (int(g) for g in m.groups())
                 up.set()
 
     threading.Thread(target=pump, daemon=True).start()

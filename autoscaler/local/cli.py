@@ -197,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the local stack in the foreground and serve PaddleService files")
     up.add_argument("-f", "--file", action="append", required=True, help="PaddleService YAML (repeatable)")
     up.add_argument("--host", default="127.0.0.1", help="address the activator listens on")
-    up.add_argument("--http-port", type=int, default=8080)
-    up.add_argument("--grpc-port", type=int, default=8081)
-    up.add_argument("--control-port", type=int, default=8090, help="control API port (loopback)")
+    up.add_argument("--http-port", type=int, default=8080, help="the activator's HTTP port (0: a free port; "
+                    "the \"is up\" line names the ports taken)")
+    up.add_argument("--grpc-port", type=int, default=8081, help="the activator's gRPC port (0: a free port)")
+    up.add_argument("--control-port", type=int, default=8090, help="control API port (loopback; 0: a free port)")
     up.add_argument("--domain", default="example.com")
     up.add_argument("--config", help="YAML of autoscaler defaults (Knative config-autoscaler keys)")
     up.add_argument("--log-dir", default=os.environ.get("ELASTICSERVING_LOG_DIR"),

@@ -257,9 +257,21 @@ class LocalPlatform(Platform):
 
     def _launch(self, sr: SideRuntime) -> None:
         rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
-        r = Replica(rid, sr.side, sr.generation, free_port(self.host), free_port(self.host))
+        http_port, grpc_port = self._free_ports(2)
+        r = Replica(rid, sr.side, sr.generation, http_port, grpc_port)
         sr.replicas[rid] = r
         r.task = asyncio.create_task(self._run(sr, r), name=f"replica {rid}")
+
+    def _free_ports(self, n: int) -> list[int]:
+        """`n` free ports none of our replicas was given: a replica binds its $PORT only once it has
+        started, so until then the kernel may hand the same free port out again."""
+        given = {p for sr in self._sides.values() for r in sr.replicas.values() for p in (r.http_port, r.grpc_port)}
+        ports: list[int] = []
+        while len(ports) < n:
+            port = free_port(self.host)
+            if port not in given and port not in ports:
+                ports.append(port)
+        return ports
 
     def _env(self, sr: SideRuntime, r: Replica) -> dict[str, str]:
         env = dict(os.environ)

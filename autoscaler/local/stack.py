@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +88,56 @@ def load_files(files: list[str], defaults: dict[str, Any]) -> list[PaddleService
     return out
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: a free port), to hand down to a child."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def reserved_port(host: str, port: int) -> socket.socket:
+    """Hold host:port (0: a free port) without listening on it: bound with SO_REUSEPORT, so a child that
+    also sets it (gRPC does by default on Linux) can bind and listen there, while nobody else can take
+    the port, and a `bind(0)` never hands it out, for as long as this socket is open."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 class ActivatorProcess:
-    """The activator as a child process, restarted if it dies."""
+    """The activator as a child process, restarted if it dies.
+
+    `up` binds the activator's ports itself before anything else starts and keeps them across
+    restarts: the public HTTP and the admin listeners are handed down as file descriptors (a client
+    connecting while the activator restarts waits in the backlog instead of being refused), and the gRPC
+    port is held by `reserved_port`, since grpcio cannot serve an inherited socket. Choosing a free
+    port and binding it later, in another process, raced with everything else choosing free ports.
+    """
 
     def __init__(self, opts: StackOptions) -> None:
         self.opts = opts
-        self.admin_port = _free_loopback_port()  # /metrics /healthz /ready live off the public port
+        self._http = listening_socket(opts.host, opts.http_port)
+        try:
+            self._grpc = reserved_port(opts.host, opts.grpc_port)
+            try:
+                self._admin = listening_socket("127.0.0.1", 0)  # /metrics /healthz /ready off the public port
+            except OSError:
+                self._grpc.close()
+                raise
+        except OSError:
+            self._http.close()
+            raise
+        self.http_port = self._http.getsockname()[1]
+        self.grpc_port = self._grpc.getsockname()[1]
+        self.admin_port = self._admin.getsockname()[1]
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -108,19 +146,25 @@ class ActivatorProcess:
         o = self.opts
         return [
             sys.executable, "-m", "activator",
-            "--host", o.host, "--http-port", str(o.http_port), "--grpc-port", str(o.grpc_port),
-            "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
-            "--control-token-file", str(o.token_path),
-            "--admin-host", "127.0.0.1", "--admin-port", str(self.admin_port), *o.activator_args,
+            "--host", o.host, "--http-fd", str(self._http.fileno()), "--http-port", str(self.http_port),
+            "--grpc-port", str(self.grpc_port), "--domain", o.domain,
+            "--autoscaler", f"http://127.0.0.1:{o.control_port}", "--control-token-file", str(o.token_path),
+            "--admin-host", "127.0.0.1", "--admin-fd", str(self._admin.fileno()),
+            "--admin-port", str(self.admin_port), *o.activator_args,
         ]
+
+    def close_sockets(self) -> None:
+        for sock in (self._http, self._grpc, self._admin):
+            sock.close()
 
     async def start(self) -> None:
         await self._spawn()
         self._task = asyncio.create_task(self._supervise())
 
     async def _spawn(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(*self.command(), stdin=asyncio.subprocess.DEVNULL,
-                                                         preexec_fn=die_with_parent)
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.command(), stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+            pass_fds=(self._http.fileno(), self._admin.fileno()))
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -151,6 +195,7 @@ class ActivatorProcess:
         if self._task:
             self._task.cancel()
         await terminate(self.proc)
+        self.close_sockets()
 
 
 async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> int:
@@ -173,7 +218,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
                     logs=platform.logs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    activator = ActivatorProcess(opts)
+    activator: ActivatorProcess | None = None
     prometheus = None
     # Signals stop the stack cleanly from here on, before "is up" tells anyone to press Ctrl-C.
     stop = stop or asyncio.Event()
@@ -183,6 +228,10 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
             loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, "127.0.0.1", opts.control_port).start()
+        opts = replace(opts, control_port=runner.addresses[0][1])  # 0 asks for a free port: the one we got
+        # The activator's ports next, before any replica starts choosing free ports of its own.
+        activator = ActivatorProcess(opts)
+        opts = replace(opts, http_port=activator.http_port, grpc_port=activator.grpc_port)
         write_token(opts.token_path, token)  # once the port is ours: a stack that fails to bind leaves it
         for svc in services:
             await controller.apply(svc)
@@ -210,7 +259,8 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         controller.routes.close()
         if prometheus is not None:
             await prometheus.close()
-        await activator.stop()
+        if activator is not None:
+            await activator.stop()
         await controller.close()
         await runner.cleanup()
         if launcher is not None:

@@ -139,3 +139,19 @@ async def test_replica_output_is_kept_per_side_and_in_the_log_dir(platform, tmp_
     await platform.delete(s.key)
     assert await asyncio.wait_for(follower.get(), 5) is None
     assert platform.logs(s.key, "default") is None
+
+
+def test_replica_ports_are_never_handed_out_twice(monkeypatch):
+    """The kernel may give a released free port out again before the replica it went to has bound it."""
+    import autoscaler.local.platform as platform_mod
+    from autoscaler.local.platform import Replica, SideRuntime
+
+    kernel = iter([5000, 5000, 5001, 5002, 5001, 5003, 5004])
+    monkeypatch.setattr(platform_mod, "free_port", lambda host="127.0.0.1": next(kernel))
+    p = LocalPlatform()
+    sr = SideRuntime("lp/a", "default", svc("a", ECHO).spec.default)
+    sr.replicas["r1"] = Replica("r1", "default", 0, 5002, 5003)  # given out, maybe not bound yet
+    p._sides[("lp/a", "default")] = sr
+    assert p._free_ports(2) == [5000, 5001]
+    sr.replicas["r2"] = Replica("r2", "default", 0, 5000, 5001)
+    assert p._free_ports(1) == [5004]
