@@ -124,17 +124,12 @@ class ActivatorProcess:
 
     def __init__(self, opts: StackOptions) -> None:
         self.opts = opts
-        self._http = listening_socket(opts.host, opts.http_port)
-        try:
-            self._grpc = reserved_port(opts.host, opts.grpc_port)
-            try:
-                self._admin = listening_socket("127.0.0.1", 0)  # /metrics /healthz /ready off the public port
-            except OSError:
-                self._grpc.close()
-                raise
-        except OSError:
-            self._http.close()
-            raise
+        with contextlib.ExitStack() as bound:  # all three, or none left open
+            self._http = bound.enter_context(listening_socket(opts.host, opts.http_port))
+            self._grpc = bound.enter_context(reserved_port(opts.host, opts.grpc_port))
+            # /metrics /healthz /ready live off the public port
+            self._admin = bound.enter_context(listening_socket("127.0.0.1", 0))
+            bound.pop_all()
         self.http_port = self._http.getsockname()[1]
         self.grpc_port = self._grpc.getsockname()[1]
         self.admin_port = self._admin.getsockname()[1]
