@@ -24,7 +24,11 @@ HOST = "echo.default.example.com"
 
 def _activator_pid(up_pid: int) -> int | None:
     for task in Path(f"/proc/{up_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for child in children:
             try:
                 argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             except OSError:
