@@ -28,6 +28,7 @@ WAIT_SECONDS = 30
 # A SYN to a deleted leader Pod's IP gets no reset: give up connecting quickly and try again (the
 # Service already points at the new leader) instead of hanging until the long-poll's own timeout.
 CONNECT_SECONDS = 2.0
+QUICK_ANSWER_SECONDS = 1.0  # a long-poll answered this fast with nothing new is retried after a back-off
 
 
 def accept(held: tuple[str, int] | None, update: RoutesUpdate) -> bool:
@@ -116,17 +117,25 @@ class AutoscalerLink:
         return params
 
     async def _watch_routes(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         while True:
+            started = loop.time()
             try:
-                await self.poll_once()
-                backoff = 0.1
+                applied = await self.poll_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("routes from %s unavailable (%s); keeping the current routes", self.base, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
+                continue
+            if not applied and loop.time() - started < QUICK_ANSWER_SECONDS:
+                # Nothing new, answered without waiting: polling again at once would spin with it.
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+            else:
+                backoff = 0.1
 
     async def poll_once(self) -> bool:
         """One long-poll; True when an update was applied. Raises with the reason when none could be."""
@@ -143,7 +152,9 @@ class AutoscalerLink:
             why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
             raise RuntimeError(f"not a wire.RoutesUpdate ({why})") from None
         if not accept(self.held, update):
-            log.info("ignoring routes epoch %s version %d (holding %s)", update.epoch, update.version, self.held)
+            if self.held != (update.epoch, update.version):  # else: a long-poll that ended with no news
+                log.info("ignoring routes epoch %s version %d (holding %s)", update.epoch, update.version,
+                         self.held)
             return False
         self.on_routes(update)
         self.held = (update.epoch, update.version)

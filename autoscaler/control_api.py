@@ -197,6 +197,8 @@ def build_app(
         wait = min(max(wait, 0.0), MAX_WAIT_SECONDS)
         if wait > 0:
             await controller.routes.wait_news(epoch, since, wait)
+        if controller.routes.closed:  # activators keep their routes and retry after a back-off
+            return _error(503, "the autoscaler is shutting down; retry")
         update = controller.routes.update(epoch, since, activator)
         return web.Response(text=update.model_dump_json(), content_type="application/json")
 

@@ -147,6 +147,8 @@ class FakeControl:
         self.polls: list[dict[str, str]] = []
         self.auth_seen: list[str | None] = []
         self.standby = False
+        self.answer_at_once = False  # answer a poll with the last update without waiting (a misbehaving server)
+        self.poll_times: list[float] = []  # loop time of each poll's arrival
         self.next = 0
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -165,7 +167,8 @@ class FakeControl:
         if self.standby:
             return web.json_response({"error": "standby"}, status=503)
         self.polls.append(dict(request.query))
-        if self.next >= len(self.updates):
+        self.poll_times.append(asyncio.get_running_loop().time())
+        if self.next >= len(self.updates) and not self.answer_at_once:
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), min(float(request.query.get("wait", "0")), 2.0))

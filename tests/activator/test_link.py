@@ -153,3 +153,22 @@ async def test_an_answer_of_another_shape_is_refused_with_a_short_reason(setup):
     finally:
         await link.close()
         await runner.cleanup()
+
+
+async def test_a_server_answering_at_once_with_nothing_new_is_polled_with_a_back_off(control, setup):
+    """A control API that answers every long-poll at once with the table already held (as one shutting
+    down did) must not be polled in a spin: the link backs off 0.1, 0.2, 0.4 s, ... between polls."""
+    control.answer_at_once = True
+    control.publish(full(route("ns/a"), version=1))
+    link = link_for(control, setup)
+    await link.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(control.poll_times) < 5:
+            assert asyncio.get_running_loop().time() < deadline, control.poll_times
+            await asyncio.sleep(0.05)
+        assert link.held == ("e1", 1)
+        t = control.poll_times  # 1: applied; 2: nothing new at once; then one back-off before each poll
+        assert t[2] - t[1] >= 0.1 and t[3] - t[2] >= 0.2 and t[4] - t[3] >= 0.4, t
+    finally:
+        await link.close()

@@ -243,3 +243,22 @@ async def test_logs_without_a_log_source_is_501(api):
     await c.apply(svc())
     resp = await client.get("/v1/paddleservices/ns/s/logs")
     assert resp.status == 501 and "kubectl logs" in (await resp.json())["error"]
+
+
+async def test_shutting_down_answers_waiting_and_new_polls_503(api):
+    """Closing the routes releases every long-poll with a 503 (activators keep their table and back
+    off) instead of the table they already hold, which they would ask for again at once."""
+    _, c, client, _ = api
+    await c.apply(svc())
+    v = c.routes.version
+    poll = asyncio.create_task(client.get("/v1/routes", params={"epoch": c.routes.epoch, "since": str(v),
+                                                                "wait": "30"}))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not c.routes._changed._waiters:  # until the poll waits (asyncio.Event keeps its waiters there)
+        assert asyncio.get_running_loop().time() < deadline, "the poll never waited"
+        await asyncio.sleep(0.01)
+    c.routes.close()
+    resp = await asyncio.wait_for(poll, 5)
+    assert resp.status == 503 and "shutting down" in (await resp.json())["error"]
+    resp = await client.get("/v1/routes", params={"epoch": c.routes.epoch, "since": str(v), "wait": "30"})
+    assert resp.status == 503

@@ -1,12 +1,14 @@
-"""Which replica commands the pre-warmed launcher forks (autoscaler.local.prewarm), without processes."""
+"""Which replica commands the pre-warmed launcher forks (autoscaler.local.prewarm), and how long a start
+waits for a zygote that is starting, without processes."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
 
-from autoscaler.local.prewarm import runtime_argv, runtime_kind
+from autoscaler.local.prewarm import PrewarmLauncher, runtime_argv, runtime_kind, starting_wait
 
 ENV = {"PORT": "9000", "GRPC_PORT": "9001"}
 
@@ -47,3 +49,58 @@ def test_runtime_kind(tmp_path):
     tf_dir.mkdir()
     (tf_dir / "saved_model.pb").write_bytes(b"")
     assert runtime_kind(["--model", str(tf_dir)]) is None
+
+
+@pytest.mark.parametrize(("age", "budget", "wait"), [
+    (None, 2.0, 0.0),  # no zygote starting (ready, dead, or restarting after a back-off)
+    (0.0, 2.0, 2.0),
+    (0.5, 2.0, 1.5),
+    (2.0, 2.0, 0.0),
+    (9.0, 2.0, 0.0),  # starting for longer than a plain start takes: start plainly
+])
+def test_starting_wait(age, budget, wait):
+    assert starting_wait(age, budget) == pytest.approx(wait)
+
+
+class FakeZygote:
+    def __init__(self, age: float | None) -> None:
+        self.ready = asyncio.Event()
+        self.age = age
+        self.forks = 0
+
+    def alive(self) -> bool:
+        return self.ready.is_set()
+
+    def starting_age(self) -> float | None:
+        return None if self.ready.is_set() else self.age
+
+    async def fork(self, argv, env, stdout_fd):
+        self.forks += 1
+        return "forked"
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_start_waits_for_a_starting_zygote_and_forks_from_it():
+    launcher = PrewarmLauncher(kinds=())
+    try:
+        z = launcher.zygotes["paddle"] = FakeZygote(age=0.0)
+        spawn = asyncio.create_task(launcher.spawn("python3 -m runtime --port $PORT", ENV))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not spawn.done()  # waiting for the zygote, not started plainly
+        z.ready.set()
+        assert await asyncio.wait_for(spawn, 5) == "forked" and z.forks == 1
+    finally:
+        await launcher.close()
+
+
+async def test_a_start_does_not_wait_for_a_zygote_that_is_not_starting():
+    launcher = PrewarmLauncher(kinds=())
+    try:
+        z = launcher.zygotes["paddle"] = FakeZygote(age=None)  # e.g. dead, restarting after a back-off
+        assert await asyncio.wait_for(launcher.spawn("python3 -m runtime --port $PORT", ENV), 1) is None
+        assert z.forks == 0
+    finally:
+        await launcher.close()
