@@ -205,24 +205,39 @@ def wait_answering(p: subprocess.Popen, url: str, timeout: float, what: str) -> 
     wait_for(up, timeout, 0.05, what)
 
 
+BIND_RACE = ("address already in use", "failed to bind to address")
+
+
 def start_runtime(*args: str, grpc: bool = False, timeout: float = 90.0) -> tuple[subprocess.Popen, int, int | None]:
-    """`python -m runtime ARGS` on loopback free ports; returns once /ready answers 200."""
-    port = free_port()
-    grpc_port = free_port() if grpc else None
-    p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "GRPC_PORT": str(grpc_port or ""), "ELASTICSERVING_LOG_LEVEL": "WARNING"})
+    """`python -m runtime ARGS` on loopback free ports; returns once /ready answers 200.
 
-    def ready() -> bool:
-        if p.poll() is not None:
-            raise AssertionError(f"runtime exited with code {p.returncode}: {p.stderr.read()}")
-        try:
-            return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-        except OSError:
-            return False
+    A free port chosen here is bound by the runtime only seconds later, after its imports; if someone
+    took it meanwhile the runtime exits with "address already in use" and it starts again on other
+    ports (up to three times)."""
+    for attempt in range(3):
+        port = free_port()
+        grpc_port = free_port() if grpc else None
+        p = subprocess.Popen([sys.executable, "-m", "runtime", "--port", str(port), "--host", "127.0.0.1", *args],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "GRPC_PORT": str(grpc_port or ""),
+                                  "ELASTICSERVING_LOG_LEVEL": "WARNING"})
+        exited: list[str] = []
 
-    wait_for(ready, timeout, 0.1, "runtime ready")
-    return p, port, grpc_port
+        def ready(p: subprocess.Popen = p, port: int = port, exited: list[str] = exited) -> bool:
+            if p.poll() is not None:
+                exited.append(p.stderr.read())
+                return True
+            try:
+                return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, 0.1, "runtime ready")
+        if not exited:
+            return p, port, grpc_port
+        if attempt == 2 or not any(m in exited[0].lower() for m in BIND_RACE):
+            raise AssertionError(f"runtime exited with code {p.returncode}: {exited[0]}")
+    raise AssertionError("unreachable")
 
 
 def read_answer(sock: socket.socket, reader=None) -> tuple[int, dict[bytes, bytes], bytes]:
