@@ -122,16 +122,14 @@ class AutoscalerLink:
         while True:
             started = loop.time()
             try:
-                applied = await self.poll_once()
+                # Nothing new, answered without waiting: polling again at once would spin with it.
+                retry_later = not await self.poll_once() and loop.time() - started < QUICK_ANSWER_SECONDS
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("routes from %s unavailable (%s); keeping the current routes", self.base, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
-                continue
-            if not applied and loop.time() - started < QUICK_ANSWER_SECONDS:
-                # Nothing new, answered without waiting: polling again at once would spin with it.
+                retry_later = True
+            if retry_later:
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
             else:

@@ -221,22 +221,13 @@ def start_runtime(*args: str, grpc: bool = False, timeout: float = 90.0) -> tupl
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "GRPC_PORT": str(grpc_port or ""),
                                   "ELASTICSERVING_LOG_LEVEL": "WARNING"})
-        exited: list[str] = []
-
-        def ready(p: subprocess.Popen = p, port: int = port, exited: list[str] = exited) -> bool:
-            if p.poll() is not None:
-                exited.append(p.stderr.read())
-                return True
-            try:
-                return http("GET", f"http://127.0.0.1:{port}/ready", timeout=1)[0] == 200
-            except OSError:
-                return False
-
-        wait_for(ready, timeout, 0.1, "runtime ready")
-        if not exited:
+        try:
+            wait_answering(p, f"http://127.0.0.1:{port}/ready", timeout, "runtime ready")
             return p, port, grpc_port
-        if attempt == 2 or not any(m in exited[0].lower() for m in BIND_RACE):
-            raise AssertionError(f"runtime exited with code {p.returncode}: {exited[0]}")
+        except RuntimeError:  # it exited
+            err = p.stderr.read()
+            if attempt == 2 or not any(m in err.lower() for m in BIND_RACE):
+                raise AssertionError(f"runtime exited with code {p.returncode}: {err}") from None
     raise AssertionError("unreachable")
 
 

@@ -88,27 +88,33 @@ def load_files(files: list[str], defaults: dict[str, Any]) -> list[PaddleService
     return out
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> OSError:
+    return OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (0: a free port), to hand down to a child."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=1024)
+        return socket.create_server((host, port), family=_family(host), backlog=1024)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise _cannot_listen(host, port, exc) from None
 
 
 def reserved_port(host: str, port: int) -> socket.socket:
     """Hold host:port (0: a free port) without listening on it: bound with SO_REUSEPORT, so a child that
     also sets it (gRPC does by default on Linux) can bind and listen there, while nobody else can take
     the port, and a `bind(0)` never hands it out, for as long as this socket is open."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise _cannot_listen(host, port, exc) from None
     return sock
 
 
@@ -141,11 +147,11 @@ class ActivatorProcess:
         o = self.opts
         return [
             sys.executable, "-m", "activator",
-            "--host", o.host, "--http-fd", str(self._http.fileno()), "--http-port", str(self.http_port),
-            "--grpc-port", str(self.grpc_port), "--domain", o.domain,
-            "--autoscaler", f"http://127.0.0.1:{o.control_port}", "--control-token-file", str(o.token_path),
-            "--admin-host", "127.0.0.1", "--admin-fd", str(self._admin.fileno()),
-            "--admin-port", str(self.admin_port), *o.activator_args,
+            "--host", o.host, "--http-fd", str(self._http.fileno()), "--grpc-port", str(self.grpc_port),
+            "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
+            "--control-token-file", str(o.token_path), "--admin-host", "127.0.0.1",  # named in its log line
+            "--admin-fd", str(self._admin.fileno()),
+            *o.activator_args,
         ]
 
     def close_sockets(self) -> None:

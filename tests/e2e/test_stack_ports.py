@@ -17,24 +17,20 @@ import pytest
 
 from autoscaler.local.stack import listening_socket, reserved_port
 from tests.helpers import ROOT, paddleservice, start_stack, wait_for, write_yaml
+from tests.reliability.test_soak import child_pids
 
 ECHO = f"{sys.executable} tests/fixtures/echo_replica.py"
 HOST = "echo.default.example.com"
 
 
 def _activator_pid(up_pid: int) -> int | None:
-    for task in Path(f"/proc/{up_pid}/task").iterdir():
+    for pid in child_pids(up_pid):
         try:
-            children = (task / "children").read_text().split()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            continue  # a thread that ended meanwhile
-        for child in children:
-            try:
-                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv[1:3] == [b"-m", b"activator"]:
-                return int(child)
+            continue  # exited meanwhile
+        if argv[1:3] == [b"-m", b"activator"]:
+            return pid
     return None
 
 
