@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime.storage.uri import StorageUriError, check_sha256, parse_uri
+
 API_GROUP = "elasticserving.paddlepaddle.org"
 API_VERSION = f"{API_GROUP}/v1"
 KIND = "PaddleService"
@@ -47,6 +49,10 @@ MIN_WINDOW_SECONDS = 6.0
 MAX_WINDOW_SECONDS = 3600.0
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SECRET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Where a replica finds a storageUri's model (a Pod mounts it there; locally the cache entry's path).
+MODEL_DIR_ENV = "MODEL_DIR"
+POD_MODEL_DIR = "/mnt/models"
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
@@ -92,6 +98,43 @@ class EndpointSpec(_Model):
     tag: str
     port: int
     arg: str | None = None
+    # The model, pulled before the replica starts and shown to it read-only at $MODEL_DIR (optional).
+    storageUri: str | None = None
+    storageSecret: str | None = None  # a Secret (namespace of the service) with AWS_* keys for s3://
+    storageSha256: str | None = None  # the download's digest: verified, and then the cache key
+
+    @field_validator("storageUri")
+    @classmethod
+    def _storage_uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_uri(v)
+            except StorageUriError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("storageSecret")
+    @classmethod
+    def _secret_name(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 253 or not _SECRET_NAME_RE.match(v)):
+            raise ValueError(f"{v!r} is not a valid Secret name")
+        return v
+
+    @field_validator("storageSha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_sha256(v)
+        except StorageUriError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _storage_fields_need_a_uri(self) -> EndpointSpec:
+        if self.storageUri is None and (self.storageSecret or self.storageSha256):
+            raise ValueError("storageSecret and storageSha256 need a storageUri")
+        return self
 
     @field_validator("containerImage", "tag")
     @classmethod
@@ -110,6 +153,13 @@ class EndpointSpec(_Model):
     @property
     def image(self) -> str:
         return f"{self.containerImage}:{self.tag}"
+
+    def command(self, service_name: str) -> str | None:
+        """The replica's shell command: `arg`, or, for a storageUri without one, our runtime serving
+        $MODEL_DIR under the service's name."""
+        if self.arg or not self.storageUri:
+            return self.arg
+        return f'python3 -m runtime --model "${MODEL_DIR_ENV}" --name {service_name} --port $PORT'
 
 
 class ServiceSpec(_Model):
@@ -281,7 +331,7 @@ class PaddleService(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             path = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "missing":
                 msg = "field required"
             elif err["type"] == "extra_forbidden":

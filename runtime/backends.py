@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.model_files import ModelLoadError, detect_backend
-from runtime.tensors import TensorSpec, datatype_of
+from runtime.tensors import TensorSpec
 
 __all__ = ["ModelLoadError", "create_predictor", "load_backend"]
 
@@ -124,32 +124,17 @@ class OnnxBackend:
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
 
-class TensorFlowBackend:
-    def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None) -> None:
-        try:
-            import tensorflow as tf
-        except ImportError:
-            raise ModelLoadError("the tensorflow backend needs `pip install tensorflow`") from None
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads))
-        self.model = tf.saved_model.load(str(path))
-        self.fn = self.model.signatures["serving_default"]
-        sig_in = self.fn.structured_input_signature[1]
-        self.inputs = [TensorSpec(k, datatype_of(np.empty(0, v.dtype.as_numpy_dtype)),
-                                  tuple(d if d is not None else -1 for d in v.shape)) for k, v in sig_in.items()]
-        self.outputs = [TensorSpec(k, "FP32", None) for k in self.fn.structured_outputs]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.fn(**feeds)
-        return {k: v.numpy() for k, v in out.items()}
-
-
 def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):
     """(kind, backend) for the model at `path`; `mkldnn` turns oneDNN on for a Paddle model."""
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist")
     kind = detect_backend(path) if backend == "auto" else backend
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
-    cls = {"paddle": PaddleBackend, "onnx": OnnxBackend, "tensorflow": TensorFlowBackend}.get(kind)
+    if kind == "tensorflow":
+        from runtime.tf_backend import TensorFlowBackend  # imported lazily: tensorflow is an extra
+
+        return kind, TensorFlowBackend(path, threads, gpu_ids)
+    cls = {"paddle": PaddleBackend, "onnx": OnnxBackend}.get(kind)
     if cls is None:
         raise ModelLoadError(f"unknown backend {kind!r} (paddle, onnx, tensorflow)")
     if cls is PaddleBackend:

@@ -18,10 +18,12 @@ OURS = ("runtime", "activator", "autoscaler")
 ALLOWED = {
     "runtime": (),
     "activator": ("autoscaler.wire",),
-    "autoscaler": ("core",),
-    "autoscaler.kube": ("core",),
-    # the `elasticserving` CLI also starts the in-cluster controller (`elasticserving controller`)
-    "autoscaler.local": ("core", "runtime.cli", "autoscaler.kube.main"),
+    # storageUri validation: one parser for the spec and the pull (pure, no I/O)
+    "autoscaler": ("core", "runtime.storage.uri"),
+    "autoscaler.kube": ("core", "runtime.storage.uri"),
+    # the `elasticserving` CLI also starts the in-cluster controller (`elasticserving controller`);
+    # the local platform pulls storageUri models itself
+    "autoscaler.local": ("core", "runtime.cli", "runtime.storage", "autoscaler.kube.main"),
 }
 
 

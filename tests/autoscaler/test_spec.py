@@ -144,3 +144,32 @@ def test_manifest_round_trip():
     svc = PaddleService.from_dict(manifest(service={"minScale": 0, "window": "10s"}))
     again = PaddleService.from_dict(svc.to_manifest())
     assert again == svc
+
+
+def _side(**fields):
+    return {"default": {"containerImage": "elasticserving/runtime", "tag": "latest", "port": 9292, **fields}}
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"storageUri": "gs://b/m"}, "unsupported storageUri scheme gs://"),
+    ({"storageUri": "s3://Bad_Bucket/m"}, "not a valid S3 bucket name"),
+    ({"storageUri": "https://h/dir/"}, "one file or archive"),
+    ({"storageUri": "s3://models/m", "storageSecret": "Not_A_Name"}, "not a valid Secret name"),
+    ({"storageUri": "s3://models/m.tgz", "storageSha256": "abc"}, "64 hexadecimal digits"),
+    ({"storageSecret": "creds"}, "need a storageUri"),
+])
+def test_bad_storage_fields_say_why(fields, reason):
+    with pytest.raises(SpecError, match=reason) as err:
+        PaddleService.from_dict(manifest(**_side(**fields)))
+    assert err.value.field.startswith("spec.default")
+
+
+def test_a_storage_uri_without_arg_serves_model_dir_with_our_runtime():
+    svc = PaddleService.from_dict(manifest(**_side(storageUri="s3://models/iris/", storageSecret="s3-creds",
+                                                   storageSha256="A" * 64)))
+    spec = svc.spec.default
+    assert spec.storageSha256 == "a" * 64
+    assert spec.command(svc.name) == 'python3 -m runtime --model "$MODEL_DIR" --name svc --port $PORT'
+    own = PaddleService.from_dict(manifest(**_side(storageUri="/srv/m", arg="my-server --dir $MODEL_DIR")))
+    assert own.spec.default.command(own.name) == "my-server --dir $MODEL_DIR"
+    assert PaddleService.from_dict(manifest()).spec.default.command("svc") == "run"

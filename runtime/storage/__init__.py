@@ -1,0 +1,10 @@
+"""Model storage: a storageUri (s3://, http(s)://, pvc://, file://, a path) to a read-only model
+directory through the node-local cache; used by the init container and the local platform."""
+
+from runtime.storage.cache import ModelCache
+from runtime.storage.errors import StorageError
+from runtime.storage.pull import Limits, ModelVersion, pull
+from runtime.storage.uri import StorageUri, StorageUriError, check_sha256, parse_uri
+
+__all__ = ["Limits", "ModelCache", "ModelVersion", "StorageError", "StorageUri", "StorageUriError",
+           "check_sha256", "parse_uri", "pull"]

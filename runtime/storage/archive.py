@@ -1,0 +1,98 @@
+"""Safe unpacking of a downloaded model archive (.tar.gz/.tgz/.zip) into the directory a cache entry
+is built in: no path out of the target, no links out of it, no devices, and a cap on what it unpacks."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+from runtime.storage.errors import StorageError
+
+
+def unpack(archive: Path, target: Path, max_bytes: int, max_members: int = 100_000) -> int:
+    """Unpack `archive` into the empty directory `target`; returns the bytes unpacked.
+    StorageError (not retryable) for a corrupt, hostile or oversized archive."""
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return _unzip(archive, target, max_bytes, max_members)
+        return _untar(archive, target, max_bytes, max_members)
+    except StorageError:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise StorageError(f"corrupt archive {archive.name}: {_short(exc)}", retryable=False) from None
+
+
+def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int:
+    total = 0
+    with tarfile.open(archive, "r:*") as tar:
+        members = []
+        for i, m in enumerate(tar):
+            if i >= max_members:
+                raise StorageError(f"archive has more than {max_members} members", retryable=False)
+            # tarfile's "data" filter (PEP 706) refuses absolute paths, '..', links that leave the
+            # target, devices and FIFOs, and clears set-id bits; it raises FilterError naming the member.
+            try:
+                m = tarfile.data_filter(m, str(target))
+            except tarfile.FilterError as exc:
+                raise StorageError(f"unsafe archive member {_member(exc)}: {_filter_reason(exc)}",
+                                   retryable=False) from None
+            if m.isfile():
+                total += m.size
+                if total > max_bytes:
+                    raise StorageError(f"archive unpacks to more than {_mb(max_bytes)}", retryable=False)
+            members.append(m)
+        tar.extractall(target, members=members, filter="data")
+    return total
+
+
+def _unzip(archive: Path, target: Path, max_bytes: int, max_members: int) -> int:
+    total = 0
+    root = os.path.realpath(target)
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise StorageError(f"archive has more than {max_members} members", retryable=False)
+        for info in infos:
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise StorageError(f"unsafe archive member {info.filename!r}: links are not unpacked from zip files",
+                                   retryable=False)
+            dest = os.path.realpath(os.path.join(root, info.filename))
+            if info.filename.startswith(("/", "\\")) or ".." in info.filename.replace("\\", "/").split("/") \
+                    or os.path.commonpath([root, dest]) != root:
+                raise StorageError(f"unsafe archive member {info.filename!r}: its path leaves the target",
+                                   retryable=False)
+            total += info.file_size
+            if total > max_bytes:
+                raise StorageError(f"archive unpacks to more than {_mb(max_bytes)}", retryable=False)
+        for info in infos:
+            # ZipExtFile stops at the declared size and checks the CRC, so a member cannot unpack to
+            # more than the header said.
+            zf.extract(info, root)
+    return total
+
+
+def _member(exc: tarfile.FilterError) -> str:
+    return repr(getattr(getattr(exc, "tarinfo", None), "name", "?"))
+
+
+def _filter_reason(exc: tarfile.FilterError) -> str:
+    return {
+        tarfile.AbsolutePathError: "absolute path",
+        tarfile.OutsideDestinationError: "its path leaves the target",
+        tarfile.SpecialFileError: "device or FIFO",
+        tarfile.AbsoluteLinkError: "link to an absolute path",
+        tarfile.LinkOutsideDestinationError: "link that leaves the target",
+    }.get(type(exc), "refused")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB"
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0][:200]
