@@ -424,7 +424,7 @@ class Controller:
             if st.ready:
                 cond = _condition(cond_type, True, "ReplicasReady", f"{len(st.ready)} replica(s) ready")
             elif st.error:
-                cond = _condition(cond_type, False, "ReplicaFailed", st.error)
+                cond = _condition(cond_type, False, st.error_reason, st.error)
             elif scaler and scaler.desired > 0:
                 cond = _condition(cond_type, False, "ReplicasStarting",
                                   f"waiting for {scaler.desired} replica(s) to turn ready")
@@ -434,9 +434,11 @@ class Controller:
             conditions.append(cond)
         conditions.append(_condition("RoutesReady", True, "RoutesPublished",
                                      f"routed by the activator as {svc.host(self.domain)}"))
+        failing = next((c for c in conditions if c["status"] != "True"), None)
         conditions.insert(0, _condition(
-            "Ready", all_ready, "ServiceReady" if all_ready else "NotReady",
-            "" if all_ready else next(c["message"] for c in conditions if c["status"] != "True")))
+            "Ready", all_ready, "ServiceReady" if failing is None else
+            (failing["reason"] if failing["reason"] == "ModelPullFailed" else "NotReady"),
+            "" if failing is None else failing["message"]))
         status: dict[str, Any] = {
             "conditions": conditions,
             "url": svc.url(self.domain),

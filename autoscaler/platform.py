@@ -34,6 +34,7 @@ class SideState:
     ready: list[Endpoint] = field(default_factory=list)
     starting: int = 0
     error: str | None = None  # the last reason replicas failed (exited, never ready, ...)
+    error_reason: str = "ReplicaFailed"  # the condition's reason for `error` (ModelPullFailed: storageUri)
     last_start_seconds: float | None = None  # spawn-to-ready time of the newest ready replica
     standby: int = 0  # ready but unrouted (kubernetes standby Pods); not in `ready`, not replicas
 

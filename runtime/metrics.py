@@ -5,6 +5,9 @@ The server records into a per-server registry; `GET /metrics` renders it.
 
 from __future__ import annotations
 
+import json
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,6 +37,12 @@ class RuntimeMetrics:
         self.log_dropped = Counter(P + "log_lines_dropped", "Request log lines dropped: stderr was not read.",
                                    registry=r)
         self.log_dropped.inc(0)
+        # How this replica's storageUri model got here (the pull before it started): a cache hit
+        # downloaded 0 bytes. Set once from the pull's report.
+        self.pull_seconds = Gauge(P + "model_pull_seconds", "Time the model pull before this replica took.",
+                                  ["model", "uri", "cache"], registry=r)
+        self.pull_bytes = Gauge(P + "model_pull_downloaded_bytes", "Bytes the model pull downloaded (0: cached).",
+                                ["model", "uri", "cache"], registry=r)
         # labelled children by (model, protocol, code): `labels()` takes a lock and builds keys each call
         self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
         self._batch_children: dict[str, Histogram] = {}
@@ -57,6 +66,12 @@ class RuntimeMetrics:
     def model_load(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).set(seconds)
 
+    def model_pull(self, model: str, report: dict) -> None:
+        cache = "hit" if report.get("cache") == "hit" else "miss"
+        labels = (model, str(report.get("uri", "")), cache)
+        self.pull_seconds.labels(*labels).set(float(report.get("seconds", 0.0)))
+        self.pull_bytes.labels(*labels).set(0 if cache == "hit" else int(report.get("bytes", 0)))
+
     def render(self) -> tuple[bytes, str]:
         from runtime.request_log import dropped_lines
 
@@ -65,3 +80,22 @@ class RuntimeMetrics:
             self.log_dropped.inc(seen - self._dropped_seen)
             self._dropped_seen = seen
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"  # also autoscaler.local.platform, the Pod manifest
+
+
+def pull_report_from_env() -> dict | None:
+    """The storageUri pull's report handed to this replica: JSON in $ELASTICSERVING_MODEL_PULL (the
+    local platform), or the path of a file holding it (a Pod's init container writes one)."""
+    value = os.environ.get(PULL_REPORT_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        if not value.startswith("{"):
+            with open(value) as f:
+                value = f.read(65536)
+        report = json.loads(value)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None

@@ -25,7 +25,7 @@ from runtime.cli import parse_args
 from runtime.dataplane import DataPlane, Limits
 from runtime.handlers import build_handler
 from runtime.handlers.base import Handler
-from runtime.metrics import RuntimeMetrics
+from runtime.metrics import RuntimeMetrics, pull_report_from_env
 from runtime.protocols.http_api import HttpApi
 from runtime.request_log import configure_logging, flush
 
@@ -76,6 +76,9 @@ class Server:
             await runner.cleanup()
             return 3
         self.metrics.model_load(args.name, seconds)
+        report = pull_report_from_env()
+        if report is not None:
+            self.metrics.model_pull(args.name, report)
         for sig in (signal.SIGTERM, signal.SIGINT):  # paddle installs its own handlers on import
             loop.remove_signal_handler(sig)
             loop.add_signal_handler(sig, stop.set)

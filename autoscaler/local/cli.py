@@ -96,7 +96,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
         prewarm_ready_timeout=args.prewarm_ready_timeout,
         prometheus_port=args.prometheus_port if args.prometheus else None,
-        token_file=args.token_file, allowed_hosts=args.allow_host,
+        token_file=args.token_file, allowed_hosts=args.allow_host, model_cache=args.model_cache,
         activator_args=["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)],
     ))
 
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "elasticserving/control-PORT.token)")
     up.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                     help="also accept this Host name on the control API (default: loopback names only)")
+    up.add_argument("--model-cache", default=None, metavar="DIR",
+                    help="where storageUri models are cached (default: $ELASTICSERVING_MODEL_CACHE or "
+                         "~/.cache/elasticserving/model-cache)")
     up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
+import json
 import logging
 import os
 import signal
@@ -26,13 +28,17 @@ from typing import Any
 import aiohttp
 
 from autoscaler.local.logs import SideLog
+from autoscaler.local.models import LocalModels
 from autoscaler.local.process import die_with_parent
 from autoscaler.platform import Endpoint, Platform, SideState
-from autoscaler.spec import EndpointSpec, PaddleService
+from autoscaler.spec import MODEL_DIR_ENV, EndpointSpec, PaddleService
+from runtime.storage import ModelVersion, StorageError
 
 log = logging.getLogger("elasticserving.local")
 
 STARTING, READY, STOPPING = "starting", "ready", "stopping"
+# A storageUri replica's pull report (JSON: uri, identity, bytes, cache hit|miss, seconds) for its metrics.
+PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,6 +77,7 @@ class SideRuntime:
     desired: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
     error: str | None = None
+    error_reason: str = "ReplicaFailed"
     failures: int = 0  # consecutive failed starts, for back-off
     last_start_seconds: float | None = None
     plain_generation: int = -1  # a forked replica of this generation failed: start the rest plainly
@@ -78,6 +85,7 @@ class SideRuntime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     log: SideLog = field(default_factory=SideLog)
+    model: tuple[int, ModelVersion] | None = None  # the storageUri version pulled for a generation
 
 
 class LocalPlatform(Platform):
@@ -96,6 +104,7 @@ class LocalPlatform(Platform):
         env: dict[str, str] | None = None,
         spawner: Callable[..., object] | None = None,
         prewarm_ready_timeout: float = 10.0,
+        models: LocalModels | None = None,
     ) -> None:
         super().__init__()
         self.host = host
@@ -110,6 +119,7 @@ class LocalPlatform(Platform):
         # forked replica gets `prewarm_ready_timeout` to turn ready, else it is killed and started plainly.
         self.spawner = spawner
         self.prewarm_ready_timeout = prewarm_ready_timeout
+        self.models = models or LocalModels()
         self._sides: dict[tuple[str, str], SideRuntime] = {}
         self._tasks: set[asyncio.Task] = set()  # background stops and output copies
         self._ids = itertools.count(1)
@@ -186,7 +196,7 @@ class LocalPlatform(Platform):
         ready = [r.endpoint(self.host) for r in sr.replicas.values() if r.state == READY]
         starting = sum(1 for r in sr.replicas.values() if r.state == STARTING)
         return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error,
-                         last_start_seconds=sr.last_start_seconds)
+                         error_reason=sr.error_reason, last_start_seconds=sr.last_start_seconds)
 
     def logs(self, key: str, side: str) -> SideLog | None:
         """The recent output of the replicas of one side (None: no such side)."""
@@ -289,13 +299,32 @@ class LocalPlatform(Platform):
         })
         return env
 
+    async def _model(self, sr: SideRuntime, generation: int) -> ModelVersion:
+        """The side's storageUri model for this generation: pulled once, then kept (a scale-up of the
+        same generation asks the storage nothing, as a Knative revision keeps its resolved digest)."""
+        if sr.model is not None and sr.model[0] == generation:
+            version = dataclasses.replace(sr.model[1], cached=True, seconds=0.0)  # this start pulled nothing
+        else:
+            version = await self.models.pull(sr.key.split("/", 1)[0], sr.spec,
+                                             lambda line: log.info("%s/%s: %s", sr.key, sr.side, line))
+            if sr.generation == generation:
+                sr.model = (generation, version)
+        how = "from the model cache, nothing downloaded" if version.cached else \
+            f"downloaded in {version.seconds:.1f}s"
+        log.info("%s/%s: model %s (%.1f MB) %s", sr.key, sr.side, version.uri, version.size / 1e6, how)
+        return version
+
     async def _spawn(self, sr: SideRuntime, r: Replica) -> tuple[asyncio.subprocess.Process,
                                                                  asyncio.StreamReader | None]:
         """Start the replica's process; returns it and its stdout (its stderr is `proc.stderr`)."""
-        cmd = sr.spec.arg
+        cmd = sr.spec.command(sr.key.split("/", 1)[1])
         if not cmd:
             raise RuntimeError(f"spec.{sr.side}.arg is empty: the local platform runs it as the replica command")
         env = self._env(sr, r)
+        if sr.spec.storageUri:
+            version = await self._model(sr, r.generation)
+            env[MODEL_DIR_ENV] = str(version.path)
+            env[PULL_REPORT_ENV] = json.dumps(version.report())
         if self.spawner is not None and sr.plain_generation != r.generation:
             out_r, out_w = os.pipe()
             try:
@@ -320,6 +349,9 @@ class LocalPlatform(Platform):
         while True:
             try:
                 r.proc, r.stdout = await self._spawn(sr, r)
+            except StorageError as exc:
+                self._failed(sr, r, exc.reason, reason="ModelPullFailed")
+                return
             except Exception as exc:
                 self._failed(sr, r, f"cannot start replica: {exc}")
                 return
@@ -382,10 +414,10 @@ class LocalPlatform(Platform):
                 exited.cancel()
         return False
 
-    def _failed(self, sr: SideRuntime, r: Replica, reason: str) -> None:
-        log.warning("%s/%s: %s", sr.key, sr.side, reason)
+    def _failed(self, sr: SideRuntime, r: Replica, message: str, reason: str = "ReplicaFailed") -> None:
+        log.warning("%s/%s: %s", sr.key, sr.side, message)
         sr.replicas.pop(r.id, None)
-        sr.error = reason
+        sr.error, sr.error_reason = message, reason
         sr.failures += 1
         delay = min(self.max_backoff, 0.5 * 2 ** (sr.failures - 1))
         sr.backoff_until = time.monotonic() + delay

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from autoscaler.control_api import LOOPBACK_HOSTS, build_app
 from autoscaler.controller import Controller
+from autoscaler.local.models import LocalModels, load_secrets
 from autoscaler.local.platform import LocalPlatform
 from autoscaler.local.process import die_with_parent, terminate
 from autoscaler.local.token import default_token_path, new_token, remove_token, write_token
@@ -55,6 +56,7 @@ class StackOptions:
     prometheus_port: int | None = None  # run a local Prometheus scraping the stack on this port
     token_file: str | None = None  # where to write the control API token (default: default_token_path)
     allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides loopback
+    model_cache: str | None = None  # storageUri models (default: autoscaler.local.models.default_cache_dir)
 
     @property
     def token_path(self) -> Path:
@@ -210,8 +212,10 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         launcher = PrewarmLauncher()
         await launcher.start()
         spawner = launcher.spawn
+    models = LocalModels(Path(opts.model_cache) if opts.model_cache else None,
+                         secrets=load_secrets([Path(f).read_text(encoding="utf-8") for f in opts.files]))
     platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
-                             spawner=spawner, prewarm_ready_timeout=opts.prewarm_ready_timeout)
+                             spawner=spawner, prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models)
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
     token = new_token()
     await controller.start()

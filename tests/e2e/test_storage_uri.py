@@ -1,0 +1,115 @@
+"""A user's own model from a storageUri on the local stack, as a user runs it: a `paddle.jit.save`
+model packed as a .tar.gz on a real HTTP origin, served from zero with no `arg`, pulled once and then
+served from the cache; a URI that cannot be pulled gives 503 and a condition naming it, and another
+service in the same stack is untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, start_stack, wait_for, write_yaml
+from tests.storage.http_origin import Blob, Origin
+
+pytestmark = pytest.mark.timeout(300)
+NS = "models"
+
+
+def own_model(name: str, uri: str, **side) -> dict:
+    return {"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"default": {"containerImage": "elasticserving/runtime", "tag": "latest", "port": 9292,
+                                 "storageUri": uri, **side},
+                     "service": {"minScale": 0, "window": "6s"}}}
+
+
+@pytest.fixture(scope="module")
+def model_tgz(tmp_path_factory) -> bytes:
+    out = tmp_path_factory.mktemp("user-model")
+    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_user_model.py"), str(out)], check=True,
+                   capture_output=True, timeout=300)
+    arc = out / "user.tar.gz"
+    with tarfile.open(arc, "w:gz") as tar:
+        for f in sorted((out / "user" / "paddle").iterdir()):
+            tar.add(f, arcname=f.name)
+    return arc.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, model_tgz):
+    tmp = tmp_path_factory.mktemp("storage-stack")
+    with Origin() as origin:
+        origin.blobs["/models/user.tar.gz"] = Blob(model_tgz, etag='"v1"')
+        f = write_yaml(tmp / "own.yaml",
+                       own_model("iris", origin.url("/models/user.tar.gz")),
+                       own_model("missing", origin.url("/models/absent.tar.gz?X-Amz-Signature=s3cr3t")))
+        s = start_stack(tmp, [f], config={"scale-to-zero-grace-period": "1s"},
+                        extra=["--model-cache", str(tmp / "cache"), "--request-timeout", "30"])
+        s.origin = origin
+        yield s
+        code = s.stop()
+        assert code == 0, "\n".join(s.output[-30:])
+        assert "s3cr3t" not in "\n".join(s.output)
+        for log in (tmp / "logs").glob("*.log"):
+            assert "s3cr3t" not in log.read_text(errors="replace")
+
+
+def infer(stack, name: str, rows: list[list[float]]):
+    body = {"inputs": [{"name": "x", "shape": [len(rows), 4], "datatype": "FP32", "data": sum(rows, [])}]}
+    status, _, data = stack.request(f"{name}.{NS}.example.com", f"/v2/models/{name}/infer", body, timeout=60)
+    return status, json.loads(data)
+
+
+def replica_metrics(stack, key: str) -> str:
+    status, _, data = stack.control_http("GET", "/v1/prometheus/targets")
+    assert status == 200
+    targets = [t for group in json.loads(data) for t in group["targets"]
+               if group["labels"].get("service") == key]
+    assert targets, data
+    with urllib.request.urlopen(f"http://{targets[0]}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def test_an_own_model_from_http_is_served_from_zero_and_pulled_once(stack):
+    status, answer = infer(stack, "iris", [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]])
+    assert status == 200, answer
+    # paddle.jit.save names the outputs itself: told apart by their datatypes
+    out = {o["datatype"]: o for o in answer["outputs"]}
+    scores = np.array(out["FP32"]["data"], dtype=np.float32).reshape(out["FP32"]["shape"])
+    assert scores.shape == (2, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+    assert out["INT64"]["data"] == scores.argmax(axis=1).tolist()
+    assert stack.origin.bodies_sent["/models/user.tar.gz"] == 1
+    metrics = replica_metrics(stack, f"{NS}/iris")
+    assert 'cache="miss"' in metrics and "elasticserving_runtime_model_pull_downloaded_bytes" in metrics
+
+    # back to zero, then from zero again: the version is in the cache, nothing is downloaded
+    wait_for(lambda: stack.service(f"{NS}/iris")["status"]["replicas"] == 0, 60, 0.2, "scale to zero")
+    status, again = infer(stack, "iris", [[0.1, 0.2, 0.3, 0.4]])
+    first = next(o for o in again["outputs"] if o["datatype"] == "FP32")
+    assert status == 200 and first["data"] == out["FP32"]["data"][:3]
+    assert stack.origin.bodies_sent["/models/user.tar.gz"] == 1
+    metrics = replica_metrics(stack, f"{NS}/iris")
+    assert 'elasticserving_runtime_model_pull_downloaded_bytes{cache="hit"' in metrics
+    assert any("from the model cache, nothing downloaded" in line for line in stack.output)
+
+
+def test_a_uri_that_cannot_be_pulled_is_503_with_the_uri_and_a_condition(stack):
+    status, answer = infer(stack, "missing", [[0.0, 0.0, 0.0, 0.0]])
+    assert status == 503, answer
+    shown = stack.origin.url("/models/absent.tar.gz") + "?…"
+    assert shown in answer["error"] and "not found (HTTP 404)" in answer["error"]
+    item = stack.service(f"{NS}/missing")
+    ready = next(c for c in item["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ModelPullFailed"
+    assert shown in ready["message"] and "s3cr3t" not in json.dumps(item["status"])
+    wide = stack.cli("get", "missing", "-o", "wide")
+    assert wide.returncode == 0 and "not found (HTTP 404)" in wide.stdout
+    # the other service of the stack is untouched
+    status, _ = infer(stack, "iris", [[0.1, 0.2, 0.3, 0.4]])
+    assert status == 200
