@@ -24,6 +24,7 @@ from autoscaler.kube.client import Kube, KubeError, resource_path
 from autoscaler.kube.control_token import SECRET_NAME, ensure_control_token
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.leader_endpoint import LeaderEndpoint
+from autoscaler.kube.model_volume import StorageSettings
 from autoscaler.kube.operator import PaddleServiceOperator
 from autoscaler.kube.platform import KubernetesPlatform
 
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-token-secret", default=env("ELASTICSERVING_CONTROL_TOKEN_SECRET", SECRET_NAME),
                    help="Secret in the system namespace holding the control API token, created with a random "
                         "value when absent; activators read it ('': no token, the API is unauthenticated)")
+    p.add_argument("--storage-initializer-image", default=env("ELASTICSERVING_STORAGE_IMAGE",
+                                                             StorageSettings.image),
+                   help="image of the init container that pulls storageUri models (our runtime image)")
+    p.add_argument("--model-cache-host-path", default=env("ELASTICSERVING_MODEL_CACHE_HOST_PATH",
+                                                          StorageSettings.cache_root),
+                   help="the node-local model cache (a hostPath, one directory per namespace)")
+    p.add_argument("--model-cache-max-bytes", type=int,
+                   default=int(env("ELASTICSERVING_MODEL_CACHE_MAX_BYTES", str(StorageSettings.cache_max_bytes))))
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lease-name", default="elasticserving-controller")
     p.add_argument("--lease-duration", type=float, default=15.0)
@@ -115,8 +124,10 @@ class KubeController:
     """Everything the leader runs: platform (Deployments, EndpointSlices), Controller, reconciler."""
 
     def __init__(self, kube: Kube, args: argparse.Namespace, domain: str, defaults: dict[str, Any]):
+        storage = StorageSettings(image=args.storage_initializer_image, cache_root=args.model_cache_host_path,
+                                  cache_max_bytes=args.model_cache_max_bytes)
         self.platform = KubernetesPlatform(kube, namespace=args.namespace,
-                                           watch_timeout_seconds=args.watch_timeout_seconds)
+                                           watch_timeout_seconds=args.watch_timeout_seconds, storage=storage)
         self.controller = Controller(self.platform, domain=domain, defaults=defaults,
                                      tick_seconds=args.tick_seconds)
         self.operator = PaddleServiceOperator(kube, self.controller, namespace=args.namespace,

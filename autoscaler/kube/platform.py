@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.kube.model_volume import STORAGE_INITIALIZER, StorageSettings, model_volume
 from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService, SpecError
 
@@ -111,7 +112,8 @@ def shell_arg(arg: str) -> str:
 PRESTOP_SECONDS = 3  # EndpointSlice -> controller -> activators takes well under a second on a quiet node
 
 
-def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[str, Any]:
+def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
+                     storage: StorageSettings = StorageSettings()) -> dict[str, Any]:  # noqa: B008
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
     assert spec is not None, f"{svc.key} has no {side}"
@@ -127,6 +129,12 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
         {"name": "ELASTICSERVING_SIDE", "value": side},
         {"name": "ELASTICSERVING_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
+    # Pod Security "restricted": a model server needs no privilege, capability or syscall beyond
+    # the runtime's default profile.
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    model = model_volume(spec, svc.namespace, storage, security)
+    env += model.env
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
@@ -144,14 +152,14 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
         # pushes the smaller route table to every activator: keep serving through that before SIGTERM
         # starts the runtime's drain, so no activator sends to a closed port.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-        # Pod Security "restricted": a model server needs no privilege, capability or syscall beyond
-        # the runtime's default profile.
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": security,
     }
-    if spec.arg:
+    if model.mounts:
+        container["volumeMounts"] = model.mounts
+    command = spec.command(svc.name)  # `arg`, or our runtime serving a storageUri's $MODEL_DIR
+    if command:
         container["command"] = ["sh", "-c"]
-        container["args"] = [shell_arg(spec.arg)]
+        container["args"] = [shell_arg(command)]
     labels = _labels(svc, side)
     template = {
         "metadata": {
@@ -161,7 +169,9 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0) -> dict[s
         },
         # No API token in replicas (they never call the API server); non-root, as our runtime images
         # run (USER 65532): an image that runs as root is refused by the kubelet with the reason.
-        "spec": {"containers": [container], "terminationGracePeriodSeconds": 30,
+        "spec": {**({"initContainers": model.init_containers} if model.init_containers else {}),
+                 **({"volumes": model.volumes} if model.volumes else {}),
+                 "containers": [container], "terminationGracePeriodSeconds": 30,
                  "automountServiceAccountToken": False,
                  "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
     }
@@ -262,6 +272,11 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
             continue
         state, last = cs.get("state") or {}, (cs.get("lastState") or {}).get("terminated")
         waiting, term = state.get("waiting"), state.get("terminated")
+        if cs.get("name") == STORAGE_INITIALIZER:
+            # its termination message is the pull's own reason ("cannot pull URI: ..."), never a secret
+            failed = term if term and term.get("exitCode") else last
+            if failed and failed.get("exitCode") and failed.get("message"):
+                return f"Pod {name}: {failed['message'].strip()[:500]}"
         if waiting and waiting.get("reason") in FAILING_WAITS:
             why = f"Pod {name}: {waiting['reason']}"
             if last and last.get("exitCode"):
@@ -291,9 +306,10 @@ class KubernetesPlatform(Platform):
     name = "kubernetes"
 
     def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
-                 watch_timeout_seconds: int = 300):
+                 watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings()):  # noqa: B008
         super().__init__()
         self.kube = kube
+        self.storage = storage
         self.namespace = namespace  # None: all namespaces
         self._desired: dict[tuple[str, str], int] = {}
         self._ready: dict[tuple[str, str], list[Endpoint]] = {}
@@ -440,8 +456,11 @@ class KubernetesPlatform(Platform):
             spare = len(ready) - len(routed)
             ready = routed
         error = (self._errors.get(ref) or self._pod_errors.get(ref)) if not ready else None
+        # runtime.storage starts every failed pull's reason so (pod_failure quotes it)
+        pulled = bool(error) and ": cannot pull " in error  # type: ignore[operator]
         return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
-                         error=error, standby=spare)
+                         error=error, error_reason="ModelPullFailed" if pulled else "ReplicaFailed",
+                         standby=spare)
 
     async def apply(self, svc: PaddleService) -> None:
         try:
@@ -478,7 +497,7 @@ class KubernetesPlatform(Platform):
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
         replicas = self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0)
         # On update, replicas stay as the autoscaler set them (scale subresource).
-        await self._apply_child(build_deployment(svc, side, replicas=replicas), "apps/v1", "deployments",
+        await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage), "apps/v1", "deployments",
                                 ("selector", "template"))
 
     async def _apply_service(self, svc: PaddleService, side: str) -> None:

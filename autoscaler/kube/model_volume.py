@@ -1,0 +1,93 @@
+"""The Pod pieces of a side with a storageUri (pure; build_deployment adds them): the model at
+/mnt/models, read-only. pvc:// mounts the claim itself. s3:// and http(s):// run an init container from
+our runtime image (`python -m runtime.storage`) that pulls into the node-local cache (a hostPath, one
+directory per namespace) and links the version's files into an emptyDir at /mnt/models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoscaler.spec import MODEL_DIR_ENV, POD_MODEL_DIR, EndpointSpec
+from runtime.storage.uri import parse_uri
+
+STORAGE_INITIALIZER = "storage-initializer"
+PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"  # read by runtime.metrics
+REPORT_DIR = "/var/run/elasticserving"
+# The AWS_* keys a storageSecret may hold (runtime.storage.s3.ENV_KEYS), each passed on when present.
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+               "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """The operator's storage knobs: the init container's image and the node cache's host path."""
+
+    image: str = "elasticserving/runtime:latest"
+    cache_root: str = "/var/cache/elasticserving/models"
+    cache_max_bytes: int = 50 * 1024**3
+
+
+@dataclass
+class ModelVolume:
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)  # of the model container
+    env: list[dict[str, Any]] = field(default_factory=list)  # of the model container
+
+
+def model_volume(spec: EndpointSpec, namespace: str, settings: StorageSettings,
+                 security: dict[str, Any]) -> ModelVolume:
+    """What a side's Pod needs for its storageUri (nothing without one). `security`: the restricted
+    container securityContext every container of a replica Pod gets."""
+    out = ModelVolume()
+    if not spec.storageUri:
+        return out
+    uri = parse_uri(spec.storageUri)
+    out.env.append({"name": MODEL_DIR_ENV, "value": POD_MODEL_DIR})
+    if uri.scheme == "pvc":
+        out.volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": uri.host, "readOnly": True}})
+        mount = {"name": "model", "mountPath": POD_MODEL_DIR, "readOnly": True}
+        if uri.path.strip("/"):
+            mount["subPath"] = uri.path.strip("/")
+        out.mounts.append(mount)
+        return out
+    # A cache directory per namespace: a Pod sees the models of its own namespace only.
+    cache_dir = f"{settings.cache_root.rstrip('/')}/{namespace}"
+    args = [spec.storageUri, "--cache", cache_dir, "--dest", POD_MODEL_DIR, "--report", f"{REPORT_DIR}/pull.json",
+            "--cache-max-bytes", str(settings.cache_max_bytes)]
+    if spec.storageSha256:
+        args += ["--sha256", spec.storageSha256]
+    env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": spec.storageSecret, "key": key, "optional": True}}}
+           for key in SECRET_KEYS] if spec.storageSecret else []
+    out.init_containers.append({
+        "name": STORAGE_INITIALIZER,
+        "image": settings.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "runtime.storage"],
+        "args": args,
+        "env": env,
+        # the pull's reason (runtime.storage writes it there) becomes the Pod's status message
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "volumeMounts": [{"name": "model-cache", "mountPath": settings.cache_root},
+                         {"name": "model", "mountPath": POD_MODEL_DIR},
+                         {"name": "pull-report", "mountPath": REPORT_DIR}],
+        "securityContext": security,
+    })
+    out.volumes += [
+        # DirectoryOrCreate makes it root's 0755: give the node's directory to the runtime's user (65532)
+        # or mode 1777 (scripts/cluster.sh does), so the non-root init container can write.
+        {"name": "model-cache", "hostPath": {"path": settings.cache_root, "type": "DirectoryOrCreate"}},
+        {"name": "model", "emptyDir": {}},
+        {"name": "pull-report", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
+    out.mounts += [
+        {"name": "model", "mountPath": POD_MODEL_DIR, "readOnly": True},
+        # the links in /mnt/models point here: the same path, read-only, this namespace's directory only
+        {"name": "model-cache", "mountPath": cache_dir, "subPath": namespace, "readOnly": True},
+        {"name": "pull-report", "mountPath": REPORT_DIR, "readOnly": True},
+    ]
+    out.env.append({"name": PULL_REPORT_ENV, "value": f"{REPORT_DIR}/pull.json"})
+    return out

@@ -1,0 +1,96 @@
+"""The Pod pieces of a storageUri side, table-driven and without servers: pvc:// mounts the claim;
+s3:// and http(s):// get the storage-initializer init container, the node cache (this namespace's
+directory only, read-only in the model container) and the Secret's AWS_* keys by reference; a failed
+pull's termination message is the side's reason, as condition ModelPullFailed."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.kube.model_volume import STORAGE_INITIALIZER, StorageSettings
+from autoscaler.kube.platform import build_deployment, pod_failure
+from autoscaler.spec import PaddleService
+
+SETTINGS = StorageSettings(image="elasticserving/runtime:latest", cache_root="/var/cache/es", cache_max_bytes=10)
+
+
+def _svc(**side: object) -> PaddleService:
+    return PaddleService.from_dict({
+        "apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
+        "metadata": {"name": "iris", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"default": {"containerImage": "elasticserving/runtime", "tag": "latest", "port": 9292, **side}}})
+
+
+def _pod_spec(svc: PaddleService) -> dict:
+    return build_deployment(svc, "default", storage=SETTINGS)["spec"]["template"]["spec"]
+
+
+def test_without_a_storage_uri_nothing_is_added():
+    pod = _pod_spec(_svc(arg="python3 -m runtime --model lac --port $PORT"))
+    assert "initContainers" not in pod and "volumes" not in pod
+    assert "volumeMounts" not in pod["containers"][0]
+
+
+def test_s3_gets_the_init_container_the_namespace_cache_and_the_secret_by_reference():
+    pod = _pod_spec(_svc(storageUri="s3://models/iris/", storageSecret="s3-creds", storageSha256=None))
+    (init,) = pod["initContainers"]
+    assert init["name"] == STORAGE_INITIALIZER and init["image"] == "elasticserving/runtime:latest"
+    assert init["command"] == ["python3", "-m", "runtime.storage"]
+    assert init["args"][:5] == ["s3://models/iris/", "--cache", "/var/cache/es/team-a", "--dest", "/mnt/models"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"]}
+    assert keys["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
+    assert "AWS_ENDPOINT_URL" in keys and all("value" not in e for e in init["env"])
+    assert init["securityContext"]["allowPrivilegeEscalation"] is False
+    (main,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/mnt/models"]["readOnly"] and mounts["/var/cache/es/team-a"]["subPath"] == "team-a"
+    assert all(m["readOnly"] for m in main["volumeMounts"])
+    assert {"name": "MODEL_DIR", "value": "/mnt/models"} in main["env"]
+    assert main["args"] == ['exec python3 -m runtime --model "$MODEL_DIR" --name iris --port $PORT']
+    # the model container itself never sees the Secret
+    assert all("valueFrom" not in e or "secretKeyRef" not in e["valueFrom"] for e in main["env"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["hostPath"] == {"path": "/var/cache/es", "type": "DirectoryOrCreate"}
+
+
+def test_a_given_sha256_is_passed_and_http_needs_no_secret():
+    pod = _pod_spec(_svc(storageUri="https://models.example.com/iris.tar.gz", storageSha256="ab" * 32))
+    (init,) = pod["initContainers"]
+    assert init["args"][-2:] == ["--sha256", "ab" * 32] and init["env"] == []
+
+
+@pytest.mark.parametrize(("uri", "claim", "sub"), [
+    ("pvc://model-store/iris/v1", "model-store", "iris/v1"),
+    ("pvc://model-store", "model-store", None),
+])
+def test_pvc_mounts_the_claim_read_only_without_an_init_container(uri, claim, sub):
+    pod = _pod_spec(_svc(storageUri=uri, arg="my-server --dir $MODEL_DIR"))
+    assert "initContainers" not in pod
+    assert pod["volumes"] == [{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert mount["mountPath"] == "/mnt/models" and mount["readOnly"] and mount.get("subPath") == sub
+    assert pod["containers"][0]["args"] == ["exec my-server --dir $MODEL_DIR"]
+
+
+def test_a_changed_uri_rolls_the_deployment():
+    a = build_deployment(_svc(storageUri="s3://models/iris/v1/"), "default", storage=SETTINGS)
+    b = build_deployment(_svc(storageUri="s3://models/iris/v2/"), "default", storage=SETTINGS)
+    key = "elasticserving.paddlepaddle.org/config-hash"
+    assert a["metadata"]["annotations"][key] != b["metadata"]["annotations"][key]
+
+
+def _init_failed(message: str, restarts: int = 1) -> dict:
+    term = {"exitCode": 4, "reason": "Error", "message": message}
+    return {"metadata": {"name": "iris-default-x"},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": STORAGE_INITIALIZER, "ready": False, "restartCount": restarts,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": term}}],
+                "containerStatuses": [{"name": "paddleserving", "ready": False,
+                                       "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+
+
+def test_a_failed_pull_is_the_pods_reason_with_the_uri():
+    why = pod_failure(_init_failed("cannot pull s3://models/iris/: access denied by the S3 endpoint "
+                                   "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials"))
+    assert why == ("Pod iris-default-x: cannot pull s3://models/iris/: access denied by the S3 endpoint "
+                   "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials")
