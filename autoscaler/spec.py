@@ -159,7 +159,7 @@ class EndpointSpec(_Model):
         $MODEL_DIR under the service's name."""
         if self.arg or not self.storageUri:
             return self.arg
-        return f'python3 -m runtime --model "${MODEL_DIR_ENV}" --name {service_name} --port $PORT'
+        return f"python3 -m runtime --model ${MODEL_DIR_ENV} --name {service_name} --port $PORT"
 
 
 class ServiceSpec(_Model):

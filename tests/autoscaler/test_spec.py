@@ -169,7 +169,7 @@ def test_a_storage_uri_without_arg_serves_model_dir_with_our_runtime():
                                                    storageSha256="A" * 64)))
     spec = svc.spec.default
     assert spec.storageSha256 == "a" * 64
-    assert spec.command(svc.name) == 'python3 -m runtime --model "$MODEL_DIR" --name svc --port $PORT'
+    assert spec.command(svc.name) == "python3 -m runtime --model $MODEL_DIR --name svc --port $PORT"
     own = PaddleService.from_dict(manifest(**_side(storageUri="/srv/m", arg="my-server --dir $MODEL_DIR")))
     assert own.spec.default.command(own.name) == "my-server --dir $MODEL_DIR"
     assert PaddleService.from_dict(manifest()).spec.default.command("svc") == "run"

@@ -113,3 +113,18 @@ def test_a_uri_that_cannot_be_pulled_is_503_with_the_uri_and_a_condition(stack):
     # the other service of the stack is untouched
     status, _ = infer(stack, "iris", [[0.1, 0.2, 0.3, 0.4]])
     assert status == 200
+
+
+def test_a_storage_uri_replica_is_forked_pre_warmed(tmp_path, model_tgz):
+    with Origin() as origin:
+        origin.blobs["/user.tar.gz"] = Blob(model_tgz, etag='"v1"')
+        f = write_yaml(tmp_path / "own.yaml", own_model("warm", origin.url("/user.tar.gz")))
+        s = start_stack(tmp_path, [f], extra=["--model-cache", str(tmp_path / "cache"), "--prewarm"])
+        try:
+            # the zygote imports paddle first (about 1 s, longer on a busy machine): forks come after
+            wait_for(lambda: any("zygote paddle ready" in line for line in s.output), 60, 0.1, "the zygote")
+            status, answer = infer(s, "warm", [[0.1, 0.2, 0.3, 0.4]])
+            assert status == 200, answer
+            assert any("started replica" in line and "pre-warmed" in line for line in s.output), s.output[-20:]
+        finally:
+            assert s.stop() == 0

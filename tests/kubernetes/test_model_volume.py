@@ -46,7 +46,7 @@ def test_s3_gets_the_init_container_the_namespace_cache_and_the_secret_by_refere
     assert mounts["/mnt/models"]["readOnly"] and mounts["/var/cache/es/team-a"]["subPath"] == "team-a"
     assert all(m["readOnly"] for m in main["volumeMounts"])
     assert {"name": "MODEL_DIR", "value": "/mnt/models"} in main["env"]
-    assert main["args"] == ['exec python3 -m runtime --model "$MODEL_DIR" --name iris --port $PORT']
+    assert main["args"] == ["exec python3 -m runtime --model $MODEL_DIR --name iris --port $PORT"]
     # the model container itself never sees the Secret
     assert all("valueFrom" not in e or "secretKeyRef" not in e["valueFrom"] for e in main["env"])
     volumes = {v["name"]: v for v in pod["volumes"]}
