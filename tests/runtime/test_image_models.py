@@ -119,19 +119,6 @@ def test_tritonclient_grpc_with_a_tensor_model(servers):
         c.infer("tiny", [bad])
 
 
-def test_tensorflow_backend_without_tensorflow_is_a_clear_error(models):
-    try:
-        import tensorflow  # noqa: F401
-        pytest.skip("tensorflow is installed")
-    except ImportError:
-        pass
-    (models / "tf").mkdir(exist_ok=True)
-    (models / "tf" / "saved_model.pb").write_bytes(b"")
-    out = subprocess.run([sys.executable, "-m", "runtime", "--model", str(models / "tf"), "--port", str(free_port())],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0 and "pip install tensorflow" in out.stderr
-
-
 def test_concurrent_images_are_batched(servers, photo):
     from concurrent.futures import ThreadPoolExecutor
 
