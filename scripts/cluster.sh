@@ -101,7 +101,13 @@ start_daemon() {  # start_daemon NAME CMD...: a detached process (own session), 
 }
 
 exited() {  # fails the wait at once when the component died, with its log's tail
-  local name="$1"
+  local name="$1" pid
+  # Alive is enough here: just after `start_daemon` the process may not have exec'd its program yet
+  # (its cmdline is still the shell's), which `running` would take for a dead component.
+  pid="$(cat "$RUN/$name.pid" 2>/dev/null)" || pid=""
+  if [ -n "$pid" ] && [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+    return 0
+  fi
   if ! running "$name"; then
     log "$name exited; last lines of $LOGS/$name.log:"
     tail -n 30 "$LOGS/$name.log" >&2 || true

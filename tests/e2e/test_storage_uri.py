@@ -5,6 +5,7 @@ service in the same stack is untouched."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -64,6 +65,10 @@ def infer(stack, name: str, rows: list[list[float]]):
     body = {"inputs": [{"name": "x", "shape": [len(rows), 4], "datatype": "FP32", "data": sum(rows, [])}]}
     status, _, data = stack.request(f"{name}.{NS}.example.com", f"/v2/models/{name}/infer", body, timeout=60)
     return status, json.loads(data)
+
+
+def secret(name: str, data: dict[str, str]) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "stringData": data}
 
 
 def replica_metrics(stack, key: str) -> str:
@@ -126,5 +131,66 @@ def test_a_storage_uri_replica_is_forked_pre_warmed(tmp_path, model_tgz):
             status, answer = infer(s, "warm", [[0.1, 0.2, 0.3, 0.4]])
             assert status == 200, answer
             assert any("started replica" in line and "pre-warmed" in line for line in s.output), s.output[-20:]
+        finally:
+            assert s.stop() == 0
+
+
+def test_an_own_model_from_s3_with_a_secret_and_wrong_keys_refused(tmp_path, model_tgz, s3_server):
+    """The same YAML as on Kubernetes: a Secret with AWS_* keys and the endpoint, named by storageSecret.
+    Wrong keys: 503 and a condition saying access was denied; the secret shows nowhere."""
+    bucket = s3_server.make_bucket("own-models")
+    with tarfile.open(fileobj=io.BytesIO(model_tgz)) as tar:
+        for m in tar.getmembers():
+            s3_server.put(bucket, f"iris/v1/{m.name}", tar.extractfile(m).read())
+    good = {**s3_server.env()}
+    wrong_secret = "not-the-secret-" + "x" * 20
+    bad = {**good, "AWS_SECRET_ACCESS_KEY": wrong_secret}
+    f = write_yaml(tmp_path / "s3.yaml", secret("s3-creds", good), secret("s3-wrong", bad),
+                   own_model("from-s3", f"s3://{bucket}/iris/v1/", storageSecret="s3-creds"),
+                   own_model("wrong-keys", f"s3://{bucket}/iris/v1/", storageSecret="s3-wrong"))
+    s = start_stack(tmp_path, [f], extra=["--model-cache", str(tmp_path / "cache"), "--request-timeout", "30"])
+    try:
+        status, answer = infer(s, "from-s3", [[0.1, 0.2, 0.3, 0.4]])
+        assert status == 200, answer
+        assert {o["datatype"] for o in answer["outputs"]} == {"FP32", "INT64"}
+        status, answer = infer(s, "wrong-keys", [[0.1, 0.2, 0.3, 0.4]])
+        assert status == 503, answer
+        assert f"cannot pull s3://{bucket}/iris/v1/: access denied" in answer["error"], answer
+        item = s.service(f"{NS}/wrong-keys")
+        ready = next(c for c in item["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "ModelPullFailed" and "access denied" in ready["message"]
+    finally:
+        assert s.stop() == 0
+    seen = "\n".join(s.output) + "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").glob("*"))
+    for value in (good["AWS_SECRET_ACCESS_KEY"], wrong_secret):
+        assert value not in seen and value not in json.dumps(item["status"])
+
+
+def test_a_tensorflow_saved_model_from_a_storage_uri(tmp_path):
+    """A SavedModel (exported by TensorFlow in a subprocess: TF must not load in this process) as a
+    .tar.gz, served by our runtime with the backend found from the files, exact dtypes in the answer."""
+    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_tf_model.py"), str(tmp_path / "tf")],
+                   check=True, capture_output=True, timeout=300)
+    arc = tmp_path / "classifier.tar.gz"
+    with tarfile.open(arc, "w:gz") as tar:
+        for f in sorted((tmp_path / "tf" / "classifier").iterdir()):
+            tar.add(f, arcname=f.name)
+    with Origin() as origin:
+        origin.blobs["/tf/classifier.tar.gz"] = Blob(arc.read_bytes(), etag='"tf1"')
+        f = write_yaml(tmp_path / "tf.yaml", own_model("tf-model", origin.url("/tf/classifier.tar.gz")))
+        s = start_stack(tmp_path, [f], extra=["--model-cache", str(tmp_path / "cache")])
+        try:
+            status, answer = infer(s, "tf-model", [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]])
+            assert status == 200, answer
+            out = {o["name"]: o for o in answer["outputs"]}
+            assert (out["scores"]["datatype"], out["scores"]["shape"]) == ("FP32", [2, 3])
+            assert (out["label"]["datatype"], out["label"]["shape"]) == ("INT64", [2])
+            scores = np.array(out["scores"]["data"]).reshape(2, 3)
+            assert out["label"]["data"] == scores.argmax(axis=1).tolist()
+            status, _, data = s.request(f"tf-model.{NS}.example.com", "/v2/models/tf-model", timeout=60)
+            meta = json.loads(data)
+            assert status == 200 and meta["platform"].startswith("tensorflow"), meta
+            assert {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]} == {
+                "scores": ("FP32", [-1, 3]), "label": ("INT64", [-1])}
         finally:
             assert s.stop() == 0
