@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the external servers the tests run on loopback: Prometheus (+ promtool), etcd, openssl
 # and kubectl from Debian, then builds kube-apiserver from source (scripts/build-kube-apiserver.sh)
-# and a Prometheus with kubernetes discovery (scripts/build-prometheus.sh).
-# Idempotent: skips what is already installed; the kube-apiserver build is cached (.cache/bin and
-# $HOME/.cache/elasticserving/bin). SKIP_KUBE_APISERVER=1 skips the build (no Go toolchain).
+# and a Prometheus with kubernetes discovery (scripts/build-prometheus.sh), and SeaweedFS's weed, the
+# S3-compatible server of the storage tests (scripts/build-seaweedfs.sh).
+# Idempotent: skips what is already installed; the Go builds are cached (.cache/bin and
+# $HOME/.cache/elasticserving/bin). SKIP_KUBE_APISERVER=1 skips the kube-apiserver and Prometheus
+# builds (no Go toolchain), SKIP_SEAWEEDFS=1 the weed build (~7 min the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,5 +41,14 @@ if [ -z "${SKIP_KUBE_APISERVER:-}" ]; then
     fi
   else
     echo "test tools: no Go toolchain: kube-apiserver not built (kubernetes tests skip, or fail with CI set)" >&2
+  fi
+fi
+
+# SeaweedFS (weed) for the S3 tests (tests/s3_server.py). Without it those tests fail in CI, skip outside.
+if [ -z "${SKIP_SEAWEEDFS:-}" ]; then
+  if weed="$(scripts/build-seaweedfs.sh)"; then
+    echo "test tools: SeaweedFS $("$weed" version 2>&1 | head -1) ($weed)"
+  else
+    echo "test tools: SeaweedFS (weed) not built (the S3 storage tests fail with CI set, skip without)" >&2
   fi
 fi

@@ -50,7 +50,7 @@ class ModelVersion:
 def pull(uri_text: str, cache: ModelCache, env: Mapping[str, str] | None = None, sha256: str | None = None,
          limits: Limits = Limits(), say: Callable[[str], None] = lambda line: None) -> ModelVersion:  # noqa: B008
     """The model version at `uri_text` as a local read-only directory. `env`: AWS_* settings and keys
-    for s3:// (none: boto3's own defaults); `sha256`: the downloaded file's digest, verified, and then
+    for s3:// (none: unsigned requests to AWS S3, for public buckets); `sha256`: the downloaded file's digest, verified, and then
     also the version's identity (a cached copy is used without asking the storage anything).
     Raises StorageError whose reason names the URI as shown, never a secret."""
     t0 = time.monotonic()
@@ -90,7 +90,7 @@ def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: st
     source.open()
     try:
         if digest and isinstance(source, S3Source) and not source.single_object():
-            raise StorageError("storageSha256 checks one object; this URI names several", retryable=False)
+            raise StorageError("storageSha256 checks one object; this URI names a prefix", retryable=False)
         named = f"sha256:{digest}" if digest else source.identity()
         if named:
             found = _cached(cache, cache_key(location, named), uri, t0)

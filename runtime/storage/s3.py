@@ -98,7 +98,14 @@ class S3Source:
                 raise StorageError(f"object key {key!r} cannot be a file name under the model directory",
                                    retryable=False)
             dest = target.joinpath(*rel.parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.is_dir():
+                    raise FileExistsError
+            except (FileExistsError, NotADirectoryError):
+                # `d/x` and `d/x/y`: S3 has no directories, a file system cannot hold both
+                raise StorageError(f"object key {key!r} is both a file and a directory of other keys",
+                                   retryable=False) from None
             try:
                 resp = self.client.get_object(self.uri.host, key)
                 try:
@@ -116,7 +123,7 @@ class S3Source:
 
     def _error(self, exc: Exception) -> StorageError:
         """Our own words for the client's errors: its messages may quote the request."""
-        from minio.error import S3Error, ServerError
+        from minio.error import InvalidResponseError, S3Error, ServerError
 
         if isinstance(exc, S3Error):
             code = exc.code or ""
@@ -131,8 +138,14 @@ class S3Source:
             return StorageError(f"{self.where()} answered {code or status}", retryable=(status or 500) >= 500)
         if isinstance(exc, ServerError):
             return StorageError(f"{self.where()} answered HTTP {exc.status_code}")
+        if isinstance(exc, InvalidResponseError):  # not an S3 answer: a wrong AWS_ENDPOINT_URL
+            status = getattr(exc, "_code", None)
+            return StorageError(f"{self.where()} did not answer as S3 does (HTTP {status}): check "
+                                "AWS_ENDPOINT_URL", retryable=isinstance(status, int) and status >= 500)
         if isinstance(exc, urllib3.exceptions.MaxRetryError):
             return StorageError(f"cannot reach {self.where()}: {connection_reason(exc.reason)}")
         if isinstance(exc, urllib3.exceptions.HTTPError):
             return StorageError(f"{self.where()}: {connection_reason(exc)}")
+        if isinstance(exc, OSError):  # writing the download (a full disk)
+            return StorageError(f"cannot write the model: {exc.strerror or exc}")
         return StorageError(f"S3 request to {self.where()} failed")
