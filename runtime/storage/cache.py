@@ -97,7 +97,9 @@ class ModelCache:
     def commit(self, key: str, built: Path, meta: dict) -> Entry:
         """Make the directory `built` the read-only entry KEY, then evict down to the cap (never KEY)."""
         size = tree_size(built)
-        make_read_only(built)
+        # Its top directory stays writable until it is moved: renaming a directory into another one
+        # needs write permission on it (its `..` changes), which only root has without it.
+        make_read_only(built, top=False)
         meta = dict(meta, size=size, created=time.time())
         with self.exclusive():
             dest = self.entries / key
@@ -105,6 +107,7 @@ class ModelCache:
                 remove_tree(built)
             else:
                 os.rename(built, dest)
+                os.chmod(dest, 0o555)
             tmp_meta = self.tmp / f"{key}.json.{uuid.uuid4().hex}"
             tmp_meta.write_text(json.dumps(meta, sort_keys=True))
             os.replace(tmp_meta, self.entries / f"{key}.json")
@@ -155,9 +158,10 @@ def tree_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def make_read_only(root: Path) -> None:
-    """Files 0444, directories 0555: a replica sees its model read-only."""
-    for p in [*root.rglob("*"), root]:
+def make_read_only(root: Path, top: bool = True) -> None:
+    """Files 0444, directories 0555 (`root` itself too unless `top` is False): a replica sees its
+    model read-only."""
+    for p in [*root.rglob("*"), *([root] if top else [])]:
         if p.is_symlink():
             continue
         mode = p.stat().st_mode

@@ -8,12 +8,15 @@ import hashlib
 import io
 import os
 import tarfile
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from runtime.storage import Limits, ModelCache, StorageError, pull
 from runtime.storage.__main__ import main as storage_main
+from runtime.storage.cache import remove_tree
 from tests.storage.http_origin import Blob, Origin
 
 
@@ -224,3 +227,44 @@ def test_the_init_container_links_the_version_and_reports(origin, tmp_path, caps
     assert storage_main([origin.url("/absent.tgz"), "--cache", str(tmp_path / "cache"),
                          "--termination-log", str(term)]) == 4
     assert term.read_text() == f"cannot pull {origin.url('/absent.tgz')}: not found (HTTP 404)"
+
+
+def _pull_as(uid: int, url: str, cache_dir) -> str:
+    """pull() in a forked child running as `uid` (the modules are loaded already: the child needs no
+    file of the venv, which another user may not read); its outcome as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            v = pull(url, ModelCache(cache_dir, 10**8))
+            out = f"ok cached={v.cached} files={sorted(p.name for p in v.path.rglob('*'))}"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = f"failed {type(exc).__name__}: {exc}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_a_non_root_init_container_pulls_into_a_shared_cache(origin, request):
+    """As in a Pod: the init container runs as the runtime image's user (65532), not root, in a
+    world-writable (sticky) cache directory; a second pull by that user is a hit."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the pull as another user")
+    origin.blobs["/iris.tgz"] = Blob(_tgz({"sub/model.onnx": b"o", "labels.txt": b"l"}), etag='"a"')
+    # pytest's own tmp_path sits below a 0700 directory of root's
+    root = Path(tempfile.mkdtemp(prefix="es-cache-", dir="/tmp"))
+    root.chmod(0o1777)
+    request.addfinalizer(lambda: remove_tree(root))
+    first = _pull_as(65532, origin.url("/iris.tgz"), root / "ns")
+    assert first == "ok cached=False files=['labels.txt', 'model.onnx', 'sub']", first
+    assert _pull_as(65532, origin.url("/iris.tgz"), root / "ns").startswith("ok cached=True")
+    assert origin.bodies_sent["/iris.tgz"] == 1
+    assert (root / "ns").stat().st_uid == 65532
