@@ -311,7 +311,8 @@ class LocalPlatform(Platform):
                 sr.model = (generation, version)
         how = "from the model cache, nothing downloaded" if version.cached else \
             f"downloaded in {version.seconds:.1f}s"
-        log.info("%s/%s: model %s (%.1f MB) %s", sr.key, sr.side, version.uri, version.size / 1e6, how)
+        size = f"{version.size / 1e6:.1f} MB" if version.size >= 100_000 else f"{version.size / 1e3:.1f} kB"
+        log.info("%s/%s: model %s (%s) %s", sr.key, sr.side, version.uri, size, how)
         return version
 
     async def _spawn(self, sr: SideRuntime, r: Replica) -> tuple[asyncio.subprocess.Process,
