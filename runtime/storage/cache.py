@@ -48,6 +48,10 @@ class ModelCache:
         self.entries = self.root / "entries"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
+        self.ensure()
+
+    def ensure(self) -> None:
+        """Create the layout (again: someone may have removed the cache while we ran)."""
         for d in (self.entries, self.tmp, self.locks):
             d.mkdir(parents=True, exist_ok=True)
 

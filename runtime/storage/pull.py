@@ -60,9 +60,13 @@ def pull(uri_text: str, cache: ModelCache, env: Mapping[str, str] | None = None,
     except StorageUriError as exc:
         raise StorageError(f"invalid storageUri: {exc}", retryable=False) from None
     try:
+        cache.ensure()
         return _pull(uri, cache, env or {}, digest, limits, say, t0)
     except StorageError as exc:
         raise StorageError(f"cannot pull {uri.display}: {exc.reason}", exc.retryable) from None
+    except OSError as exc:  # the cache's disk: full, read-only, removed under us
+        raise StorageError(f"cannot pull {uri.display}: the model cache {cache.root}: "
+                           f"{exc.strerror or exc}") from None
 
 
 def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: str | None, limits: Limits,

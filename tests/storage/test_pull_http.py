@@ -268,3 +268,20 @@ def test_a_non_root_init_container_pulls_into_a_shared_cache(origin, request):
     assert _pull_as(65532, origin.url("/iris.tgz"), root / "ns").startswith("ok cached=True")
     assert origin.bodies_sent["/iris.tgz"] == 1
     assert (root / "ns").stat().st_uid == 65532
+
+
+def test_a_cache_removed_while_in_use_is_made_again(origin, cache):
+    origin.blobs["/m.onnx"] = Blob(b"abc", etag='"e"')
+    pull(origin.url("/m.onnx"), cache)
+    remove_tree(cache.root)
+    again = pull(origin.url("/m.onnx"), cache)
+    assert not again.cached and (again.path / "m.onnx").read_bytes() == b"abc"
+
+
+def test_an_unwritable_cache_is_a_storage_error(origin, tmp_path):
+    origin.blobs["/m.onnx"] = Blob(b"abc", etag='"e"')
+    cache = ModelCache(tmp_path / "c", 10**6)
+    (cache.root / ".lock").unlink(missing_ok=True)
+    (cache.root / ".lock").mkdir()  # os.open of the lock file fails, as on a broken disk
+    with pytest.raises(StorageError, match=r"cannot pull .*/m\.onnx: the model cache .*c: Is a directory"):
+        pull(origin.url("/m.onnx"), cache)
