@@ -23,8 +23,12 @@ from benchmarks.stats import fmt, is_summary
 SUITES = [
     ("autoscaler", "benchmarks.autoscaler_sim", "KPA decider vs naive policy on load traces (simulation)"),
     ("runtime", "benchmarks.runtime_bench", "runtime overhead vs direct paddle.inference; dynamic batching"),
+    ("user-model", "benchmarks.user_model_bench",
+     "a user's own model (raw handler, FP32 [-1,4]): dynamic batching on vs off at 32 clients, Paddle and ONNX"),
     ("activator", "benchmarks.activator_bench", "activator in path vs direct; cold start added latency"),
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
+    ("storage-coldstart", "benchmarks.storage_coldstart_bench",
+     "a 100 MB storageUri model from zero: downloaded vs cached vs baked in (a local path)"),
     ("image", "benchmarks.image_bench", "EfficientNet-Lite0: paddle.inference (oneDNN off/on) vs ONNX Runtime, batch 1 and 16"),
     ("scale", "benchmarks.scale_bench", "1,000 services at zero: idle CPU, RSS per service, route bytes per change, cold start"),
     ("cluster", "benchmarks.cluster_bench", "real node: apply to Ready, cold start through a real Pod (plain vs standby), control-plane memory"),

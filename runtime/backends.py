@@ -13,15 +13,20 @@ one predictor, equal to oneDNN off within 1e-4: `--mkldnn auto` turns it on for 
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import BadInput
 from runtime.model_files import ModelLoadError, detect_backend
-from runtime.tensors import TensorSpec
+from runtime.tensors import TensorSpec, datatype_of
 
-__all__ = ["ModelLoadError", "create_predictor", "load_backend"]
+__all__ = ["ModelLoadError", "create_predictor", "load_backend", "program_signature"]
+log = logging.getLogger("elasticserving.runtime")
 
 
 def configure_device(cfg, threads: int, gpu_ids: list[int] | None, mkldnn: bool, gpu_mem_mb: int = 256) -> None:
@@ -38,20 +43,34 @@ def configure_device(cfg, threads: int, gpu_ids: list[int] | None, mkldnn: bool,
         cfg.disable_mkldnn()
 
 
+def program_files(model_dir: Path) -> tuple[Path, Path | None]:
+    """(program, params) of a Paddle model: `__model__` with one file per parameter (params None), or a
+    combined program (`*.json`: PIR; `*.pdmodel`: a ProgramDesc) with its `*.pdiparams`."""
+    files = {p.name for p in model_dir.iterdir()} if model_dir.is_dir() else set()
+    if "__model__" in files:
+        return model_dir / "__model__", None
+    prog = next((model_dir / n for n in ("inference.json", "inference.pdmodel", "model.pdmodel",
+                                          "model.json") if n in files), None)
+    params = next((model_dir / n for n in ("inference.pdiparams", "model.pdiparams") if n in files), None)
+    if prog is None or params is None:
+        # Also for a program without parameters: Paddle would run one whose .pdiparams is missing with
+        # uninitialized parameters instead of failing.
+        raise ModelLoadError(f"no Paddle model found in {model_dir} (expected __model__ or "
+                             "*.pdmodel/*.json with *.pdiparams)")
+    return prog, params
+
+
 def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):
+    if "tensorflow" in sys.modules:
+        # libpaddle loaded after TensorFlow dies of SIGSEGV in its protobuf registration (both ship one)
+        raise ModelLoadError("a Paddle model cannot load in a process that has loaded TensorFlow")
     import paddle.inference as pi  # imported lazily: `import runtime` stays light
 
-    files = {p.name for p in model_dir.iterdir()} if model_dir.is_dir() else set()
-    if "__model__" in files or not files:
-        cfg = pi.Config(str(model_dir))
+    if model_dir.is_dir():
+        prog, params = program_files(model_dir)
+        cfg = pi.Config(str(model_dir)) if params is None else pi.Config(str(prog), str(params))
     else:
-        prog = next((model_dir / n for n in ("inference.json", "inference.pdmodel", "model.pdmodel",
-                                              "model.json") if n in files), None)
-        params = next((model_dir / n for n in ("inference.pdiparams", "model.pdiparams") if n in files), None)
-        if prog is None or params is None:
-            raise ModelLoadError(f"no Paddle model found in {model_dir} (expected __model__ or "
-                                 "*.pdmodel/*.json with *.pdiparams)")
-        cfg = pi.Config(str(prog), str(params))
+        cfg = pi.Config(str(model_dir))
     configure_device(cfg, threads, gpu_ids, mkldnn)
     cfg.disable_glog_info()
     try:
@@ -60,18 +79,97 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, m
         raise ModelLoadError(f"cannot load Paddle model from {model_dir}: {str(exc).strip()[:500]}") from None
 
 
+# Paddle's dtype names (paddle.inference's PaddleDType, the PIR DataType, the ProgramDesc's VarType) ->
+# v2 datatypes; a name not here is shown as Paddle spells it (no v2 client can send or read it anyway).
+PADDLE_TYPES = {"FLOAT32": "FP32", "FLOAT64": "FP64", "FLOAT16": "FP16", "BFLOAT16": "BF16", "INT64": "INT64",
+                "INT32": "INT32", "INT16": "INT16", "INT8": "INT8", "UINT8": "UINT8", "UINT16": "UINT16",
+                "UINT32": "UINT32", "UINT64": "UINT64", "BOOL": "BOOL", "FP32": "FP32", "FP64": "FP64",
+                "FP16": "FP16", "BF16": "BF16"}
+
+
+def program_signature(prog: Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """The inputs (feeds) and outputs (fetches) by name, with the dtypes and shapes (-1: dynamic) the saved
+    program declares. paddle.inference cannot tell them before a run: its handles report shape [0] for
+    any dynamic input and FLOAT32 / [0] for every output until the first `run()`.
+
+    A PIR program (`.json`, what paddle.jit.save writes since 3.0) infers every value's dtype and shape:
+    its outputs hold. A ProgramDesc (`.pdmodel`, `__model__`) carries what its builder recorded, which
+    can be stale: LAC's declares its tag output FP32 where the run answers INT64 (Paddle's own
+    translation to PIR keeps the FP32); PaddleBackend corrects those from the first answer."""
+    if prog.suffix == ".json":
+        return _pir_signature(prog)
+    return _desc_signature(prog)
+
+
+def _pir_signature(prog: Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    import paddle
+
+    program = paddle.pir.Program()
+    # What paddle.static.load_inference_model does first (static/pir_io.py), without loading parameters.
+    paddle.base.core.deserialize_pir_program(str(prog), program)
+    inputs, outputs = {}, {}
+    for op in program.global_block().ops:
+        if op.name() in ("pd_op.data", "pd_op.feed"):
+            name, value = op.attrs()["name"], op.results()[0]
+            inputs[name] = TensorSpec(name, _v2_type(value.dtype.name), tuple(int(d) for d in value.shape))
+        elif op.name() == "pd_op.fetch":  # its `name` is the predictor's output name (fetch_name_N)
+            name, value = op.attrs()["name"], op.operands_source()[0]
+            outputs[name] = TensorSpec(name, _v2_type(value.dtype.name), tuple(int(d) for d in value.shape))
+    return inputs, outputs
+
+
+def _desc_signature(prog: Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    from paddle.base.proto import framework_pb2 as fw
+
+    block = fw.ProgramDesc.FromString(prog.read_bytes()).blocks[0]
+    variables = {v.name: v for v in block.vars}
+
+    def specs(names: list[str]) -> dict[str, TensorSpec]:
+        out = {}
+        for name in names:
+            var = variables[name].type
+            if var.type == fw.VarType.DENSE_TENSOR:  # anything else (a tensor array) has no one shape
+                t = var.dense_tensor.tensor
+                out[name] = TensorSpec(name, _v2_type(fw.VarType.Type.Name(t.data_type)), tuple(int(d) for d in t.dims))
+        return out
+
+    inputs, outputs = {}, {}
+    for op in block.ops:
+        if op.type == "feed":
+            inputs.update(specs([n for o in op.outputs if o.parameter == "Out" for n in o.arguments]))
+        elif op.type == "fetch":
+            outputs.update(specs([n for i in op.inputs if i.parameter == "X" for n in i.arguments]))
+    return inputs, outputs
+
+
+def _v2_type(paddle_name: str) -> str:
+    return PADDLE_TYPES.get(paddle_name, paddle_name)
+
+
 class PaddleBackend:
     def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False) -> None:
         self.predictor = create_predictor(path, threads, gpu_ids, mkldnn)
         p = self.predictor
-        self.inputs = [self._spec(p.get_input_handle(n), n) for n in p.get_input_names()]
-        self.outputs = [TensorSpec(n, "FP32", None) for n in p.get_output_names()]
+        try:
+            prog = program_files(path)[0]
+            declared_in, declared_out = program_signature(prog)
+        except Exception as exc:  # any reader failure: fall back on what the predictor tells
+            log.warning("cannot read the tensor signature of %s (%s): output datatypes and shapes unknown",
+                        path, str(exc).strip()[:200])
+            prog, declared_in, declared_out = None, {}, {}
+        self._in = {n: p.get_input_handle(n) for n in p.get_input_names()}
+        self._out_names = list(p.get_output_names())
+        self._out = [p.get_output_handle(n) for n in self._out_names]
+        self.inputs = [declared_in.get(n) or self._handle_spec(h, n) for n, h in self._in.items()]
+        # Without the program, nothing before a run tells an output's dtype or shape (the docstring of
+        # program_signature): the shape is left unknown and the dtype is Paddle's placeholder, FP32.
+        self.outputs = [declared_out.get(n) or TensorSpec(n, "FP32", None) for n in self._out_names]
+        # Output dtypes not to be trusted before a run (a ProgramDesc's record, or none): the first answer
+        # settles them, in this same list (the raw handler's metadata shows it).
+        self._unsettled = prog is None or prog.suffix != ".json"
 
-    PADDLE_TYPES = {"FLOAT32": "FP32", "FLOAT64": "FP64", "INT64": "INT64", "INT32": "INT32", "INT8": "INT8",
-                    "UINT8": "UINT8", "BOOL": "BOOL", "FLOAT16": "FP16"}
-
-    @classmethod
-    def _spec(cls, handle, name: str) -> TensorSpec:
+    @staticmethod
+    def _handle_spec(handle, name: str) -> TensorSpec:
         try:
             shape: tuple[int, ...] | None = tuple(int(d) for d in handle.shape())
         except Exception:
@@ -79,25 +177,42 @@ class PaddleBackend:
         if not shape or 0 in shape:  # before a first run Paddle reports [0]: the rank is unknown
             shape = None
         try:
-            datatype = cls.PADDLE_TYPES.get(handle.type().name, "FP32")
+            datatype = _v2_type(handle.type().name)
         except Exception:
             datatype = "FP32"
         return TensorSpec(name, datatype, shape)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p = self.predictor
         for name, arr in feeds.items():
-            h = p.get_input_handle(name)
+            h = self._in[name]
             h.reshape(list(arr.shape))
             h.copy_from_cpu(np.ascontiguousarray(arr))
-        p.run()
-        return {n: p.get_output_handle(n).copy_to_cpu() for n in p.get_output_names()}
+        self.predictor.run()
+        outputs = {n: h.copy_to_cpu() for n, h in zip(self._out_names, self._out, strict=True)}
+        if self._unsettled:
+            self.outputs[:] = answered_specs(self.outputs, outputs)
+            self._unsettled = False
+        return outputs
+
+
+def answered_specs(specs: list[TensorSpec], outputs: dict[str, np.ndarray]) -> list[TensorSpec]:
+    """`specs` with each datatype as an answer shows it (a datatype with no v2 name stays as declared)."""
+    out = []
+    for s in specs:
+        try:
+            out.append(replace(s, datatype=datatype_of(outputs[s.name])) if s.name in outputs else s)
+        except BadInput:
+            out.append(s)
+    return out
 
 
 class OnnxBackend:
-    ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
-                 "tensor(int32)": "INT32", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL",
-                 "tensor(float16)": "FP16", "tensor(string)": "BYTES"}
+    # ONNX Runtime's type names -> v2 datatypes; a name not here is shown as ONNX Runtime spells it.
+    ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+                 "tensor(bfloat16)": "BF16", "tensor(int64)": "INT64", "tensor(int32)": "INT32",
+                 "tensor(int16)": "INT16", "tensor(int8)": "INT8", "tensor(uint64)": "UINT64",
+                 "tensor(uint32)": "UINT32", "tensor(uint16)": "UINT16", "tensor(uint8)": "UINT8",
+                 "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
 
     def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None) -> None:
         import onnxruntime as ort
@@ -114,14 +229,15 @@ class OnnxBackend:
             raise ModelLoadError(f"cannot load ONNX model {file}: {str(exc)[:300]}") from None
         self.inputs = [self._spec(i) for i in self.session.get_inputs()]
         self.outputs = [self._spec(o) for o in self.session.get_outputs()]
+        self._out_names = [o.name for o in self.outputs]
 
     def _spec(self, arg) -> TensorSpec:
-        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
-        return TensorSpec(arg.name, self.ORT_TYPES.get(arg.type, "FP32"), shape)
+        # A symbolic dimension ("batch", "DynamicDimension.0") or an unnamed one (None) is dynamic: -1.
+        shape = None if arg.shape is None else tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        return TensorSpec(arg.name, self.ORT_TYPES.get(arg.type, arg.type), shape)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.outputs]
-        return dict(zip(names, self.session.run(names, feeds), strict=True))
+        return dict(zip(self._out_names, self.session.run(self._out_names, feeds), strict=True))
 
 
 def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False):

@@ -4,6 +4,12 @@
 Models hand it a blocking `run(items) -> results` (one result per item) that runs on their own
 inference thread; protocol handlers just `await batcher.submit(items)`.
 
+As in Triton's dynamic batcher (model_config.proto: `max_batch_size`, `max_queue_delay_microseconds`),
+a batch never holds more than `max_batch_size` (items, or what `size` counts per item: a tensor
+request's rows), and only requests that may run together share one: `key` names what must agree (for
+tensors, `rows_key`: dtypes and every dimension after the first); the others wait, in arrival order,
+for a later batch. The second half of this module is that rule for tensor requests, free of servers.
+
 `inline_if`: when it answers True (the replica serves no other request), a one-item request to an idle
 batcher runs on the event loop's thread instead.
 Measured on a 2-vCPU VM (LAC, batch 1): the hop to the inference thread and back cost ~0.24 ms around a
@@ -16,23 +22,52 @@ and what arrives meanwhile queues and is merged into the next batch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+from runtime.tensors import TensorSpec
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One `submit`: its items, the future its caller awaits, what it weighs and what it may join."""
+
+    items: list[Any]
+    fut: asyncio.Future
+    size: int
+    key: Hashable
+
+
+class _Alone:
+    """The key of a submission that may not share a batch: equal only to itself."""
 
 
 class Batcher:
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], executor: concurrent.futures.Executor,
                  max_batch_size: int = 32, batch_timeout: float = 0.0,
                  on_batch: Callable[[int], None] | None = None,
-                 inline_if: Callable[[], bool] | None = None) -> None:
+                 inline_if: Callable[[], bool] | None = None,
+                 key: Callable[[Any], Hashable | None] | None = None,
+                 size: Callable[[Any], int] | None = None) -> None:
+        """`key(item)`: items merge only with items of an equal key; None: the item's submission runs in a
+        batch of its own. `size(item)`: what an item counts against `max_batch_size` (default 1)."""
         self.run = run
         self.inline_if = inline_if
         self.executor = executor
         self.max_batch_size = max(1, max_batch_size)
         self.batch_timeout = max(0.0, batch_timeout)
         self.on_batch = on_batch or (lambda n: None)
-        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future]] = asyncio.Queue()
+        self.key = key
+        self.size = size
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        # Taken from the queue while a batch was formed but left for a later one (another key, or no room).
+        self._carry: collections.deque[_Entry] = collections.deque()
         self._task: asyncio.Task | None = None
         self._busy = False  # a batch is running (on the executor)
         self._free = asyncio.Event()
@@ -44,56 +79,149 @@ class Batcher:
         if self._task:
             self._task.cancel()
 
+    def _entry(self, items: list[Any], fut: asyncio.Future) -> _Entry:
+        size = len(items) if self.size is None else sum(map(self.size, items))
+        if self.key is None:
+            return _Entry(items, fut, size, None)
+        keys = set(map(self.key, items))
+        key = keys.pop() if len(keys) == 1 else None
+        return _Entry(items, fut, size, _Alone() if key is None else key)
+
     async def submit(self, items: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        if not self._busy and not self.batch_timeout and self._queue.empty():
+        entry = self._entry(items, loop.create_future())
+        if not self._busy and not self.batch_timeout and self._queue.empty() and not self._carry:
             # Idle and no window to wait for: this request is the whole batch, run it now. Skipping the
             # hand-over to the batching task saves two loop iterations (~30 us) at batch 1.
             self._busy = True
             try:
-                self.on_batch(len(items))
+                self.on_batch(entry.size)
                 if len(items) == 1 and self.inline_if is not None and self.inline_if():
                     return list(self.run(items))  # the module docstring: cheaper than the thread hop
                 return list(await loop.run_in_executor(self.executor, self.run, items))
             finally:
                 self._busy = False
                 self._free.set()
-        fut = loop.create_future()
-        await self._queue.put((items, fut))
-        return await fut
+        self._queue.put_nowait(entry)  # unbounded: the data plane bounds what is admitted
+        return await entry.fut
+
+    async def _gather(self) -> list[_Entry]:
+        """The next batch: the oldest waiting submission, then (within the window) the later ones that
+        may join it, in arrival order until one of its key does not fit; the others stay waiting, in
+        order, for the next batch."""
+        loop = asyncio.get_running_loop()
+        batch = [self._carry.popleft() if self._carry else await self._queue.get()]
+        while self._busy:  # a direct run (submit) is on the executor; requests keep queueing meanwhile
+            self._free.clear()
+            await self._free.wait()
+        key, size, full = batch[0].key, batch[0].size, isinstance(batch[0].key, _Alone)
+        left: collections.deque[_Entry] = collections.deque()
+
+        def consider(entry: _Entry) -> None:
+            nonlocal size, full
+            if entry.key == key and size + entry.size <= self.max_batch_size:
+                batch.append(entry)
+                size += entry.size
+                full = size >= self.max_batch_size
+            else:
+                left.append(entry)
+                # FIFO within a key: a later, smaller request of it does not overtake this one
+                full = full or entry.key == key
+
+        while self._carry and not full:  # earlier arrivals first
+            consider(self._carry.popleft())
+        deadline = loop.time() + self.batch_timeout
+        while not full:
+            try:  # what already waits first: wait_for costs a task per call
+                entry = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+            consider(entry)
+        left.extend(self._carry)
+        self._carry = left
+        return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            while self._busy:  # a direct run (submit) is on the executor; requests keep queueing meanwhile
-                self._free.clear()
-                await self._free.wait()
-            size = len(batch[0][0])
-            deadline = loop.time() + self.batch_timeout
-            while size < self.max_batch_size:
-                timeout = deadline - loop.time()
-                try:
-                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
-                        self._queue.get(), timeout)
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                batch.append(item)
-                size += len(item[0])
-            items = [x for part, _ in batch for x in part]
-            self.on_batch(len(items))
+            batch = await self._gather()
+            items = [x for entry in batch for x in entry.items]
+            self.on_batch(sum(entry.size for entry in batch))
             self._busy = True
             try:
                 results = await loop.run_in_executor(self.executor, self.run, items)
             except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                for entry in batch:
+                    if not entry.fut.done():
+                        entry.fut.set_exception(exc)
                 continue
             finally:
                 self._busy = False
             k = 0
-            for part, fut in batch:
-                if not fut.done():
-                    fut.set_result(list(results[k:k + len(part)]))
-                k += len(part)
+            for entry in batch:
+                if not entry.fut.done():
+                    entry.fut.set_result(list(results[k:k + len(entry.items)]))
+                k += len(entry.items)
+
+
+# ---- which tensor requests may merge along the first dimension --------------------------------------
+
+class NotRowAligned(ValueError):
+    """A merged run's output does not have one row per input row: it cannot be split back."""
+
+
+def row_batching_refusal(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> str | None:
+    """Why requests to a model with these tensors must not be merged along dim 0, or None when they may:
+    every input's first dimension is dynamic, and no output declares a first dimension of its own (an
+    output of unknown shape is allowed: `split_rows` checks its rows after each merged run)."""
+    if not inputs:
+        return "the model has no inputs"
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for s in specs:
+            if s.shape is None:
+                if kind == "input":  # dim 0 might be fixed: only a declared -1 says rows may be stacked
+                    return f"input `{s.name}` has no declared shape"
+                continue
+            if not s.shape:
+                return f"{kind} `{s.name}` is a scalar"
+            if s.shape[0] != -1:
+                return f"{kind} `{s.name}` has a fixed first dimension ({s.shape[0]})"
+    return None
+
+
+def rows_of(request: Mapping[str, np.ndarray]) -> int:
+    """The rows a tensor request carries (its inputs' common first dimension; 1 for scalars)."""
+    return max((a.shape[0] if a.ndim else 1 for a in request.values()), default=1)
+
+
+def rows_key(request: Mapping[str, np.ndarray]) -> Hashable | None:
+    """Requests with equal keys may be stacked along dim 0: the same input names, and per input the same
+    dtype and the same dimensions after the first. None: the request must run alone (a scalar input, no
+    inputs, or inputs that disagree on their row count, so its rows could not be told apart)."""
+    shapes = [a.shape for a in request.values()]
+    if not shapes or not all(shapes) or any(s[0] != shapes[0][0] for s in shapes):
+        return None
+    return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in request.items()))
+
+
+def merge_rows(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One request of all their rows, in order (the requests share a `rows_key`)."""
+    return {name: np.concatenate([r[name] for r in requests], axis=0) for name in requests[0]}
+
+
+def split_rows(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """A merged run's outputs back per request (`rows`: each request's row count, in merge order), or
+    NotRowAligned when an output's first dimension is not the merged row count."""
+    total = sum(rows)
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != total:
+            got = "a scalar" if arr.ndim == 0 else f"{arr.shape[0]} rows"
+            raise NotRowAligned(f"output `{name}` has {got} for {total} merged input rows")
+    bounds = list(itertools.accumulate(rows, initial=0))
+    return [{name: arr[a:b] for name, arr in outputs.items()} for a, b in itertools.pairwise(bounds)]

@@ -39,4 +39,5 @@ def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
                                args.max_batch_size, batch_timeout, on_batch, mkldnn)
     from runtime.handlers.raw import RawTensors
 
-    return RawTensors(files.path, files.backend, args.threads, args.gpu_id_list, mkldnn)
+    return RawTensors(files.path, files.backend, args.threads, args.gpu_id_list, mkldnn, args.max_batch_size,
+                      batch_timeout, on_batch)
