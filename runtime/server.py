@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -30,6 +31,7 @@ from runtime.protocols.http_api import HttpApi
 from runtime.request_log import configure_logging, flush
 
 __all__ = ["Server", "main", "parse_args"]
+TERMINATION_LOG = "/dev/termination-log"
 log = logging.getLogger("elasticserving.runtime")
 
 
@@ -37,6 +39,14 @@ def _load(handler: Handler) -> float:
     t0 = time.monotonic()
     handler.load()
     return time.monotonic() - t0
+
+
+def _termination_message(text: str) -> None:
+    """In a Pod, the kubelet shows /dev/termination-log as the container's last state's message (the
+    controller quotes it in the side's condition); elsewhere there is no such file to write."""
+    if os.path.exists(TERMINATION_LOG):
+        with contextlib.suppress(OSError), open(TERMINATION_LOG, "w") as f:
+            f.write(text[:1024])
 
 
 class Server:
@@ -67,8 +77,11 @@ class Server:
             handler = build_handler(args, functools.partial(self.metrics.batch, args.name))
             seconds = await loop.run_in_executor(handler.executor, _load, handler)
         except (ModelLoadError, FileNotFoundError, OSError, ValueError) as exc:
-            self.plane.load_error = str(exc)
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            report = pull_report_from_env()
+            why = f"{exc} (the model pulled from {report.get('uri')})" if report else str(exc)
+            self.plane.load_error = why
+            print(f"error: {why}", file=sys.stderr, flush=True)
+            _termination_message(why)
             if handler is not None:
                 await handler.close()
             if grpc_server is not None:

@@ -254,6 +254,13 @@ def _exit(term: dict[str, Any]) -> str:
     return f"exit code {term.get('exitCode')} ({reason})"
 
 
+def _said(term: dict[str, Any]) -> str:
+    """The container's own last words (its termination message: the runtime writes why a model did not
+    load), when it left any."""
+    message = (term.get("message") or "").strip()
+    return f": {message[:500]}" if message else ""
+
+
 def pod_failure(pod: dict[str, Any]) -> str | None:
     """Why one replica Pod cannot turn ready, or None while it may still: unschedulable, a container
     waiting in a failing state (crash loop, image not there, bad config) or exited non-zero."""
@@ -280,12 +287,12 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
         if waiting and waiting.get("reason") in FAILING_WAITS:
             why = f"Pod {name}: {waiting['reason']}"
             if last and last.get("exitCode"):
-                why += f", last {_exit(last)}"
+                why += f", last {_exit(last)}{_said(last)}"
             elif waiting.get("message"):
                 why += f": {waiting['message']}"
             return why
         if term and term.get("exitCode"):
-            return f"Pod {name}: container {cs.get('name')} {_exit(term)}"
+            return f"Pod {name}: container {cs.get('name')} {_exit(term)}{_said(term)}"
         if last and last.get("exitCode") and int(cs.get("restartCount") or 0) > 0:
             return f"Pod {name}: container {cs.get('name')} restarted after {_exit(last)}"
     return None

@@ -47,8 +47,10 @@ def stack(tmp_path_factory, model_tgz):
     tmp = tmp_path_factory.mktemp("storage-stack")
     with Origin() as origin:
         origin.blobs["/models/user.tar.gz"] = Blob(model_tgz, etag='"v1"')
+        origin.blobs["/models/notes.txt"] = Blob(b"not a model", etag='"n"')
         f = write_yaml(tmp / "own.yaml",
                        own_model("iris", origin.url("/models/user.tar.gz")),
+                       own_model("not-a-model", origin.url("/models/notes.txt")),
                        own_model("missing", origin.url("/models/absent.tar.gz?X-Amz-Signature=s3cr3t")))
         s = start_stack(tmp, [f], config={"scale-to-zero-grace-period": "1s"},
                         extra=["--model-cache", str(tmp / "cache"), "--request-timeout", "30"])
@@ -101,7 +103,9 @@ def test_an_own_model_from_http_is_served_from_zero_and_pulled_once(stack):
     assert stack.origin.bodies_sent["/models/user.tar.gz"] == 1
     metrics = replica_metrics(stack, f"{NS}/iris")
     assert 'elasticserving_runtime_model_pull_downloaded_bytes{cache="hit"' in metrics
-    assert any("from the model cache, nothing downloaded" in line for line in stack.output)
+    # the stack's output is read by a thread of its own: the line may reach it a moment after the answer
+    wait_for(lambda: any("from the model cache, nothing downloaded" in line for line in stack.output), 10, 0.05,
+             "the cache-hit log line")
 
 
 def test_a_uri_that_cannot_be_pulled_is_503_with_the_uri_and_a_condition(stack):
@@ -120,6 +124,13 @@ def test_a_uri_that_cannot_be_pulled_is_503_with_the_uri_and_a_condition(stack):
     assert status == 200
 
 
+def test_files_that_are_no_model_say_so_with_the_uri(stack):
+    status, answer = infer(stack, "not-a-model", [[0.0, 0.0, 0.0, 0.0]])
+    assert status == 503, answer
+    assert "no model found" in answer["error"], answer
+    assert f"the model pulled from {stack.origin.url('/models/notes.txt')}" in answer["error"], answer
+
+
 def test_a_storage_uri_replica_is_forked_pre_warmed(tmp_path, model_tgz):
     with Origin() as origin:
         origin.blobs["/user.tar.gz"] = Blob(model_tgz, etag='"v1"')
@@ -130,7 +141,8 @@ def test_a_storage_uri_replica_is_forked_pre_warmed(tmp_path, model_tgz):
             wait_for(lambda: any("zygote paddle ready" in line for line in s.output), 60, 0.1, "the zygote")
             status, answer = infer(s, "warm", [[0.1, 0.2, 0.3, 0.4]])
             assert status == 200, answer
-            assert any("started replica" in line and "pre-warmed" in line for line in s.output), s.output[-20:]
+            wait_for(lambda: any("started replica" in line and "pre-warmed" in line for line in s.output), 10,
+                     0.05, "the pre-warmed start's log line")
         finally:
             assert s.stop() == 0
 

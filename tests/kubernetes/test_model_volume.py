@@ -94,3 +94,14 @@ def test_a_failed_pull_is_the_pods_reason_with_the_uri():
                                    "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials"))
     assert why == ("Pod iris-default-x: cannot pull s3://models/iris/: access denied by the S3 endpoint "
                    "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials")
+
+
+def test_a_model_container_that_did_not_load_is_quoted():
+    pod = {"metadata": {"name": "iris-default-x"},
+           "status": {"phase": "Running", "containerStatuses": [
+               {"name": "paddleserving", "ready": False, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 3, "reason": "Error", "message":
+                              "no model found in /mnt/models (the model pulled from s3://models/x/)"}}}]}}
+    assert pod_failure(pod) == ("Pod iris-default-x: CrashLoopBackOff, last exit code 3 (Error): no model "
+                                "found in /mnt/models (the model pulled from s3://models/x/)")
