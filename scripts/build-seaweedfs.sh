@@ -23,28 +23,9 @@ NAME=weed
 
 log() { echo "build-seaweedfs: $*" >&2; }
 
-have() { [ -x "$1" ] && [ -f "$1.version" ] && [ "$(cat "$1.version")" = "$VERSION" ]; }
-
-install_copy() {
-  mkdir -p "$(dirname "$2")"
-  cp -f "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"
-  echo "$VERSION" > "$2.version"
-}
-
-repo_bin="$REPO/.cache/bin/$NAME"
-home_bin="$HOME_CACHE/bin/$NAME"
-if [ -z "${FORCE:-}" ]; then
-  if have "$repo_bin"; then
-    have "$home_bin" || install_copy "$repo_bin" "$home_bin" || true
-    echo "$repo_bin"
-    exit 0
-  fi
-  if have "$home_bin"; then
-    install_copy "$home_bin" "$repo_bin"
-    echo "$repo_bin"
-    exit 0
-  fi
-fi
+# shellcheck source=lib/cached-bin.sh
+. "$REPO/scripts/lib/cached-bin.sh"
+cached_bin
 
 command -v go >/dev/null 2>&1 || { log "go is not installed"; exit 1; }
 export GOPATH="${GOPATH:-$HOME_CACHE/go}"
