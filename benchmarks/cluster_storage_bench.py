@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.cluster_bench import psvc_ready, ready_pods, summary
 from benchmarks.storage_coldstart_bench import SIDE, build_model
-from tests.cluster.node import Node, fresh_service, host_of, running_node
+from tests.cluster.node import Node, apply_local_volume, fresh_service, host_of, running_node
 from tests.helpers import wait_for
 from tests.s3_server import run_s3_server
 
@@ -79,20 +79,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         shutil.copy(model, PV_DIR / "big" / "model.onnx")
         for p in [PV_DIR, *PV_DIR.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
-        node_name = node.get("nodes")["items"][0]["metadata"]["name"]
         node.apply(json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": NS},
                                "stringData": s3.env() | {"AWS_ENDPOINT_URL": s3.endpoint}}))
-        node.apply(json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "es-bench-pv"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                     "storageClassName": "es-bench", "persistentVolumeReclaimPolicy": "Retain",
-                     "local": {"path": str(PV_DIR)}, "claimRef": {"namespace": NS, "name": "models"},
-                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}]}}}}))
-        node.apply(json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": NS},
-            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "es-bench", "volumeName": "es-bench-pv",
-                     "resources": {"requests": {"storage": "1Gi"}}}}))
+        apply_local_volume(node, "es-bench-pv", str(PV_DIR), NS, "models", "es-bench")
         uri = "s3://bench/big/model.onnx"
         modes = {"download": (manifest("download", uri, "s3"), False, True),
                  "cached": (manifest("cached", uri, "s3"), False, False),

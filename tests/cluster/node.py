@@ -223,3 +223,21 @@ class Load:
     def failures(self) -> list[tuple[int, str]]:
         with self.lock:
             return [r for r in self.results if r[0] != 200]
+
+
+def apply_local_volume(node: Node, pv: str, path: str, namespace: str, claim: str, storage_class: str) -> None:
+    """A read-only local PersistentVolume of `path` on the node, bound to the claim `namespace/claim`
+    (`pvc://CLAIM/...` in a storageUri)."""
+    node_name = node.get("nodes")["items"][0]["metadata"]["name"]
+    node.apply(json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": storage_class,
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": path},
+                 "claimRef": {"namespace": namespace, "name": claim},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}]}}}}))
+    node.apply(json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": storage_class, "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}}}))
+

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.node import ROOT, Node, host_of
+from tests.cluster.node import ROOT, Node, apply_local_volume, host_of
 from tests.helpers import wait_for
 from tests.s3_server import run_s3_server
 
@@ -136,18 +136,7 @@ def test_pvc_serves_a_model_on_a_local_persistent_volume(stack: Node, ns, model_
     shutil.copytree(model_dir, PV_DIR / "iris" / "v1")
     for p in [PV_DIR, *PV_DIR.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
-    node_name = stack.get("nodes")["items"][0]["metadata"]["name"]
-    stack.apply(json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "own-models-pv"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "local-models",
-                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": str(PV_DIR)},
-                 "claimRef": {"namespace": NS, "name": "model-store"},
-                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}]}]}}}}))
-    stack.apply(json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "model-store", "namespace": NS},
-        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "local-models", "volumeName": "own-models-pv",
-                 "resources": {"requests": {"storage": "1Gi"}}}}))
+    apply_local_volume(stack, "own-models-pv", str(PV_DIR), NS, "model-store", "local-models")
     stack.apply(_psvc("from-pvc", "pvc://model-store/iris/v1"))
     answer = _infer(stack, "from-pvc")
     assert answer.status == 200, answer.body[:500]
