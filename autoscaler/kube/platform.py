@@ -271,8 +271,11 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     if status.get("phase") == "Failed":
         return f"Pod {name} failed: {status.get('reason') or 'Failed'}: {status.get('message') or ''}".rstrip(": ")
     for cond in status.get("conditions") or []:
+        # Waiting for a claim to bind is not failing: one applied with the service binds within moments,
+        # and the scheduler then tries again.
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
-                and cond.get("reason") == "Unschedulable":
+                and cond.get("reason") == "Unschedulable" \
+                and "unbound immediate PersistentVolumeClaims" not in (cond.get("message") or ""):
             return f"Pod {name} is unschedulable: {cond.get('message') or ''}".rstrip(": ")
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         if cs.get("ready"):

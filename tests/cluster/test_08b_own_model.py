@@ -137,6 +137,9 @@ def test_pvc_serves_a_model_on_a_local_persistent_volume(stack: Node, ns, model_
     for p in [PV_DIR, *PV_DIR.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     apply_local_volume(stack, "own-models-pv", str(PV_DIR), NS, "model-store", "local-models")
+    # a first request while the claim binds would wait for it; the test asks once it is bound
+    wait_for(lambda: stack.get("pvc", "-n", NS, "model-store")["status"].get("phase") == "Bound", 60, 0.2,
+             "the claim bound")
     stack.apply(_psvc("from-pvc", "pvc://model-store/iris/v1"))
     answer = _infer(stack, "from-pvc")
     assert answer.status == 200, answer.body[:500]

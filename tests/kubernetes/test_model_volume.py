@@ -105,3 +105,10 @@ def test_a_model_container_that_did_not_load_is_quoted():
                               "no model found in /mnt/models (the model pulled from s3://models/x/)"}}}]}}
     assert pod_failure(pod) == ("Pod iris-default-x: CrashLoopBackOff, last exit code 3 (Error): no model "
                                 "found in /mnt/models (the model pulled from s3://models/x/)")
+
+
+def test_a_pod_waiting_for_its_claim_to_bind_is_not_failing():
+    pending = {"metadata": {"name": "p"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."}]}}
+    assert pod_failure(pending) is None
