@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 from pydantic import ValidationError
 
-from autoscaler.wire import Poke, RoutesUpdate, Side, SideStats, StatsReport
+from autoscaler.wire import LoadSide, Poke, RoutesUpdate, SideStats, StatsReport
 
 log = logging.getLogger("elasticserving.activator.link")
 
@@ -182,10 +182,10 @@ class AutoscalerLink:
         if stats:
             await self._post("/v1/stats", StatsReport(activator=self.id, stats=tuple(stats)).model_dump_json())
 
-    async def poke(self, key: str, side: Side) -> None:
+    async def poke(self, key: str, side: LoadSide) -> None:
         await self._post("/v1/poke", Poke(service=key, side=side).model_dump_json())
 
-    async def wake(self, key: str, side: Side) -> None:
+    async def wake(self, key: str, side: LoadSide) -> None:
         """Requests are held for this side: poke, and send fresh stats so the held load is seen now."""
         await self.poke(key, side)
         await self.send_stats()

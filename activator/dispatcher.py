@@ -1,6 +1,7 @@
 """The one request path of the activator, called by both front doors (HTTP and gRPC):
 
-    route -> side -> acquire a replica slot, or hold and poke the autoscaler -> send -> release -> account
+    route -> side (a tag host's, else the split in force) -> acquire a replica slot, or hold and poke the
+    autoscaler -> send -> release -> account
 
 A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
 the result or `Failure` back. Retry rule (one place for both protocols): a request that was never sent
@@ -21,10 +22,10 @@ from activator.metrics import Metrics, SideMetrics
 from activator.outcomes import Broken, Failure, NotSent
 from activator.routing import RouteTable
 from activator.throttler import Backend, SideThrottler
-from autoscaler.wire import RoutesUpdate, Side, SideStats
+from autoscaler.wire import LoadSide, RoutesUpdate, SideStats
 
 R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
-Wake = Callable[[str, Side], Awaitable[None]]
+Wake = Callable[[str, LoadSide], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -80,16 +81,16 @@ class Dispatcher:
             changed = list(update.services)
         self.capacity = capacity
         for r in changed:
-            for side, sr in r.sides.items():
+            for side, sr in r.routed_sides().items():
                 self.throttler(r.service, side).update(sr, r.container_concurrency, self.capacity.activators,
                                                        self.capacity.index)
-        live = {(r.service, side) for r in self.table.routes.values() for side in r.sides}
+        live = {(r.service, side) for r in self.table.routes.values() for side in r.routed_sides()}
         for key in [k for k in self.throttlers if k not in live]:
             t = self.throttlers.pop(key)
             why = "was removed" if key[0] in gone or key[0] not in self.table.routes else "has no such side now"
             t.fail_waiters(f"service {key[0]} ({key[1]}) {why}")
 
-    def throttler(self, key: str, side: Side) -> SideThrottler:
+    def throttler(self, key: str, side: LoadSide) -> SideThrottler:
         t = self.throttlers.get((key, side))
         if t is None:
             t = self.throttlers[(key, side)] = SideThrottler(key, side, self.queue_depth)
@@ -115,15 +116,17 @@ class Dispatcher:
         code = ""
         m: SideMetrics | None = None
         try:
-            route = self.table.resolve(call.host)
-            if route is None and not self.synced.is_set():
+            found = self.table.target(call.host)
+            if found is None and not self.synced.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.synced.wait(), self.request_timeout)
-                route = self.table.resolve(call.host)
-            if route is None:
+                found = self.table.target(call.host)
+            if found is None:
                 raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}")
+            route = found.route
             call.service = route.service
-            side = self.table.pick_side(route, call.pin)
+            # A tag route reaches its side whatever the split (a canary at 0 % too: held, poked, woken).
+            side = found.tag or self.table.pick_side(route, call.pin)
             if side is None:
                 raise Failure("no_canary", f"x-paddleservice-canary: true needs a canary, and {route.service} "
                                            "has none")

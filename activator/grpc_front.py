@@ -1,5 +1,6 @@
 """The gRPC front door: a byte-level forwarder for unary calls (KServe v2 GRPCInferenceService), routed
-by the `x-paddleservice` metadata key (`name.namespace`) or the authority; it translates each call into
+by the `x-paddleservice` metadata key (`name.namespace`, or a tag route `default-name.namespace` /
+`canary-name.namespace` for one side only) or the authority; it translates each call into
 a dispatcher `Call` plus a "send to this replica" callable over a channel per replica.
 
 Refusals are gRPC statuses with the reason as details (NOT_FOUND unknown service, UNAVAILABLE no replica
@@ -121,7 +122,7 @@ class GrpcFront(grpc.GenericRpcHandler):
         except Failure as f:
             reason = f.reason
             if f.kind == "no_route":
-                reason += f": set metadata {ROUTE_KEY}: <name>.<namespace>"
+                reason += f": set metadata {ROUTE_KEY}: <name>.<namespace> (one side: <tag>-<name>.<namespace>)"
             await context.abort(GRPC_CODE[f.kind], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),))
         trailing = (("x-paddleservice-side", call.side), (REQUEST_ID_HEADER, rid))
         if answer.code != grpc.StatusCode.OK:

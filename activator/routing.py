@@ -1,11 +1,13 @@
 """Which service and which side a request is for (pure logic): the host index over the route table
-from the autoscaler, and the default/canary pick. First step of the dispatcher's path."""
+from the autoscaler (service hosts and tag hosts), and the pick of a side by the split in force. First
+step of the dispatcher's path."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from autoscaler.wire import Route, RoutesUpdate, Side
+from autoscaler.wire import LoadSide, Route, RoutesUpdate
 
 
 def normalize_host(host: str | None) -> str:
@@ -19,22 +21,29 @@ def normalize_host(host: str | None) -> str:
 
 
 class CanarySplitter:
-    """Deterministic smooth weighted round robin: p% of any run of 100 picks go to the canary."""
+    """Deterministic smooth weighted round robin (nginx's): with fixed shares, exactly p % of any run
+    of 100 picks go to a side with p %; when the shares move (a gradual rollout) the credits carry over,
+    so no side gets a burst."""
 
     def __init__(self) -> None:
-        self._credit = 0.0
+        self._credit: dict[LoadSide, int] = {"default": 0, "canary": 0, "previous": 0}
 
-    def pick(self, canary_percent: int) -> Side:
-        p = max(0, min(100, canary_percent))
-        if p == 0:
-            return "default"
-        if p == 100:
-            return "canary"
-        self._credit += p
-        if self._credit >= 100:
-            self._credit -= 100
-            return "canary"
-        return "default"
+    def pick(self, canary_percent: int, previous_percent: int = 0) -> LoadSide:
+        c = max(0, min(100, canary_percent))
+        p = max(0, min(100 - c, previous_percent))
+        weights: dict[LoadSide, int] = {"default": 100 - c - p, "canary": c, "previous": p}
+        if max(weights.values()) == 100:  # one side takes everything: no credit moves
+            return max(weights, key=weights.__getitem__)
+        for side, w in weights.items():
+            self._credit[side] += w
+        best = max(weights, key=lambda s: (self._credit[s], weights[s]))
+        self._credit[best] -= 100
+        return best
+
+
+class Target(NamedTuple):
+    route: Route
+    tag: LoadSide | None  # a tag host reaches this side only; None: the split decides
 
 
 PIN_TRUE = ("true", "1", "yes")
@@ -64,22 +73,38 @@ class RouteTable:
                 self.routes[r.service] = r
         for k in gone:
             self._splitters.pop(k, None)
-        self._by_host = {normalize_host(h): r for r in self.routes.values() for h in r.hosts}
+        by_host: dict[str, Target] = {}
+        for r in self.routes.values():
+            for side, hosts in r.tags.items():
+                if side in r.sides:
+                    by_host.update((normalize_host(h), Target(r, side)) for h in hosts)
+        # A service's own host wins over a tag host of the same name (`default-a` the service, not the
+        # default side of `a`): names are the user's, tags are ours.
+        by_host.update((normalize_host(h), Target(r, None)) for r in self.routes.values() for h in r.hosts)
+        self._by_host = by_host
         return gone
 
     def resolve(self, host: str | None) -> Route | None:
+        found = self._by_host.get(normalize_host(host))
+        return found.route if found else None
+
+    def target(self, host: str | None) -> Target | None:
+        """The service a host names, and the side when it is a tag host."""
         return self._by_host.get(normalize_host(host))
 
-    def pick_side(self, route: Route, pin: str) -> Side | None:
-        """Pinned by the x-paddleservice-canary header, else the traffic split; None when the canary is
-        pinned but the service has none."""
+    def pick_side(self, route: Route, pin: str) -> LoadSide | None:
+        """Pinned by the x-paddleservice-canary header, else the traffic split in force; None when the
+        canary is pinned but the service has none."""
         pin = pin.strip().lower()
         has_canary = "canary" in route.sides
         if pin in PIN_TRUE:
             return "canary" if has_canary else None
-        if pin in PIN_FALSE or not has_canary:
+        if pin in PIN_FALSE:
+            return "default"
+        previous = route.previous_percent if route.previous is not None else 0
+        if not has_canary and not previous:
             return "default"
         splitter = self._splitters.get(route.service)
         if splitter is None:
             splitter = self._splitters[route.service] = CanarySplitter()
-        return splitter.pick(route.canary_percent)
+        return splitter.pick(route.canary_percent if has_canary else 0, previous)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from activator.outcomes import Failure
-from autoscaler.wire import Side, SideRoute, SideStats
+from autoscaler.wire import LoadSide, SideRoute, SideStats
 
 MAX_WINDOW = 60.0  # wire.SideStats refuses longer windows; a stalled reporter sends at most this
 
@@ -64,7 +64,7 @@ class Backend:
 class SideThrottler:
     """Breakers and the hold queue of one (service, side)."""
 
-    def __init__(self, key: str, side: Side, queue_depth: int = 1000) -> None:
+    def __init__(self, key: str, side: LoadSide, queue_depth: int = 1000) -> None:
         self.key, self.side = key, side
         self.queue_depth = queue_depth
         self.backends: dict[str, Backend] = {}

@@ -21,10 +21,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from autoscaler.controller import Controller
+from autoscaler.controller import Controller, PromoteRefused
 from autoscaler.metrics_exporter import ControllerCollector, new_registry
 from autoscaler.spec import PaddleService, SpecError
-from autoscaler.wire import SIDES, Poke, StatsReport
+from autoscaler.wire import LOAD_SIDES, Poke, StatsReport
 
 log = logging.getLogger("elasticserving.control")
 
@@ -240,8 +240,8 @@ def build_app(
             return _error(501, "this platform keeps no replica output here (kubernetes: use kubectl logs)")
         key = f"{request.match_info['namespace']}/{request.match_info['name']}"
         side = request.query.get("side", "default")
-        if side not in SIDES:
-            return _error(400, f"side must be one of {', '.join(SIDES)}")
+        if side not in LOAD_SIDES:
+            return _error(400, f"side must be one of {', '.join(LOAD_SIDES)}")
         try:
             tail = int(request.query["tail"]) if "tail" in request.query else None
         except ValueError:
@@ -301,6 +301,24 @@ def build_app(
         except SpecError as exc:
             return _error(400, str(exc), field=exc.field)
         return web.json_response(controller.describe(svc.key), status=200 if existed else 201)
+
+    @routes.post("/v1/paddleservices/{namespace}/{name}/promote")
+    async def promote_service(request: web.Request) -> web.Response:
+        """The canary becomes the default (`elasticserving promote`); 409 with the reason while the
+        canary has no ready replica."""
+        if read_only:
+            return _error(405, "this autoscaler follows the Kubernetes API: set spec.default to the canary's "
+                               "spec with kubectl")
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        try:
+            await controller.promote(key)
+        except KeyError:
+            return _error(404, f"paddleservice {key} not found")
+        except PromoteRefused as exc:
+            return _error(409, str(exc))
+        except SpecError as exc:
+            return _error(400, str(exc), field=exc.field)
+        return web.json_response(controller.describe(key))
 
     @routes.delete("/v1/paddleservices/{namespace}/{name}")
     async def delete_service(request: web.Request) -> web.Response:

@@ -3,6 +3,9 @@
 It takes load reports and pokes from activators (wire.StatsReport, wire.Poke), runs the KPA decider
 for each active service side every tick, tells the platform how many replicas to run, and publishes
 the routes (wire.Route, as versioned deltas in a RouteTable) and status of the services that changed.
+The traffic split in force is computed by autoscaler/rollout.py (a pure function of the spec, each
+side's readiness and the time); the controller only applies it: routes, status, floors of replicas,
+the platform's side moves, and a timer for the next step of a gradual rollout.
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoscaler import rollout
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
 from autoscaler.platform import Platform
-from autoscaler.spec import AutoscalingConfig, PaddleService, SpecError
+from autoscaler.spec import TAGS, AutoscalingConfig, EndpointSpec, PaddleService, SpecError
 from autoscaler.wire import Endpoint as WireEndpoint
 from autoscaler.wire import Route, RoutesUpdate, SideRoute, StatsReport
 
@@ -44,12 +49,25 @@ class SideScaler:
     waiting_since: float | None = None  # an activator holds requests for this side
 
 
+class PromoteRefused(Exception):
+    """`promote` would send all traffic to a canary that cannot serve it; the reason is for the user."""
+
+
 @dataclass
 class ServiceEntry:
     svc: PaddleService
     config: AutoscalingConfig
     sides: dict[str, SideScaler] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    release: rollout.Release | None = None  # the split in force (rollout.step)
+    target: rollout.Target | None = None
+    specs: dict[str, EndpointSpec] = field(default_factory=dict)  # revision -> spec, for every side in use
+    timer: asyncio.TimerHandle | None = None  # the next step of a gradual rollout
+
+
+def version_name(spec: EndpointSpec) -> str:
+    """How a side's version is named in messages: image, tag and revision."""
+    return f"{spec.image} (revision {spec.revision})"
 
 
 class RouteTable:
@@ -161,18 +179,22 @@ class Controller:
         defaults: dict[str, Any] | None = None,
         tick_seconds: float = DEFAULT_TICK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.platform = platform
         self.domain = domain
         self.defaults = dict(defaults or {})
         self.tick_seconds = tick_seconds
         self.clock = clock
+        # Releases outlive a controller (their start times are in status for the next leader): wall time.
+        self.wall_clock = wall_clock
         self.services: dict[str, ServiceEntry] = {}
         self.routes = RouteTable()
         self.on_status: Callable[[str, dict[str, Any]], None] = lambda key, status: None
         self.active: set[tuple[str, str]] = set()  # sides the tick visits
         self._activators: dict[str, float] = {}  # activator id -> last report or poll (clock)
         self._tick_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # release steps and side drops under way
         self._lock = asyncio.Lock()
         platform.on_change = self._platform_changed
 
@@ -183,11 +205,20 @@ class Controller:
 
     async def close(self) -> None:
         self.routes.close()
-        if self._tick_task:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        for entry in self.services.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+        for task in [self._tick_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.platform.close()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ---- services ---------------------------------------------------------------------------
     def _decider_spec(self, cfg: AutoscalingConfig) -> DeciderSpec:
@@ -207,10 +238,27 @@ class Controller:
             if entry is None:
                 entry = ServiceEntry(svc=svc, config=cfg)
                 self.services[svc.key] = entry
+                # A new leader goes on with the release the last one wrote: split, ramps, proven versions.
+                entry.release = rollout.from_status(svc.status)
             else:
                 entry.svc, entry.config = svc, cfg
-            spec = self._decider_spec(cfg)
             for side in svc.sides:
+                side_spec = svc.side_spec(side)
+                assert side_spec is not None
+                entry.specs[side_spec.revision] = side_spec
+            entry.target = self._target(entry)
+            entry.release, moves = rollout.revise(entry.release, entry.target)
+            for from_side, to_side in moves:
+                # The replicas go on serving under their new side, with their load history.
+                await self.platform.move(svc.key, from_side, to_side)
+                moved = entry.sides.pop(from_side, None)
+                self.active.discard((svc.key, from_side))
+                if moved is not None:
+                    entry.sides[to_side] = moved
+                    self.active.add((svc.key, to_side))
+            spec = self._decider_spec(cfg)
+            wanted = [*svc.sides, *(["previous"] if entry.release.previous is not None else [])]
+            for side in wanted:
                 scaler = entry.sides.get(side)
                 if scaler is None:
                     scaler = entry.sides[side] = self._new_side(cfg)
@@ -221,12 +269,14 @@ class Controller:
                     scaler.collector.update_windows(cfg.stable_window, cfg.panic_window, now=self.clock())
                     scaler.decider.update(spec)
                 self.active.add((svc.key, side))  # new bounds: the next tick decides again
-            for side in [s for s in entry.sides if s not in svc.sides]:
+            for side in [s for s in entry.sides if s not in wanted]:
                 del entry.sides[side]
                 self.active.discard((svc.key, side))
             await self.platform.apply(svc)
+            self._step_release(entry)
+            floors = self._floors(entry)
             for side, scaler in entry.sides.items():
-                want = self._bounded(cfg, scaler.desired)
+                want = self._bounded(cfg, max(scaler.desired, floors.get(side, 0)))
                 if want != scaler.desired or scaler.desired == 0:
                     scaler.desired = want
                     await self.platform.scale(svc.key, side, want)
@@ -237,6 +287,8 @@ class Controller:
             entry = self.services.pop(key, None)
             if entry is None:
                 return False
+            if entry.timer is not None:
+                entry.timer.cancel()
             for side in entry.sides:
                 self.active.discard((key, side))
             await self.platform.delete(key)
@@ -345,12 +397,17 @@ class Controller:
         result = scaler.decider.scale(now=now, stable_concurrency=stable, panic_concurrency=panic,
                                       ready_pods=ready)
         want = result.desired_pod_count
+        scaler.stable, scaler.panic = stable, panic
+        entry = self.services[key]
+        # The release may need more: a version proving itself, or a side sized for its next share.
+        floor = self._floors(entry).get(side, 0)
+        if floor > want:
+            want = self._bounded(entry.config, floor)
         if scaler.waiting_since is not None:
             # Requests are held right now: never drop below one replica.
             want = max(want, 1)
             if ready > 0:
                 scaler.waiting_since = None
-        scaler.stable, scaler.panic = stable, panic
         scaler.in_panic = result.in_panic
         scaler.excess_burst_capacity = result.excess_burst_capacity
         if want != scaler.desired:
@@ -372,42 +429,153 @@ class Controller:
         self._publish([key])
 
     def _publish(self, keys: Iterable[str]) -> None:
-        """Recompute the routes and status of the services `keys` (only those: one change of one
-        service is one small delta for the activators)."""
+        """Recompute the release, routes and status of the services `keys` (only those: one change of
+        one service is one small delta for the activators)."""
         changes: dict[str, Route | None] = {}
+        retired: list[str] = []
+        short: list[str] = []
         for key in keys:
             entry = self.services.get(key)
             if entry is None:
                 changes[key] = None
                 continue
             try:
+                if self._step_release(entry):
+                    retired.append(key)
+                if any(f > entry.sides[side].desired for side, f in self._floors(entry).items()
+                       if side in entry.sides):
+                    short.append(key)
                 changes[key] = self.route(entry)
                 self.on_status(key, self.status(entry))
             except Exception:
                 log.exception("routes/status of %s failed; the other services go on", key)
         self.routes.publish(changes)
+        # Only once the activators have routes without it: the outgoing version's replicas stop.
+        for key in retired:
+            self._spawn(self.platform.drop(key, "previous"), f"drop {key}/previous")
+        for key in short:
+            self._spawn(self._raise_to_floors(key), f"floors of {key}")
+
+    # ---- releases ---------------------------------------------------------------------------
+    def _target(self, entry: ServiceEntry) -> rollout.Target:
+        svc = entry.svc
+        canary = svc.spec.canary
+        return rollout.Target(default=svc.spec.default.revision, canary=canary.revision if canary else None,
+                              canary_percent=svc.canary_percent, duration=svc.rollout_seconds,
+                              keep_previous=self.platform.moves_sides,
+                              names={rev: version_name(spec) for rev, spec in entry.specs.items()})
+
+    def _step_release(self, entry: ServiceEntry) -> bool:
+        """The split in force now (rollout.step); schedules the next step. True when the outgoing
+        version (`previous`) has just lost its last share: its replicas are to be dropped."""
+        assert entry.release is not None and entry.target is not None
+        key = entry.svc.key
+        observed = {}
+        for side in entry.release.sides():
+            st = self.platform.state(key, side)
+            observed[side] = rollout.Observed(ready=len(st.ready), error=st.error)
+        before = entry.release
+        entry.release = rollout.step(before, entry.target, observed, self.wall_clock())
+        if entry.release.split() != before.split() or entry.release.reason != before.reason:
+            log.info("%s: traffic %s (%s)", key, entry.release.split(), entry.release.reason)
+        live = {t.revision for t in entry.release.sides().values()}
+        for rev in [r for r in entry.specs if r not in live]:
+            del entry.specs[rev]
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.release.next_step is not None:
+            delay = max(0.0, entry.release.next_step - self.wall_clock())
+            entry.timer = asyncio.get_running_loop().call_later(
+                delay, lambda: self._spawn(self._next_step(key), f"release step of {key}"))
+        retired = before.previous is not None and entry.release.previous is None
+        if retired and entry.sides.pop("previous", None) is not None:
+            self.active.discard((key, "previous"))
+        return retired
+
+    def _floors(self, entry: ServiceEntry) -> dict[str, int]:
+        if entry.release is None or entry.target is None:
+            return {}
+        # The replicas the whole service's load needs, whichever side carries it (not the sum of each
+        # side's decision: minScale and the scale-to-zero grace would count once per side).
+        per_pod = self._decider_spec(entry.config).target_value
+        demand = math.ceil(sum(sc.stable for sc in entry.sides.values()) / per_pod - 1e-9)
+        return dict(rollout.floors(entry.release, entry.target, demand))
+
+    async def _raise_to_floors(self, key: str) -> None:
+        """Scale the sides of `key` the release needs more of (a version proving itself, a next step)."""
+        async with self._lock:
+            entry = self.services.get(key)
+            if entry is None:
+                return
+            for side, floor in self._floors(entry).items():
+                scaler = entry.sides.get(side)
+                want = self._bounded(entry.config, floor)
+                if scaler is not None and want > scaler.desired:
+                    log.info("release of %s: %s side %d -> %d replicas", key, side, scaler.desired, want)
+                    scaler.desired = want
+                    self.active.add((key, side))
+                    await self.platform.scale(key, side, want)
+
+    async def _next_step(self, key: str) -> None:
+        if key in self.services:
+            self._publish([key])
+
+    async def promote(self, key: str) -> None:
+        """Make the canary the default (spec.default := spec.canary, no canary left); refused with the
+        reason while the canary has no ready replica (all traffic would go to a version that cannot
+        serve it). With spec.rolloutDuration the traffic then moves over gradually."""
+        entry = self.services.get(key)
+        if entry is None:
+            raise KeyError(key)
+        svc = entry.svc
+        canary = svc.spec.canary
+        if canary is None:
+            raise PromoteRefused(f"{key} has no canary to promote")
+        st = self.platform.state(key, "canary")
+        if not st.ready:
+            proven = entry.release is not None and entry.release.canary is not None and entry.release.canary.ready
+            why = st.error or (f"it is scaled to zero: wake it with a request to {svc.tag_host('canary', self.domain)} "
+                               "first" if proven else "it is still starting")
+            raise PromoteRefused(f"refusing to promote the canary of {key}: {version_name(canary)} has no ready "
+                                 f"replica ({why}); the default keeps serving")
+        manifest = svc.to_manifest()
+        manifest["spec"]["default"] = manifest["spec"].pop("canary")
+        manifest["spec"].pop("canaryTrafficPercent", None)
+        await self.apply(PaddleService.from_dict(manifest, self.defaults))
+
+    # ---- routes and status ------------------------------------------------------------------
+    def tag_hosts(self, svc: PaddleService, tag: str) -> tuple[str, ...]:
+        """The host forms of one tag route (as the service's own: with the domain, bare, `.svc`)."""
+        short = f"{tag}-{svc.name}.{svc.namespace}"
+        return (svc.tag_host(tag, self.domain), short, f"{short}.svc")
+
+    def _side_route(self, entry: ServiceEntry, side: str) -> SideRoute:
+        st = self.platform.state(entry.svc.key, side)
+        scaler = entry.sides.get(side)
+        return SideRoute(
+            ready=bool(st.ready),
+            error=st.error,
+            desired=scaler.desired if scaler else 0,
+            endpoints=tuple(WireEndpoint(id=ep.id, host=ep.host, http_port=ep.http_port,
+                                         grpc_port=ep.grpc_port) for ep in st.ready),
+        )
 
     def route(self, entry: ServiceEntry) -> Route:
         svc = entry.svc
-        sides: dict[str, SideRoute] = {}
-        for side in svc.sides:
-            st = self.platform.state(svc.key, side)
-            scaler = entry.sides.get(side)
-            sides[side] = SideRoute(
-                ready=bool(st.ready),
-                error=st.error,
-                desired=scaler.desired if scaler else 0,
-                endpoints=tuple(WireEndpoint(id=ep.id, host=ep.host, http_port=ep.http_port,
-                                             grpc_port=ep.grpc_port) for ep in st.ready),
-            )
+        release = entry.release
+        assert release is not None
         return Route(
             service=svc.key,
             name=svc.name,
             namespace=svc.namespace,
             hosts=(svc.host(self.domain), f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"),
-            canary_percent=svc.canary_percent,
+            canary_percent=release.canary.percent if release.canary else 0,
             container_concurrency=entry.config.container_concurrency,
-            sides=sides,
+            sides={side: self._side_route(entry, side) for side in svc.sides},
+            tags={tag: self.tag_hosts(svc, tag) for tag in TAGS if tag in svc.sides},
+            previous=self._side_route(entry, "previous") if release.previous else None,
+            previous_percent=release.previous.percent if release.previous else 0,
         )
 
     def status(self, entry: ServiceEntry) -> dict[str, Any]:
@@ -416,6 +584,8 @@ class Controller:
         conditions = []
         all_ready = True
         total_ready = 0
+        if entry.release is not None and entry.release.previous is not None:
+            total_ready += len(self.platform.state(svc.key, "previous").ready)
         for side in svc.sides:
             st = self.platform.state(svc.key, side)
             scaler = entry.sides.get(side)
@@ -433,23 +603,34 @@ class Controller:
             all_ready &= cond["status"] == "True"
             conditions.append(cond)
         conditions.append(_condition("RoutesReady", True, "RoutesPublished",
-                                     f"routed by the activator as {svc.host(self.domain)}"))
+                                     f"routed by the activator as {svc.host(self.domain)} (tag routes: "
+                                     + ", ".join(svc.tag_host(t, self.domain) for t in svc.sides) + ")"))
         failing = next((c for c in conditions if c["status"] != "True"), None)
         conditions.insert(0, _condition(
             "Ready", all_ready, "ServiceReady" if failing is None else
             (failing["reason"] if failing["reason"] == "ModelPullFailed" else "NotReady"),
             "" if failing is None else failing["message"]))
+        release = entry.release
+        assert release is not None
+        conditions.append(_condition(rollout.RELEASED, release.reason == rollout.AT_TARGET, release.reason,
+                                     release.message, release.since))
         status: dict[str, Any] = {
             "conditions": conditions,
             "url": svc.url(self.domain),
             "address": {"url": f"http://{svc.name}.{svc.namespace}.svc.cluster.local"},
-            "default": {"name": svc.side_name("default")},
             "replicas": total_ready,
         }
+        for side, traffic in release.sides().items():
+            spec = entry.specs.get(traffic.revision)
+            block: dict[str, Any] = {"name": svc.side_name(side)}
+            if side in TAGS:
+                block["url"] = f"http://{svc.tag_host(side, self.domain)}"
+            if spec is not None:
+                block.update(image=spec.image, argHash=spec.arg_hash)
+            block.update(rollout.side_status(traffic), readyReplicas=len(self.platform.state(svc.key, side).ready))
+            status[side] = block
         if svc.metadata.generation is not None:
             status["observedGeneration"] = svc.metadata.generation
-        if svc.spec.canary is not None:
-            status["canary"] = {"name": svc.side_name("canary")}
         return status
 
     def describe(self, key: str) -> dict[str, Any] | None:
@@ -477,14 +658,14 @@ class Controller:
         return out
 
 
-def _condition(cond_type: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+def _condition(cond_type: str, ok: bool, reason: str, message: str, since: float | None = None) -> dict[str, Any]:
     return {
         "type": cond_type,
         "status": "True" if ok else "False",
         "reason": reason,
         "message": message,
-        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
     }
 
 
-__all__ = ["Controller", "RouteTable", "SpecError"]
+__all__ = ["Controller", "PromoteRefused", "RouteTable", "SpecError"]

@@ -47,6 +47,9 @@ class Platform(abc.ABC):
     """Runs the replicas of PaddleServices. Implementations: local processes, kubernetes."""
 
     name: str = "abstract"
+    # Whether `move` works: the outgoing default version can go on serving as side `previous` while
+    # traffic moves to a new one, and a promoted canary's replicas become the default's (rollout.py).
+    moves_sides: bool = False
 
     def __init__(self) -> None:
         # Called with a service key when its replicas' state changed (routes and status follow).
@@ -77,3 +80,11 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def state(self, key: str, side: str) -> SideState:
         """Current replicas of one side (a cached view; never blocks)."""
+
+    async def move(self, key: str, from_side: str, to_side: str) -> None:  # noqa: B027 - optional
+        """Hand the running replicas (and version) of `from_side` to `to_side`, replacing what `to_side`
+        ran; `from_side` is then empty until `apply` gives it a spec. Only when `moves_sides`."""
+        raise NotImplementedError(f"the {self.name} platform cannot move replicas between sides")
+
+    async def drop(self, key: str, side: str) -> None:  # noqa: B027 - optional hook
+        """Stop every replica of one side that is not in the spec (`previous` once its traffic is gone)."""

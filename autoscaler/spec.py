@@ -6,6 +6,8 @@ goes through `PaddleService.from_dict` / `load_paddleservices`; pure logic, no I
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from typing import Any, Literal
@@ -27,6 +29,13 @@ CONTAINER_CONCURRENCY_ANNOTATION = f"{API_GROUP}/container-concurrency"
 # but take no traffic and do not count as replicas, so a scale from zero is a routing change.
 STANDBY_ANNOTATION = f"{API_GROUP}/standby"
 MAX_STANDBY = 10
+
+# Tag routes (Knative's naming): `<tag>-<name>.<namespace>.<domain>` reaches only that side, whatever the split.
+TAGS = ("default", "canary")
+# spec.rolloutDuration: the CRD carries the same pattern, so kubectl and the local stack refuse the same
+# values with the same message (`rollout_duration_error`).
+ROLLOUT_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|ms|m|s))+$"
+_ROLLOUT_DURATION_RE = re.compile(ROLLOUT_DURATION_PATTERN)
 
 AUTOSCALER_CLASSES = ("kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev")
 METRICS = ("concurrency", "rps", "cpu")
@@ -74,6 +83,20 @@ def parse_duration(text: str) -> float:
     if not value or not _DURATION_RE.match(value):
         raise ValueError(f"invalid duration {text!r} (expected e.g. 10s, 1m, 1m30s)")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(value))
+
+
+def rollout_duration_error(value: Any) -> str:
+    """The API server's words for a spec.rolloutDuration its CRD schema refuses (type, then pattern)."""
+    if not isinstance(value, str):
+        kind = "integer" if isinstance(value, int) and not isinstance(value, bool) else \
+            "number" if isinstance(value, float) else "boolean" if isinstance(value, bool) else type(value).__name__
+        return f'Invalid value: "{kind}": spec.rolloutDuration in body must be of type string: "{kind}"'
+    return (f"Invalid value: {json.dumps(value)}: spec.rolloutDuration in body should match "
+            f"'{ROLLOUT_DURATION_PATTERN}'")
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def parse_percent(text: str | int | float, what: str) -> float:
@@ -154,6 +177,17 @@ class EndpointSpec(_Model):
     def image(self) -> str:
         return f"{self.containerImage}:{self.tag}"
 
+    @property
+    def arg_hash(self) -> str:
+        """The first 8 hex digits of sha256(arg) ("" without an arg): an arg's identity for status."""
+        return short_hash(self.arg) if self.arg else ""
+
+    @property
+    def revision(self) -> str:
+        """The identity of this side's version: 8 hex digits of the hash of every field. A change of any
+        field (image, tag, arg, port, model) is a new revision, i.e. a version change the release follows."""
+        return short_hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
+
     def command(self, service_name: str) -> str | None:
         """The replica's shell command: `arg`, or, for a storageUri without one, our runtime serving
         $MODEL_DIR under the service's name."""
@@ -205,9 +239,20 @@ class PaddleServiceSpec(_Model):
     default: EndpointSpec
     canary: EndpointSpec | None = None
     canaryTrafficPercent: int | None = None
+    # A raised canary share and a default version change move traffic gradually over this long (Knative's
+    # rollout-duration): 1 % first, then equal steps until the target. Absent or 0: at once.
+    rolloutDuration: str | None = None
     runtimeVersion: str | None = None
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+
+    @field_validator("rolloutDuration", mode="before")
+    @classmethod
+    def _rollout_duration(cls, v: Any) -> Any:
+        # fullmatch: Python's `$` also matches before a final newline, the API server's does not.
+        if v is not None and (not isinstance(v, str) or not _ROLLOUT_DURATION_RE.fullmatch(v)):
+            raise ValueError(rollout_duration_error(v))
+        return v
 
     @field_validator("canaryTrafficPercent")
     @classmethod
@@ -300,6 +345,15 @@ class PaddleService(BaseModel):
 
     def url(self, domain: str) -> str:
         return f"http://{self.host(domain)}"
+
+    def tag_host(self, tag: str, domain: str) -> str:
+        """`default-<name>.<namespace>.<domain>`: the host that reaches only that side (a tag route)."""
+        return f"{tag}-{self.name}.{self.namespace}.{domain}"
+
+    @property
+    def rollout_seconds(self) -> float:
+        """spec.rolloutDuration in seconds (0: traffic moves at once)."""
+        return parse_duration(self.spec.rolloutDuration) if self.spec.rolloutDuration else 0.0
 
     def side_spec(self, side: str) -> EndpointSpec | None:
         return self.spec.default if side == "default" else self.spec.canary

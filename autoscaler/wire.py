@@ -17,10 +17,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Side = Literal["default", "canary"]
 SIDES: tuple[Side, ...] = ("default", "canary")
+# A side load is reported and poked for: also `previous`, the outgoing default version while traffic
+# moves to a new one (autoscaler/rollout.py). Routes carry it in their own field (`Route.previous`), so
+# an activator that predates it ignores it instead of refusing the whole table.
+LoadSide = Literal["default", "canary", "previous"]
+LOAD_SIDES: tuple[LoadSide, ...] = ("default", "canary", "previous")
 
 # `namespace/name`, both DNS-1123 labels (at most 63 characters), as PaddleService keys are everywhere.
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
@@ -71,7 +76,13 @@ class SideRoute(_Message):
 
 
 class Route(_ServiceMessage):
-    """Everything an activator needs to serve one PaddleService."""
+    """Everything an activator needs to serve one PaddleService.
+
+    The split in force: `canary_percent` to the canary, `previous_percent` to `previous` (during a
+    default version change), the rest to the default side. `tags`: hosts that reach one side only,
+    whatever the split (`default-<name>.<namespace>.<domain>`, ...). A service's own `hosts` win over
+    another service's tag host of the same name.
+    """
 
     name: str
     namespace: str
@@ -79,6 +90,23 @@ class Route(_ServiceMessage):
     canary_percent: int = Field(default=0, ge=0, le=100)
     container_concurrency: int = Field(default=0, ge=0)  # per replica; 0 = unlimited
     sides: dict[Side, SideRoute]
+    tags: dict[Side, tuple[str, ...]] = Field(default_factory=dict)
+    previous: SideRoute | None = None
+    previous_percent: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _split(self) -> Route:
+        if self.canary_percent + self.previous_percent > 100:
+            raise ValueError(f"canary_percent {self.canary_percent} + previous_percent {self.previous_percent} "
+                             "exceed 100")
+        return self
+
+    def routed_sides(self) -> dict[LoadSide, SideRoute]:
+        """Every side that takes requests: the spec's sides and, during a version change, `previous`."""
+        out: dict[LoadSide, SideRoute] = dict(self.sides)
+        if self.previous is not None:
+            out["previous"] = self.previous
+        return out
 
 
 class RoutesUpdate(_Message):
@@ -99,7 +127,7 @@ class RoutesUpdate(_Message):
 class SideStats(_ServiceMessage):
     """One activator's load on one service side over the last `window` seconds."""
 
-    side: Side = "default"
+    side: LoadSide = "default"
     average_concurrency: NonNegative = 0.0  # time-weighted in-flight + held requests over the window
     concurrency: int = Field(default=0, ge=0, le=int(MAX_CONCURRENCY))  # at the end of the window
     requests: int = Field(default=0, ge=0)  # requests that arrived in the window
@@ -116,7 +144,7 @@ class StatsReport(_Message):
 class Poke(_ServiceMessage):
     """`POST /v1/poke`: a request is held for this side at zero replicas; scale up now."""
 
-    side: Side = "default"
+    side: LoadSide = "default"
 
 
-__all__ = ["SIDES", "Endpoint", "Poke", "Route", "RoutesUpdate", "Side", "SideRoute", "SideStats", "StatsReport"]
+__all__ = ["LOAD_SIDES", "SIDES", "Endpoint", "LoadSide", "Poke", "Route", "RoutesUpdate", "Side", "SideRoute", "SideStats", "StatsReport"]

@@ -43,11 +43,11 @@ def test_unknown_fields_are_ignored_for_rolling_upgrades() -> None:
     (SideStats, {"service": "ns/a", "window": 0}, "greater than 0"),
     (SideStats, {"service": "ns/a", "window": 3600}, "less than or equal"),
     (SideStats, {"service": "ns/a", "requests": -5}, "greater than or equal"),
-    (SideStats, {"service": "ns/a", "side": "blue"}, "'default' or 'canary'"),
+    (SideStats, {"service": "ns/a", "side": "blue"}, "'default', 'canary' or 'previous'"),
     (SideStats, {"service": "no-slash"}, "namespace/name"),
     (SideStats, {"service": "NS/Upper"}, "namespace/name"),
     (Poke, {"service": "ns/" + "a" * 300}, "namespace/name"),
-    (Poke, {"service": "ns/a", "side": "other"}, "'default' or 'canary'"),
+    (Poke, {"service": "ns/a", "side": "other"}, "'default', 'canary' or 'previous'"),
     (StatsReport, {"activator": "", "stats": []}, "at least 1"),
     (Route, _route(canary_percent=101), "less than or equal"),
     (SideRoute, {"endpoints": [{"id": "r", "host": "h", "http_port": 70000}]}, "less than or equal"),
@@ -70,3 +70,47 @@ def test_messages_are_frozen() -> None:
     p = Poke(service="ns/a")
     with pytest.raises(ValidationError):
         p.side = "canary"  # type: ignore[misc]
+
+
+# ---- releases: tag hosts and the outgoing version, added compatibly ------------------------------------
+def _release_route() -> Route:
+    return Route(**_route(canary_percent=10, previous_percent=60,
+                          tags={"default": ["default-svc.ns.example.com"], "canary": ["canary-svc.ns.example.com"]},
+                          previous={"ready": True, "desired": 1,
+                                    "endpoints": [{"id": "old", "host": "10.0.0.2", "http_port": 9292}]}))
+
+
+def test_a_route_with_tags_and_a_previous_side_round_trips() -> None:
+    r = _release_route()
+    back = Route.model_validate_json(r.model_dump_json())
+    assert back == r and set(back.routed_sides()) == {"default", "previous"}
+    assert back.tags["canary"] == ("canary-svc.ns.example.com",)
+
+
+def test_a_route_of_an_older_controller_reads_with_no_tags_and_no_previous() -> None:
+    r = Route.model_validate(_route())
+    assert r.tags == {} and r.previous is None and r.previous_percent == 0 and set(r.routed_sides()) == {"default"}
+
+
+def test_an_activator_that_predates_releases_still_reads_a_new_route() -> None:
+    """The Route model as it was before releases: a new controller's table (with `previous`, outside
+    `sides`) parses there, with the canary share in force; the previous side is just not seen."""
+    from typing import Literal
+
+    from autoscaler.wire import _ServiceMessage
+
+    class OldRoute(_ServiceMessage):
+        name: str
+        namespace: str
+        hosts: tuple[str, ...]
+        canary_percent: int = 0
+        container_concurrency: int = 0
+        sides: dict[Literal["default", "canary"], SideRoute]
+
+    old = OldRoute.model_validate_json(_release_route().model_dump_json())
+    assert old.canary_percent == 10 and set(old.sides) == {"default"}
+
+
+def test_shares_over_100_are_refused() -> None:
+    with pytest.raises(ValidationError, match="exceed 100"):
+        Route(**_route(canary_percent=50, previous_percent=51))

@@ -21,7 +21,7 @@ from autoscaler.spec import API_GROUP, API_VERSION, PLURAL, PaddleService, SpecE
 log = logging.getLogger("elasticserving.operator")
 
 FINALIZER = f"{API_GROUP}/children"
-CONDITION_TYPES = ("Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady")
+CONDITION_TYPES = ("Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady", "Released")
 
 
 def _now() -> str:
@@ -70,9 +70,13 @@ def _without_scale_field(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_transition_times(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-    """Keep a condition's lastTransitionTime while its status does not change."""
+    """Keep a condition's lastTransitionTime while its status does not change. `Released` keeps the
+    controller's own: the release (autoscaler/rollout.py) stamps each change of reason, and a new
+    leader reads it back from status."""
     before = {c.get("type"): c for c in (old or {}).get("conditions") or []}
     for c in new.get("conditions") or []:
+        if c.get("type") == "Released":
+            continue
         prev = before.get(c.get("type"))
         if prev is not None and prev.get("status") == c.get("status") and prev.get("lastTransitionTime"):
             c["lastTransitionTime"] = prev["lastTransitionTime"]

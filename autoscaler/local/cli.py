@@ -1,5 +1,5 @@
-"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `delete`, `logs` talk to a
-running one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
+"""The `elasticserving` command: `up` runs the local stack; `apply`, `get`, `promote`, `delete`, `logs` talk
+to a running one through the autoscaler's control API; `controller` runs the in-cluster control plane."""
 
 from __future__ import annotations
 
@@ -65,10 +65,29 @@ def _ready(item: dict[str, Any]) -> str:
     return "Unknown"
 
 
+RELEASE_SIDES = ("default", "canary", "previous")
+
+
+def _release(st: dict[str, Any]) -> tuple[str, str, str]:
+    """TRAFFIC (the split in force), VERSIONS (image, arg hash, ready replicas per side) and RELEASE
+    (reason and since when) of a status."""
+    traffic, versions = [], []
+    for side in RELEASE_SIDES:
+        s = st.get(side)
+        if not isinstance(s, dict) or "percent" not in s:
+            continue
+        traffic.append(f"{side} {s['percent']}%" + (f"->{s['rollout']['toPercent']}%" if s.get("rollout") else ""))
+        arg = f"#{s['argHash']}" if s.get("argHash") else ""
+        versions.append(f"{side}={s.get('image', '?')}{arg} ({s.get('readyReplicas', 0)} ready)")
+    cond = next((c for c in st.get("conditions", []) if c.get("type") == "Released"), None)
+    release = f"{cond.get('reason', '')} since {cond.get('lastTransitionTime', '?')}" if cond else ""
+    return ", ".join(traffic), "; ".join(versions), release
+
+
 def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
     rows = [["NAME", "NAMESPACE", "READY", "REPLICAS", "URL"]]
     if wide:
-        rows[0] += ["SIDES (desired/ready, concurrency)", "REASON"]
+        rows[0] += ["TRAFFIC", "VERSIONS", "RELEASE", "TAG URLS", "SIDES (desired/ready, concurrency)", "REASON"]
     for it in items:
         md, st = it["metadata"], it.get("status", {})
         row = [md["name"], md.get("namespace", "default"), _ready(it), str(st.get("replicas", 0)), st.get("url", "")]
@@ -79,8 +98,10 @@ def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
                 standby = f" +{a['standby']} standby" if a.get("standby") else ""
                 sides.append(f"{side} {a['desired']}/{a['ready']}{standby} c={a['stable_concurrency']:.2f}{panic}")
             reason = next((c.get("message", "") for c in st.get("conditions", [])
-                           if c.get("type") == "Ready" and c.get("status") != "True"), "")
-            row += ["; ".join(sides), reason]
+                           if c.get("type") in ("Ready", "Released") and c.get("status") != "True"), "")
+            tags = ", ".join(st[t]["url"] for t in ("default", "canary") if isinstance(st.get(t), dict)
+                             and st[t].get("url"))
+            row += [*_release(st), tags, "; ".join(sides), reason]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
@@ -145,6 +166,15 @@ def _namespace_of(args: argparse.Namespace) -> str:
     if len(items) > 1:
         raise ApiError(f"paddleservice {args.name!r} exists in several namespaces: give -n NAMESPACE")
     return items[0]["metadata"]["namespace"]
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """The canary becomes the default; the control API refuses while the canary has no ready replica."""
+    ns = _namespace_of(args)
+    item = _request(args, "POST", f"/v1/paddleservices/{ns}/{args.name}/promote", {})
+    traffic, _, release = _release(item.get("status", {}))
+    print(f"paddleservice/{args.name} promoted ({ns}/{args.name}): {traffic} ({release})")
+    return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
@@ -247,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     gp.set_defaults(func=cmd_get)
 
+    pp = client("promote", "make the canary the default (refused while the canary has no ready replica); "
+                "with spec.rolloutDuration the traffic moves over gradually")
+    pp.add_argument("name")
+    pp.add_argument("-n", "--namespace")
+    pp.set_defaults(func=cmd_promote)
+
     dp = client("delete", "delete a PaddleService from a running local stack")
     dp.add_argument("name")
     dp.add_argument("-n", "--namespace")
@@ -255,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp = client("logs", "print the output of a service's local replicas (as kubectl logs)")
     lp.add_argument("name")
     lp.add_argument("-n", "--namespace")
-    lp.add_argument("--side", choices=["default", "canary"], default="default")
+    lp.add_argument("--side", choices=list(RELEASE_SIDES), default="default")
     lp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     lp.add_argument("--tail", type=int, help="only the last N lines kept")
     lp.set_defaults(func=cmd_logs)

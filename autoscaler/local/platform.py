@@ -92,6 +92,7 @@ class LocalPlatform(Platform):
     """Replicas as local processes; the embedded default platform of `elasticserving up`."""
 
     name = "local"
+    moves_sides = True
 
     def __init__(
         self,
@@ -169,8 +170,32 @@ class LocalPlatform(Platform):
                 sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
                 sr.wake.set()
         for (key, side), sr in list(self._sides.items()):
-            if key == svc.key and side not in svc.sides:
+            # `previous` is not in the spec: the controller drops it once its traffic has moved.
+            if key == svc.key and side not in svc.sides and side != "previous":
                 await self._remove_side(sr)
+
+    async def move(self, key: str, from_side: str, to_side: str) -> None:
+        """The replicas of `from_side` go on running as `to_side` (no restart); what `to_side` ran stops in
+        the background (its traffic is already elsewhere)."""
+        sr = self._sides.pop((key, from_side), None)
+        old = self._sides.pop((key, to_side), None)
+        if old is not None:
+            self._background(self._remove_side(old), f"retire {key}/{to_side}")
+        if sr is None:
+            return
+        log.info("%s: the replicas of %s now serve as %s", key, from_side, to_side)
+        sr.side = to_side
+        for r in sr.replicas.values():
+            r.side = to_side
+        self._sides[(key, to_side)] = sr
+        self.on_change(key)
+
+    async def drop(self, key: str, side: str) -> None:
+        sr = self._sides.pop((key, side), None)
+        if sr is not None:
+            log.info("%s/%s: no traffic left, stopping its replicas", key, side)
+            self._background(self._remove_side(sr), f"retire {key}/{side}")
+            self.on_change(key)
 
     async def delete(self, key: str) -> None:
         for (k, _side), sr in list(self._sides.items()):
@@ -209,7 +234,8 @@ class LocalPlatform(Platform):
 
     # ---- supervision ----------------------------------------------------------------------
     async def _remove_side(self, sr: SideRuntime) -> None:
-        self._sides.pop((sr.key, sr.side), None)
+        if self._sides.get((sr.key, sr.side)) is sr:  # a side moved in its place stays
+            del self._sides[(sr.key, sr.side)]
         sr.log.close()
         if sr.task:
             sr.task.cancel()

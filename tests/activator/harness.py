@@ -22,19 +22,24 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 def route(key: str = "ns/svc", ports: tuple[int, ...] = (), cc: int = 0, canary: tuple[int, ...] | None = None,
-          canary_percent: int = 0, error: str | None = None, grpc: dict[int, int] | None = None) -> Route:
+          canary_percent: int = 0, error: str | None = None, grpc: dict[int, int] | None = None,
+          tags: bool = False, previous: tuple[int, ...] | None = None, previous_percent: int = 0,
+          canary_error: str | None = None) -> Route:
+    """A route as the controller publishes it; `tags`: with the tag hosts of its sides."""
     ns, name = key.split("/")
 
-    def side(ps: tuple[int, ...]) -> SideRoute:
+    def side(ps: tuple[int, ...], err: str | None = error) -> SideRoute:
         eps = tuple(Endpoint(id=f"r{p}", host="127.0.0.1", http_port=p, grpc_port=(grpc or {}).get(p))
                     for p in ps)
-        return SideRoute(ready=bool(ps), error=error, desired=len(ps), endpoints=eps)
+        return SideRoute(ready=bool(ps), error=err, desired=len(ps), endpoints=eps)
 
     sides = {"default": side(ports)}
     if canary is not None:
-        sides["canary"] = side(canary)
+        sides["canary"] = side(canary, canary_error or error)
+    tag_hosts = {t: (f"{t}-{name}.{ns}.example.com", f"{t}-{name}.{ns}") for t in sides} if tags else {}
     return Route(service=key, name=name, namespace=ns, hosts=(f"{name}.{ns}.example.com", f"{name}.{ns}"),
-                 canary_percent=canary_percent, container_concurrency=cc, sides=sides)
+                 canary_percent=canary_percent, container_concurrency=cc, sides=sides, tags=tag_hosts,
+                 previous=side(previous) if previous is not None else None, previous_percent=previous_percent)
 
 
 def full(*routes: Route, version: int = 1, epoch: str = "e1", activators: int = 1) -> RoutesUpdate:

@@ -207,3 +207,47 @@ def test_index_source(fixed, sent, activators, want):
 def test_index_source_falls_back_to_a_stable_hash_of_the_id():
     update = RoutesUpdate(epoch="e", version=1, full=True, activators=4)
     assert index_source("act-1", None)(update) == stable_index("act-1", 4) == index_source("act-1", None)(update)
+
+
+# ---- releases: tag hosts, the split with an outgoing version ------------------------------------------
+@pytest.mark.parametrize(("host", "service", "tag"), [
+    ("canary-a.ns.example.com", "ns/a", "canary"),
+    ("CANARY-A.ns.example.com:8080", "ns/a", "canary"),
+    ("canary-a.ns", "ns/a", "canary"),
+    ("default-a.ns.example.com", "ns/default-a", None),  # a service's own name wins over a tag of another
+    ("default-a.ns", "ns/default-a", None),
+    ("a.ns.example.com", "ns/a", None),
+    ("default-b.ns.example.com", "ns/b", "default"),
+    ("canary-b.ns.example.com", None, None),  # b has no canary: no canary tag
+])
+def test_tag_hosts(host, service, tag):
+    table = RouteTable([route("ns/a", canary=(), tags=True), route("ns/default-a", tags=True),
+                        route("ns/b", tags=True)])
+    found = table.target(host)
+    assert (found.route.service, found.tag) == (service, tag) if service else found is None
+
+
+@pytest.mark.parametrize(("canary", "previous"), [(0, 99), (10, 56), (33, 33), (1, 1), (0, 0), (50, 50), (0, 100)])
+def test_three_way_split_is_exact_over_100(canary, previous):
+    s = CanarySplitter()
+    picks = [s.pick(canary, previous) for _ in range(500)]
+    for i in range(0, 500, 100):
+        window = picks[i:i + 100]
+        assert (window.count("canary"), window.count("previous")) == (canary, previous)
+        assert window.count("default") == 100 - canary - previous
+
+
+def test_the_split_goes_smoothly_when_shares_move():
+    s = CanarySplitter()
+    picks = [s.pick(0, 100 - pct) for pct in (1, 34, 67, 100) for _ in range(100)]
+    windows = [picks[i:i + 100].count("default") for i in range(0, 400, 100)]
+    assert windows == [1, 34, 67, 100]
+    assert all(picks[i:i + 10].count("default") <= 7 for i in range(100, 200, 10))  # spread, not a burst
+
+
+def test_pick_side_uses_the_previous_share_and_pins():
+    table = RouteTable([route("ns/a", canary=(), canary_percent=20, previous=(), previous_percent=30)])
+    r = table.resolve("a.ns")
+    picks = [table.pick_side(r, "") for _ in range(100)]
+    assert (picks.count("canary"), picks.count("previous"), picks.count("default")) == (20, 30, 50)
+    assert table.pick_side(r, "false") == "default" and table.pick_side(r, "true") == "canary"

@@ -131,7 +131,7 @@ async def test_stats_are_taken_and_unknown_services_ignored(api):
     ("/v1/stats", '{"stats": []}', "activator: Field required"),
     ("/v1/stats", '[1, 2]', "bad stats report"),
     ("/v1/stats", '{"activator": "a", "stats": [', "Invalid JSON"),
-    ("/v1/poke", '{"service": "ns/s", "side": "blue"}', "'default' or 'canary'"),
+    ("/v1/poke", '{"service": "ns/s", "side": "blue"}', "'default', 'canary' or 'previous'"),
     ("/v1/poke", '{"side": "default"}', "service: Field required"),
 ])
 async def test_bad_reports_and_pokes_are_400_with_the_reason(api, path, body, reason):
@@ -262,3 +262,33 @@ async def test_shutting_down_answers_waiting_and_new_polls_503(api):
     assert resp.status == 503 and "shutting down" in (await resp.json())["error"]
     resp = await client.get("/v1/routes", params={"epoch": c.routes.epoch, "since": str(v), "wait": "30"})
     assert resp.status == 503
+
+
+async def test_promote_is_refused_with_the_reason_until_the_canary_is_ready(api):
+    p, c, client, _ = api
+    await c.apply(svc(canary=True, percent=30))
+    headers = {"Content-Type": "application/json"}
+    p.set_ready("ns/s", "canary", 0, error="replica command exited before it was ready (exit code 3)")
+    resp = await client.post("/v1/paddleservices/ns/s/promote", data="{}", headers=headers)
+    assert resp.status == 409
+    assert "no ready replica (replica command exited before it was ready (exit code 3))" in (await resp.json())["error"]
+    assert c.services["ns/s"].svc.spec.default.tag == "v1"
+    resp = await client.post("/v1/paddleservices/ns/nope/promote", data="{}", headers=headers)
+    assert resp.status == 404
+    p.set_ready("ns/s", "canary", 1)
+    resp = await client.post("/v1/paddleservices/ns/s/promote", data="{}", headers=headers)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["spec"]["default"]["tag"] == "v2" and "canary" not in body["spec"]
+
+
+async def test_promote_on_a_read_only_control_api_is_405():
+    c = Controller(FakePlatform())
+    client = TestClient(TestServer(build_app(c, read_only=True)))
+    await client.start_server()
+    try:
+        resp = await client.post("/v1/paddleservices/ns/s/promote", data="{}",
+                                 headers={"Content-Type": "application/json"})
+        assert resp.status == 405 and "kubectl" in (await resp.json())["error"]
+    finally:
+        await client.close()

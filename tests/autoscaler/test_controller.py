@@ -142,9 +142,12 @@ async def test_status_conditions(env):
     await c.apply(svc(min_scale=0, canary=True, percent=30))
     st = c.describe("ns/s")["status"]
     types = {x["type"]: x for x in st["conditions"]}
-    assert set(types) == {"Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady"}
+    assert set(types) == {"Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady",
+                          "Released"}
     assert types["DefaultPaddleServiceReady"]["reason"] == "ScaledToZero"
-    assert types["Ready"]["status"] == "True"
+    # A new canary with a share starts one replica to prove itself before it takes traffic.
+    assert types["CanaryPaddleServiceReady"]["reason"] == "ReplicasStarting" and ("ns/s", "canary", 1) in p.scales
+    assert types["Released"]["reason"] == "CanaryNotReady"
     assert st["url"] == "http://s.ns.example.com" and st["canary"]["name"] == "s-canary"
     p.set_ready("ns/s", "canary", 0, error="replica command exited before it was ready (exit code 3)")
     st = c.describe("ns/s")["status"]
@@ -152,7 +155,10 @@ async def test_status_conditions(env):
     assert ready["status"] == "False" and "exit code 3" in ready["message"]
     p.set_ready("ns/s", "default", 2)
     assert c.describe("ns/s")["status"]["replicas"] == 2
+    assert c.routes.all()[0].canary_percent == 0  # a failing canary's share stays on default
+    p.set_ready("ns/s", "canary", 1)
     assert c.routes.all()[0].canary_percent == 30
+    assert next(x for x in c.describe("ns/s")["status"]["conditions"] if x["type"] == "Ready")["status"] == "True"
 
 
 async def test_removing_canary_and_delete(env):

@@ -4,9 +4,11 @@ refused with the offending field named."""
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoscaler.spec import (
     CONTAINER_CONCURRENCY_ANNOTATION,
+    ROLLOUT_DURATION_PATTERN,
     STANDBY_ANNOTATION,
     PaddleService,
     SpecError,
@@ -173,3 +175,48 @@ def test_a_storage_uri_without_arg_serves_model_dir_with_our_runtime():
     own = PaddleService.from_dict(manifest(**_side(storageUri="/srv/m", arg="my-server --dir $MODEL_DIR")))
     assert own.spec.default.command(own.name) == "my-server --dir $MODEL_DIR"
     assert PaddleService.from_dict(manifest()).spec.default.command("svc") == "run"
+
+
+# ---- releases: spec.rolloutDuration, revisions, tag hosts ------------------------------------------
+@pytest.mark.parametrize(("value", "seconds"), [("4s", 4.0), ("1m30s", 90.0), ("0s", 0.0), ("500ms", 0.5),
+                                                ("1.5h", 5400.0), (None, 0.0)])
+def test_rollout_duration(value, seconds):
+    svc = PaddleService.from_dict(manifest(**({"rolloutDuration": value} if value is not None else {})))
+    assert svc.rollout_seconds == seconds
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("4", '"4"'), ("abc", '"abc"'), ("-1s", '"-1s"'), ("1 s", '"1 s"'), ("", '""'), ("1d", '"1d"'),
+    ("4s\n", '"4s\\n"'),
+])
+def test_a_rollout_duration_that_is_not_one_is_refused_in_the_api_servers_words(value, shown):
+    with pytest.raises(SpecError) as exc:
+        PaddleService.from_dict(manifest(rolloutDuration=value))
+    assert exc.value.field == "spec.rolloutDuration"
+    # What kube-apiserver answers for the CRD's pattern (tests/kubernetes/test_releases.py checks it there).
+    assert str(exc.value) == (f"spec.rolloutDuration: Invalid value: {shown}: spec.rolloutDuration in body "
+                              f"should match '{ROLLOUT_DURATION_PATTERN}'")
+
+
+def test_a_rollout_duration_of_another_type_is_refused_as_the_api_server_does():
+    with pytest.raises(SpecError) as exc:
+        PaddleService.from_dict(manifest(rolloutDuration=30))
+    assert str(exc.value) == ('spec.rolloutDuration: Invalid value: "integer": spec.rolloutDuration in body '
+                              'must be of type string: "integer"')
+
+
+def test_the_crd_carries_the_same_rollout_duration_pattern():
+    crd = yaml.safe_load((ROOT / "deploy/01-crd.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["rolloutDuration"] == {**spec["rolloutDuration"], "type": "string",
+                                       "pattern": ROLLOUT_DURATION_PATTERN}
+
+
+def test_revisions_and_tag_hosts():
+    a = PaddleService.from_dict(manifest())
+    b = PaddleService.from_dict(manifest(default={"containerImage": "img", "tag": "v1", "port": 9292,
+                                                  "arg": "run --fast"}))
+    assert a.spec.default.revision != b.spec.default.revision  # an arg change is a new version
+    assert a.spec.default.revision == PaddleService.from_dict(manifest()).spec.default.revision
+    assert a.spec.default.arg_hash != b.spec.default.arg_hash and len(a.spec.default.arg_hash) == 8
+    assert a.tag_host("canary", "example.com") == "canary-svc.ns.example.com"

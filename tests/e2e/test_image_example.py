@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT, start_stack
+from tests.helpers import ROOT, start_stack, wait_for
 
 HOST = "paddleservice-image.paddleservice-system.example.com"
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}  # ImageNet 281-285
@@ -38,9 +38,14 @@ def built_model():
 def test_image_example_answers_like_the_manual_from_both_sides(tmp_path, built_model):
     s = start_stack(tmp_path, [ROOT / "examples" / "image.yaml"], extra=["--prewarm"])
     try:
+        # A new canary starts one replica to prove itself and takes its 50 % once ready (Knative's
+        # initial scale); the default side stays at zero until the first request.
+        key = "paddleservice-system/paddleservice-image"
+        wait_for(lambda: s.service(key)["status"]["canary"]["percent"] == 50, 120, 0.1, "the canary in the split")
+        assert s.service(key)["autoscaler"]["default"]["ready"] == 0
         cat = {"feed": [{"image": jpeg("chelsea")}], "fetch": ["score"]}
         answers = []
-        for _ in range(10):  # the first one wakes both sides from zero (the split sends it to one)
+        for _ in range(10):  # the first one wakes the default side from zero
             status, headers, data = s.request(HOST, "/image/prediction", cat, timeout=120)
             assert status == 200, data
             answers.append((headers.get("x-paddleservice-side"), data))

@@ -175,9 +175,14 @@ def test_min_scale_keeps_replicas_and_canary_adds_its_deployment(installed: Clus
     assert "command" not in dep["spec"]["template"]["spec"]["containers"][0]  # no arg: the image's own
     assert installed.get_json("service", f"{name}-canary", "-n", NS) is not None
     wait_for(lambda: replicas(installed, f"{name}-canary") == 2, 20, what="canary at minScale")
+    # Until a canary Pod is ready its share stays on default (a canary that never turns ready loses nothing).
+    route = wait_for(lambda: ctl.route(key), 10, what="route")
+    assert route["canary_percent"] == 0 and set(route["sides"]) == {"default", "canary"}
+    assert route["tags"]["canary"][0] == f"canary-{name}.{NS}.example.com"
+    installed.apply_yaml(endpoint_slice(f"{name}-canary", NS, "canary", {f"{name}-canary-1": ("10.1.0.9", True)},
+                                        8000))
     route = wait_for(lambda: (r := ctl.route(key)) and r["canary_percent"] == 20 and r, 10,
                      what="route with 20% canary")
-    assert set(route["sides"]) == {"default", "canary"}
 
     def canary_status() -> dict | None:
         o = get_psvc(installed, name)
@@ -201,6 +206,7 @@ def test_min_scale_keeps_replicas_and_canary_adds_its_deployment(installed: Clus
              and condition(o, "CanaryPaddleServiceReady") is None, 10, what="canary gone from status")
     assert set(ctl.route(key)["sides"]) == {"default"}
     assert replicas(installed, f"{name}-default") == 2
+    installed.kubectl("delete", "endpointslice", f"{name}-canary-abcde", "-n", NS)
 
 
 @pytest.mark.parametrize("spec,needle", [

@@ -254,3 +254,12 @@ def test_side_failure_is_the_first_failing_pod_by_name() -> None:
     ok, bad_b, bad_c = _pod("a", state={"running": {}}), _pod("b", state=EXIT3), _pod("c", state=EXIT3)
     assert side_failure([bad_c, ok, bad_b]) == "Pod b: container paddleserving exit code 3 (Error)"
     assert side_failure([ok]) is None and side_failure([]) is None
+
+
+def test_the_released_condition_keeps_the_controllers_own_transition_time() -> None:
+    old = {"conditions": [{"type": "Released", "status": "False", "reason": "CanaryNotReady",
+                           "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+    new = {"conditions": [{"type": "Released", "status": "False", "reason": "RollingOut",
+                           "lastTransitionTime": "2020-01-01T00:05:00Z"}]}
+    # Same status, another reason: the release's own time of the change, not the first False.
+    assert merge_transition_times(new, old)["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:05:00Z"

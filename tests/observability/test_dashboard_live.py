@@ -59,7 +59,10 @@ def test_every_dashboard_query_returns_series_on_a_live_stack(tmp_path):
     files = [write_yaml(tmp_path / "split.yaml", canary), write_yaml(tmp_path / "broken.yaml", broken)]
     s = start_stack(tmp_path, files, extra=["--prometheus", "--prometheus-port", str(prom)])
     try:
-        # A cold start from zero on both sides, then a canary split over 40 requests.
+        # The new canary proves itself with one replica before it takes its share (Knative's initial
+        # scale); then a cold start from zero of the default side, and a canary split over 40 requests.
+        wait_for(lambda: s.service("mon/split")["status"]["canary"]["percent"] == 50, 120, 0.2,
+                 "the canary in the split")
         sides = set()
         for _ in range(40):
             status, headers, data = s.request("split.mon.example.com", "/lac/prediction", FEED)
