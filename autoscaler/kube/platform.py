@@ -254,6 +254,13 @@ def _exit(term: dict[str, Any]) -> str:
     return f"exit code {term.get('exitCode')} ({reason})"
 
 
+def _transient(waiting: dict[str, Any]) -> bool:
+    """A wait the kubelet gets out of by itself within seconds: its Secret or ConfigMap cache had not
+    synced yet when it first built the container's environment (seen on a busy node)."""
+    return waiting.get("reason") == "CreateContainerConfigError" and \
+        "failed to sync" in (waiting.get("message") or "")
+
+
 def _said(term: dict[str, Any]) -> str:
     """The container's own last words (its termination message: the runtime writes why a model did not
     load), when it left any."""
@@ -287,7 +294,7 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
             failed = term if term and term.get("exitCode") else last
             if failed and failed.get("exitCode") and failed.get("message"):
                 return f"Pod {name}: {failed['message'].strip()[:500]}"
-        if waiting and waiting.get("reason") in FAILING_WAITS:
+        if waiting and waiting.get("reason") in FAILING_WAITS and not _transient(waiting):
             why = f"Pod {name}: {waiting['reason']}"
             if last and last.get("exitCode"):
                 why += f", last {_exit(last)}{_said(last)}"

@@ -112,3 +112,15 @@ def test_a_pod_waiting_for_its_claim_to_bind_is_not_failing():
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
          "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."}]}}
     assert pod_failure(pending) is None
+
+
+@pytest.mark.parametrize(("message", "failing"), [
+    ("failed to sync secret cache: timed out waiting for the condition", False),
+    ("failed to sync configmap cache: timed out waiting for the condition", False),
+    ('secret "s3-creds" not found', True),
+])
+def test_a_secret_cache_not_synced_yet_is_not_failing(message, failing):
+    pod = {"metadata": {"name": "p"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "paddleserving", "ready": False,
+         "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}]}}
+    assert (pod_failure(pod) is not None) is failing
