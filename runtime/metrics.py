@@ -17,6 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from runtime.storage.names import PULL_REPORT_ENV
+
 P = "elasticserving_runtime_"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -80,9 +82,6 @@ class RuntimeMetrics:
             self.log_dropped.inc(seen - self._dropped_seen)
             self._dropped_seen = seen
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"  # also autoscaler.local.platform, the Pod manifest
 
 
 def pull_report_from_env() -> dict | None:

@@ -20,7 +20,7 @@ ALLOWED = {
     "activator": ("autoscaler.wire",),
     # storageUri validation: one parser for the spec and the pull (pure, no I/O)
     "autoscaler": ("core", "runtime.storage.uri"),
-    "autoscaler.kube": ("core", "runtime.storage.uri"),
+    "autoscaler.kube": ("core", "runtime.storage.uri", "runtime.storage.names"),
     # the `elasticserving` CLI also starts the in-cluster controller (`elasticserving controller`);
     # the local platform pulls storageUri models itself
     "autoscaler.local": ("core", "runtime.cli", "runtime.storage", "autoscaler.kube.main"),

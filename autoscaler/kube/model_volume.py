@@ -9,14 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.spec import MODEL_DIR_ENV, POD_MODEL_DIR, EndpointSpec
+from runtime.storage.names import ENV_KEYS, PULL_REPORT_ENV
 from runtime.storage.uri import parse_uri
 
 STORAGE_INITIALIZER = "storage-initializer"
-PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"  # read by runtime.metrics
 REPORT_DIR = "/var/run/elasticserving"
-# The AWS_* keys a storageSecret may hold (runtime.storage.s3.ENV_KEYS), each passed on when present.
-SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-               "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CA_BUNDLE")
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ def model_volume(spec: EndpointSpec, namespace: str, settings: StorageSettings,
     if spec.storageSha256:
         args += ["--sha256", spec.storageSha256]
     env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": spec.storageSecret, "key": key, "optional": True}}}
-           for key in SECRET_KEYS] if spec.storageSecret else []
+           for key in ENV_KEYS] if spec.storageSecret else []
     out.init_containers.append({
         "name": STORAGE_INITIALIZER,
         "image": settings.image,

@@ -16,7 +16,7 @@ import yaml
 
 from autoscaler.spec import EndpointSpec, SpecError
 from runtime.storage import Limits, ModelCache, ModelVersion, StorageError, pull
-from runtime.storage.s3 import ENV_KEYS
+from runtime.storage.names import ENV_KEYS
 
 CACHE_ENV = "ELASTICSERVING_MODEL_CACHE"
 DEFAULT_CACHE_MAX_BYTES = 20 * 1024**3

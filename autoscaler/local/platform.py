@@ -33,12 +33,11 @@ from autoscaler.local.process import die_with_parent
 from autoscaler.platform import Endpoint, Platform, SideState
 from autoscaler.spec import MODEL_DIR_ENV, EndpointSpec, PaddleService
 from runtime.storage import ModelVersion, StorageError
+from runtime.storage.names import PULL_REPORT_ENV
 
 log = logging.getLogger("elasticserving.local")
 
 STARTING, READY, STOPPING = "starting", "ready", "stopping"
-# A storageUri replica's pull report (JSON: uri, identity, bytes, cache hit|miss, seconds) for its metrics.
-PULL_REPORT_ENV = "ELASTICSERVING_MODEL_PULL"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

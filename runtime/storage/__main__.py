@@ -12,8 +12,8 @@ from pathlib import Path
 
 from runtime.storage.cache import ModelCache
 from runtime.storage.errors import StorageError
+from runtime.storage.names import ENV_KEYS
 from runtime.storage.pull import Limits, ModelVersion, pull
-from runtime.storage.s3 import ENV_KEYS
 
 EXIT_FAILED = 4
 

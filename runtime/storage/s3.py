@@ -16,11 +16,6 @@ from runtime.storage.http import connection_reason
 from runtime.storage.progress import Progress
 from runtime.storage.uri import StorageUri
 
-# The variables read (the AWS SDKs' own names, as KServe's storage initializer reads them too).
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-SETTING_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CA_BUNDLE")
-ENV_KEYS = CREDENTIAL_KEYS + SETTING_KEYS
-
 CHUNK = 1 << 20
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "AccessForbidden"}
