@@ -50,18 +50,20 @@ class AccessLog:
         self._second, self._stamp = 0, ""
 
     def request(self, rid: str, protocol: str, service: str, side: str, replica: str, status: str,
-                duration: float) -> None:
+                duration: float, trace_id: str = "") -> None:
         if not self.enabled:
             return
         if self.fmt == "json":
             line = json.dumps({"ts": round(time.time(), 3), "msg": "request", "request_id": rid,
                                "protocol": protocol, "service": service, "side": side, "replica": replica,
-                               "status": status, "duration_ms": round(duration * 1000, 3)}) + "\n"
+                               "status": status, "duration_ms": round(duration * 1000, 3),
+                               **({"trace_id": trace_id} if trace_id else {})}) + "\n"
         else:
             now = int(time.time())
             if now != self._second:
                 self._second, self._stamp = now, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
-            line = (f"{self._stamp} request id={rid} protocol={protocol} service={service} side={side} "
+            trace = f" trace_id={trace_id}" if trace_id else ""
+            line = (f"{self._stamp} request id={rid}{trace} protocol={protocol} service={service} side={side} "
                     f"replica={replica} status={status} duration_ms={duration * 1000:.3f}\n")
         self._lines.append(line)
         self._size += len(line)

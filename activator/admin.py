@@ -24,9 +24,9 @@ def build_admin_app(metrics: Metrics, refresh_gauges: Callable[[], None], ready:
             return web.json_response({"ready": True})
         return web.json_response({"ready": False, "error": reason}, status=503)
 
-    async def prometheus(_: web.Request) -> web.Response:
+    async def prometheus(request: web.Request) -> web.Response:
         refresh_gauges()
-        body, ctype = metrics.exposition()
+        body, ctype = metrics.exposition(request.headers.get("Accept"))  # OpenMetrics: with exemplars
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     app = web.Application(client_max_size=1024)

@@ -29,6 +29,23 @@ WAIT_SECONDS = 30
 # Service already points at the new leader) instead of hanging until the long-poll's own timeout.
 CONNECT_SECONDS = 2.0
 QUICK_ANSWER_SECONDS = 1.0  # a long-poll answered this fast with nothing new is retried after a back-off
+# An autoscaler that said it is shutting down (an orderly stop: Ctrl-C on `elasticserving up`, a rolling
+# update) is expected to be away for a while: its absence is news only past this long.
+ANNOUNCED_ABSENCE_SECONDS = 30.0
+SHUTTING_DOWN = "shutting down"  # in the control API's 503 once its route table is closed
+
+
+class AutoscalerStopping(RuntimeError):
+    """The control API answered that it is shutting down."""
+
+
+def absence_level(announced_at: float | None, now: float) -> int:
+    """The log level of a failed call (pure): DEBUG for one in the first ANNOUNCED_ABSENCE_SECONDS after
+    the autoscaler announced its shutdown, WARNING otherwise (an autoscaler gone without a word, or
+    gone for longer than a restart takes)."""
+    if announced_at is not None and now - announced_at < ANNOUNCED_ABSENCE_SECONDS:
+        return logging.DEBUG
+    return logging.WARNING
 
 
 def accept(held: tuple[str, int] | None, update: RoutesUpdate) -> bool:
@@ -74,6 +91,7 @@ class AutoscalerLink:
         self.synced = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
+        self._announced_at: float | None = None  # when the autoscaler said it is shutting down
 
     async def start(self, loops: bool = True) -> None:
         """Open the session and, unless `loops` is false (a test driving `poll_once`), start the
@@ -126,8 +144,14 @@ class AutoscalerLink:
                 retry_later = not await self.poll_once() and loop.time() - started < QUICK_ANSWER_SECONDS
             except asyncio.CancelledError:
                 raise
+            except AutoscalerStopping:
+                if self._announced_at is None:
+                    log.info("the autoscaler at %s is shutting down; keeping the current routes", self.base)
+                    self._announced_at = loop.time()
+                retry_later = True
             except Exception as exc:
-                log.warning("routes from %s unavailable (%s); keeping the current routes", self.base, exc)
+                log.log(absence_level(self._announced_at, loop.time()),
+                        "routes from %s unavailable (%s); keeping the current routes", self.base, exc)
                 retry_later = True
             if retry_later:
                 await asyncio.sleep(backoff)
@@ -142,7 +166,10 @@ class AutoscalerLink:
                                                               sock_connect=CONNECT_SECONDS))
         async with resp:
             if resp.status != 200:
-                raise RuntimeError(f"HTTP {resp.status}: {(await resp.content.read(300)).decode(errors='replace')}")
+                text = (await resp.content.read(300)).decode(errors="replace")
+                if resp.status == 503 and SHUTTING_DOWN in text:
+                    raise AutoscalerStopping(text)
+                raise RuntimeError(f"HTTP {resp.status}: {text}")
             body = await _read_bounded(resp, MAX_ROUTES_BYTES)
         try:
             update = RoutesUpdate.model_validate_json(body)
@@ -155,6 +182,7 @@ class AutoscalerLink:
                          self.held)
             return False
         self.on_routes(update)
+        self._announced_at = None  # an autoscaler is back
         self.held = (update.epoch, update.version)
         self.synced.set()
         return True
@@ -173,7 +201,9 @@ class AutoscalerLink:
             async with resp:
                 if resp.status >= 400:
                     text = (await resp.content.read(300)).decode(errors="replace")
-                    log.warning("%s answered %d: %s", path, resp.status, text)
+                    level = absence_level(self._announced_at, asyncio.get_running_loop().time())
+                    log.log(logging.DEBUG if SHUTTING_DOWN in text else level, "%s answered %d: %s", path,
+                            resp.status, text)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.debug("%s failed: %s", path, exc)
 
@@ -182,12 +212,13 @@ class AutoscalerLink:
         if stats:
             await self._post("/v1/stats", StatsReport(activator=self.id, stats=tuple(stats)).model_dump_json())
 
-    async def poke(self, key: str, side: LoadSide) -> None:
-        await self._post("/v1/poke", Poke(service=key, side=side).model_dump_json())
+    async def poke(self, key: str, side: LoadSide, traceparent: str | None = None) -> None:
+        await self._post("/v1/poke", Poke(service=key, side=side, traceparent=traceparent).model_dump_json())
 
-    async def wake(self, key: str, side: LoadSide) -> None:
-        """Requests are held for this side: poke, and send fresh stats so the held load is seen now."""
-        await self.poke(key, side)
+    async def wake(self, key: str, side: LoadSide, traceparent: str | None = None) -> None:
+        """Requests are held for this side: poke (with the held request's trace, to link the scale-up
+        to it), and send fresh stats so the held load is seen now."""
+        await self.poke(key, side, traceparent)
         await self.send_stats()
 
 

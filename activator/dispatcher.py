@@ -15,8 +15,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import runtime.tracing as otel
+from activator import tracing
 from activator.access_log import AccessLog
 from activator.metrics import Metrics, SideMetrics
 from activator.outcomes import Broken, Failure, NotSent
@@ -25,7 +27,10 @@ from activator.throttler import Backend, SideThrottler
 from autoscaler.wire import LoadSide, RoutesUpdate, SideStats
 
 R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
-Wake = Callable[[str, LoadSide], Awaitable[None]]
+# Sends of one request that fail before a byte is written (connect refused or timed out), each to another
+# replica: enough to get past the replicas of a node that just died.
+MAX_RESENDS = 3
+Wake = Callable[[str, LoadSide, str | None], Awaitable[None]]  # key, side, the held request's traceparent
 
 
 @dataclass(slots=True)
@@ -41,6 +46,13 @@ class Call:
     service: str = "-"
     side: str = "-"
     replica: str = "-"
+    # Tracing (only when runtime.tracing.ON): the caller's traceparent/tracestate, the request span, the
+    # trace id (log line, exemplar) and traceparent (answer), and the headers to forward to this attempt.
+    carrier: dict[str, str] | None = None
+    span: Any = None
+    trace_id: str = ""
+    traceparent: str = ""
+    outgoing: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +127,10 @@ class Dispatcher:
         t0 = self.last_arrival = time.monotonic()
         code = ""
         m: SideMetrics | None = None
+        traced = otel.ON
+        if traced:
+            t0ns = tracing.now_ns()
+            tracing.begin(call, call.carrier, t0ns)
         try:
             found = self.table.target(call.host)
             if found is None and not self.synced.is_set():
@@ -122,7 +138,8 @@ class Dispatcher:
                     await asyncio.wait_for(self.synced.wait(), self.request_timeout)
                 found = self.table.target(call.host)
             if found is None:
-                raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}")
+                raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}"
+                                          f"{self.table.unknown_host_hint(call.host)}")
             route = found.route
             call.service = route.service
             # A tag route reaches its side whatever the split (a canary at 0 % too: held, poked, woken).
@@ -131,6 +148,9 @@ class Dispatcher:
                 raise Failure("no_canary", f"x-paddleservice-canary: true needs a canary, and {route.service} "
                                            "has none")
             call.side = side
+            if call.span is not None:
+                tracing.done_step("route", call, t0ns, **{"elasticserving.service": route.service,
+                                                          "elasticserving.side": side})
             m = self.metrics.side(route.service, side)
             t = self.throttler(route.service, side)
             t.requests += 1
@@ -150,9 +170,14 @@ class Dispatcher:
             took = time.monotonic() - t0
             if m is not None:
                 m.count(code)
-                m.latency.observe(took)
+                if call.span is not None and call.trace_id:  # an exemplar: a slow bucket leads to its trace
+                    m.latency.observe(took, {"trace_id": call.trace_id})
+                else:
+                    m.latency.observe(took)
+            if call.span is not None:
+                tracing.end(call, code)
             self.access_log.request(call.request_id, call.protocol, call.service, call.side, call.replica, code,
-                                    took)
+                                    took, call.trace_id)
 
     async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
                        send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
@@ -160,13 +185,21 @@ class Dispatcher:
         while True:
             backend = t.try_acquire(tried)
             if backend is None:  # held: no free slot, or a side at zero
-                if not t.has_ready():
-                    self._ensure_poking(t)
+                cold = not t.has_ready()
+                if cold:
+                    self._ensure_poking(t, call.traceparent or None)
                 waited_from = time.monotonic()
-                backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+                # At zero the wait is the cold start; behind a full breaker it is the breaker's queue.
+                wait = tracing.wait(call, cold) if call.span is not None else None
+                try:
+                    backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+                finally:
+                    if wait is not None:
+                        wait.end()
                 m.cold_start.observe(time.monotonic() - waited_from)
             call.replica = backend.id
             sent = time.monotonic()
+            attempt = tracing.proxy(call, backend, len(tried)) if call.span is not None else None
             try:
                 remaining = deadline - sent
                 if remaining <= 0:
@@ -176,11 +209,13 @@ class Dispatcher:
                 m.proxy_latency.observe(time.monotonic() - sent)
                 return result
             except NotSent as exc:
+                # Nothing was sent: safe to send again, to another replica (a dead node's replicas are
+                # each found so, one connect each, until the prober has taken them all out).
                 t.mark(backend, False)  # the prober puts it back as soon as it answers
-                if tried or time.monotonic() >= deadline:
+                tried = tried | {backend.id}
+                if len(tried) > MAX_RESENDS or time.monotonic() >= deadline:
                     raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) could not be "
                                             f"reached: {exc}") from None
-                tried = frozenset((backend.id,))
                 m.retries.inc()
             except Broken as exc:
                 raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) failed after the request "
@@ -190,9 +225,11 @@ class Dispatcher:
                                          f"{timeout:g}s") from None
             finally:
                 t.release(backend)
+                if attempt is not None:
+                    attempt.end()
 
     # ---- hold and poke -----------------------------------------------------------------------
-    def _ensure_poking(self, t: SideThrottler) -> None:
+    def _ensure_poking(self, t: SideThrottler, traceparent: str | None = None) -> None:
         """Wake the autoscaler for requests held by `t`, unless a poker for this very throttler runs
         (a service deleted and applied again has a new throttler: its requests get their own poke)."""
         poker = self._pokers.get((t.key, t.side))
@@ -200,13 +237,13 @@ class Dispatcher:
             if poker[1] is t:
                 return
             poker[0].cancel()
-        self._pokers[(t.key, t.side)] = (asyncio.create_task(self._poke_while_held(t)), t)
+        self._pokers[(t.key, t.side)] = (asyncio.create_task(self._poke_while_held(t, traceparent)), t)
 
-    async def _poke_while_held(self, t: SideThrottler) -> None:
+    async def _poke_while_held(self, t: SideThrottler, traceparent: str | None = None) -> None:
         """Poke at once, then every second while requests are held. Ends as soon as nothing is held, so
         the next request at zero pokes at once instead of a second later."""
         while True:
-            await self.wake(t.key, t.side)
+            await self.wake(t.key, t.side, traceparent)
             for _ in range(20):
                 await asyncio.sleep(0.05)
                 if not t.waiters:

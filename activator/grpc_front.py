@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+import runtime.tracing as otel
 from activator.access_log import REQUEST_ID_HEADER, request_id
 from activator.dispatcher import Call, Dispatcher
 from activator.limits import Limits
@@ -25,6 +26,7 @@ ROUTE_KEY = "x-paddleservice"
 CANARY_KEY = "x-paddleservice-canary"
 DROP_METADATA = frozenset({ROUTE_KEY, "host", ":authority", "user-agent", "grpc-timeout", "te", "content-type",
                            REQUEST_ID_HEADER, "x-forwarded-for", "x-forwarded-proto"})
+TRACE_KEYS = ("traceparent", "tracestate")  # replaced by the activator's own when tracing is on
 # Details of an UNAVAILABLE raised by the channel itself before the call left (no connection).
 NOT_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing")
 GRPC_CODE: dict[FailureKind, grpc.StatusCode] = {
@@ -100,13 +102,17 @@ class GrpcFront(grpc.GenericRpcHandler):
         call = Call(host, str(md.get(CANARY_KEY, "")), rid, "grpc", context.time_remaining())
         forward_md = tuple((k, v) for k, v in md.items() if k not in DROP_METADATA and not k.startswith(":")) \
             + ((REQUEST_ID_HEADER, rid),)
+        if otel.ON:
+            call.carrier = {k: str(md[k]) for k in TRACE_KEYS if k in md}
+            forward_md = tuple(kv for kv in forward_md if kv[0] not in TRACE_KEYS)
 
         async def send(backend: Backend, timeout: float) -> GrpcAnswer:
             if not backend.grpc_port:
                 raise Failure("unavailable", f"replica {backend.id} has no gRPC port")
             stub = self.channels.get(f"{backend.host}:{backend.grpc_port}").unary_unary(method)
+            metadata = forward_md if call.outgoing is None else forward_md + tuple(call.outgoing.items())
             try:
-                return GrpcAnswer(grpc.StatusCode.OK, "", await stub(request, metadata=forward_md, timeout=timeout))
+                return GrpcAnswer(grpc.StatusCode.OK, "", await stub(request, metadata=metadata, timeout=timeout))
             except grpc.aio.AioRpcError as err:
                 details = err.details() or ""
                 if err.code() == grpc.StatusCode.UNAVAILABLE:
@@ -123,8 +129,11 @@ class GrpcFront(grpc.GenericRpcHandler):
             reason = f.reason
             if f.kind == "no_route":
                 reason += f": set metadata {ROUTE_KEY}: <name>.<namespace> (one side: <tag>-<name>.<namespace>)"
-            await context.abort(GRPC_CODE[f.kind], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),))
+            await context.abort(GRPC_CODE[f.kind], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),)
+                                + ((("traceparent", call.traceparent),) if call.traceparent else ()))
         trailing = (("x-paddleservice-side", call.side), (REQUEST_ID_HEADER, rid))
+        if call.traceparent:
+            trailing += (("traceparent", call.traceparent),)
         if answer.code != grpc.StatusCode.OK:
             await context.abort(answer.code, answer.details, trailing_metadata=trailing)
         context.set_trailing_metadata(trailing)

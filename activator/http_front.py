@@ -19,6 +19,7 @@ import time
 
 import httptools
 
+import runtime.tracing as otel
 from activator.access_log import request_id
 from activator.dispatcher import Call, Dispatcher
 from activator.limits import ByteBudget, Limits
@@ -38,6 +39,9 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"p
 # Set from the socket, never taken from the client.
 SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", REQUEST_ID})
 DROP_FORWARD = HOP_BY_HOP | SET_BY_PROXY
+# With tracing on, the caller's trace context is replaced by the activator's own (its proxy span).
+TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+DROP_FORWARD_TRACED = DROP_FORWARD | TRACE_HEADERS
 MAX_PIPELINED = 32  # requests read ahead on one connection before reading pauses (also bounded by bytes)
 LINGER_SECONDS = 2.0  # after refusing input, how long its remaining bytes are read and dropped
 SWEEP_SECONDS = 0.5  # how often connection deadlines are checked
@@ -390,20 +394,29 @@ class HttpFront:
             return error(400, str(exc))
         host = req.host.decode("latin-1")
         call = Call(host, req.pin.decode("latin-1"), req.rid, "http")
+        if otel.ON:
+            call.carrier = {ln.decode("latin-1"): v.decode("latin-1") for ln, _, v in req.headers
+                            if ln in TRACE_HEADERS}
         head_only = req.method == b"HEAD"
 
         async def send(backend: Backend, timeout: float) -> Answer:
-            upstream = _upstream_request(req, target, host, backend)
+            upstream = _upstream_request(req, target, host, backend, call.outgoing)
             return await self.pool.exchange(backend.host, backend.http_port, upstream, head_only)
 
         try:
             answer = await self.dispatcher.dispatch(call, send, _label)
         except Failure as f:
-            headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else None
+            headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else []
+            if call.traceparent:
+                headers.append((b"traceparent", call.traceparent.encode()))
             return error(HTTP_STATUS[f.kind], f.reason, headers)
         hop = _answer_hop(answer.headers)
+        if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
+            hop = hop | TRACE_HEADERS
         headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
         headers.append((SIDE_HEADER, call.side.encode()))
+        if call.traceparent:
+            headers.append((b"traceparent", call.traceparent.encode()))
         return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
 
     def live_upstreams(self) -> list[tuple[str, int]]:
@@ -449,13 +462,17 @@ def _answer_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return out
 
 
-def _upstream_request(req: Request, target: bytes, host: str, backend: Backend) -> list[bytes]:
+def _upstream_request(req: Request, target: bytes, host: str, backend: Backend,
+                      trace: dict[str, str] | None = None) -> list[bytes]:
     head = [b"%s %s HTTP/1.1\r\nHost: %s:%d\r\n" % (req.method, target, backend.host.encode(), backend.http_port)]
     hop = req.hop
+    drop = DROP_FORWARD if trace is None else DROP_FORWARD_TRACED
     if hop:
-        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in DROP_FORWARD and ln not in hop]
+        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in drop and ln not in hop]
     else:
-        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in DROP_FORWARD]
+        head += [b"%s: %s\r\n" % (n, v) for ln, n, v in req.headers if ln not in drop]
+    if trace:
+        head += [b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in trace.items()]
     head.append(b"X-Forwarded-Host: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n"
                 b"Content-Length: %d\r\n\r\n" % (host.encode("latin-1"), req.peer.encode(), req.rid.encode(),
                                                    len(req.body)))

@@ -15,6 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+import runtime.tracing as tracing
 from activator.throttler import SideThrottler
 
 P = "elasticserving_activator_"
@@ -40,6 +41,7 @@ class Metrics:
                                   ["service", "side", "reason"], registry=r)
         self.retries = Counter(P + "retries", "Requests resent to another replica because they were never "
                                "sent to the first.", ["service", "side"], registry=r)
+        r.register(tracing.DroppedSpans())
         self._sides: dict[tuple[str, str], SideMetrics] = {}
 
     def side(self, key: str, side: str) -> SideMetrics:
@@ -54,7 +56,10 @@ class Metrics:
             self.queue_depth.labels(t.key, t.side).set(len(t.waiters))
             self.concurrency.labels(t.key, t.side).set(t.concurrency)
 
-    def exposition(self) -> tuple[bytes, str]:
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Classic text, or OpenMetrics (with the latency exemplars) when `accept` asks for it."""
+        if accept and "openmetrics" in accept:
+            return tracing.exposition(self.registry, accept)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

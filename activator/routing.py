@@ -4,6 +4,7 @@ step of the dispatcher's path."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -44,6 +45,10 @@ class CanarySplitter:
 class Target(NamedTuple):
     route: Route
     tag: LoadSide | None  # a tag host reaches this side only; None: the split decides
+
+
+MAX_HINT_HOSTS = 3  # hosts a 404 names
+MAX_HINT_INPUT = 253  # a longer Host is no DNS name: compared only by its first 253 characters
 
 
 PIN_TRUE = ("true", "1", "yes")
@@ -91,6 +96,20 @@ class RouteTable:
     def target(self, host: str | None) -> Target | None:
         """The service a host names, and the side when it is a tag host."""
         return self._by_host.get(normalize_host(host))
+
+    def closest_hosts(self, host: str | None, n: int = MAX_HINT_HOSTS) -> list[str]:
+        """The served hosts (service and tag hosts, every form) most like `host`, best first (difflib's
+        ratio of at least 0.6); for the 404 of a host no service serves."""
+        wanted = normalize_host(host)[:MAX_HINT_INPUT]
+        return difflib.get_close_matches(wanted, list(self._by_host), n=n, cutoff=0.6) if wanted else []
+
+    def unknown_host_hint(self, host: str | None) -> str:
+        """What a 404 for `host` adds: the closest served hosts (a typo's fix), else that nothing is
+        served at all. The door is public: it never lists the services to a host unlike all of them."""
+        close = self.closest_hosts(host)
+        if close:
+            return "; did you mean " + " or ".join(repr(h) for h in close) + "?"
+        return "" if self.routes else "; no PaddleService is served here yet"
 
     def pick_side(self, route: Route, pin: str) -> LoadSide | None:
         """Pinned by the x-paddleservice-canary header, else the traffic split in force; None when the

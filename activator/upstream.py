@@ -4,12 +4,15 @@ time per connection, answers parsed with httptools and buffered whole (so a fail
 
 Retry safety lives in the exception types: `NotSent` only when nothing was written (connect failed, or
 the pooled connection was found closed before writing); anything after the write is `Broken`.
+A replica whose node died is found by the connect timeout (nothing sent: retried elsewhere) and, for an
+exchange already sent, by TCP keepalive (a clear 502 within seconds, never a wait for the deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +22,21 @@ from activator.limits import ByteBudget
 from activator.outcomes import Broken, Failure, NotSent
 
 MAX_IDLE_PER_REPLICA = 256
+# Replicas are one network hop away: a connect that takes a second is a dead node or a lost SYN, and
+# either way is better retried on another replica (nothing was sent) than waited for.
+CONNECT_TIMEOUT = 1.0
+# A sent request on a connection whose peer vanished (node powered off, network cut) sees no RST: the
+# kernel ends it after ~3 s of unanswered keepalive probes or unacknowledged data.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 1, 1, 2
+USER_TIMEOUT_MS = 3000
+
+
+def _detect_dead_peers(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                       ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
+        if hasattr(socket, opt):  # Linux; elsewhere the request deadline still bounds the wait
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
 
 @dataclass
@@ -177,10 +195,16 @@ class UpstreamPool:
         conn = self._take(addr)
         if conn is None:
             try:
-                _, conn = await asyncio.get_running_loop().create_connection(
-                    lambda: _Exchange(self.budget, self.max_answer_bytes), host, port)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    transport, conn = await asyncio.get_running_loop().create_connection(
+                        lambda: _Exchange(self.budget, self.max_answer_bytes), host, port)
+            except TimeoutError:
+                raise NotSent(f"no connection within {CONNECT_TIMEOUT:g}s") from None
             except OSError as exc:
                 raise NotSent(str(exc) or type(exc).__name__) from exc
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                _detect_dead_peers(sock)
         ok = False
         try:
             answer = await conn.send(request, head_only)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from autoscaler.controller import Controller, PromoteRefused
 from autoscaler.metrics_exporter import ControllerCollector, new_registry
-from autoscaler.spec import PaddleService, SpecError
+from autoscaler.spec import PaddleService, SpecError, plain_message
 from autoscaler.wire import LOAD_SIDES, Poke, StatsReport
 
 log = logging.getLogger("elasticserving.control")
@@ -45,7 +45,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 def _validation_reason(exc: ValidationError) -> str:
     """Pydantic's errors as one line: `stats.0.average_concurrency: Input should be a finite number`."""
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {plain_message(e['msg'])}" for e in exc.errors()[:5]]
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
@@ -216,7 +216,7 @@ def build_app(
             poke = Poke.model_validate_json(await request.read())
         except ValidationError as exc:
             return _error(400, f"bad poke: {_validation_reason(exc)}")
-        if not await controller.poke(poke.service, poke.side):
+        if not await controller.poke(poke.service, poke.side, poke.traceparent):
             return _error(404, f"no such service side {poke.service}/{poke.side}")
         return web.json_response({"poked": True})
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import runtime.tracing as tracing
 from autoscaler import rollout
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
@@ -341,8 +342,23 @@ class Controller:
                                     requests=float(s.requests), window=s.window)
         return accepted
 
-    async def poke(self, key: str, side: str) -> bool:
-        """A request waits for `side` of `key`: scale from zero at once instead of at the next tick."""
+    async def poke(self, key: str, side: str, traceparent: str | None = None) -> bool:
+        """A request waits for `side` of `key`: scale from zero at once instead of at the next tick.
+        With tracing on, the decision is a span linked to the held request's (`traceparent`)."""
+        if tracing.ON:
+            with tracing.linked("scale from zero", traceparent, **{"elasticserving.service": key,
+                                                                    "elasticserving.side": side}) as span:
+                poked = await self._poke(key, side)
+                span.set_attribute("elasticserving.desired", self._desired(key, side))
+                return poked
+        return await self._poke(key, side)
+
+    def _desired(self, key: str, side: str) -> int:
+        entry = self.services.get(key)
+        scaler = entry.sides.get(side) if entry else None
+        return scaler.desired if scaler else 0
+
+    async def _poke(self, key: str, side: str) -> bool:
         entry = self.services.get(key)
         scaler = entry.sides.get(side) if entry else None
         if scaler is None:

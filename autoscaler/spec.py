@@ -6,10 +6,12 @@ goes through `PaddleService.from_dict` / `load_paddleservices`; pure logic, no I
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import re
+import typing
 from typing import Any, Literal
 
 import yaml
@@ -71,10 +73,39 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 class SpecError(ValueError):
     """A PaddleService that cannot be accepted; `field` names the offending path."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}" if field else message)
+    def __init__(self, field: str, message: str, where: str = ""):
+        super().__init__(where + (f"{field}: {message}" if field else message))
         self.field = field
         self.message = message
+        self.where = where  # the file or document, printed once before the field
+
+    def located(self, where: str) -> SpecError:
+        """The same error inside `where` (a file name, "document 2"): `where: [earlier where: ]field: msg`."""
+        return SpecError(self.field, self.message, f"{where}: {self.where}")
+
+
+# YAML's names for what Python calls dict, list, str...: an error message speaks the user's language.
+_YAML_KINDS = {"dict": "a mapping", "list": "a list", "str": "a string", "int": "a number", "float": "a number",
+               "bool": "a boolean", "NoneType": "nothing"}
+_PYTHON_CLASS_RE = re.compile(r" or instance of \w+")
+
+
+def plain_message(msg: str) -> str:
+    """A pydantic message in the user's words: no model class names, no Python type names."""
+    msg = _PYTHON_CLASS_RE.sub("", msg.removeprefix("Value error, "))
+    return msg.replace("a valid dictionary", "a mapping")
+
+
+def yaml_kind(value: Any) -> str:
+    return _YAML_KINDS.get(type(value).__name__, "a value of another kind")
+
+
+def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """`, did you mean `minScale`?` for the closest known name (difflib), else "" (pure)."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    if not close:  # a case slip difflib rates low (`MINSCALE`)
+        close = [k for k in known if k.lower() == str(name).lower()][:1]
+    return f", did you mean `{close[0]}`?" if close else ""
 
 
 def parse_duration(text: str) -> float:
@@ -377,20 +408,16 @@ class PaddleService(BaseModel):
     def from_dict(cls, data: Any, defaults: dict[str, Any] | None = None) -> PaddleService:
         """Validate a decoded manifest; raises SpecError naming the first offending field."""
         if not isinstance(data, dict):
-            raise SpecError("", f"a PaddleService must be a mapping, got {type(data).__name__}")
+            raise SpecError("", f"a PaddleService must be a mapping, got {yaml_kind(data)}")
         if "spec" not in data or data.get("spec") is None:
+            for key in data:  # a misspelled `spec:` is the likelier story than a forgotten one
+                if key not in cls.model_fields and did_you_mean(key, ["spec"]):
+                    raise SpecError(str(key), f"unknown field `{key}`{did_you_mean(key, ['spec'])}")
             raise SpecError("spec", "field required")
         try:
             svc = cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            path = ".".join(str(p) for p in err["loc"]) or "(root)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "missing":
-                msg = "field required"
-            elif err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            raise SpecError(path, msg) from None
+            raise validation_error(exc) from None
         svc.autoscaling(defaults)  # validate autoscaling values eagerly
         return svc
 
@@ -496,6 +523,38 @@ class PaddleService(BaseModel):
         return self.model_dump(mode="json", exclude_none=True, exclude={"status"})
 
 
+def known_fields(loc: typing.Sequence[Any]) -> list[str]:
+    """The field names the model at `loc` (a path of field names from PaddleService) accepts; [] where
+    the path leads to no model (a mapping of free keys, a list)."""
+    model: type[BaseModel] = PaddleService
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        inner = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def validation_error(exc: ValidationError) -> SpecError:
+    """Pydantic's first error as a SpecError in the manifest's terms. An unknown field comes first (a
+    misspelled `defualt:` also leaves `default` missing: the typo is the news) and names the closest
+    known field."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = err["loc"]
+    path = ".".join(str(p) for p in loc) or "(root)"
+    if err["type"] == "extra_forbidden":
+        name = str(loc[-1])
+        return SpecError(path, f"unknown field `{name}`{did_you_mean(name, known_fields(loc[:-1]))}")
+    if err["type"] == "missing":
+        return SpecError(path, "field required")
+    return SpecError(path, plain_message(err["msg"]))
+
+
 def load_paddleservices(text: str, defaults: dict[str, Any] | None = None) -> list[PaddleService]:
     """Parse a (multi-document) YAML text; non-PaddleService documents (e.g. a Namespace) are skipped."""
     try:
@@ -511,8 +570,7 @@ def load_paddleservices(text: str, defaults: dict[str, Any] | None = None) -> li
         try:
             out.append(PaddleService.from_dict(doc, defaults))
         except SpecError as exc:
-            prefix = f"document {i + 1}: " if len(docs) > 1 else ""
-            raise SpecError(exc.field, prefix + exc.message) from None
+            raise (exc.located(f"document {i + 1}") if len(docs) > 1 else exc) from None
     if not out:
         raise SpecError("kind", f"no {KIND} found")
     return out

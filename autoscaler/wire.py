@@ -145,6 +145,9 @@ class Poke(_ServiceMessage):
     """`POST /v1/poke`: a request is held for this side at zero replicas; scale up now."""
 
     side: LoadSide = "default"
+    # W3C `traceparent` of the held request that caused the poke (tracing on): the controller's scale
+    # decision is a span linked to it. Absent from activators without tracing; 55 characters when valid.
+    traceparent: str | None = Field(default=None, max_length=64)
 
 
 __all__ = ["LOAD_SIDES", "SIDES", "Endpoint", "LoadSide", "Poke", "Route", "RoutesUpdate", "Side", "SideRoute", "SideStats", "StatsReport"]

@@ -1,7 +1,9 @@
 """On the real single-node Kubernetes (scripts/cluster.sh up): time from `kubectl apply` of a
 PaddleService to Ready, the first request from zero through a real Pod start (plain) against a warm
-standby Pod (annotation elasticserving.paddlepaddle.org/standby: "1"), and the memory of the
-control-plane Pods (controller, activator) from their cgroups.
+standby Pod (annotation elasticserving.paddlepaddle.org/standby: "1"), the memory of the
+control-plane Pods (controller, activator) from their cgroups, and, on two nodes (`up --nodes 2`),
+what a replica on the other node adds to a warm request (node 1's activator to a replica on node 1
+against one on node 2, interleaved).
 
 Needs a running node (it does not start one): skipped with a clear line otherwise.
     python -m benchmarks.cluster_bench [--quick]
@@ -92,13 +94,63 @@ def pod_memory(node: Node) -> dict[str, Any]:
         pods = node.get("pods", "-n", SYSTEM_NS, "-l", f"app.kubernetes.io/component={component}")["items"]
         for p in pods:
             uid = p["metadata"]["uid"]
-            stats = list(Path("/sys/fs/cgroup/memory").glob(f"kubepods*/**/pod{uid}/memory.stat"))
+            # node 1's Pods under kubepods, node k's under elasticserving-node-k/kubepods
+            stats = list(Path("/sys/fs/cgroup/memory").glob(f"**/kubepods*/**/pod{uid}/memory.stat"))
             if not stats:
                 continue
             rss = dict(line.split() for line in stats[0].read_text().splitlines()).get("total_rss")
             if rss is not None:
                 out[p["metadata"]["name"]] = round(int(rss) / 2**20, 1)
     return out
+
+
+def on_node(node: Node, name: str, where: str, others: list[str]) -> None:
+    """A one-replica LAC service whose Pod runs on `where` (the other nodes cordoned while it starts)."""
+    for other in others:
+        node.kubectl("cordon", other)
+    try:
+        fresh_service(node, NS, name, lac_service(NS, name, min_scale=1))
+        wait_for(lambda: ready_pods(node, name) == 1
+                 and [p["spec"].get("nodeName") for p in node.pods(NS, name)] == [where],
+                 300, 0.2, f"{name} ready on {where}")
+    finally:
+        for other in others:
+            node.kubectl("uncordon", other, check=False)
+
+
+def cross_node(node: Node, n: int) -> dict[str, Any]:
+    """p50 of warm requests from node 1's activator to a replica on node 1 and on node 2 (interleaved,
+    `n` trials of 100 each) and the difference: the cost of the extra hop (veth, host routing)."""
+    nodes = [x["metadata"]["name"] for x in node.get("nodes")["items"]]
+    if len(nodes) < 2:
+        return {"skipped": "one node (scripts/cluster.sh up --nodes 2)"}
+    first, second = nodes[0], nodes[1]
+    on_node(node, "near", first, [x for x in nodes if x != first])
+    on_node(node, "far", second, [x for x in nodes if x != second])
+    acts = node.get("pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"]
+    ready = node.activator_pods()
+    base = next(ready[p["metadata"]["name"]] for p in acts
+                if p["spec"].get("nodeName") == first and p["metadata"]["name"] in ready)
+    for name in ("near", "far"):
+        wait_for(lambda name=name: node.lac(host_of(NS, name), base=base).status == 200, 60, 0.2, f"{name} routed")
+    near, far, diff = [], [], []
+    for _ in range(n):
+        t: dict[str, list[float]] = {"near": [], "far": []}
+        for _ in range(100):
+            for name in ("near", "far"):
+                a = node.lac(host_of(NS, name), base=base)
+                assert a.status == 200, a.body[:300]
+                t[name].append(a.seconds)
+        near.append(median(t["near"]) * 1000)
+        far.append(median(t["far"]) * 1000)
+        diff.append(far[-1] - near[-1])
+    for name in ("near", "far"):
+        node.kubectl("delete", "paddleservice", "-n", NS, name, "--wait=true", timeout=180)
+
+    def ms(values: list[float]) -> dict[str, Any]:
+        return {"trials": len(values), "p50_ms": round(median(values), 2), "min_ms": round(min(values), 2),
+                "max_ms": round(max(values), 2)}
+    return {"same_node": ms(near), "other_node": ms(far), "added_by_the_other_node": ms(diff)}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -112,6 +164,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     res["cold_start_standby"] = cold_starts(node, n, standby=True)
     res["standby_speedup_p50"] = round(res["cold_start_plain"]["p50_s"] / res["cold_start_standby"]["p50_s"], 1)
     res["control_plane_pod_rss_mib"] = pod_memory(node)
+    res["cross_node_warm_request"] = cross_node(node, n)
     return res
 
 

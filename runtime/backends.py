@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from runtime.tensors import TensorSpec, datatype_of
 
 __all__ = ["ModelLoadError", "create_predictor", "load_backend", "program_signature"]
 log = logging.getLogger("elasticserving.runtime")
+
+# Paddle warns at import, on every replica and launcher start, that ccache is missing: it matters only
+# for compiling C++ extensions, which serving never does. This one warning, from that module only.
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning,
+                        module=r"paddle\.utils\.cpp_extension")
 
 
 def configure_device(cfg, threads: int, gpu_ids: list[int] | None, mkldnn: bool, gpu_mem_mb: int = 256) -> None:

@@ -25,12 +25,14 @@ import asyncio
 import collections
 import concurrent.futures
 import itertools
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from runtime import tracing
 from runtime.tensors import TensorSpec
 
 
@@ -42,6 +44,8 @@ class _Entry:
     fut: asyncio.Future
     size: int
     key: Hashable
+    batch: int = 0  # items in the batch it ran in, and when that batch started (tracing only)
+    started_ns: int = 0
 
 
 class _Alone:
@@ -96,6 +100,8 @@ class Batcher:
             self._busy = True
             try:
                 self.on_batch(entry.size)
+                if tracing.ON:  # a batch of its own, without waiting
+                    tracing.annotate("elasticserving.batch_size", len(items))
                 if len(items) == 1 and self.inline_if is not None and self.inline_if():
                     return list(self.run(items))  # the module docstring: cheaper than the thread hop
                 return list(await loop.run_in_executor(self.executor, self.run, items))
@@ -103,7 +109,13 @@ class Batcher:
                 self._busy = False
                 self._free.set()
         self._queue.put_nowait(entry)  # unbounded: the data plane bounds what is admitted
-        return await entry.fut
+        if not tracing.ON:
+            return await entry.fut
+        queued_ns = time.time_ns()
+        out = await entry.fut
+        tracing.done("batch wait", queued_ns, entry.started_ns or queued_ns,
+                     **{"elasticserving.batch_size": entry.batch})
+        return out
 
     async def _gather(self) -> list[_Entry]:
         """The next batch: the oldest waiting submission, then (within the window) the later ones that
@@ -153,6 +165,10 @@ class Batcher:
             batch = await self._gather()
             items = [x for entry in batch for x in entry.items]
             self.on_batch(sum(entry.size for entry in batch))
+            if tracing.ON:
+                started = time.time_ns()
+                for entry in batch:
+                    entry.batch, entry.started_ns = len(items), started
             self._busy = True
             try:
                 results = await loop.run_in_executor(self.executor, self.run, items)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import tracing
 from runtime.errors import BadInput, InferError, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler
 from runtime.metrics import RuntimeMetrics
@@ -141,7 +142,8 @@ class DataPlane:
                 rec.status = "INTERNAL" if grpc else 500
         seconds = time.perf_counter() - started
         self._gauge(rec.protocol).dec()
-        self.metrics.observe(self.name, rec.protocol, rec.status, seconds)
+        self.metrics.observe(self.name, rec.protocol, rec.status, seconds,
+                             tracing.current_trace_id() if tracing.ON else "")
         log_request(rec.request_id, self.name, rec.protocol, rec.status, seconds)
         self.inflight -= 1
         self._last_active = time.monotonic()
@@ -176,7 +178,9 @@ class DataPlane:
                              f"{self.limits.max_queue}); retry later")
         self.admitted += items
         try:
-            outputs = await handler.infer(req.inputs)
+            # Batch wait and the run itself: the handler's batcher decides how this request is grouped.
+            with tracing.step("inference", **{"elasticserving.items": items}):
+                outputs = await handler.infer(req.inputs)
         finally:
             self.admitted -= items
         if req.outputs:

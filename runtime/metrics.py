@@ -17,6 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from runtime import tracing
 from runtime.storage.names import PULL_REPORT_ENV
 
 P = "elasticserving_runtime_"
@@ -49,15 +50,19 @@ class RuntimeMetrics:
         self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
         self._batch_children: dict[str, Histogram] = {}
         self._dropped_seen = 0
+        r.register(tracing.DroppedSpans())
 
-    def observe(self, model: str, protocol: str, code: int | str, seconds: float) -> None:
+    def observe(self, model: str, protocol: str, code: int | str, seconds: float, trace_id: str = "") -> None:
         key = (model, protocol, code)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (self.requests.labels(model, protocol, str(code)),
                                               self.latency.labels(model, protocol))
         children[0].inc()
-        children[1].observe(seconds)
+        if trace_id:  # an OpenMetrics exemplar: a slow bucket leads to its trace
+            children[1].observe(seconds, {"trace_id": trace_id})
+        else:
+            children[1].observe(seconds)
 
     def batch(self, model: str, n: int) -> None:
         child = self._batch_children.get(model)
@@ -74,13 +79,16 @@ class RuntimeMetrics:
         self.pull_seconds.labels(*labels).set(float(report.get("seconds", 0.0)))
         self.pull_bytes.labels(*labels).set(0 if cache == "hit" else int(report.get("bytes", 0)))
 
-    def render(self) -> tuple[bytes, str]:
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """Classic text, or OpenMetrics (with the latency exemplars) when `accept` asks for it."""
         from runtime.request_log import dropped_lines
 
         seen = dropped_lines()
         if seen > self._dropped_seen:  # a counter follows the log's own count
             self.log_dropped.inc(seen - self._dropped_seen)
             self._dropped_seen = seen
+        if accept and "openmetrics" in accept:
+            return tracing.exposition(self.registry, accept)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -21,6 +21,7 @@ import time
 
 from aiohttp import web
 
+from runtime import tracing
 from runtime.backends import ModelLoadError
 from runtime.cli import parse_args
 from runtime.dataplane import DataPlane, Limits
@@ -117,6 +118,7 @@ class Server:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"), args.log_format)
+    tracing.setup(f"elasticserving-runtime-{args.name}")  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:
         try:
             import uvloop  # its loop, transports and cross-thread wake-ups are cheaper (the module docstring)
@@ -124,4 +126,5 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(Server(args).run())
         return uvloop.run(Server(args).run())
     finally:
+        tracing.shutdown()
         flush()

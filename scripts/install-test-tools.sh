@@ -2,10 +2,11 @@
 # Installs the external servers the tests run on loopback: Prometheus (+ promtool), etcd, openssl
 # and kubectl from Debian, then builds kube-apiserver from source (scripts/build-kube-apiserver.sh)
 # and a Prometheus with kubernetes discovery (scripts/build-prometheus.sh), and SeaweedFS's weed, the
-# S3-compatible server of the storage tests (scripts/build-seaweedfs.sh).
+# S3-compatible server of the storage tests (scripts/build-seaweedfs.sh), and Jaeger, the trace collector
+# and query API of the tracing tests (scripts/build-jaeger.sh).
 # Idempotent: skips what is already installed; the Go builds are cached (.cache/bin and
 # $HOME/.cache/elasticserving/bin). SKIP_KUBE_APISERVER=1 skips the kube-apiserver and Prometheus
-# builds (no Go toolchain), SKIP_SEAWEEDFS=1 the weed build (~7 min the first time).
+# builds (no Go toolchain), SKIP_SEAWEEDFS=1 the weed build (~7 min the first time), SKIP_JAEGER=1 the jaeger build (~5 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,5 +51,14 @@ if [ -z "${SKIP_SEAWEEDFS:-}" ]; then
     echo "test tools: SeaweedFS $("$weed" version 2>&1 | head -1) ($weed)"
   else
     echo "test tools: SeaweedFS (weed) not built (the S3 storage tests fail with CI set, skip without)" >&2
+  fi
+fi
+
+# Jaeger (all-in-one, in memory) for the tracing tests (tests/tracing/). Without it they fail in CI, skip outside.
+if [ -z "${SKIP_JAEGER:-}" ]; then
+  if jaeger="$(scripts/build-jaeger.sh)"; then
+    echo "test tools: Jaeger $(cat "$jaeger.version") ($jaeger)"
+  else
+    echo "test tools: Jaeger not built (the tracing tests fail with CI set, skip without)" >&2
   fi
 fi

@@ -17,13 +17,15 @@ OURS = ("runtime", "activator", "autoscaler")
 # package -> what of ours it may import beyond itself: "core" is autoscaler/ without kube/ and local/
 ALLOWED = {
     "runtime": (),
-    "activator": ("autoscaler.wire",),
+    # runtime.tracing: the one OpenTelemetry set-up (provider, exporter, dropped-span count) of both servers
+    "activator": ("autoscaler.wire", "runtime.tracing"),
     # storageUri validation: one parser for the spec and the pull (pure, no I/O)
-    "autoscaler": ("core", "runtime.storage.uri"),
-    "autoscaler.kube": ("core", "runtime.storage.uri", "runtime.storage.names"),
+    # runtime.tracing: the controller's scale-from-zero span, set up like the activator's and the runtime's
+    "autoscaler": ("core", "runtime.storage.uri", "runtime.tracing"),
+    "autoscaler.kube": ("core", "runtime.storage.uri", "runtime.storage.names", "runtime.tracing"),
     # the `elasticserving` CLI also starts the in-cluster controller (`elasticserving controller`);
     # the local platform pulls storageUri models itself
-    "autoscaler.local": ("core", "runtime.cli", "runtime.storage", "autoscaler.kube.main"),
+    "autoscaler.local": ("core", "runtime.cli", "runtime.storage", "autoscaler.kube.main", "runtime.tracing"),
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+import runtime.tracing as tracing
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.kube.client import Kube, KubeError, resource_path
@@ -26,7 +27,7 @@ from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.leader_endpoint import LeaderEndpoint
 from autoscaler.kube.model_volume import StorageSettings
 from autoscaler.kube.operator import PaddleServiceOperator
-from autoscaler.kube.platform import KubernetesPlatform
+from autoscaler.kube.platform import KubernetesPlatform, telemetry_env
 
 log = logging.getLogger("elasticserving.kube")
 
@@ -127,7 +128,8 @@ class KubeController:
         storage = StorageSettings(image=args.storage_initializer_image, cache_root=args.model_cache_host_path,
                                   cache_max_bytes=args.model_cache_max_bytes)
         self.platform = KubernetesPlatform(kube, namespace=args.namespace,
-                                           watch_timeout_seconds=args.watch_timeout_seconds, storage=storage)
+                                           watch_timeout_seconds=args.watch_timeout_seconds, storage=storage,
+                                           replica_env=telemetry_env(os.environ))
         self.controller = Controller(self.platform, domain=domain, defaults=defaults,
                                      tick_seconds=args.tick_seconds)
         self.operator = PaddleServiceOperator(kube, self.controller, namespace=args.namespace,
@@ -228,6 +230,14 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
 
 
 async def run(args: argparse.Namespace) -> int:
+    tracing.setup("elasticserving-controller")  # the scale-from-zero spans (config-tracing; off without an endpoint)
+    try:
+        return await _run(args)
+    finally:
+        tracing.shutdown()
+
+
+async def _run(args: argparse.Namespace) -> int:
     kube = await Kube.connect(args.kubeconfig, args.context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

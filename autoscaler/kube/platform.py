@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
@@ -112,8 +113,15 @@ def shell_arg(arg: str) -> str:
 PRESTOP_SECONDS = 3  # EndpointSlice -> controller -> activators takes well under a second on a quiet node
 
 
+def telemetry_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The OpenTelemetry settings replicas inherit from the controller (its `config-tracing` ConfigMap):
+    every OTEL_* variable but the service name, which each replica sets for itself."""
+    return tuple(sorted((k, v) for k, v in environ.items() if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME"))
+
+
 def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
-                     storage: StorageSettings = StorageSettings()) -> dict[str, Any]:  # noqa: B008
+                     storage: StorageSettings = StorageSettings(),  # noqa: B008
+                     replica_env: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
     assert spec is not None, f"{svc.key} has no {side}"
@@ -135,6 +143,7 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
                 "seccompProfile": {"type": "RuntimeDefault"}}
     model = model_volume(spec, svc.namespace, storage, security)
     env += model.env
+    env += [{"name": k, "value": v} for k, v in replica_env]
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
@@ -172,6 +181,13 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
         "spec": {**({"initContainers": model.init_containers} if model.init_containers else {}),
                  **({"volumes": model.volumes} if model.volumes else {}),
                  "containers": [container], "terminationGracePeriodSeconds": 30,
+                 # Replicas of a side spread over nodes (a node's death takes the fewest), as long as
+                 # the nodes have room: never a Pod left Pending for the sake of the spread.
+                 "topologySpreadConstraints": [{
+                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                     "whenUnsatisfiable": "ScheduleAnyway",
+                     "labelSelector": {"matchLabels": selector_labels(svc.name, side)}}],
+                 "tolerations": NODE_LOSS_TOLERATIONS,
                  "automountServiceAccountToken": False,
                  "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
     }
@@ -184,6 +200,15 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
                      "ownerReferences": _owner(svc)},
         "spec": dict(body_spec, replicas=replicas),
     }
+
+
+# A replica on a node Kubernetes has found dead (NotReady or unreachable, after the node monitor's grace
+# period) is replaced on a live node after this many seconds, instead of the default 300: the activators
+# stopped sending to it long before (failed connects, probes), but the capacity comes back only so.
+NODE_LOSS_SECONDS = 10
+NODE_LOSS_TOLERATIONS = [{"key": key, "operator": "Exists", "effect": "NoExecute",
+                          "tolerationSeconds": NODE_LOSS_SECONDS}
+                         for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")]
 
 
 def build_service(svc: PaddleService, side: str) -> dict[str, Any]:
@@ -323,10 +348,12 @@ class KubernetesPlatform(Platform):
     name = "kubernetes"
 
     def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
-                 watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings()):  # noqa: B008
+                 watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings(),  # noqa: B008
+                 replica_env: tuple[tuple[str, str], ...] = ()):
         super().__init__()
         self.kube = kube
         self.storage = storage
+        self.replica_env = replica_env
         self.namespace = namespace  # None: all namespaces
         self._desired: dict[tuple[str, str], int] = {}
         self._ready: dict[tuple[str, str], list[Endpoint]] = {}
@@ -514,7 +541,8 @@ class KubernetesPlatform(Platform):
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
         replicas = self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0)
         # On update, replicas stay as the autoscaler set them (scale subresource).
-        await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage), "apps/v1", "deployments",
+        await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage,
+                                                   replica_env=self.replica_env), "apps/v1", "deployments",
                                 ("selector", "template"))
 
     async def _apply_service(self, svc: PaddleService, side: str) -> None:

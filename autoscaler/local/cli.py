@@ -20,6 +20,53 @@ from autoscaler.spec import SpecError
 DEFAULT_SERVER = os.environ.get("ELASTICSERVING_SERVER", "http://127.0.0.1:8090")
 
 
+# The activator's limits (activator/limits.py, `python -m activator --help`), passed through by `up` when
+# given; unset, the activator's own defaults hold. tests/autoscaler/test_up_flags.py keeps this list whole.
+ACTIVATOR_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("--max-body-bytes", int, "request body (413 beyond)"),
+    ("--max-request-line", int, "request line (414 beyond)"),
+    ("--max-header-bytes", int, "all request headers (431 beyond)"),
+    ("--max-header-fields", int, "request header fields (431 beyond)"),
+    ("--max-answer-bytes", int, "a replica's answer (502 beyond)"),
+    ("--max-pipelined-bytes", int, "requests read ahead on one connection (reading pauses)"),
+    ("--max-buffered-bytes", int, "request and answer bytes held by the activator (503 beyond)"),
+    ("--max-connections", int, "open client connections (503 beyond)"),
+    ("--header-timeout", float, "seconds a client may take to send the headers (408)"),
+    ("--body-timeout", float, "seconds a client may take to send the body (408)"),
+    ("--idle-timeout", float, "seconds before an idle keep-alive connection closes"),
+    ("--drain-seconds", float, "on Ctrl-C/SIGTERM, at most this long to answer what is held and in flight"),
+)
+
+
+def _positive(type_: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = type_(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, not {text}")
+        return value
+
+    parse.__name__ = type_.__name__
+    return parse
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def activator_args(args: argparse.Namespace) -> list[str]:
+    """The activator's command-line flags `up` passes through: the two it always sets, then the limits
+    given."""
+    out = ["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)]
+    for flag, _, _ in ACTIVATOR_LIMIT_FLAGS:
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 class ApiError(Exception):
     pass
 
@@ -113,12 +160,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return up(StackOptions(
         files=args.file, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-        control_port=args.control_port, domain=args.domain, config=args.config, log_dir=args.log_dir,
+        control_port=args.control_port, admin_port=args.admin_port, log_format=args.log_format, domain=args.domain, config=args.config, log_dir=args.log_dir,
         tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
         prewarm_ready_timeout=args.prewarm_ready_timeout,
         prometheus_port=args.prometheus_port if args.prometheus else None,
         token_file=args.token_file, allowed_hosts=args.allow_host, model_cache=args.model_cache,
-        activator_args=["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)],
+        activator_args=activator_args(args),
     ))
 
 
@@ -231,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "the \"is up\" line names the ports taken)")
     up.add_argument("--grpc-port", type=int, default=8081, help="the activator's gRPC port (0: a free port)")
     up.add_argument("--control-port", type=int, default=8090, help="control API port (loopback; 0: a free port)")
+    up.add_argument("--admin-port", type=int, default=0, help="the activator's /metrics, /healthz, /ready "
+                    "(loopback; default 0: a free port, named in the \"is up\" line)")
+    up.add_argument("--log-format", choices=["text", "json"], default="text",
+                    help="the activator's and the replicas' log lines (request lines included): text, or one "
+                    "JSON object per line")
     up.add_argument("--domain", default="example.com")
     up.add_argument("--config", help="YAML of autoscaler defaults (Knative config-autoscaler keys)")
     up.add_argument("--log-dir", default=os.environ.get("ELASTICSERVING_LOG_DIR"),
@@ -255,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model-cache", default=None, metavar="DIR",
                     help="where storageUri models are cached (default: $ELASTICSERVING_MODEL_CACHE or "
                          "~/.cache/elasticserving/model-cache)")
+    limits = up.add_argument_group("the activator's limits (default: the activator's own, see "
+                                   "`python -m activator --help`)")
+    for flag, type_, help_ in ACTIVATOR_LIMIT_FLAGS:
+        limits.add_argument(flag, type=_positive(type_), default=None, help=help_)
     up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 

@@ -103,6 +103,7 @@ class LocalPlatform(Platform):
         max_backoff: float = 30.0,
         env: dict[str, str] | None = None,
         spawner: Callable[..., object] | None = None,
+        warm: Callable[[str], object] | None = None,
         prewarm_ready_timeout: float = 10.0,
         models: LocalModels | None = None,
     ) -> None:
@@ -118,6 +119,9 @@ class LocalPlatform(Platform):
         # a forked replica (a Process-like object with `prewarmed = True`), or None for a plain start. A
         # forked replica gets `prewarm_ready_timeout` to turn ready, else it is killed and started plainly.
         self.spawner = spawner
+        # With the launcher: `warm(cmd)` readies the zygote of every side's command as soon as its spec is
+        # applied, so even the first replica of a backend kind (an ONNX canary) is forked pre-warmed.
+        self.warm = warm
         self.prewarm_ready_timeout = prewarm_ready_timeout
         self.models = models or LocalModels()
         self._sides: dict[tuple[str, str], SideRuntime] = {}
@@ -138,7 +142,7 @@ class LocalPlatform(Platform):
         for sr in sides:
             if sr.task:
                 sr.task.cancel()
-        await asyncio.gather(*(self._stop_all(sr) for sr in sides), return_exceptions=True)
+        await asyncio.gather(*(self._stop_all(sr, "shutdown") for sr in sides), return_exceptions=True)
         # Stops under way and output still being copied; a pipe some orphan keeps open is not waited for.
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=5.0)
@@ -157,6 +161,9 @@ class LocalPlatform(Platform):
         for side in svc.sides:
             spec = svc.side_spec(side)
             assert spec is not None
+            cmd = spec.command(svc.name)
+            if self.warm is not None and cmd:
+                self.warm(cmd)
             sr = self._sides.get((svc.key, side))
             if sr is None:
                 sr = SideRuntime(svc.key, side, spec)
@@ -240,10 +247,10 @@ class LocalPlatform(Platform):
             sr.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sr.task
-        await self._stop_all(sr)
+        await self._stop_all(sr, "service removed")
 
-    async def _stop_all(self, sr: SideRuntime) -> None:
-        await asyncio.gather(*(self._stop(sr, r) for r in list(sr.replicas.values())),
+    async def _stop_all(self, sr: SideRuntime, reason: str) -> None:
+        await asyncio.gather(*(self._stop(sr, r, reason) for r in list(sr.replicas.values())),
                              return_exceptions=True)
 
     async def _supervise(self, sr: SideRuntime) -> None:
@@ -270,7 +277,7 @@ class LocalPlatform(Platform):
         ready_current = sum(1 for r in current if r.state == READY)
         if outdated and (ready_current >= min(sr.desired, len(outdated)) or sr.desired == 0):
             for r in outdated:
-                self._background(self._stop(sr, r), f"stop {r.id}")
+                self._background(self._stop(sr, r, "replaced by the new version"), f"stop {r.id}")
         missing = sr.desired - len(current)
         if missing > 0:
             if time.monotonic() < sr.backoff_until:

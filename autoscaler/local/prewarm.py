@@ -54,6 +54,18 @@ def runtime_argv(cmd: str, env: dict[str, str]) -> list[str] | None:
     return words[3:]
 
 
+# What a replica's command sees in its environment, for telling its kind before any replica has ports
+# or a model directory (a storageUri model's backend is told from its files only once pulled: paddle).
+_WARM_ENV = {"PORT": "0", "GRPC_PORT": "0", "MODEL_DIR": "/nonexistent"}
+
+
+def warm_kind(cmd: str) -> str | None:
+    """The zygote kind of a side's replica command, told before it runs (None: not our runtime, or a
+    backend no zygote pre-warms)."""
+    argv = runtime_argv(cmd, {**os.environ, **_WARM_ENV})
+    return runtime_kind(argv) if argv is not None else None
+
+
 def runtime_kind(argv: list[str]) -> str | None:
     """Which zygote can fork this replica: the backend the runtime itself would load for `argv`
     (runtime.cli parses it with the runtime's own flags and defaults); None: none can."""
@@ -113,8 +125,11 @@ async def _wait_pid(pid: int) -> int:
 # A replica start waits for a zygote still importing its backend until it is this old. Measured here
 # (2 vCPUs): the paddle zygote is ready ~1 s after it starts and a forked replica turns ready in
 # ~0.25 s (LAC), against 1.2-2 s for a plain LAC start and 2.6 s for OCR: the first replicas of
-# `up --prewarm`, asked for right after it is up, came sooner by waiting than by starting plainly.
-STARTING_WAIT_SECONDS = 2.0
+# `up --prewarm`, asked for right after it is up, came sooner by waiting than by starting plainly. A plain
+# start imports the same backend on the same (busy) cores as the zygote does, so waiting wins well past
+# the zygote's usual import time: 5 s covers a paddle and an onnx zygote warming side by side on 2 busy
+# cores (examples/image.yaml's canary is started at apply, to prove it ready, while both import).
+STARTING_WAIT_SECONDS = 5.0
 
 
 def starting_wait(age: float | None, budget: float = STARTING_WAIT_SECONDS) -> float:
@@ -140,6 +155,7 @@ class ZygoteProcess:
         self._closing = False
 
     def start(self) -> None:
+        self._started = time.monotonic()  # starting from now: a spawn right after waits for it
         self._task = asyncio.get_running_loop().create_task(self._keep_running(), name=f"zygote {self.kind}")
 
     async def _keep_running(self) -> None:
@@ -159,7 +175,10 @@ class ZygoteProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime.zygote", "--socket", self.path, "--kind", self.kind,
             env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent)  # never outlives the launcher
+            stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,  # never outlives the launcher
+            # Out of the terminal's process group: a Ctrl-C meant for `up` would kill it before `up` closes
+            # it (a "zygote exited; restarting" warning at every shutdown); `up` stops it itself.
+            start_new_session=True)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         log_task = asyncio.create_task(self._log(self.proc.stderr))
         async for line in self.proc.stdout:
@@ -185,7 +204,9 @@ class ZygoteProcess:
 
     def starting_age(self) -> float | None:
         """Seconds since the zygote process started, while it runs and is not ready yet; else None."""
-        if self.ready.is_set() or self.proc is None or self.proc.returncode is not None:
+        if self.ready.is_set() or self._closing or self._task is None:
+            return None
+        if self.proc is not None and self.proc.returncode is not None:  # exited: waiting out a back-off
             return None
         return time.monotonic() - self._started
 
@@ -266,6 +287,14 @@ class PrewarmLauncher:
         except TimeoutError:
             return False
         return True
+
+    def warm(self, cmd: str) -> str | None:
+        """Start the zygote that will fork `cmd`'s replicas (a side's command of a loaded or applied
+        spec), before its first scale-up; returns its kind, None when no zygote can fork it."""
+        kind = warm_kind(cmd)
+        if kind is not None:
+            self._zygote(kind)
+        return kind
 
     async def spawn(self, cmd: str, env: dict[str, str], stdout_fd: int | None = None) -> ForkedReplica | None:
         argv = runtime_argv(cmd, env)

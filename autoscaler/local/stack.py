@@ -27,15 +27,24 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+import runtime.tracing as tracing
 from autoscaler.control_api import LOOPBACK_HOSTS, build_app
 from autoscaler.controller import Controller
 from autoscaler.local.models import LocalModels, load_secrets
 from autoscaler.local.platform import LocalPlatform
 from autoscaler.local.process import die_with_parent, terminate
+from autoscaler.local.running import (
+    StackRecord,
+    port_taken_message,
+    remove_record,
+    running_stacks,
+    write_record,
+)
 from autoscaler.local.token import default_token_path, new_token, remove_token, write_token
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
+LOG_FORMAT_ENV = "ELASTICSERVING_LOG_FORMAT"  # read by the runtime for its --log-format default
 
 
 @dataclass
@@ -45,6 +54,8 @@ class StackOptions:
     http_port: int = 8080
     grpc_port: int = 8081
     control_port: int = 8090
+    admin_port: int = 0  # the activator's /metrics /healthz /ready, on loopback (0: a free port)
+    log_format: str = "text"  # text | json: the activator's and the replicas' log lines
     domain: str = "example.com"
     config: str | None = None
     log_dir: str | None = None
@@ -86,37 +97,56 @@ def load_files(files: list[str], defaults: dict[str, Any]) -> list[PaddleService
         try:
             out.extend(load_paddleservices(text, defaults))
         except SpecError as exc:
-            raise SpecError(exc.field, f"{f}: {exc}") from None
+            raise exc.located(f) from None
     return out
 
 
-def _cannot_listen(host: str, port: int, exc: OSError) -> OSError:
-    return OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}")
+class PortTaken(OSError):
+    """A port `up` could not bind; `role` names it as the "is up" line does (autoscaler/local/running.py)."""
+
+    def __init__(self, errno_: int | None, host: str, port: int, reason: str, role: str) -> None:
+        super().__init__(errno_, f"cannot listen on {host}:{port}: {reason}")
+        self.host, self.port, self.reason, self.role = host, port, reason, role
+
+    def explain(self) -> str:
+        """The message with who holds the port and how to choose another (reads the running stacks)."""
+        return port_taken_message(self.role, self.host, self.port, self.reason, running_stacks())
+
+
+def _cannot_listen(host: str, port: int, exc: OSError, role: str) -> PortTaken:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # not socket.create_server's repr of the address
+    return PortTaken(exc.errno, host, port, reason, role)
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, role: str = "activator HTTP") -> socket.socket:
     """A listening TCP socket on host:port (0: a free port), to hand down to a child."""
     try:
         return socket.create_server((host, port), family=_family(host), backlog=1024)
     except OSError as exc:
-        raise _cannot_listen(host, port, exc) from None
+        raise _cannot_listen(host, port, exc, role) from None
 
 
-def reserved_port(host: str, port: int) -> socket.socket:
+def reserved_port(host: str, port: int, role: str = "gRPC") -> socket.socket:
     """Hold host:port (0: a free port) without listening on it: bound with SO_REUSEPORT, so a child that
     also sets it (gRPC does by default on Linux) can bind and listen there, while nobody else can take
     the port, and a `bind(0)` never hands it out, for as long as this socket is open."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
+        # First without SO_REUSEPORT: a port another stack of this user holds (its reservation or its gRPC
+        # listener, both with SO_REUSEPORT) would otherwise be shared with it silently.
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        sock.close()
+        sock = socket.socket(_family(host), socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise _cannot_listen(host, port, exc) from None
+        raise _cannot_listen(host, port, exc, role) from None
     return sock
 
 
@@ -133,10 +163,10 @@ class ActivatorProcess:
     def __init__(self, opts: StackOptions) -> None:
         self.opts = opts
         with contextlib.ExitStack() as bound:  # all three, or none left open
-            self._http = bound.enter_context(listening_socket(opts.host, opts.http_port))
-            self._grpc = bound.enter_context(reserved_port(opts.host, opts.grpc_port))
+            self._http = bound.enter_context(listening_socket(opts.host, opts.http_port, "activator HTTP"))
+            self._grpc = bound.enter_context(reserved_port(opts.host, opts.grpc_port, "gRPC"))
             # /metrics /healthz /ready live off the public port
-            self._admin = bound.enter_context(listening_socket("127.0.0.1", 0))
+            self._admin = bound.enter_context(listening_socket("127.0.0.1", opts.admin_port, "admin"))
             bound.pop_all()
         self.http_port = self._http.getsockname()[1]
         self.grpc_port = self._grpc.getsockname()[1]
@@ -152,7 +182,7 @@ class ActivatorProcess:
             "--host", o.host, "--http-fd", str(self._http.fileno()), "--grpc-port", str(self.grpc_port),
             "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
             "--control-token-file", str(o.token_path), "--admin-host", "127.0.0.1",  # named in its log line
-            "--admin-fd", str(self._admin.fileno()),
+            "--admin-fd", str(self._admin.fileno()), "--log-format", o.log_format,
             *o.activator_args,
         ]
 
@@ -204,6 +234,15 @@ class ActivatorProcess:
 async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> int:
     defaults = load_defaults(opts.config)
     services = load_files(opts.files, defaults)  # refuse bad input before starting anything
+    tracing.setup("elasticserving-autoscaler")  # the scale-from-zero spans (OTEL_*; off without an endpoint)
+    try:
+        return await _run_stack(opts, services, defaults, stop)
+    finally:
+        tracing.shutdown()
+
+
+async def _run_stack(opts: StackOptions, services: list[PaddleService], defaults: dict[str, Any],
+                     stop: asyncio.Event | None) -> int:
     spawner = None
     launcher = None
     if opts.prewarm:
@@ -215,7 +254,9 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     models = LocalModels(Path(opts.model_cache) if opts.model_cache else None,
                          secrets=load_secrets([Path(f).read_text(encoding="utf-8") for f in opts.files]))
     platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
-                             spawner=spawner, prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models)
+                             spawner=spawner, warm=launcher.warm if launcher else None,
+                             prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models,
+                             env={LOG_FORMAT_ENV: opts.log_format})  # the runtime's --log-format default
     controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
     token = new_token()
     await controller.start()
@@ -232,12 +273,16 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, "127.0.0.1", opts.control_port).start()
-        opts = replace(opts, control_port=runner.addresses[0][1])  # 0 asks for a free port: the one we got
+        control = listening_socket("127.0.0.1", opts.control_port, "control API")
+        await web.SockSite(runner, control).start()
+        opts = replace(opts, control_port=control.getsockname()[1])  # 0 asks for a free port: the one we got
         # The activator's ports next, before any replica starts choosing free ports of its own.
         activator = ActivatorProcess(opts)
-        opts = replace(opts, http_port=activator.http_port, grpc_port=activator.grpc_port)
+        opts = replace(opts, http_port=activator.http_port, grpc_port=activator.grpc_port,
+                       admin_port=activator.admin_port)
         write_token(opts.token_path, token)  # once the port is ours: a stack that fails to bind leaves it
+        ports = stack_ports(opts)
+        write_record(StackRecord(os.getpid(), ports, tuple(opts.files)))
         for svc in services:
             await controller.apply(svc)
         await activator.start()
@@ -245,7 +290,8 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
             log.error("the activator did not start listening on port %d", opts.http_port)
             return 1
         print(f"ElasticServing is up: activator http://{opts.host}:{opts.http_port} (gRPC {opts.grpc_port}), "
-              f"control API http://127.0.0.1:{opts.control_port}", flush=True)
+              f"control API http://127.0.0.1:{opts.control_port}, admin http://127.0.0.1:{opts.admin_port}",
+              flush=True)
         for svc in services:
             print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
         if opts.prometheus_port:
@@ -271,9 +317,21 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         if launcher is not None:
             await launcher.close()
         remove_token(opts.token_path, token)
+        remove_record()
+
+
+def stack_ports(opts: StackOptions) -> dict[str, int]:
+    """Every port the stack holds, by the name the "is up" line and the messages give it."""
+    ports = {"activator HTTP": opts.http_port, "gRPC": opts.grpc_port, "control API": opts.control_port,
+             "admin": opts.admin_port}
+    if opts.prometheus_port:
+        ports["Prometheus"] = opts.prometheus_port
+    return ports
 
 
 def up(opts: StackOptions) -> int:
+    # This process's own few lines (scaling, replicas) stay text: its JSON formatter would be a copy of the
+    # activator's, which autoscaler/ may not import (tests/test_layering.py).
     logging.basicConfig(level=os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -281,6 +339,9 @@ def up(opts: StackOptions) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PortTaken as exc:
+        print(f"error: {exc.explain()}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

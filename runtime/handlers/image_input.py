@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,14 @@ from runtime.models.preprocess import Preprocess
 
 if TYPE_CHECKING:
     from PIL import Image
+
+_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+MAX_REASON_CHARS = 200
+
+
+def plain_reason(exc: BaseException) -> str:
+    """A library's error text fit for a client: no Python object reprs, bounded (pure)."""
+    return _REPR.sub("the data", str(exc)).strip()[:MAX_REASON_CHARS]
 
 
 def open_image(data: bytes, max_pixels: int, mode: str = "RGB") -> Image.Image:
@@ -37,11 +46,15 @@ def open_image(data: bytes, max_pixels: int, mode: str = "RGB") -> Image.Image:
             raise BadInput(f"image of {w}x{h} pixels is over the limit of {max_pixels} (--max-image-pixels)")
         return img.convert(mode)
     except Image.DecompressionBombError as exc:  # PIL's own guard, at open, for far larger images
-        raise BadInput(f"image is over the limit of {max_pixels} pixels (--max-image-pixels): {exc}") from None
+        raise BadInput(f"image is over the limit of {max_pixels} pixels (--max-image-pixels): "
+                       f"{plain_reason(exc)}") from None
     except BadInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise BadInput(f"undecodable image: {exc}") from None
+    except UnidentifiedImageError:  # its text is PIL's repr of our BytesIO
+        raise BadInput("undecodable image: not an image in a format the runtime reads (JPEG, PNG, WebP, GIF, "
+                       "BMP, TIFF...), or the image's first bytes are damaged") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"undecodable image: {plain_reason(exc) or 'damaged image data'}") from None
 
 
 def decode_image(data: bytes, prep: Preprocess, max_pixels: int) -> np.ndarray:
@@ -104,8 +117,10 @@ class ImageSource:
                     if len(data) > self.max_bytes:
                         raise TooLarge(f"image at the URL is larger than {self.max_bytes} bytes")
                 return bytes(data)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise BadInput(f"cannot fetch the image URL: {type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            raise BadInput(f"cannot fetch the image URL: no answer within {self.url_timeout:g} s") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise BadInput(f"cannot fetch the image URL: {plain_reason(exc) or 'the connection failed'}") from None
 
     async def close(self) -> None:
         if self._session is not None:

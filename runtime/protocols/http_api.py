@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime import tracing
 from runtime.dataplane import DataPlane
 from runtime.errors import InferError, TooLarge
 from runtime.metrics import RuntimeMetrics
@@ -60,6 +61,17 @@ class HttpApi:
     async def _serve(self, protocol: str, request: web.Request,
                      work: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
         rid = request_id(request.headers.get(REQUEST_ID))
+        if tracing.ON:
+            with tracing.server(f"runtime {protocol}", request.headers, **{
+                    "http.request.method": request.method, "url.path": request.path,
+                    "elasticserving.service": self.plane.name, "elasticserving.request_id": rid}) as span:
+                resp = await self._tracked(protocol, rid, request, work)
+                span.set_attribute("http.response.status_code", resp.status)
+                return resp
+        return await self._tracked(protocol, rid, request, work)
+
+    async def _tracked(self, protocol: str, rid: str, request: web.Request,
+                       work: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
         try:
             with self.plane.track(protocol, rid, request.protocol) as rec:
                 resp = await work(request)
@@ -80,10 +92,12 @@ class HttpApi:
         name = request.match_info["name"]
         self.plane.check_model(name)
         handler = self.plane.loaded_handler()
-        body = v2_rest.loads(await self._body(request))
-        req, _ = paddle_web.decode(body, name, handler.web, handler.inputs)
+        raw = await self._body(request)
+        with tracing.step("decode"):
+            req, _ = paddle_web.decode(v2_rest.loads(raw), name, handler.web, handler.inputs)
         outputs = await self.plane.infer(req)
-        return web.json_response(paddle_web.encode(outputs, handler.web, self.is_canary), dumps=_dumps)
+        with tracing.step("encode"):
+            return web.json_response(paddle_web.encode(outputs, handler.web, self.is_canary), dumps=_dumps)
 
     async def v2_infer(self, request: web.Request) -> web.Response:
         return await self._serve("v2-rest", request, self._v2_infer)
@@ -92,9 +106,12 @@ class HttpApi:
         name = request.match_info["name"]
         self.plane.check_model(name)
         self.plane.loaded_handler()
-        req, head = v2_rest.decode(await self._body(request), name, request.headers.get(v2_rest.HEADER))
+        raw = await self._body(request)
+        with tracing.step("decode"):
+            req, head = v2_rest.decode(raw, name, request.headers.get(v2_rest.HEADER))
         outputs = await self.plane.infer(req)
-        body, json_length = v2_rest.encode(head, name, req.id, outputs)
+        with tracing.step("encode"):
+            body, json_length = v2_rest.encode(head, name, req.id, outputs)
         if json_length is None:
             return web.Response(body=body, content_type="application/json")
         return web.Response(body=body, content_type="application/octet-stream",
@@ -129,8 +146,8 @@ class HttpApi:
         return web.json_response({"name": "elasticserving-runtime", "version": "0.1.0",
                                   "extensions": ["binary_tensor_data"]})
 
-    async def metrics_handler(self, _: web.Request) -> web.Response:
-        body, ctype = self.metrics.render()
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        body, ctype = self.metrics.render(request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     def app(self) -> web.Application:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 
+from runtime import tracing
 from runtime.dataplane import DataPlane
 from runtime.errors import InferError
 from runtime.proto import inference_pb2 as pb
@@ -51,16 +52,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["outputs"]])
 
     async def ModelInfer(self, request, context):  # noqa: N802
-        incoming = dict(context.invocation_metadata() or ()).get("x-request-id")
+        md = dict(context.invocation_metadata() or ())
+        incoming = md.get("x-request-id")
         rid = request_id(incoming if isinstance(incoming, str) else None)
+        if tracing.ON:
+            with tracing.server("runtime v2-grpc", md, **{"rpc.system": "grpc", "rpc.method": "ModelInfer",
+                                                          "elasticserving.service": self.plane.name}):
+                return await self._infer(request, context, rid)
+        return await self._infer(request, context, rid)
+
+    async def _infer(self, request, context, rid: str):
         try:
             with self.plane.track("v2-grpc", rid):
                 self.plane.check_model(request.model_name)
                 self.plane.loaded_handler()
-                req = decode(request)
+                with tracing.step("decode"):
+                    req = decode(request)
                 outputs = await self.plane.infer(req)
-                resp = pb.ModelInferResponse(model_name=self.plane.name, model_version="1", id=request.id)
-                fill_response(resp, outputs)
+                with tracing.step("encode"):
+                    resp = pb.ModelInferResponse(model_name=self.plane.name, model_version="1", id=request.id)
+                    fill_response(resp, outputs)
         except InferError as exc:
             await self._abort(context, exc, rid)
         context.set_trailing_metadata((("x-request-id", rid),))

@@ -88,7 +88,7 @@ class Setup:
         self.front = HttpFront(self.dispatcher, limits or Limits(max_body_bytes=1000))
         self.port = 0
 
-    async def _wake(self, key: str, side: str) -> None:
+    async def _wake(self, key: str, side: str, traceparent: str | None = None) -> None:
         self.pokes.append((key, side))
 
     async def start(self) -> None:

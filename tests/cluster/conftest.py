@@ -21,6 +21,8 @@ from tests.cluster.node import CLUSTER_SH, STATE, SYSTEM_NS, Node, parse_activat
 from tests.helpers import wait_for
 
 UP_TIMEOUT = 50 * 60  # a cold `up` builds Kubernetes and the images
+# Worker nodes of the suite: two, so spreading, cross-node routing and a node's death are tested.
+NODES = os.environ.get("ELASTICSERVING_CLUSTER_NODES", "2")
 GRACE = "5s"          # scale-to-zero grace of the suite (the deploy default is 30s)
 
 
@@ -75,7 +77,7 @@ def node() -> Iterator[Node]:
     log_path = STATE / "up.log"
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        p = subprocess.run([str(CLUSTER_SH), "up"], stdout=subprocess.PIPE, stderr=log, text=True,
+        p = subprocess.run([str(CLUSTER_SH), "up", "--nodes", NODES], stdout=subprocess.PIPE, stderr=log, text=True,
                            timeout=UP_TIMEOUT)
     Session.up_seconds = time.monotonic() - t0
     Session.started_here = True

@@ -185,19 +185,21 @@ class Load:
     """`clients` threads sending the LAC request through the activator until stopped; every answer
     (status, side header) or error is kept, so a test can assert that none was lost."""
 
-    def __init__(self, node: Node, host: str, clients: int):
+    def __init__(self, node: Node, host: str, clients: int, base: str | None = None):
         import threading
 
-        self.node, self.host = node, host
+        self.node, self.host, self.base = node, host, base
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.results: list[tuple[int, str]] = []  # (HTTP status or 0 for an error, side or error text)
+        self.times: list[tuple[float, float]] = []  # (monotonic sent, monotonic answered), as results
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
+            sent = time.monotonic()
             try:
-                a = self.node.lac(self.host, timeout=60)
+                a = self.node.lac(self.host, timeout=60, base=self.base)
                 ok = a.status == 200 and a.json() == LAC_ANSWER
                 item = (a.status if ok else -a.status,
                         a.headers.get("x-paddleservice-side", "") if ok else a.body[:200].decode("utf-8", "replace"))
@@ -205,6 +207,7 @@ class Load:
                 item = (0, repr(exc))
             with self.lock:
                 self.results.append(item)
+                self.times.append((sent, time.monotonic()))
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -223,6 +226,16 @@ class Load:
     def failures(self) -> list[tuple[int, str]]:
         with self.lock:
             return [r for r in self.results if r[0] != 200]
+
+    def failure_times(self) -> list[tuple[float, float]]:
+        """(sent, answered) of each failed request."""
+        with self.lock:
+            return [t for r, t in zip(self.results, self.times, strict=True) if r[0] != 200]
+
+    def answered_after(self, t: float) -> int:
+        """Requests sent after monotonic time `t` and answered 200."""
+        with self.lock:
+            return sum(1 for r, (sent, _) in zip(self.results, self.times, strict=True) if r[0] == 200 and sent > t)
 
 
 def apply_local_volume(node: Node, pv: str, path: str, namespace: str, claim: str, storage_class: str) -> None:

@@ -51,10 +51,18 @@ def ns(stack: Node):
     CACHE_ROOT.chmod(0o1777)
     stack.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=300)
     stack.kubectl("create", "namespace", NS)
-    yield NS
+    # The cache is per node: with the other nodes cordoned, every scale from zero lands on this one.
+    others = [n["metadata"]["name"] for n in stack.get("nodes")["items"][1:]]
+    for other in others:
+        stack.kubectl("cordon", other)
+    try:
+        yield NS
+    finally:
+        for other in others:
+            stack.kubectl("uncordon", other, check=False)
     stack.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=300)
     stack.kubectl("delete", "pv", "own-models-pv", "--ignore-not-found", timeout=120)
-    shutil.rmtree(CACHE_ROOT.parent, ignore_errors=True)
+    shutil.rmtree(CACHE_ROOT / NS, ignore_errors=True)
     shutil.rmtree(PV_DIR, ignore_errors=True)
 
 

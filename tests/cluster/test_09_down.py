@@ -49,7 +49,12 @@ def test_down_leaves_nothing_behind(node: Node, session_info) -> None:
     pods = [str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs") if p.read_text().strip()]
     assert pods == [], "processes left in Pod cgroups"
     assert run("ip", "link", "show", "cni0").returncode != 0, "cni0 left"
-    assert [ln for ln in run("ip", "netns", "list").stdout.splitlines() if ln.startswith("cni-")] == []
+    assert [ln for ln in run("ip", "netns", "list").stdout.splitlines() if ln.startswith(("cni-", "es-"))] == []
+    # nodes 2..N: their veths, routes, cgroup roots, and the host dirs only `up` made
+    assert [ln for ln in run("ip", "-o", "link").stdout.splitlines() if ": es-h" in ln] == []
+    assert [ln for ln in run("ip", "route").stdout.splitlines() if ln.startswith("10.244.")] == []
+    assert list(Path("/sys/fs/cgroup").glob("*/elasticserving-node-*")) == []
+    assert not (STATE / "host-dirs").exists()
     mounts = [ln for ln in Path("/proc/self/mounts").read_text().splitlines() if str(STATE) in ln]
     assert mounts == []
     for save in ("iptables-save", "ip6tables-save"):

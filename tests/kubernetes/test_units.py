@@ -18,6 +18,7 @@ from autoscaler.kube.platform import (
     ready_endpoints,
     shell_arg,
     side_failure,
+    telemetry_env,
 )
 from autoscaler.platform import Endpoint
 from autoscaler.spec import PaddleService, SpecError
@@ -263,3 +264,27 @@ def test_the_released_condition_keeps_the_controllers_own_transition_time() -> N
                            "lastTransitionTime": "2020-01-01T00:05:00Z"}]}
     # Same status, another reason: the release's own time of the change, not the first False.
     assert merge_transition_times(new, old)["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:05:00Z"
+
+
+# ---- across nodes and traces --------------------------------------------------------------------------
+def test_replicas_spread_over_nodes_and_leave_a_dead_node_within_seconds() -> None:
+    pod = build_deployment(_svc(), "default")["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    # a preference: never a Pod left Pending for the sake of the spread
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spread["labelSelector"]["matchLabels"] == build_deployment(_svc(), "default")["spec"]["selector"]["matchLabels"]
+    keys = {t["key"]: t["tolerationSeconds"] for t in pod["tolerations"] if t["effect"] == "NoExecute"}
+    assert keys == {"node.kubernetes.io/not-ready": 10, "node.kubernetes.io/unreachable": 10}
+
+
+@pytest.mark.parametrize(("environ", "want"), [
+    ({}, ()),
+    ({"PATH": "/bin", "OTEL_SERVICE_NAME": "elasticserving-controller"}, ()),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4318", "OTEL_TRACES_SAMPLER_ARG": "0.5", "HOME": "/"},
+     (("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318"), ("OTEL_TRACES_SAMPLER_ARG", "0.5"))),
+])
+def test_replicas_inherit_the_controllers_tracing_settings_but_not_its_name(environ, want) -> None:
+    assert telemetry_env(environ) == want
+    env = build_deployment(_svc(), "default", replica_env=want)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [(e["name"], e["value"]) for e in env if e["name"].startswith("OTEL_")] == list(want)

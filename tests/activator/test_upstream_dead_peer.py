@@ -1,0 +1,80 @@
+"""activator.upstream against replicas that stopped answering (their node died): a connect that does not
+complete is NotSent within the connect timeout (retried elsewhere, never waited out to the deadline),
+and every connection it opens asks the kernel to detect a vanished peer (keepalive, user timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from activator import upstream
+from activator.outcomes import NotSent
+from activator.upstream import UpstreamPool
+
+REQUEST = [b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"]
+
+
+def _full_backlog() -> tuple[socket.socket, list[socket.socket], int]:
+    """A listener that never accepts, its accept queue filled: the kernel drops further SYNs, as a
+    dead node's address does (the connect neither completes nor fails)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    port = lsock.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    return lsock, fillers, port
+
+
+async def test_a_connect_that_hangs_is_not_sent_within_the_connect_timeout() -> None:
+    lsock, fillers, port = _full_backlog()
+    pool = UpstreamPool()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(NotSent, match="no connection within"):
+            await asyncio.wait_for(pool.exchange("127.0.0.1", port, REQUEST), 10)
+        assert time.monotonic() - t0 < upstream.CONNECT_TIMEOUT + 1.0
+    finally:
+        pool.close()
+        for s in fillers:
+            s.close()
+        lsock.close()
+
+
+async def test_connections_to_replicas_detect_a_vanished_peer() -> None:
+    seen: list[socket.socket] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool()
+    original = upstream._detect_dead_peers
+    upstream._detect_dead_peers = lambda s: (seen.append(s), original(s))  # type: ignore[assignment]
+    try:
+        answer_ = await pool.exchange("127.0.0.1", port, REQUEST)
+        assert answer_.status == 200 and answer_.body == b"ok"
+        assert len(seen) == 1
+        sock = seen[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == upstream.USER_TIMEOUT_MS
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == upstream.KEEPALIVE_IDLE
+    finally:
+        upstream._detect_dead_peers = original  # type: ignore[assignment]
+        pool.close()
+        server.close()
+        await server.wait_closed()
