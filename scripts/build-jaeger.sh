@@ -25,15 +25,7 @@ log() { echo "build-jaeger: $*" >&2; }
 . "$REPO/scripts/lib/cached-bin.sh"
 cached_bin
 
-command -v go >/dev/null 2>&1 || { log "go is not installed"; exit 1; }
-export GOPATH="${GOPATH:-$HOME_CACHE/go}"
-export GOMODCACHE="${GOMODCACHE:-$GOPATH/pkg/mod}"
-export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
-export GOFLAGS="-trimpath -mod=mod -buildvcs=false"
-export CGO_ENABLED=0
-work="$HOME_CACHE/build/jaeger-$VERSION"
-mkdir -p "$work"
-cd "$work"
+go_workdir "jaeger-$VERSION"
 log "building jaeger ($MODULE/cmd/jaeger@$VERSION) in $work"
 
 if [ ! -f go.mod ]; then

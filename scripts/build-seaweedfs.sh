@@ -27,15 +27,7 @@ log() { echo "build-seaweedfs: $*" >&2; }
 . "$REPO/scripts/lib/cached-bin.sh"
 cached_bin
 
-command -v go >/dev/null 2>&1 || { log "go is not installed"; exit 1; }
-export GOPATH="${GOPATH:-$HOME_CACHE/go}"
-export GOMODCACHE="${GOMODCACHE:-$GOPATH/pkg/mod}"
-export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
-export GOFLAGS="-trimpath -mod=mod -buildvcs=false"
-export CGO_ENABLED=0
-work="$HOME_CACHE/build/seaweedfs-$VERSION"
-mkdir -p "$work"
-cd "$work"
+go_workdir "seaweedfs-$VERSION"
 log "building weed ($MODULE@$VERSION) in $work"
 
 # Upstream's go.mod (for its go directive and replace lines) and source dir (for its go.sum).
