@@ -244,3 +244,21 @@ def read_answer(sock: socket.socket, reader=None) -> tuple[int, dict[bytes, byte
         headers[k.strip().lower()] = v.strip()
     body = reader.read(int(headers.get(b"content-length", b"0")))
     return int(line.split()[1]), headers, body
+
+
+def require_binary(name: str, env_var: str, script: str) -> Path:
+    """A program one of our scripts builds: $ENV_VAR, the repo's .cache/bin, the home cache, then PATH.
+    Missing, the test is skipped, or fails when CI is set (so a broken build never passes silently)."""
+    import shutil
+
+    import pytest
+
+    home_cache = Path(os.environ.get("ELASTICSERVING_CACHE") or Path.home() / ".cache/elasticserving")
+    for c in (os.environ.get(env_var), str(ROOT / ".cache/bin" / name), str(home_cache / "bin" / name),
+              shutil.which(name)):
+        if c and os.access(c, os.X_OK):
+            return Path(c)
+    msg = f"{name} not built (run {script} or scripts/install-test-tools.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
 import urllib3
+
+from tests.helpers import require_binary
 
 if TYPE_CHECKING:
     from minio import Minio
 
-ROOT = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 # The stack under test runs on these in other tests; weed's defaults (volume 8080, filer 8888, ...) are
 # never used: every port is passed explicitly.
@@ -37,26 +37,9 @@ BIND_RACE = ("address already in use", "bind: address")
 _PR_SET_PDEATHSIG = 1
 
 
-def find_weed() -> Path | None:
-    """The binary built by scripts/build-seaweedfs.sh ($WEED, repo cache, home cache, then PATH)."""
-    home_cache = Path(os.environ.get("ELASTICSERVING_CACHE") or Path.home() / ".cache/elasticserving")
-    candidates = [os.environ.get("WEED"), str(ROOT / ".cache/bin/weed"), str(home_cache / "bin/weed"),
-                  shutil.which("weed")]
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return Path(c)
-    return None
-
-
 def require_weed() -> Path:
-    """find_weed(), or skip the test (fail when CI is set, so a broken build never passes silently)."""
-    weed = find_weed()
-    if weed is None:
-        msg = "SeaweedFS weed not built (run scripts/build-seaweedfs.sh or scripts/install-test-tools.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    return weed
+    """The `weed` scripts/build-seaweedfs.sh built ($WEED first), or skip (fail when CI is set)."""
+    return require_binary("weed", "WEED", "scripts/build-seaweedfs.sh")
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -16,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import free_port, require_binary, wait_for
 
 # Jaeger's own all-in-one configuration with every port chosen by us (its default ports may be taken by
 # another test run on this machine) and its own telemetry off.
@@ -74,24 +71,9 @@ class Jaeger:
                         f"trace {trace_id} in Jaeger")
 
 
-def find_jaeger() -> Path | None:
-    home_cache = Path(os.environ.get("ELASTICSERVING_CACHE") or Path.home() / ".cache/elasticserving")
-    for c in (os.environ.get("JAEGER"), str(ROOT / ".cache/bin/jaeger"), str(home_cache / "bin/jaeger"),
-              shutil.which("jaeger")):
-        if c and os.access(c, os.X_OK):
-            return Path(c)
-    return None
-
-
 def require_jaeger() -> Path:
-    """find_jaeger(), or skip (fail when CI is set, so a broken build never passes silently)."""
-    binary = find_jaeger()
-    if binary is None:
-        msg = "Jaeger not built (run scripts/build-jaeger.sh or scripts/install-test-tools.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    return binary
+    """The `jaeger` scripts/build-jaeger.sh built ($JAEGER first), or skip (fail when CI is set)."""
+    return require_binary("jaeger", "JAEGER", "scripts/build-jaeger.sh")
 
 
 @contextmanager
