@@ -1,7 +1,8 @@
 """The local platform: each replica is a process on this machine, started from `spec.<side>.arg`.
 
 The controller sets desired counts; a supervisor per side starts replicas with `sh -c`, probes
-`/ready`, restarts crashed ones with back-off, and reports ready endpoints back. Each replica's stdout
+`/ready`, restarts crashed ones with back-off, and reports ready endpoints back (when a started replica
+is ready, failed or to start again plainly is `ReplicaJudge`'s pure decision). Each replica's stdout
 and stderr are drained line by line into its side's `SideLog` (autoscaler/local/logs.py) and, with
 `log_dir`, into `<log_dir>/<replica>.log`.
 """
@@ -85,6 +86,59 @@ class SideRuntime:
     task: asyncio.Task | None = None
     log: SideLog = field(default_factory=SideLog)
     model: tuple[int, ModelVersion] | None = None  # the storageUri version pulled for a generation
+
+
+PLAIN, EXITED, FAILED, STOPPED = "plain", "exited", "failed", "stopped"  # ReplicaJudge.verdict's actions
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str
+    message: str = ""  # PLAIN: what the forked replica did; EXITED, FAILED: the side's error (EXITED: + stderr)
+    stop_reason: str = ""  # FAILED: `_stop`'s reason
+
+
+@dataclass
+class ReplicaJudge:
+    """The supervisor's decisions about one started process, pure (no I/O, no clock): the supervisor
+    reports what it sees (probe answers; seconds since the start, exit code) and acts on the verdict."""
+
+    forked: bool  # a pre-warmed replica: a short deadline, and a plain start rather than a failure
+    ready_timeout: float
+    prewarm_ready_timeout: float
+    ready: bool = False
+    misses: int = 0  # probes missed in a row since ready
+
+    def probed(self, answered: bool) -> bool:
+        """Count one readiness probe; True: the replica has just turned ready."""
+        if self.ready:
+            self.misses = 0 if answered else self.misses + 1
+            return False
+        self.ready = answered
+        return answered
+
+    def verdict(self, elapsed: float, exit_code: int | None, stopping: bool = False) -> Verdict | None:
+        """What to do `elapsed` seconds after the start (exit code None: running); None: probe on. PLAIN:
+        kill it and start it plainly (forked, failed before ready); EXITED: it failed; FAILED: it failed,
+        stop it; STOPPED: we are stopping it, nothing to do."""
+        if stopping:
+            return Verdict(STOPPED)
+        if exit_code is not None:
+            # The runtime's own refusals (2: bad arguments, 3: the model does not load) would fail a plain
+            # start just the same; other deaths of a forked replica may be fork hazards.
+            if self.forked and not self.ready and exit_code not in (2, 3):
+                return Verdict(PLAIN, f"exited (code {exit_code})")
+            what = "crashed" if self.ready else "exited before it was ready"
+            return Verdict(EXITED, f"replica command {what} (exit code {exit_code})")
+        if self.ready:
+            return Verdict(FAILED, "replica stopped answering its readiness probe", "unhealthy") \
+                if self.misses >= 3 else None
+        timeout = self.prewarm_ready_timeout if self.forked else self.ready_timeout
+        if elapsed < timeout:
+            return None
+        if self.forked:  # a hang may be a fork hazard too
+            return Verdict(PLAIN, f"was not ready after {timeout:g}s")
+        return Verdict(FAILED, f"replica not ready after {timeout:g}s", "never ready")
 
 
 class LocalPlatform(Platform):
@@ -395,48 +449,45 @@ class LocalPlatform(Platform):
             r.started = time.monotonic()
 
     async def _supervise_process(self, sr: SideRuntime, r: Replica) -> bool:
-        """Watch one started process; True: it was forked and failed before ready, start it again plainly."""
+        """Watch one started process, acting on `ReplicaJudge`'s verdict; True: start it again plainly."""
         assert r.proc is not None
-        forked = getattr(r.proc, "prewarmed", False)
+        judge = ReplicaJudge(getattr(r.proc, "prewarmed", False), self.ready_timeout, self.prewarm_ready_timeout)
         log.info("%s/%s: started replica %s (pid %d, port %d%s)", sr.key, sr.side, r.id, r.proc.pid,
-                 r.http_port, ", pre-warmed" if forked else "")
+                 r.http_port, ", pre-warmed" if judge.forked else "")
         # The output is copied until its pipes close (after the replica exits), even when this
         # supervision is cancelled by a stop: the last lines of a replica are often the telling ones.
         drained = self._background(self._drain_output(sr, r), f"output of {r.id}")
         exited = asyncio.create_task(r.proc.wait())
+
+        def verdict() -> Verdict | None:
+            return judge.verdict(time.monotonic() - r.started, exited.result() if exited.done() else None,
+                                 stopping=r.state == STOPPING)
         try:
-            became_ready = await self._wait_ready(r, exited, self.prewarm_ready_timeout if forked else None)
-            if forked and not became_ready and r.state != STOPPING and _fork_may_be_at_fault(exited):
-                what = f"exited (code {exited.result()})" if exited.done() else \
-                    f"was not ready after {self.prewarm_ready_timeout:g}s"
-                log.warning("%s/%s: pre-warmed replica %s %s; starting it plainly", sr.key, sr.side, r.id, what)
+            v = verdict()
+            while v is None:  # probe until there is a verdict: every 1s once ready, else every probe_interval
+                if judge.probed(await self._probe(r)):
+                    r.state = READY
+                    sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
+                    sr.last_start_seconds = time.monotonic() - r.started
+                    log.info("%s/%s: replica %s ready after %.2fs", sr.key, sr.side, r.id, sr.last_start_seconds)
+                    self.on_change(sr.key)
+                    sr.wake.set()
+                if (v := verdict()) is None:
+                    await asyncio.wait([exited], timeout=1.0 if judge.ready else self.probe_interval)
+                    v = verdict()
+            if v.action == PLAIN:
+                log.warning("%s/%s: pre-warmed replica %s %s; starting it plainly", sr.key, sr.side, r.id, v.message)
                 _signal_group(r.proc.pid, signal.SIGKILL)
                 await asyncio.wait([exited], timeout=5.0)
                 return True
-            if became_ready:
-                r.state = READY
-                sr.error, sr.failures, sr.backoff_until = None, 0, 0.0
-                sr.last_start_seconds = time.monotonic() - r.started
-                log.info("%s/%s: replica %s ready after %.2fs", sr.key, sr.side, r.id,
-                         time.monotonic() - r.started)
-                self.on_change(sr.key)
-                sr.wake.set()
-                await self._watch_ready(r, exited)
-            if r.state == STOPPING:
-                return False
-            if exited.done():
-                code = exited.result()
+            if v.action == EXITED:
                 await asyncio.wait([drained], timeout=1.0)  # the last lines, unless a child keeps the pipes
                 tail = " | ".join(list(r.stderr_tail)[-3:])
-                what = "crashed" if became_ready else "exited before it was ready"
                 _signal_group(r.proc.pid, signal.SIGKILL)  # leftovers of the replica's group
-                self._failed(sr, r, f"replica command {what} (exit code {code})" + (f": {tail}" if tail else ""))
-            elif not became_ready:
-                self._failed(sr, r, f"replica not ready after {self.ready_timeout:g}s")
-                await self._stop(sr, r, reason="never ready")
-            else:
-                self._failed(sr, r, "replica stopped answering its readiness probe")
-                await self._stop(sr, r, reason="unhealthy")
+                self._failed(sr, r, v.message + (f": {tail}" if tail else ""))
+            elif v.action == FAILED:
+                self._failed(sr, r, v.message)
+                await self._stop(sr, r, reason=v.stop_reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # supervision must not die silently
@@ -499,28 +550,6 @@ class LocalPlatform(Platform):
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
-    async def _wait_ready(self, r: Replica, exited: asyncio.Task, timeout: float | None = None) -> bool:
-        deadline = r.started + (self.ready_timeout if timeout is None else timeout)
-        while time.monotonic() < deadline and not exited.done() and r.state != STOPPING:
-            if await self._probe(r):
-                return True
-            await asyncio.wait([exited], timeout=self.probe_interval)
-        return False
-
-    async def _watch_ready(self, r: Replica, exited: asyncio.Task) -> None:
-        """Liveness after ready: the process must stay up and answer /ready (3 misses in a row fail)."""
-        misses = 0
-        while r.state == READY:
-            await asyncio.wait([exited], timeout=1.0)
-            if exited.done() or r.state != READY:
-                return
-            if await self._probe(r):
-                misses = 0
-            else:
-                misses += 1
-                if misses >= 3:
-                    return
-
     async def _stop(self, sr: SideRuntime, r: Replica, reason: str = "scale down") -> None:
         if r.state == STOPPING and r.proc is None:
             return
@@ -553,12 +582,6 @@ async def _pipe_reader(fd: int) -> asyncio.StreamReader:
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                                        os.fdopen(fd, "rb", buffering=0))
     return reader
-
-
-def _fork_may_be_at_fault(exited: asyncio.Task) -> bool:
-    """A forked replica that hangs or dies of a signal may be a fork hazard; the runtime's own refusals
-    (exit 2: bad arguments, 3: the model does not load) would fail a plain start just the same."""
-    return not exited.done() or exited.result() not in (2, 3)
 
 
 def _signal_group(pid: int, sig: int) -> None:
