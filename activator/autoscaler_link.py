@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,8 +82,10 @@ class Token:
 
 class AutoscalerLink:
     def __init__(self, base_url: str, activator_id: str, on_routes: Callable[[RoutesUpdate], None],
-                 collect_stats: Callable[[], list[SideStats]], token: Token) -> None:
+                 collect_stats: Callable[[], list[SideStats]], token: Token,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.base = base_url.rstrip("/")
+        self.clock = clock
         self.id = activator_id
         self.on_routes = on_routes
         self.collect_stats = collect_stats
@@ -91,7 +94,7 @@ class AutoscalerLink:
         self.synced = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
-        self._announced_at: float | None = None  # when the autoscaler said it is shutting down
+        self._announced_at: float | None = None  # when (clock) the autoscaler said it is shutting down
 
     async def start(self, loops: bool = True) -> None:
         """Open the session and, unless `loops` is false (a test driving `poll_once`), start the
@@ -135,22 +138,21 @@ class AutoscalerLink:
         return params
 
     async def _watch_routes(self) -> None:
-        loop = asyncio.get_running_loop()
         backoff = 0.1
         while True:
-            started = loop.time()
+            started = self.clock()
             try:
                 # Nothing new, answered without waiting: polling again at once would spin with it.
-                retry_later = not await self.poll_once() and loop.time() - started < QUICK_ANSWER_SECONDS
+                retry_later = not await self.poll_once() and self.clock() - started < QUICK_ANSWER_SECONDS
             except asyncio.CancelledError:
                 raise
             except AutoscalerStopping:
                 if self._announced_at is None:
                     log.info("the autoscaler at %s is shutting down; keeping the current routes", self.base)
-                    self._announced_at = loop.time()
+                    self._announced_at = self.clock()
                 retry_later = True
             except Exception as exc:
-                log.log(absence_level(self._announced_at, loop.time()),
+                log.log(absence_level(self._announced_at, self.clock()),
                         "routes from %s unavailable (%s); keeping the current routes", self.base, exc)
                 retry_later = True
             if retry_later:
@@ -201,7 +203,7 @@ class AutoscalerLink:
             async with resp:
                 if resp.status >= 400:
                     text = (await resp.content.read(300)).decode(errors="replace")
-                    level = absence_level(self._announced_at, asyncio.get_running_loop().time())
+                    level = absence_level(self._announced_at, self.clock())
                     log.log(logging.DEBUG if SHUTTING_DOWN in text else level, "%s answered %d: %s", path,
                             resp.status, text)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

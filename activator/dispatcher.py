@@ -23,7 +23,7 @@ from activator.access_log import AccessLog
 from activator.metrics import Metrics, SideMetrics
 from activator.outcomes import Broken, Failure, NotSent
 from activator.routing import RouteTable
-from activator.throttler import Backend, SideThrottler
+from activator.throttler import Backend, Clock, SideThrottler
 from autoscaler.wire import LoadSide, RoutesUpdate, SideStats
 
 R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
@@ -65,18 +65,23 @@ class Capacity:
 
 class Dispatcher:
     def __init__(self, *, metrics: Metrics, access_log: AccessLog, wake: Wake, request_timeout: float,
-                 queue_depth: int, index: Callable[[RoutesUpdate], int] = lambda u: u.activator_index or 0) -> None:
+                 queue_depth: int, index: Callable[[RoutesUpdate], int] = lambda u: u.activator_index or 0,
+                 clock: Clock = time.monotonic) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self.wake = wake
         self.request_timeout = request_timeout
         self.queue_depth = queue_depth
         self.index = index  # a routes update -> this activator's index among its `activators`
+        self.clock = clock  # every time read on the path, the throttlers' included
         self.table = RouteTable()
         self.capacity = Capacity()
         self.throttlers: dict[tuple[str, str], SideThrottler] = {}
         self._pokers: dict[tuple[str, str], tuple[asyncio.Task, SideThrottler]] = {}
-        self.last_arrival = 0.0  # monotonic; draining waits for a quiet spell
+        self.last_arrival = 0.0  # clock; draining waits for a quiet spell
+        # Set on each routes update, arrival and end of a request (and by the HTTP front door as its
+        # connections settle): what draining and finishing wait on.
+        self.changed = asyncio.Event()
         # Set by the first routes update: until then no host is unknown, only not known yet (a
         # restarted activator must hold its first requests, not answer them 404).
         self.synced = asyncio.Event()
@@ -86,6 +91,7 @@ class Dispatcher:
         """A full table or a delta from the autoscaler. Removed services fail their held requests."""
         gone = self.table.apply(update)
         self.synced.set()
+        self.changed.set()
         capacity = Capacity(update.activators, self.index(update) % update.activators)
         if update.full or capacity != self.capacity:
             changed = list(self.table.routes.values())  # the share of every replica may have moved
@@ -105,7 +111,7 @@ class Dispatcher:
     def throttler(self, key: str, side: LoadSide) -> SideThrottler:
         t = self.throttlers.get((key, side))
         if t is None:
-            t = self.throttlers[(key, side)] = SideThrottler(key, side, self.queue_depth)
+            t = self.throttlers[(key, side)] = SideThrottler(key, side, self.queue_depth, self.clock)
         return t
 
     def take_stats(self) -> list[SideStats]:
@@ -124,7 +130,8 @@ class Dispatcher:
                        label: Callable[[R | Failure], str]) -> R:
         """`send(backend, timeout)` forwards to one replica (raising NotSent or Broken); `label` names an
         outcome for the metrics and the log line (its HTTP status or gRPC code)."""
-        t0 = self.last_arrival = time.monotonic()
+        t0 = self.last_arrival = self.clock()
+        self.changed.set()
         code = ""
         m: SideMetrics | None = None
         traced = otel.ON
@@ -167,7 +174,8 @@ class Dispatcher:
             code = label(Failure("cancelled", "the client went away"))
             raise
         finally:
-            took = time.monotonic() - t0
+            took = self.clock() - t0
+            self.changed.set()
             if m is not None:
                 m.count(code)
                 if call.span is not None and call.trace_id:  # an exemplar: a slow bucket leads to its trace
@@ -188,7 +196,7 @@ class Dispatcher:
                 cold = not t.has_ready()
                 if cold:
                     self._ensure_poking(t, call.traceparent or None)
-                waited_from = time.monotonic()
+                waited_from = self.clock()
                 # At zero the wait is the cold start; behind a full breaker it is the breaker's queue.
                 wait = tracing.wait(call, cold) if call.span is not None else None
                 try:
@@ -196,9 +204,9 @@ class Dispatcher:
                 finally:
                     if wait is not None:
                         wait.end()
-                m.cold_start.observe(time.monotonic() - waited_from)
+                m.cold_start.observe(self.clock() - waited_from)
             call.replica = backend.id
-            sent = time.monotonic()
+            sent = self.clock()
             attempt = tracing.proxy(call, backend, len(tried)) if call.span is not None else None
             try:
                 remaining = deadline - sent
@@ -206,14 +214,14 @@ class Dispatcher:
                     raise TimeoutError
                 async with asyncio.timeout(remaining):  # no task per request, unlike wait_for
                     result = await send(backend, remaining)
-                m.proxy_latency.observe(time.monotonic() - sent)
+                m.proxy_latency.observe(self.clock() - sent)
                 return result
             except NotSent as exc:
                 # Nothing was sent: safe to send again, to another replica (a dead node's replicas are
                 # each found so, one connect each, until the prober has taken them all out).
                 t.mark(backend, False)  # the prober puts it back as soon as it answers
                 tried = tried | {backend.id}
-                if len(tried) > MAX_RESENDS or time.monotonic() >= deadline:
+                if len(tried) > MAX_RESENDS or self.clock() >= deadline:
                     raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) could not be "
                                             f"reached: {exc}") from None
                 m.retries.inc()
@@ -244,10 +252,9 @@ class Dispatcher:
         the next request at zero pokes at once instead of a second later."""
         while True:
             await self.wake(t.key, t.side, traceparent)
-            for _ in range(20):
-                await asyncio.sleep(0.05)
-                if not t.waiters:
-                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(t.unheld.wait(), 1.0)  # set by the last held request to leave
+                return
 
     def close(self) -> None:
         for task, _ in self._pokers.values():

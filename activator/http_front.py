@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import json
 import logging
-import time
 
 import httptools
 
@@ -129,7 +129,7 @@ class FrontConnection(asyncio.Protocol):
         self.in_body = False
         self.peer = ""
         self.requests = 0  # complete requests read on this connection
-        self.deadline = 0.0  # monotonic; checked by HttpFront's sweep
+        self.deadline = 0.0  # front.clock; checked by HttpFront's sweep
         self.deadline_kind = "header"
         self._head_bytes = 0
         self._reset()
@@ -311,12 +311,13 @@ class FrontConnection(asyncio.Protocol):
                     self.write_paused = None
         finally:
             self.worker = None
+            front.changed.set()
             if not self.closed and not self.pending and not self.in_head and not self.in_body:
                 self._set_deadline("idle", self.limits.idle_timeout)
 
     def _set_deadline(self, kind: str, seconds: float) -> None:
         self.deadline_kind = kind
-        self.deadline = time.monotonic() + seconds
+        self.deadline = self.front.clock() + seconds
 
     def expire(self) -> None:
         """The deadline passed: a slow client gets 408; an idle keep-alive connection is closed."""
@@ -339,6 +340,7 @@ class FrontConnection(asyncio.Protocol):
             return
         self.refusing = True
         self.deadline = 0.0
+        self.front.changed.set()
         for req in self.pending:
             self.front.budget.give(req.charged)
         self.pending.clear()
@@ -358,6 +360,8 @@ class HttpFront:
 
     def __init__(self, dispatcher: Dispatcher, limits: Limits, budget: ByteBudget | None = None) -> None:
         self.dispatcher = dispatcher
+        self.clock = dispatcher.clock
+        self.changed = dispatcher.changed  # set here too as connections settle (see finish)
         self.limits = limits
         self.budget = budget or ByteBudget(limits.max_buffered_bytes)
         self.pool = UpstreamPool(self.budget, limits.max_answer_bytes)
@@ -378,11 +382,12 @@ class HttpFront:
 
     def forget(self, conn: FrontConnection) -> None:
         self.connections.discard(conn)
+        self.changed.set()
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = time.monotonic()
+            now = self.clock()
             for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
                 conn.expire()
 
@@ -428,8 +433,7 @@ class HttpFront:
         to: it cannot tell an accepted connection from a served one); a keep-alive connection that has
         been answered and is idle is closed now (HTTP lets a server close those). Bounded by `timeout`;
         each connection closes after its answer (draining answers carry `Connection: close`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = self.clock() + timeout
         for conn in list(self.connections):
             transport = conn.transport
             if transport is None or transport.is_closing() or conn.requests == 0:
@@ -441,8 +445,11 @@ class HttpFront:
         def owed(c: FrontConnection) -> bool:
             return bool(c.pending or c.worker or (c.requests == 0 and not c.closed and not c.refusing))
 
-        while any(owed(c) for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        # Woken by what settles a connection: its worker ending, a refusal, the connection gone.
+        while any(owed(c) for c in self.connections) and (left := deadline - self.clock()) > 0:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
 
     def close(self) -> None:
         if self._sweeper is not None:

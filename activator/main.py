@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -30,6 +31,7 @@ from activator.http_front import HttpFront
 from activator.limits import Limits
 from activator.metrics import Metrics
 from activator.prober import Prober
+from activator.throttler import Clock
 from autoscaler.wire import RoutesUpdate
 
 log = logging.getLogger("elasticserving.activator")
@@ -119,16 +121,17 @@ def inherited_socket(fd: int) -> socket.socket:
 class Activator:
     """The wired pieces and their lifecycle (nothing on the request path reaches back in here)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, clock: Clock = time.monotonic) -> None:
         self.args = args
+        self.clock = clock  # the one clock of the process: every piece below reads this one
         self.metrics = Metrics()
         self.access_log = AccessLog(args.log_format)
         self.link = AutoscalerLink(args.autoscaler, args.id, self.on_routes, self.take_stats,
-                                   Token(args.control_token_file))
+                                   Token(args.control_token_file), clock)
         index = index_source(args.id, args.activator_index)
         self.dispatcher: Dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log,
                                                  wake=self.link.wake, request_timeout=args.request_timeout,
-                                                 queue_depth=args.queue_depth, index=index)
+                                                 queue_depth=args.queue_depth, index=index, clock=clock)
         self.http = HttpFront(self.dispatcher, args.limits)
         self.grpc_front = None
         self.draining = False
@@ -168,7 +171,7 @@ class Activator:
             build_admin_app(self.metrics, lambda: self.metrics.set_gauges(self.dispatcher.sides()), self.not_ready,
                             self.link.synced.is_set), a.admin_host, a.admin_port,
             sock=None if a.admin_fd is None else inherited_socket(a.admin_fd))
-        prober = asyncio.create_task(Prober(self.dispatcher.sides).run())
+        prober = asyncio.create_task(Prober(self.dispatcher.sides, self.clock).run())
         grpc_server = None
         if a.grpc_port:
             from activator.grpc_front import start_grpc_front  # grpcio is optional
@@ -202,20 +205,24 @@ class Activator:
         reach every client) until nothing was held or in flight for --drain-quiet-seconds, or until
         --drain-seconds, whichever comes first."""
         self.draining = self.http.draining = True
-        a = self.args
-        start = time.monotonic()
-        quiet_since = start
+        a, changed = self.args, self.dispatcher.changed
+        start = quiet_since = now = self.clock()
+        end = start + a.drain_seconds
         log.info("draining: %d requests in flight or held", self.dispatcher.busy())
-        while time.monotonic() - start < a.drain_seconds:
-            now = time.monotonic()
-            if self.dispatcher.busy() or any(c.pending or c.worker for c in self.http.connections) \
-                    or self.dispatcher.last_arrival > quiet_since:
+        while now < end:  # woken by each arrival and end of a request or of a connection's work
+            busy = self.dispatcher.busy() or any(c.pending or c.worker for c in self.http.connections)
+            if busy or self.dispatcher.last_arrival > quiet_since:
                 quiet_since = now
             elif now - quiet_since >= a.drain_quiet_seconds:
                 break
-            await asyncio.sleep(0.05)
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), (end if busy else min(end, quiet_since + a.drain_quiet_seconds)) - now)
+            now = self.clock()
+            if busy:
+                quiet_since = now  # busy until this change
         left = self.dispatcher.busy()
-        log.info("drained in %.1fs%s", time.monotonic() - start, f"; {left} requests cut off" if left else "")
+        log.info("drained in %.1fs%s", self.clock() - start, f"; {left} requests cut off" if left else "")
 
 
 class JsonFormatter(logging.Formatter):

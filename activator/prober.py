@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from activator.throttler import Backend, SideThrottler
+from activator.throttler import Backend, Clock, SideThrottler
 
 log = logging.getLogger("elasticserving.activator")
 
@@ -20,8 +20,9 @@ PROBE_TIMEOUT = 0.5
 
 
 class Prober:
-    def __init__(self, sides: Callable[[], Iterable[SideThrottler]]) -> None:
+    def __init__(self, sides: Callable[[], Iterable[SideThrottler]], clock: Clock = time.monotonic) -> None:
         self.sides = sides
+        self.clock = clock
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -35,7 +36,7 @@ class Prober:
         last: dict[int, float] = {}
         while True:
             await asyncio.sleep(UNHEALTHY_EVERY)
-            now = time.monotonic()
+            now = self.clock()
             checks = []
             sides = list(self.sides())
             for t in sides:

@@ -12,12 +12,14 @@ import asyncio
 import collections
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from activator.outcomes import Failure
 from autoscaler.wire import LoadSide, SideRoute, SideStats
 
 MAX_WINDOW = 60.0  # wire.SideStats refuses longer windows; a stalled reporter sends at most this
+Clock = Callable[[], float]  # monotonic seconds: activator.main passes one down the data path (tests a fake)
 
 
 def shares(pod_ids: list[str], container_concurrency: int, activators: int, index: int) -> dict[str, int | None]:
@@ -64,17 +66,20 @@ class Backend:
 class SideThrottler:
     """Breakers and the hold queue of one (service, side)."""
 
-    def __init__(self, key: str, side: LoadSide, queue_depth: int = 1000) -> None:
+    def __init__(self, key: str, side: LoadSide, queue_depth: int = 1000, clock: Clock = time.monotonic) -> None:
         self.key, self.side = key, side
         self.queue_depth = queue_depth
+        self.clock = clock
         self.backends: dict[str, Backend] = {}
         self.error: str | None = None
         self.waiters: collections.deque[tuple[asyncio.Future, frozenset[str]]] = collections.deque()
+        self.unheld = asyncio.Event()  # cleared by each held request, set by the last to leave `acquire`
+        self.unheld.set()
         self._rr = itertools.count()
         self._orphan_inflight = 0  # requests still running on replicas that left the route
         self.requests = 0  # arrivals since the last stats
         self._area = 0.0
-        self._last = time.monotonic()
+        self._last = clock()
         self._window_start = self._last
 
     # ---- load accounting -------------------------------------------------------------------
@@ -87,7 +92,7 @@ class SideThrottler:
         return self.inflight + len(self.waiters)
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._area += self.concurrency * (now - self._last)
         self._last = now
 
@@ -183,6 +188,7 @@ class SideThrottler:
                                         f"{self.queue_depth} is full", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.waiters.append((fut, exclude))
+        self.unheld.clear()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -202,6 +208,8 @@ class SideThrottler:
         finally:
             self._tick()
             self._remove(fut)
+            if not self.waiters:
+                self.unheld.set()
 
     def _remove(self, fut: asyncio.Future) -> None:
         for i, (f, _) in enumerate(self.waiters):
