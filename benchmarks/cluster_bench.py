@@ -3,7 +3,9 @@ PaddleService to Ready, the first request from zero through a real Pod start (pl
 standby Pod (annotation elasticserving.paddlepaddle.org/standby: "1"), the memory of the
 control-plane Pods (controller, activator) from their cgroups, and, on two nodes (`up --nodes 2`),
 what a replica on the other node adds to a warm request (node 1's activator to a replica on node 1
-against one on node 2, interleaved).
+against one on node 2, interleaved), and the p99 each release step adds under a steady load over HTTP
+and gRPC (tests/cluster/release_load.py: version change, canary 0/50/100 %, promotion, rollback, a
+gradual rollout with the leader deleted mid-ramp).
 
 Needs a running node (it does not start one): skipped with a clear line otherwise.
     python -m benchmarks.cluster_bench [--quick]
@@ -19,6 +21,7 @@ from statistics import median
 from typing import Any
 
 from tests.cluster.node import SYSTEM_NS, Node, fresh_service, host_of, lac_service, running_node
+from tests.cluster.release_load import report, run_releases, stale
 from tests.helpers import wait_for
 
 NS = "es-bench"
@@ -165,7 +168,29 @@ def run(quick: bool = False) -> dict[str, Any]:
     res["standby_speedup_p50"] = round(res["cold_start_plain"]["p50_s"] / res["cold_start_standby"]["p50_s"], 1)
     res["control_plane_pod_rss_mib"] = pod_memory(node)
     res["cross_node_warm_request"] = cross_node(node, n)
+    res["releases_under_load"] = releases_under_load(node, 1 if quick else 3)
     return res
+
+
+def releases_under_load(node: Node, trials: int) -> dict[str, Any]:
+    """tests/cluster/release_load.py's exercise `trials` times: failures, stale answers, and the p99 each
+    transition adds over the steady p99 of the same trial (median and min-max over the trials)."""
+    runs = []
+    for i in range(trials):
+        traffic, steps, steady = run_releases(node, f"{NS}-rel", f"rel{i}", rollout="20s")
+        results = traffic.snapshot()
+        runs.append(dict(report(results, steps, steady), stale=len(stale(results, steps))))
+        node.kubectl("delete", "paddleservice", "-n", f"{NS}-rel", f"rel{i}", "--wait=true", timeout=180)
+    out: dict[str, Any] = {"trials": trials, "requests": sum(r["requests"] for r in runs),
+                           "failed": sum(r["failed"] for r in runs), "stale": sum(r["stale"] for r in runs),
+                           "steady_p99_ms": summary_ms([r["steady_p99_ms"] for r in runs]), "added_p99_ms": {}}
+    for step in runs[0]["steps"]:
+        out["added_p99_ms"][step] = summary_ms([r["steps"][step]["added_p99_ms"] for r in runs])
+    return out
+
+
+def summary_ms(values: list[float]) -> dict[str, Any]:
+    return {"median": round(median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from autoscaler.kube.client import Kube, KubeError, resource_path
 from autoscaler.kube.control_token import SECRET_NAME, ensure_control_token
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.leader_endpoint import LeaderEndpoint
+from autoscaler.kube.manifests import telemetry_env
 from autoscaler.kube.model_volume import StorageSettings
 from autoscaler.kube.operator import PaddleServiceOperator
-from autoscaler.kube.platform import KubernetesPlatform, telemetry_env
+from autoscaler.kube.platform import KubernetesPlatform
 
 log = logging.getLogger("elasticserving.kube")
 

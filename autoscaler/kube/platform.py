@@ -2,350 +2,48 @@
 
 The controller calls apply/delete/scale (scale = the Deployment's scale subresource); ready replicas
 come from an EndpointSlice watch cache and go back to the controller through `on_change` -> routes.
+The objects come from autoscaler/kube/manifests.py, the readings of them from autoscaler/kube/observed.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
-from collections.abc import Mapping
 from typing import Any
 
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
-from autoscaler.kube.model_volume import STORAGE_INITIALIZER, StorageSettings, model_volume
+from autoscaler.kube.manifests import (
+    DEPLOYMENT_FIELDS,
+    HASH_ANNOTATION,
+    LABEL_MANAGED_BY,
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    LABEL_SIDE,
+    MANAGED_BY,
+    SERVICE_NAME_LABEL,
+    build_deployment,
+    build_service,
+    owned_by,
+    split_key,
+    workload_name,
+)
+from autoscaler.kube.model_volume import StorageSettings
+from autoscaler.kube.observed import deployment_error, ready_endpoints, side_failure
 from autoscaler.platform import Endpoint, Platform, SideState
-from autoscaler.spec import API_GROUP, API_VERSION, KIND, SIDES, EndpointSpec, PaddleService, SpecError
+from autoscaler.spec import SIDES, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.kubernetes")
-
-LABEL_SERVICE = f"{API_GROUP}/paddleservice"
-LABEL_SIDE = f"{API_GROUP}/side"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "elasticserving"
-HASH_ANNOTATION = f"{API_GROUP}/config-hash"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # set on EndpointSlices by the control plane
-CONTAINER_NAME = "paddleserving"
-
-
-def split_key(key: str) -> tuple[str, str]:
-    ns, _, name = key.partition("/")
-    return ns, name
-
-
-def workload_name(name: str, side: str) -> str:
-    """Deployment and Service name of one side: `<name>-default`, `<name>-canary`."""
-    return f"{name}-{side}"
-
-
-def selector_labels(name: str, side: str) -> dict[str, str]:
-    return {LABEL_SERVICE: name, LABEL_SIDE: side}
-
-
-def _labels(svc: PaddleService, side: str) -> dict[str, str]:
-    labels = {k: v for k, v in svc.metadata.labels.items() if not k.startswith(f"{API_GROUP}/")}
-    labels.update(selector_labels(svc.name, side))
-    labels[LABEL_MANAGED_BY] = MANAGED_BY
-    labels["app.kubernetes.io/part-of"] = "elasticserving"
-    labels["app.kubernetes.io/component"] = "replica"
-    return labels
-
-
-def _owner(svc: PaddleService) -> list[dict[str, Any]]:
-    if not svc.metadata.uid:
-        return []
-    return [{"apiVersion": API_VERSION, "kind": KIND, "name": svc.name, "uid": svc.metadata.uid,
-             "controller": True, "blockOwnerDeletion": True}]
-
-
-def owned_by(obj: dict[str, Any], name: str) -> bool:
-    """Whether `obj` is a child of the PaddleService `name` (its controller owner reference): a
-    Deployment or Service that merely has our name is somebody else's and is neither adopted, changed
-    nor deleted."""
-    return any(ref.get("controller") and ref.get("kind") == KIND and ref.get("name") == name
-               and str(ref.get("apiVersion", "")).split("/")[0] == API_GROUP
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def grpc_port_of(spec: EndpointSpec) -> int | None:
-    return spec.port + 1 if spec.port < 65535 else None
-
-
-def pod_resources(svc: PaddleService) -> dict[str, dict[str, str]]:
-    """Requests with the original's defaults (0.1 CPU, 128Mi) for scheduling; limits only where
-    spec.resources.limits sets them (a limit without a request is also the request, as Kubernetes
-    does). The defaults as limits would OOM-kill a model server (LAC alone holds ~330 MB) and throttle
-    its start to a tenth of a core."""
-    explicit_requests = svc.spec.resources.requests or {}
-    limits = dict(svc.spec.resources.limits or {})
-    requests = dict(svc.resources()["requests"])
-    for k, v in limits.items():
-        if k not in explicit_requests:
-            requests[k] = v
-    return {"requests": requests, "limits": limits} if limits else {"requests": requests}
-
-
-_SHELL_SYNTAX = re.compile(r"[;&|<>()`\n]|\$\(")
-# Commands of the shell itself (POSIX special and regular built-ins), which `exec` cannot run.
-_SH_BUILTINS = frozenset({"break", ":", ".", "continue", "eval", "exit", "export", "readonly", "return", "set",
-                          "shift", "times", "trap", "unset", "alias", "bg", "cd", "command", "false", "fc", "fg",
-                          "getopts", "jobs", "kill", "read", "true", "umask", "unalias", "wait", "source",
-                          "echo", "printf", "test", "["})
-
-
-def shell_arg(arg: str) -> str:
-    """`arg` for `sh -c`, prefixed with `exec` when it is one simple command: the model server then
-    is the container's PID 1 and gets the kubelet's SIGTERM (a shell as PID 1 neither forwards it nor
-    dies of it, so every Pod would wait out its grace period and be killed)."""
-    text = arg.strip()
-    first = text.split(maxsplit=1)[0] if text else ""
-    if not first or first == "exec" or _SHELL_SYNTAX.search(text) or first in _SH_BUILTINS or "=" in first:
-        return arg  # `exec exit 3` or `exec A=1 cmd` would run a program of that name: not found
-    return f"exec {text}"
-
-
-PRESTOP_SECONDS = 3  # EndpointSlice -> controller -> activators takes well under a second on a quiet node
-
-
-def telemetry_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The OpenTelemetry settings replicas inherit from the controller (its `config-tracing` ConfigMap):
-    every OTEL_* variable but the service name, which each replica sets for itself."""
-    return tuple(sorted((k, v) for k, v in environ.items() if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME"))
-
-
-def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
-                     storage: StorageSettings = StorageSettings(),  # noqa: B008
-                     replica_env: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
-    """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
-    spec = svc.side_spec(side)
-    assert spec is not None, f"{svc.key} has no {side}"
-    name = workload_name(svc.name, side)
-    grpc = grpc_port_of(spec)
-    ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
-    env = [{"name": "PORT", "value": str(spec.port)}]
-    if grpc is not None:
-        ports.append({"name": "grpc", "containerPort": grpc, "protocol": "TCP"})
-        env.append({"name": "GRPC_PORT", "value": str(grpc)})
-    env += [
-        {"name": "ELASTICSERVING_SERVICE", "value": svc.key},
-        {"name": "ELASTICSERVING_SIDE", "value": side},
-        {"name": "ELASTICSERVING_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-    ]
-    # Pod Security "restricted": a model server needs no privilege, capability or syscall beyond
-    # the runtime's default profile.
-    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"}}
-    model = model_volume(spec, svc.namespace, storage, security)
-    env += model.env
-    env += [{"name": k, "value": v} for k, v in replica_env]
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": spec.image,
-        # A scale from zero must not wait for a pull (nor fail where the node cannot pull): the
-        # image is pulled once, `:latest` included; roll a new image out with a new tag.
-        "imagePullPolicy": "IfNotPresent",
-        "ports": ports,
-        "env": env,
-        "resources": pod_resources(svc),
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
-                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
-                          "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
-        # A Pod leaving (scale-down, rollout) first drops out of its EndpointSlice, then the controller
-        # pushes the smaller route table to every activator: keep serving through that before SIGTERM
-        # starts the runtime's drain, so no activator sends to a closed port.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-        "securityContext": security,
-    }
-    if model.mounts:
-        container["volumeMounts"] = model.mounts
-    command = spec.command(svc.name)  # `arg`, or our runtime serving a storageUri's $MODEL_DIR
-    if command:
-        container["command"] = ["sh", "-c"]
-        container["args"] = [shell_arg(command)]
-    labels = _labels(svc, side)
-    template = {
-        "metadata": {
-            "labels": labels,
-            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(spec.port),
-                            "prometheus.io/path": "/metrics"},
-        },
-        # No API token in replicas (they never call the API server); non-root, as our runtime images
-        # run (USER 65532): an image that runs as root is refused by the kubelet with the reason.
-        "spec": {**({"initContainers": model.init_containers} if model.init_containers else {}),
-                 **({"volumes": model.volumes} if model.volumes else {}),
-                 "containers": [container], "terminationGracePeriodSeconds": 30,
-                 # Replicas of a side spread over nodes (a node's death takes the fewest), as long as
-                 # the nodes have room: never a Pod left Pending for the sake of the spread.
-                 "topologySpreadConstraints": [{
-                     "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                     "whenUnsatisfiable": "ScheduleAnyway",
-                     "labelSelector": {"matchLabels": selector_labels(svc.name, side)}}],
-                 "tolerations": NODE_LOSS_TOLERATIONS,
-                 "automountServiceAccountToken": False,
-                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}},
-    }
-    body_spec = {"selector": {"matchLabels": selector_labels(svc.name, side)}, "template": template}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": svc.namespace, "labels": labels,
-                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
-                     "ownerReferences": _owner(svc)},
-        "spec": dict(body_spec, replicas=replicas),
-    }
-
-
-# A replica on a node Kubernetes has found dead (NotReady or unreachable, after the node monitor's grace
-# period) is replaced on a live node after this many seconds, instead of the default 300: the activators
-# stopped sending to it long before (failed connects, probes), but the capacity comes back only so.
-NODE_LOSS_SECONDS = 10
-NODE_LOSS_TOLERATIONS = [{"key": key, "operator": "Exists", "effect": "NoExecute",
-                          "tolerationSeconds": NODE_LOSS_SECONDS}
-                         for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")]
-
-
-def build_service(svc: PaddleService, side: str) -> dict[str, Any]:
-    """The headless Service of one side: its EndpointSlices list the ready Pods for the activator."""
-    spec = svc.side_spec(side)
-    assert spec is not None, f"{svc.key} has no {side}"
-    labels = _labels(svc, side)
-    ports = [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}]
-    grpc = grpc_port_of(spec)
-    if grpc is not None:
-        ports.append({"name": "grpc", "port": grpc, "targetPort": "grpc", "protocol": "TCP"})
-    body_spec = {"clusterIP": "None", "selector": selector_labels(svc.name, side), "ports": ports,
-                 "publishNotReadyAddresses": False}
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": workload_name(svc.name, side), "namespace": svc.namespace, "labels": labels,
-                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
-                     "ownerReferences": _owner(svc)},
-        "spec": body_spec,
-    }
 
 
 class NotOwned(Exception):
     """A child's name is taken by an object another owner controls: the side cannot be created."""
 
 
-def ready_endpoints(slices: list[dict[str, Any]]) -> list[Endpoint]:
-    """Ready endpoints of a Service's EndpointSlices (ports by name), sorted and deduplicated."""
-    out: dict[str, Endpoint] = {}
-    for sl in slices:
-        ports = {p.get("name"): p.get("port") for p in sl.get("ports") or []}
-        http = ports.get("http")
-        if http is None:
-            continue
-        for ep in sl.get("endpoints") or []:
-            cond = ep.get("conditions") or {}
-            if cond.get("ready") is False or cond.get("terminating") is True:
-                continue
-            addrs = ep.get("addresses") or []
-            if not addrs:
-                continue
-            pod = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or addrs[0]
-            out[pod] = Endpoint(id=pod, host=addrs[0], http_port=int(http),
-                                grpc_port=int(ports["grpc"]) if ports.get("grpc") else None)
-    return sorted(out.values(), key=lambda e: e.id)
-
-
-def _deployment_error(dep: dict[str, Any] | None) -> str | None:
-    """A reason the side cannot run, from the Deployment's conditions (set by kube-controller-manager)."""
-    for cond in ((dep or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            return f"{cond.get('reason')}: {cond.get('message')}"
-        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            return f"ProgressDeadlineExceeded: {cond.get('message')}"
-    return None
-
-
-# Container states that do not end by waiting: the kubelet retries them with back-off, but a request
-# held for the side would wait out its timeout for nothing (Knative's revision reports the same ones).
-FAILING_WAITS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull",
-                           "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
-                           "RunContainerError"})
-
-
-def _exit(term: dict[str, Any]) -> str:
-    reason = term.get("reason") or "Error"
-    return f"exit code {term.get('exitCode')} ({reason})"
-
-
-def _transient(waiting: dict[str, Any]) -> bool:
-    """A wait the kubelet gets out of by itself within seconds: its Secret or ConfigMap cache had not
-    synced yet when it first built the container's environment (seen on a busy node)."""
-    return waiting.get("reason") == "CreateContainerConfigError" and \
-        "failed to sync" in (waiting.get("message") or "")
-
-
-def _said(term: dict[str, Any]) -> str:
-    """The container's own last words (its termination message: the runtime writes why a model did not
-    load), when it left any."""
-    message = (term.get("message") or "").strip()
-    return f": {message[:500]}" if message else ""
-
-
-def pod_failure(pod: dict[str, Any]) -> str | None:
-    """Why one replica Pod cannot turn ready, or None while it may still: unschedulable, a container
-    waiting in a failing state (crash loop, image not there, bad config) or exited non-zero."""
-    md, status = pod.get("metadata") or {}, pod.get("status") or {}
-    if md.get("deletionTimestamp"):
-        return None  # on its way out: not what the side will run
-    name = md.get("name", "?")
-    if status.get("phase") == "Failed":
-        return f"Pod {name} failed: {status.get('reason') or 'Failed'}: {status.get('message') or ''}".rstrip(": ")
-    for cond in status.get("conditions") or []:
-        # Waiting for a claim to bind is not failing: one applied with the service binds within moments,
-        # and the scheduler then tries again.
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
-                and cond.get("reason") == "Unschedulable" \
-                and "unbound immediate PersistentVolumeClaims" not in (cond.get("message") or ""):
-            return f"Pod {name} is unschedulable: {cond.get('message') or ''}".rstrip(": ")
-    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        if cs.get("ready"):
-            continue
-        state, last = cs.get("state") or {}, (cs.get("lastState") or {}).get("terminated")
-        waiting, term = state.get("waiting"), state.get("terminated")
-        if cs.get("name") == STORAGE_INITIALIZER:
-            # its termination message is the pull's own reason ("cannot pull URI: ..."), never a secret
-            failed = term if term and term.get("exitCode") else last
-            if failed and failed.get("exitCode") and failed.get("message"):
-                return f"Pod {name}: {failed['message'].strip()[:500]}"
-        if waiting and waiting.get("reason") in FAILING_WAITS and not _transient(waiting):
-            why = f"Pod {name}: {waiting['reason']}"
-            if last and last.get("exitCode"):
-                why += f", last {_exit(last)}{_said(last)}"
-            elif waiting.get("message"):
-                why += f": {waiting['message']}"
-            return why
-        if term and term.get("exitCode"):
-            return f"Pod {name}: container {cs.get('name')} {_exit(term)}{_said(term)}"
-        if last and last.get("exitCode") and int(cs.get("restartCount") or 0) > 0:
-            return f"Pod {name}: container {cs.get('name')} restarted after {_exit(last)}"
-    return None
-
-
-def side_failure(pods: list[dict[str, Any]]) -> str | None:
-    """The first failing Pod's reason among a side's Pods (by name), for a side with no ready replica."""
-    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
-        why = pod_failure(pod)
-        if why:
-            return why
-    return None
-
-
 class KubernetesPlatform(Platform):
     """Deployments + headless Services per side; readiness from EndpointSlices."""
 
     name = "kubernetes"
+    moves_sides = True
 
     def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
                  watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings(),  # noqa: B008
@@ -356,7 +54,13 @@ class KubernetesPlatform(Platform):
         self.replica_env = replica_env
         self.namespace = namespace  # None: all namespaces
         self._desired: dict[tuple[str, str], int] = {}
-        self._ready: dict[tuple[str, str], list[Endpoint]] = {}
+        self._served: dict[tuple[str, str], list[Endpoint]] = {}  # ready endpoints of each side's Service
+        self._ready: dict[tuple[str, str], list[Endpoint]] = {}  # each side's: the ready Pods of its revision
+        self._revision: dict[tuple[str, str], str] = {}  # the revision each side of the spec runs
+        # Removed sides whose Pods still serve a revision the spec names (a promoted canary): deleted once
+        # the side that names it has a ready Pod of its own.
+        self._retiring: dict[tuple[str, str], str] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._errors: dict[tuple[str, str], str | None] = {}  # from the Deployment (or not ours)
         self._pod_errors: dict[tuple[str, str], str] = {}  # from the side's Pods
         self._foreign: set[tuple[str, str]] = set()  # sides whose child names another owner holds
@@ -415,13 +119,81 @@ class KubernetesPlatform(Platform):
                   and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == svc_name
                   and self._side_of(s) == ref]
         ready = ready_endpoints(slices)
-        if ready != self._ready.get(ref, []):
-            self._ready[ref] = ready
+        if ready != self._served.get(ref, []):
+            self._served[ref] = ready
             if not ready:
-                self._ready.pop(ref, None)
-            self._update_routed(ref)
-            log.info("%s/%s: %d ready endpoint(s)", key, side, len(ready))
+                self._served.pop(ref, None)
+            self._attribute(key)
+
+    # ---- revisions ------------------------------------------------------------------------------
+    def _pod_revision(self, ns: str, pod: str) -> str | None:
+        labels = ((self.pods.store.get(f"{ns}/{pod}") or {}).get("metadata") or {}).get("labels") or {}
+        return labels.get(LABEL_REVISION)
+
+    def _side_of_pod(self, key: str, own: str, rev: str | None) -> str | None:
+        """The side a ready Pod of side `own`'s Service serves: the side whose revision it runs; else, in
+        the default's Service, `previous` (the old Pods of a rolling update: the outgoing version); else
+        none. A Pod whose revision is not known, or any Pod before the first apply names revisions (a
+        new leader), stays with its Service."""
+        named = [side for side in (own, *SIDES) if (key, side) in self._revision]
+        if rev is None or not named:
+            return own
+        return next((side for side in named if self._revision[(key, side)] == rev),
+                    "previous" if own == "default" else None)
+
+    def _attribute(self, key: str) -> None:
+        """Each side's replicas from the ready endpoints of all the service's Services, by revision;
+        routes follow (on_change) when any side's changed."""
+        ns = split_key(key)[0]
+        sides: dict[str, dict[str, Endpoint]] = {side: {} for side in (*SIDES, "previous")}
+        for own in SIDES:
+            for e in self._served.get((key, own), []):
+                side = self._side_of_pod(key, own, self._pod_revision(ns, e.id))
+                if side is not None:
+                    sides[side][e.id] = e
+        changed = False
+        for side, eps in sides.items():
+            ref, ready = (key, side), sorted(eps.values(), key=lambda e: e.id)
+            if ready != self._ready.get(ref, []):
+                changed = True
+                if ready:
+                    self._ready[ref] = ready
+                else:
+                    self._ready.pop(ref, None)
+                self._update_routed(ref)
+                log.info("%s/%s: %d ready endpoint(s)", key, side, len(ready))
+        self._retire_covered(key)
+        if changed:
             self.on_change(key)
+
+    def _runs_outgoing(self, key: str) -> bool:
+        """Whether any live Pod of the service runs a revision no side of the spec names."""
+        ns, name = split_key(key)
+        named = {rev for (k, _), rev in self._revision.items() if k == key}
+        for pod in self.pods.store.values():
+            md = pod.get("metadata") or {}
+            labels = md.get("labels") or {}
+            if md.get("namespace") == ns and labels.get(LABEL_SERVICE) == name and not md.get("deletionTimestamp") \
+                    and labels.get(LABEL_REVISION) not in (None, *named):
+                return True
+        return False
+
+    def _retire_covered(self, key: str) -> None:
+        """Delete each retiring side once the side that now names its revision has a ready Pod of it
+        in its own Service (or nothing names it any more)."""
+        ns, name = split_key(key)
+        for (k, side), rev in list(self._retiring.items()):
+            if k != key:
+                continue
+            heirs = [s for s in SIDES if s != side and self._revision.get((key, s)) == rev]
+            if heirs and not any(self._pod_revision(ns, e.id) == rev
+                                 for s in heirs for e in self._served.get((key, s), [])):
+                continue
+            del self._retiring[(key, side)]
+            log.info("%s/%s: its replicas' version runs on its own side now; removing %s", key, side, side)
+            task = asyncio.get_running_loop().create_task(self._delete_side(ns, name, side))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _deployment_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         ref = self._side_of(obj)
@@ -434,7 +206,7 @@ class KubernetesPlatform(Platform):
         changed = False
         if ref not in self._desired and self._standby.get(ref[0]):
             changed = self._update_routed(ref)  # the desired count still comes from the Deployment
-        err = None if kind == "DELETED" else _deployment_error(obj)
+        err = None if kind == "DELETED" else deployment_error(obj)
         if err != self._errors.get(ref):
             self._errors[ref] = err
             changed = True
@@ -446,6 +218,10 @@ class KubernetesPlatform(Platform):
         if ref is None or ref in self._foreign:
             return
         ns = split_key(ref[0])[0]
+        rev, was = ((o or {}).get("metadata", {}).get("labels", {}).get(LABEL_REVISION) for o in (obj, old))
+        if kind != "MODIFIED" or rev != was or bool(obj["metadata"].get("deletionTimestamp")) != bool(
+                ((old or {}).get("metadata") or {}).get("deletionTimestamp")):
+            self._attribute(ref[0])  # a Pod's revision is known (or gone): its side may change
         err = side_failure([p for p in self.pods.store.values()
                             if p["metadata"].get("namespace") == ns and self._side_of(p) == ref])
         if err != self._pod_errors.get(ref):
@@ -493,6 +269,9 @@ class KubernetesPlatform(Platform):
         """A read of the caches only: the same answer for every caller until the next event."""
         ref = (key, side)
         ready = list(self._ready.get(ref, []))
+        if side not in SIDES:  # `previous`: the old Pods of a version change, kept by the rolling update
+            error = None if ready or self._runs_outgoing(key) else "the outgoing version has no replica left"
+            return SideState(desired=len(ready), ready=ready, error=error)
         desired = self._desired_of(ref)
         spare = 0
         if self._standby.get(key, 0):
@@ -514,6 +293,11 @@ class KubernetesPlatform(Platform):
         changed = standby != self._standby.get(svc.key, 0)
         self._standby[svc.key] = standby
         for side in svc.sides:
+            side_spec = svc.side_spec(side)
+            assert side_spec is not None
+            self._revision[(svc.key, side)] = side_spec.revision
+            self._retiring.pop((svc.key, side), None)
+        for side in svc.sides:
             ref = (svc.key, side)
             try:
                 await self._apply_deployment(svc, side)
@@ -530,7 +314,13 @@ class KubernetesPlatform(Platform):
                 self.on_change(svc.key)
         for side in SIDES:
             if side not in svc.sides:
-                await self._delete_side(svc.namespace, svc.name, side)
+                self._revision.pop((svc.key, side), None)
+                rev = self._template_revision(svc.key, side)
+                if rev is not None and rev in {self._revision.get((svc.key, s)) for s in svc.sides}:
+                    self._retiring[(svc.key, side)] = rev  # a promoted canary: it serves until relieved
+                elif (svc.key, side) not in self._retiring:
+                    await self._delete_side(svc.namespace, svc.name, side)
+        self._attribute(svc.key)
         if changed:  # more or fewer standby Pods for the same demand
             for side in svc.sides:
                 if (svc.key, side) in self._desired:
@@ -538,12 +328,33 @@ class KubernetesPlatform(Platform):
                 self._update_routed((svc.key, side))
             self.on_change(svc.key)
 
+    def _template_revision(self, key: str, side: str) -> str | None:
+        dep = self._deployment(key, side) or {}
+        labels = (((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        return labels.get(LABEL_REVISION)
+
+    async def move(self, key: str, from_side: str, to_side: str) -> None:
+        """A side's revision is named by another side: its Pods serve there at once (a promoted canary's as
+        `default`; the outgoing default's as `previous`, which is whatever revision the spec no longer
+        names). The Deployments change in `apply`."""
+        rev, desired = self._revision.pop((key, from_side), None), self._desired.pop((key, from_side), None)
+        if rev is not None and to_side in SIDES:
+            self._revision[(key, to_side)] = rev
+            if desired is not None:  # the side's Deployment gets its count with its new version
+                self._desired[(key, to_side)] = desired
+        self._attribute(key)
+
+    async def drop(self, key: str, side: str) -> None:
+        """`previous` has no Deployment of its own: the rolling update removes its Pods."""
+
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
         replicas = self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0)
-        # On update, replicas stay as the autoscaler set them (scale subresource).
+        # On update, replicas stay as the autoscaler set them (scale subresource), or as it last asked
+        # (a promoted canary's count goes with its version to the default's Deployment).
+        known = ("replicas",) if (svc.key, side) in self._desired else ()
         await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage,
                                                    replica_env=self.replica_env), "apps/v1", "deployments",
-                                ("selector", "template"))
+                                DEPLOYMENT_FIELDS + known)
 
     async def _apply_service(self, svc: PaddleService, side: str) -> None:
         await self._apply_child(build_service(svc, side), "v1", "services",
@@ -576,7 +387,8 @@ class KubernetesPlatform(Platform):
         md["annotations"] = dict(md.get("annotations") or {}, **want["metadata"]["annotations"])
         md["ownerReferences"] = want["metadata"]["ownerReferences"]
         for f in spec_fields:
-            have["spec"][f] = want["spec"][f]
+            if f in want["spec"]:
+                have["spec"][f] = want["spec"][f]
         await self.kube.replace(path, have)
         log.info("updated %s %s/%s", want["kind"].lower(), ns, name)
 
@@ -605,6 +417,8 @@ class KubernetesPlatform(Platform):
     async def delete(self, key: str) -> None:
         ns, name = split_key(key)
         for side in SIDES:
+            self._revision.pop((key, side), None)
+            self._retiring.pop((key, side), None)
             await self._delete_side(ns, name, side)
         self._standby.pop(key, None)
         # Anything else we labelled for this service (e.g. left over by an older version).
@@ -616,8 +430,8 @@ class KubernetesPlatform(Platform):
                     await self.kube.delete(resource_path(api, plural, ns, item["metadata"]["name"]))
 
     async def scale(self, key: str, side: str, replicas: int) -> None:
-        if (key, side) in self._foreign:
-            return  # never scale a Deployment that is not ours
+        if (key, side) in self._foreign or side not in SIDES:
+            return  # never scale a Deployment that is not ours; `previous` has none
         ns, name = split_key(key)
         standby = self._standby.get(key, 0)
         before = self._desired.get((key, side))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from autoscaler.kube.manifests import build_deployment
 from autoscaler.kube.model_volume import STORAGE_INITIALIZER, StorageSettings
-from autoscaler.kube.platform import build_deployment, pod_failure
+from autoscaler.kube.observed import pod_failure
 from autoscaler.spec import PaddleService
 
 SETTINGS = StorageSettings(image="elasticserving/runtime:latest", cache_root="/var/cache/es", cache_max_bytes=10)

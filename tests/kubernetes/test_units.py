@@ -7,19 +7,17 @@ import pytest
 
 from autoscaler.kube.client import resource_path
 from autoscaler.kube.leader_endpoint import build_slice, lists
-from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
-from autoscaler.kube.platform import (
-    KubernetesPlatform,
+from autoscaler.kube.manifests import (
     build_deployment,
     build_service,
     owned_by,
-    pod_failure,
     pod_resources,
-    ready_endpoints,
     shell_arg,
-    side_failure,
     telemetry_env,
 )
+from autoscaler.kube.observed import pod_failure, ready_endpoints, side_failure
+from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
+from autoscaler.kube.platform import KubernetesPlatform
 from autoscaler.platform import Endpoint
 from autoscaler.spec import PaddleService, SpecError
 
