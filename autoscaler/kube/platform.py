@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
@@ -39,8 +40,43 @@ class NotOwned(Exception):
     """A child's name is taken by an object another owner controls: the side cannot be created."""
 
 
+@dataclass
+class SideRecord:
+    """What the platform knows of one side of one service, from the spec, the autoscaler and the watches."""
+
+    desired: int | None = None  # the autoscaler's last count (None since a restart: the Deployment's)
+    revision: str | None = None  # the revision the spec names for this side
+    retiring: str | None = None  # out of the spec, its Pods still serve this revision (a promoted canary)
+    served: list[Endpoint] = field(default_factory=list)  # ready endpoints of this side's own Service
+    ready: list[Endpoint] = field(default_factory=list)  # its replicas: the ready Pods of its revision
+    routed: list[Endpoint] = field(default_factory=list)  # standby mode: those of `ready` taking traffic
+    error: str | None = None  # from the Deployment, or why the side cannot run here (NotOwned)
+    pod_error: str | None = None  # from the side's Pods
+    foreign: bool = False  # another owner holds the side's child names: nothing of it is ours
+
+
+@dataclass
+class ServiceRecord:
+    """One service: its sides (default, canary, and `previous` during a version change) and standby count."""
+
+    # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
+    # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait with the
+    # model loaded, so a scale from zero is a routing change and a Pod start refills them. The routed Pods
+    # are recomputed when the ready endpoints, the desired count or the standby count change (never on
+    # read: every reader, a Prometheus scrape included, sees the same choice).
+    standby: int = 0
+    sides: dict[str, SideRecord] = field(default_factory=dict)
+
+    def side(self, name: str) -> SideRecord:
+        return self.sides.setdefault(name, SideRecord())
+
+    def revisions(self) -> dict[str, str]:
+        """side -> the revision the spec names for it."""
+        return {name: r.revision for name, r in self.sides.items() if r.revision is not None}
+
+
 class KubernetesPlatform(Platform):
-    """Deployments + headless Services per side; readiness from EndpointSlices."""
+    """Deployments + headless Services per side; readiness from EndpointSlices, sides from revisions."""
 
     name = "kubernetes"
     moves_sides = True
@@ -53,25 +89,8 @@ class KubernetesPlatform(Platform):
         self.storage = storage
         self.replica_env = replica_env
         self.namespace = namespace  # None: all namespaces
-        self._desired: dict[tuple[str, str], int] = {}
-        self._served: dict[tuple[str, str], list[Endpoint]] = {}  # ready endpoints of each side's Service
-        self._ready: dict[tuple[str, str], list[Endpoint]] = {}  # each side's: the ready Pods of its revision
-        self._revision: dict[tuple[str, str], str] = {}  # the revision each side of the spec runs
-        # Removed sides whose Pods still serve a revision the spec names (a promoted canary): deleted once
-        # the side that names it has a ready Pod of its own.
-        self._retiring: dict[tuple[str, str], str] = {}
+        self.services: dict[str, ServiceRecord] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._errors: dict[tuple[str, str], str | None] = {}  # from the Deployment (or not ours)
-        self._pod_errors: dict[tuple[str, str], str] = {}  # from the side's Pods
-        self._foreign: set[tuple[str, str]] = set()  # sides whose child names another owner holds
-        # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
-        # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait
-        # with the model loaded, so a scale from zero is a routing change and a Pod start refills them.
-        # The routed Pods of each side in standby mode, recomputed when the ready endpoints, the
-        # desired count or the standby count change (never on read: every reader, a Prometheus
-        # scrape included, sees the same choice).
-        self._standby: dict[str, int] = {}
-        self._routed: dict[tuple[str, str], list[Endpoint]] = {}
         selector = f"{LABEL_SERVICE},{LABEL_SIDE}"
         self.slices = Informer(kube, resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
                                self._slice_event, name="endpointslices", label_selector=selector,
@@ -80,11 +99,17 @@ class KubernetesPlatform(Platform):
                                     self._deployment_event, name="deployments",
                                     label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
                                     resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
-        # Replica Pods, only for why a side does not turn ready (crash loops, images the node lacks):
-        # requests held for it are then refused at once with the reason, as on the local platform.
+        # Replica Pods: the revision each runs, and why a side does not turn ready (crash loops, images the
+        # node lacks): requests held for it are then refused at once with the reason, as locally.
         self.pods = Informer(kube, resource_path("v1", "pods", namespace), self._pod_event, name="pods",
                              label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
                              resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+
+    def record(self, key: str) -> ServiceRecord:
+        return self.services.setdefault(key, ServiceRecord())
+
+    def _side(self, key: str, side: str) -> SideRecord:
+        return self.record(key).side(side)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,71 +121,127 @@ class KubernetesPlatform(Platform):
         await asyncio.gather(self.slices.stop(), self.deployments.stop(), self.pods.stop())
 
     # ---- watch caches ---------------------------------------------------------------------------
-    @staticmethod
-    def _side_of(obj: dict[str, Any]) -> tuple[str, str] | None:
+    def _ours(self, obj: dict[str, Any]) -> tuple[str, str] | None:
+        """(service key, side) of a watched object of ours; None for anything else, or for a side whose
+        child names another owner holds (its Pods are not ours to route)."""
         md = obj.get("metadata") or {}
         labels = md.get("labels") or {}
         name, side = labels.get(LABEL_SERVICE), labels.get(LABEL_SIDE)
         if not name or side not in SIDES:
             return None
-        return f"{md.get('namespace')}/{name}", side
+        key = f"{md.get('namespace')}/{name}"
+        rec = self.services.get(key)
+        if rec is not None and side in rec.sides and rec.sides[side].foreign:
+            return None
+        return key, side
 
     def _slice_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        ref = self._side_of(obj)
-        if ref is None or ref in self._foreign:  # another owner's Service: its Pods are not ours to route
+        ref = self._ours(obj)
+        if ref is None:
             return
         key, side = ref
-        svc_name = workload_name(split_key(key)[1], side)
-        ns = split_key(key)[0]
+        ns, name = split_key(key)
+        svc_name = workload_name(name, side)
         slices = [s for s in self.slices.store.values()
                   if s["metadata"].get("namespace") == ns
                   # Only slices of our own Service: labels alone can be put on any slice by anyone who
                   # may write EndpointSlices in the namespace, the service-name is the control plane's.
                   and (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == svc_name
-                  and self._side_of(s) == ref]
+                  and self._ours(s) == ref]
         ready = ready_endpoints(slices)
-        if ready != self._served.get(ref, []):
-            self._served[ref] = ready
-            if not ready:
-                self._served.pop(ref, None)
+        rec = self._side(key, side)
+        if ready != rec.served:
+            rec.served = ready
             self._attribute(key)
+        if kind == "DELETED":
+            self._forget_if_empty(key)
+
+    def _deployment_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        ref = self._ours(obj)
+        if ref is None:
+            return
+        if kind == "DELETED" or (kind == "MODIFIED" and old is not None and (
+                (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
+                != (old["metadata"].get("annotations") or {}).get(HASH_ANNOTATION))):
+            self.on_drift(ref[0])
+        rec = self._side(*ref)
+        changed = False
+        if rec.desired is None and self.record(ref[0]).standby:
+            changed = self._update_routed(*ref)  # the desired count still comes from the Deployment
+        err = None if kind == "DELETED" else deployment_error(obj)
+        if err != rec.error:
+            rec.error = err
+            changed = True
+        if changed:
+            self.on_change(ref[0])
+        if kind == "DELETED":
+            self._forget_if_empty(ref[0])
+
+    def _pod_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        ref = self._ours(obj)
+        if ref is None:
+            return
+        ns = split_key(ref[0])[0]
+        rev, was = ((o or {}).get("metadata", {}).get("labels", {}).get(LABEL_REVISION) for o in (obj, old))
+        if kind != "MODIFIED" or rev != was or bool(obj["metadata"].get("deletionTimestamp")) != bool(
+                ((old or {}).get("metadata") or {}).get("deletionTimestamp")):
+            self._attribute(ref[0])  # a Pod's revision is known (or gone): its side may change
+        err = side_failure([p for p in self.pods.store.values()
+                            if p["metadata"].get("namespace") == ns and self._ours(p) == ref])
+        rec = self._side(*ref)
+        if err != rec.pod_error:
+            rec.pod_error = err
+            if err:
+                log.warning("%s/%s: %s", ref[0], ref[1], err)
+            self.on_change(ref[0])
+        if kind == "DELETED":
+            self._forget_if_empty(ref[0])
+
+    def _forget_if_empty(self, key: str) -> None:
+        """Drop the record of a service nothing is known of any more (deleted, its objects gone)."""
+        rec = self.services.get(key)
+        if rec is not None and not rec.standby and all(r == SideRecord() for r in rec.sides.values()):
+            del self.services[key]
+
+    def _deployment(self, key: str, side: str) -> dict[str, Any] | None:
+        ns, name = split_key(key)
+        return self.deployments.store.get(f"{ns}/{workload_name(name, side)}")
 
     # ---- revisions ------------------------------------------------------------------------------
     def _pod_revision(self, ns: str, pod: str) -> str | None:
         labels = ((self.pods.store.get(f"{ns}/{pod}") or {}).get("metadata") or {}).get("labels") or {}
         return labels.get(LABEL_REVISION)
 
-    def _side_of_pod(self, key: str, own: str, rev: str | None) -> str | None:
-        """The side a ready Pod of side `own`'s Service serves: the side whose revision it runs; else, in
-        the default's Service, `previous` (the old Pods of a rolling update: the outgoing version); else
-        none. A Pod whose revision is not known, or any Pod before the first apply names revisions (a
-        new leader), stays with its Service."""
-        named = [side for side in (own, *SIDES) if (key, side) in self._revision]
-        if rev is None or not named:
+    @staticmethod
+    def side_of_pod(revisions: dict[str, str], own: str, rev: str | None) -> str | None:
+        """The side a ready Pod of side `own`'s Service serves, given the revision each side of the spec
+        runs: the side whose revision it runs; else, in the default's Service, `previous` (the old Pods
+        of a rolling update: the outgoing version); else none. A Pod whose revision is not known, or any
+        Pod before the first apply names revisions (a new leader), stays with its Service."""
+        if rev is None or not revisions:
             return own
-        return next((side for side in named if self._revision[(key, side)] == rev),
-                    "previous" if own == "default" else None)
+        if revisions.get(own) == rev:
+            return own
+        return next((side for side, r in revisions.items() if r == rev), "previous" if own == "default" else None)
 
     def _attribute(self, key: str) -> None:
         """Each side's replicas from the ready endpoints of all the service's Services, by revision;
         routes follow (on_change) when any side's changed."""
-        ns = split_key(key)[0]
+        ns, rec = split_key(key)[0], self.record(key)
+        revisions = rec.revisions()
         sides: dict[str, dict[str, Endpoint]] = {side: {} for side in (*SIDES, "previous")}
         for own in SIDES:
-            for e in self._served.get((key, own), []):
-                side = self._side_of_pod(key, own, self._pod_revision(ns, e.id))
+            for e in rec.side(own).served:
+                side = self.side_of_pod(revisions, own, self._pod_revision(ns, e.id))
                 if side is not None:
                     sides[side][e.id] = e
         changed = False
         for side, eps in sides.items():
-            ref, ready = (key, side), sorted(eps.values(), key=lambda e: e.id)
-            if ready != self._ready.get(ref, []):
+            ready = sorted(eps.values(), key=lambda e: e.id)
+            if ready != rec.side(side).ready:
                 changed = True
-                if ready:
-                    self._ready[ref] = ready
-                else:
-                    self._ready.pop(ref, None)
-                self._update_routed(ref)
+                rec.side(side).ready = ready
+                self._update_routed(key, side)
                 log.info("%s/%s: %d ready endpoint(s)", key, side, len(ready))
         self._retire_covered(key)
         if changed:
@@ -169,7 +250,7 @@ class KubernetesPlatform(Platform):
     def _runs_outgoing(self, key: str) -> bool:
         """Whether any live Pod of the service runs a revision no side of the spec names."""
         ns, name = split_key(key)
-        named = {rev for (k, _), rev in self._revision.items() if k == key}
+        named = set(self.record(key).revisions().values())
         for pod in self.pods.store.values():
             md = pod.get("metadata") or {}
             labels = md.get("labels") or {}
@@ -182,103 +263,65 @@ class KubernetesPlatform(Platform):
         """Delete each retiring side once the side that now names its revision has a ready Pod of it
         in its own Service (or nothing names it any more)."""
         ns, name = split_key(key)
-        for (k, side), rev in list(self._retiring.items()):
-            if k != key:
+        rec = self.record(key)
+        for side, r in list(rec.sides.items()):
+            if r.retiring is None:
                 continue
-            heirs = [s for s in SIDES if s != side and self._revision.get((key, s)) == rev]
-            if heirs and not any(self._pod_revision(ns, e.id) == rev
-                                 for s in heirs for e in self._served.get((key, s), [])):
+            heirs = [s for s, rev in rec.revisions().items() if s != side and rev == r.retiring]
+            if heirs and not any(self._pod_revision(ns, e.id) == r.retiring for s in heirs for e in rec.side(s).served):
                 continue
-            del self._retiring[(key, side)]
+            r.retiring = None
             log.info("%s/%s: its replicas' version runs on its own side now; removing %s", key, side, side)
             task = asyncio.get_running_loop().create_task(self._delete_side(ns, name, side))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _deployment_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        ref = self._side_of(obj)
-        if ref is None or ref in self._foreign:
-            return
-        if kind == "DELETED" or (kind == "MODIFIED" and old is not None and (
-                (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
-                != (old["metadata"].get("annotations") or {}).get(HASH_ANNOTATION))):
-            self.on_drift(ref[0])
-        changed = False
-        if ref not in self._desired and self._standby.get(ref[0]):
-            changed = self._update_routed(ref)  # the desired count still comes from the Deployment
-        err = None if kind == "DELETED" else deployment_error(obj)
-        if err != self._errors.get(ref):
-            self._errors[ref] = err
-            changed = True
-        if changed:
-            self.on_change(ref[0])
-
-    def _pod_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        ref = self._side_of(obj)
-        if ref is None or ref in self._foreign:
-            return
-        ns = split_key(ref[0])[0]
-        rev, was = ((o or {}).get("metadata", {}).get("labels", {}).get(LABEL_REVISION) for o in (obj, old))
-        if kind != "MODIFIED" or rev != was or bool(obj["metadata"].get("deletionTimestamp")) != bool(
-                ((old or {}).get("metadata") or {}).get("deletionTimestamp")):
-            self._attribute(ref[0])  # a Pod's revision is known (or gone): its side may change
-        err = side_failure([p for p in self.pods.store.values()
-                            if p["metadata"].get("namespace") == ns and self._side_of(p) == ref])
-        if err != self._pod_errors.get(ref):
-            if err:
-                self._pod_errors[ref] = err
-                log.warning("%s/%s: %s", ref[0], ref[1], err)
-            else:
-                self._pod_errors.pop(ref, None)
-            self.on_change(ref[0])
-
-    def _deployment(self, key: str, side: str) -> dict[str, Any] | None:
-        ns, name = split_key(key)
-        return self.deployments.store.get(f"{ns}/{workload_name(name, side)}")
+    def _template_revision(self, key: str, side: str) -> str | None:
+        dep = self._deployment(key, side) or {}
+        labels = (((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        return labels.get(LABEL_REVISION)
 
     # ---- standby routing ------------------------------------------------------------------------
-    def _desired_of(self, ref: tuple[str, str]) -> int:
+    def _desired_of(self, key: str, side: str) -> int:
         """Routed replicas wanted: the autoscaler's last scale, else (after a restart) the
         Deployment's replicas minus the standby Pods."""
-        desired = self._desired.get(ref)
+        rec = self.services.get(key)
+        desired = rec.sides[side].desired if rec is not None and side in rec.sides else None
         if desired is None:
-            dep = self._deployment(*ref)
+            dep = self._deployment(key, side)
             replicas = int(((dep or {}).get("spec") or {}).get("replicas") or 0)
-            desired = max(0, replicas - self._standby.get(ref[0], 0))
+            desired = max(0, replicas - (rec.standby if rec is not None else 0))
         return desired
 
-    def _update_routed(self, ref: tuple[str, str]) -> bool:
+    def _update_routed(self, key: str, side: str) -> bool:
         """Standby mode: route `desired` of the ready Pods, those already routed first (no flapping),
         then by name. True when the routed set changed."""
-        before = self._routed.get(ref, [])
-        if not self._standby.get(ref[0], 0):
+        rec = self._side(key, side)
+        before = rec.routed
+        if not self.record(key).standby:
             chosen: list[Endpoint] = []
         else:
             kept = [e.id for e in before]
-            ready = sorted(self._ready.get(ref, []),
-                           key=lambda e: (e.id not in kept, kept.index(e.id) if e.id in kept else 0, e.id))
-            chosen = ready[:self._desired_of(ref)]
-        if chosen:
-            self._routed[ref] = chosen
-        else:
-            self._routed.pop(ref, None)
+            ready = sorted(rec.ready, key=lambda e: (e.id not in kept, kept.index(e.id) if e.id in kept else 0, e.id))
+            chosen = ready[:self._desired_of(key, side)]
+        rec.routed = chosen
         return chosen != before
 
     # ---- Platform -------------------------------------------------------------------------------
     def state(self, key: str, side: str) -> SideState:
         """A read of the caches only: the same answer for every caller until the next event."""
-        ref = (key, side)
-        ready = list(self._ready.get(ref, []))
+        rec = self.services.get(key) or ServiceRecord()
+        r = rec.sides.get(side) or SideRecord()
+        ready = list(r.ready)
         if side not in SIDES:  # `previous`: the old Pods of a version change, kept by the rolling update
             error = None if ready or self._runs_outgoing(key) else "the outgoing version has no replica left"
             return SideState(desired=len(ready), ready=ready, error=error)
-        desired = self._desired_of(ref)
+        desired = self._desired_of(key, side)
         spare = 0
-        if self._standby.get(key, 0):
-            routed = list(self._routed.get(ref, []))
-            spare = len(ready) - len(routed)
-            ready = routed
-        error = (self._errors.get(ref) or self._pod_errors.get(ref)) if not ready else None
+        if rec.standby:
+            spare = len(ready) - len(r.routed)
+            ready = list(r.routed)
+        error = (r.error or r.pod_error) if not ready else None
         # runtime.storage starts every failed pull's reason so (pod_failure quotes it)
         pulled = bool(error) and ": cannot pull " in error  # type: ignore[operator]
         return SideState(desired=desired, ready=ready, starting=max(0, desired - len(ready)),
@@ -286,72 +329,72 @@ class KubernetesPlatform(Platform):
                          standby=spare)
 
     async def apply(self, svc: PaddleService) -> None:
+        rec = self.record(svc.key)
         try:
             standby = svc.standby()
         except SpecError:
             standby = 0  # the controller reports the spec error
-        changed = standby != self._standby.get(svc.key, 0)
-        self._standby[svc.key] = standby
+        changed, rec.standby = standby != rec.standby, standby
         for side in svc.sides:
             side_spec = svc.side_spec(side)
             assert side_spec is not None
-            self._revision[(svc.key, side)] = side_spec.revision
-            self._retiring.pop((svc.key, side), None)
+            rec.side(side).revision, rec.side(side).retiring = side_spec.revision, None
         for side in svc.sides:
-            ref = (svc.key, side)
+            r = rec.side(side)
             try:
                 await self._apply_deployment(svc, side)
                 await self._apply_service(svc, side)
             except NotOwned as exc:  # the side cannot run here: say why in its status, touch nothing
                 log.warning("%s", exc)
-                self._foreign.add(ref)
-                self._errors[ref] = str(exc)
+                r.foreign, r.error = True, str(exc)
                 self.on_change(svc.key)
                 continue
-            if ref in self._foreign:
-                self._foreign.discard(ref)
-                self._errors.pop(ref, None)
+            if r.foreign:
+                r.foreign, r.error = False, None
                 self.on_change(svc.key)
+        named = set(rec.revisions().values())
         for side in SIDES:
             if side not in svc.sides:
-                self._revision.pop((svc.key, side), None)
+                r = rec.side(side)
+                r.revision = None
                 rev = self._template_revision(svc.key, side)
-                if rev is not None and rev in {self._revision.get((svc.key, s)) for s in svc.sides}:
-                    self._retiring[(svc.key, side)] = rev  # a promoted canary: it serves until relieved
-                elif (svc.key, side) not in self._retiring:
+                if rev is not None and rev in named:
+                    r.retiring = rev  # a promoted canary: it serves until relieved
+                elif r.retiring is None:
                     await self._delete_side(svc.namespace, svc.name, side)
         self._attribute(svc.key)
         if changed:  # more or fewer standby Pods for the same demand
             for side in svc.sides:
-                if (svc.key, side) in self._desired:
-                    await self.scale(svc.key, side, self._desired[(svc.key, side)])
-                self._update_routed((svc.key, side))
+                desired = rec.side(side).desired
+                if desired is not None:
+                    await self.scale(svc.key, side, desired)
+                self._update_routed(svc.key, side)
             self.on_change(svc.key)
-
-    def _template_revision(self, key: str, side: str) -> str | None:
-        dep = self._deployment(key, side) or {}
-        labels = (((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-        return labels.get(LABEL_REVISION)
 
     async def move(self, key: str, from_side: str, to_side: str) -> None:
         """A side's revision is named by another side: its Pods serve there at once (a promoted canary's as
         `default`; the outgoing default's as `previous`, which is whatever revision the spec no longer
         names). The Deployments change in `apply`."""
-        rev, desired = self._revision.pop((key, from_side), None), self._desired.pop((key, from_side), None)
+        rec = self.record(key)
+        src = rec.side(from_side)
+        rev, desired, src.revision, src.desired = src.revision, src.desired, None, None
         if rev is not None and to_side in SIDES:
-            self._revision[(key, to_side)] = rev
+            dst = rec.side(to_side)
+            dst.revision = rev
             if desired is not None:  # the side's Deployment gets its count with its new version
-                self._desired[(key, to_side)] = desired
+                dst.desired = desired
         self._attribute(key)
 
     async def drop(self, key: str, side: str) -> None:
         """`previous` has no Deployment of its own: the rolling update removes its Pods."""
 
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
-        replicas = self._desired.get((svc.key, side), 0) + self._standby.get(svc.key, 0)
+        rec = self.record(svc.key)
+        desired = rec.side(side).desired
+        replicas = (desired or 0) + rec.standby
         # On update, replicas stay as the autoscaler set them (scale subresource), or as it last asked
         # (a promoted canary's count goes with its version to the default's Deployment).
-        known = ("replicas",) if (svc.key, side) in self._desired else ()
+        known = ("replicas",) if desired is not None else ()
         await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage,
                                                    replica_env=self.replica_env), "apps/v1", "deployments",
                                 DEPLOYMENT_FIELDS + known)
@@ -410,17 +453,15 @@ class KubernetesPlatform(Platform):
         gone_svc = await self._delete_owned("v1", "services", namespace, wl, name)
         if gone_dep or gone_svc:
             log.info("deleted %s side of %s/%s", side, namespace, name)
-        key = f"{namespace}/{name}"
-        self._desired.pop((key, side), None)
-        self._routed.pop((key, side), None)
+        rec = self.services.get(f"{namespace}/{name}")
+        if rec is not None and side in rec.sides:
+            rec.sides[side].desired, rec.sides[side].routed = None, []
 
     async def delete(self, key: str) -> None:
         ns, name = split_key(key)
         for side in SIDES:
-            self._revision.pop((key, side), None)
-            self._retiring.pop((key, side), None)
             await self._delete_side(ns, name, side)
-        self._standby.pop(key, None)
+        self.services.pop(key, None)
         # Anything else we labelled for this service (e.g. left over by an older version).
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVICE}={name}"
         for api, plural in (("apps/v1", "deployments"), ("v1", "services")):
@@ -430,14 +471,13 @@ class KubernetesPlatform(Platform):
                     await self.kube.delete(resource_path(api, plural, ns, item["metadata"]["name"]))
 
     async def scale(self, key: str, side: str, replicas: int) -> None:
-        if (key, side) in self._foreign or side not in SIDES:
-            return  # never scale a Deployment that is not ours; `previous` has none
+        if side not in SIDES or self._side(key, side).foreign:
+            return  # `previous` has no Deployment; never scale one that is not ours
         ns, name = split_key(key)
-        standby = self._standby.get(key, 0)
-        before = self._desired.get((key, side))
-        self._desired[(key, side)] = replicas
+        r, standby = self._side(key, side), self.record(key).standby
+        before, r.desired = r.desired, replicas
         if standby and before != replicas:
-            self._update_routed((key, side))
+            self._update_routed(key, side)
             self.on_change(key)  # standby Pods are routed (or no longer) at once
         path = resource_path("apps/v1", "deployments", ns, workload_name(name, side), "scale")
         try:

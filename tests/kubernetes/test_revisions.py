@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.kube.manifests import LABEL_REVISION, build_deployment, rolling_update
-from autoscaler.kube.platform import KubernetesPlatform
+from autoscaler.kube.platform import KubernetesPlatform, SideRecord
 from autoscaler.spec import PaddleService
 
 KEY = "ns/a"
@@ -51,19 +51,36 @@ class Node:
         self.platform.slices.store[f"ns/a-{side}-x"] = sl
         self.platform._slice_event("MODIFIED", sl, None)
 
+    def side(self, name: str) -> SideRecord:
+        return self.platform.record(KEY).side(name)
+
     def ids(self, side: str) -> list[str]:
         return [e.id for e in self.platform.state(KEY, side).ready]
 
 
+@pytest.mark.parametrize(("revisions", "own", "rev", "want"), [
+    ({}, "default", "r1", "default"),  # before the first apply: with its Service
+    ({"default": "r1"}, "default", None, "default"),  # its revision not known yet: with its Service
+    ({"default": "r1"}, "default", "r1", "default"),
+    ({"default": "r2"}, "default", "r1", "previous"),  # the old Pods of a rolling update
+    ({"default": "r2", "canary": "r3"}, "canary", "r2", "default"),  # a promoted canary's Pods
+    ({"default": "r2"}, "canary", "r9", None),  # a removed canary's Pods serve nothing
+    ({"default": "r1", "canary": "r1"}, "canary", "r1", "canary"),  # the same version on both: its own
+    ({"default": "r1", "canary": "r2"}, "default", "r2", "canary"),
+])
+def test_the_side_a_ready_pod_serves(revisions, own, rev, want) -> None:
+    assert KubernetesPlatform.side_of_pod(revisions, own, rev) == want
+
+
 async def test_old_pods_of_a_rolling_update_serve_as_previous_until_gone() -> None:
     node = Node()
-    node.platform._revision[(KEY, "default")] = "r1"
+    node.side("default").revision = "r1"
     node.pod("old-1", "default", "r1")
     node.ready("default", ["old-1"])
     assert node.ids("default") == ["old-1"]
     # A version change: the default now names r2; the old Pod is the outgoing version.
     await node.platform.move(KEY, "default", "previous")
-    node.platform._revision[(KEY, "default")] = "r2"
+    node.side("default").revision = "r2"
     node.platform._attribute(KEY)
     assert (node.ids("default"), node.ids("previous")) == ([], ["old-1"])
     assert node.platform.state(KEY, "previous").error is None
@@ -80,7 +97,7 @@ async def test_old_pods_of_a_rolling_update_serve_as_previous_until_gone() -> No
 
 async def test_a_promoted_canary_serves_as_default_until_the_defaults_own_pods_are_ready() -> None:
     node = Node()
-    node.platform._revision.update({(KEY, "default"): "r1", (KEY, "canary"): "r2"})
+    node.side("default").revision, node.side("canary").revision = "r1", "r2"
     node.pod("d-1", "default", "r1")
     node.pod("c-1", "canary", "r2")
     node.ready("default", ["d-1"])
@@ -90,9 +107,9 @@ async def test_a_promoted_canary_serves_as_default_until_the_defaults_own_pods_a
     await node.platform.move(KEY, "canary", "default")
     assert (node.ids("default"), node.ids("previous"), node.ids("canary")) == (["c-1"], ["d-1"], [])
     # apply() found the canary's Deployment running the default's revision: it is kept until relieved.
-    node.platform._retiring[(KEY, "canary")] = "r2"
+    node.side("canary").retiring = "r2"
     node.platform._retire_covered(KEY)
-    assert (KEY, "canary") in node.platform._retiring
+    assert node.side("canary").retiring == "r2"
     node.pod("d-2", "default", "r2")
     deleted: list[tuple[str, str, str]] = []
 
@@ -102,7 +119,7 @@ async def test_a_promoted_canary_serves_as_default_until_the_defaults_own_pods_a
     node.platform._delete_side = delete_side  # type: ignore[method-assign]
     node.ready("default", ["d-1", "d-2"])
     assert node.ids("default") == ["c-1", "d-2"] and node.ids("previous") == ["d-1"]
-    assert (KEY, "canary") not in node.platform._retiring
+    assert node.side("canary").retiring is None
     for task in list(node.platform._tasks):
         await task
     assert deleted == [("ns", "a", "canary")]

@@ -135,8 +135,8 @@ async def test_standby_routing_changes_on_events_never_on_read() -> None:
     platform = KubernetesPlatform(kube=None)  # type: ignore[arg-type]  # caches only, no API calls
     changes: list[str] = []
     platform.on_change = changes.append
-    platform._standby["ns/a"] = 1
-    platform._desired[("ns/a", "default")] = 0
+    platform.record("ns/a").standby = 1
+    platform.record("ns/a").side("default").desired = 0
 
     def slice_event(pods: list[str]) -> None:
         sl = _slice(pods)
@@ -146,8 +146,8 @@ async def test_standby_routing_changes_on_events_never_on_read() -> None:
     slice_event(["pod-b", "pod-a"])
     st = platform.state("ns/a", "default")
     assert (st.ready, st.standby, st.desired) == ([], 2, 0)
-    platform._desired[("ns/a", "default")] = 1  # as scale() sets it, then routes
-    platform._update_routed(("ns/a", "default"))
+    platform.record("ns/a").side("default").desired = 1  # as scale() sets it, then routes
+    platform._update_routed("ns/a", "default")
     first = [e.id for e in platform.state("ns/a", "default").ready]
     assert first == ["pod-a"]
     # Reads in any order and number answer the same.
