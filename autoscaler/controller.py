@@ -26,6 +26,7 @@ from autoscaler import rollout
 from autoscaler.kpa import Decider, DeciderSpec
 from autoscaler.metrics import MetricCollector
 from autoscaler.platform import Platform
+from autoscaler.replicas import replicas
 from autoscaler.spec import TAGS, AutoscalingConfig, EndpointSpec, PaddleService, SpecError
 from autoscaler.wire import Endpoint as WireEndpoint
 from autoscaler.wire import Route, RoutesUpdate, SideRoute, StatsReport
@@ -277,7 +278,7 @@ class Controller:
             self._step_release(entry)
             floors = self._floors(entry)
             for side, scaler in entry.sides.items():
-                want = self._bounded(cfg, max(scaler.desired, floors.get(side, 0)))
+                want = self._replicas(cfg, scaler, scaler.desired, floors.get(side, 0))
                 if want != scaler.desired or scaler.desired == 0:
                     scaler.desired = want
                     await self.platform.scale(svc.key, side, want)
@@ -297,11 +298,10 @@ class Controller:
         return True
 
     @staticmethod
-    def _bounded(cfg: AutoscalingConfig, n: int) -> int:
-        n = max(n, cfg.min_scale)
-        if cfg.max_scale:
-            n = min(n, cfg.max_scale)
-        return n
+    def _replicas(cfg: AutoscalingConfig, scaler: SideScaler, decided: int, floor: int = 0) -> int:
+        """autoscaler/replicas.py's decision for one side: every scale goes through it."""
+        return replicas(decided, min_scale=cfg.min_scale, max_scale=cfg.max_scale, floor=floor,
+                        held=scaler.waiting_since is not None)
 
     # ---- load signals -----------------------------------------------------------------------
     def seen_activator(self, activator: str) -> None:
@@ -366,9 +366,8 @@ class Controller:
         scaler.waiting_since = scaler.waiting_since or self.clock()
         self.active.add((key, side))
         if scaler.desired == 0:
-            # maxScale is 0 (unbounded) or at least 1, so one replica is always allowed; minScale may
-            # ask for more at once.
-            want = self._bounded(entry.config, 1)
+            # Held requests ask for one replica at once (minScale may ask for more).
+            want = self._replicas(entry.config, scaler, 0, self._floors(entry).get(side, 0))
             scaler.desired = want
             log.info("poke: scaling %s/%s from zero to %d", key, side, want)
             await self.platform.scale(key, side, want)
@@ -415,15 +414,11 @@ class Controller:
         want = result.desired_pod_count
         scaler.stable, scaler.panic = stable, panic
         entry = self.services[key]
-        # The release may need more: a version proving itself, or a side sized for its next share.
-        floor = self._floors(entry).get(side, 0)
-        if floor > want:
-            want = self._bounded(entry.config, floor)
-        if scaler.waiting_since is not None:
-            # Requests are held right now: never drop below one replica.
-            want = max(want, 1)
-            if ready > 0:
-                scaler.waiting_since = None
+        # The release may need more (a version proving itself, a side sized for its next share), and
+        # requests held right now need one replica.
+        want = self._replicas(entry.config, scaler, want, self._floors(entry).get(side, 0))
+        if scaler.waiting_since is not None and ready > 0:
+            scaler.waiting_since = None
         scaler.in_panic = result.in_panic
         scaler.excess_burst_capacity = result.excess_burst_capacity
         if want != scaler.desired:
@@ -526,8 +521,10 @@ class Controller:
                 return
             for side, floor in self._floors(entry).items():
                 scaler = entry.sides.get(side)
-                want = self._bounded(entry.config, floor)
-                if scaler is not None and want > scaler.desired:
+                if scaler is None:
+                    continue
+                want = self._replicas(entry.config, scaler, scaler.desired, floor)
+                if want > scaler.desired:
                     log.info("release of %s: %s side %d -> %d replicas", key, side, scaler.desired, want)
                     scaler.desired = want
                     self.active.add((key, side))
