@@ -1,13 +1,16 @@
 """Fixtures shared by every test directory (storage, e2e, cluster): one real S3-compatible server
 (SeaweedFS, tests/s3_server.py) per session on loopback, started only when a test asks for `s3_server`;
-without the weed binary such a test skips (or fails when CI is set)."""
+without the weed binary such a test skips (or fails when CI is set). And the activator harness's
+(tests/activator/harness.py) front door `setup` (limits: `front_limits`) and fake autoscaler `control`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from activator.limits import Limits
+from tests.activator.harness import FakeControl, Setup
 from tests.s3_server import S3Server, require_weed, run_s3_server
 
 _started: list[S3Server] = []
@@ -19,6 +22,28 @@ def s3_server() -> Iterator[S3Server]:
     with run_s3_server(require_weed()) as server:
         _started.append(server)
         yield server
+
+
+@pytest.fixture
+def front_limits() -> Limits | None:
+    """The limits of `setup`'s front door (None: the harness's); a module that tests them overrides this."""
+    return None
+
+
+@pytest.fixture
+async def setup(front_limits: Limits | None) -> AsyncIterator[Setup]:
+    s = Setup(front_limits)
+    await s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def control() -> AsyncIterator[FakeControl]:
+    c = FakeControl()
+    await c.start()
+    yield c
+    await c.close()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -1,10 +1,11 @@
-"""Shared test helpers: free ports, polling with a deadline, finding replica processes, and running
-`elasticserving up` as a real process on loopback."""
+"""Shared test helpers: free ports, polling with a deadline, finding replica and child processes, running
+`elasticserving up` as a real process on loopback, and the seeded byte mutator of the fuzz tests."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -25,10 +26,30 @@ ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 
+# The stack under test runs on these in other tests: never handed out as free.
+RESERVED_PORTS = frozenset({8080, 8081, 8090})
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports on the IPv4 address `host` (all held open together while chosen), none of
+    RESERVED_PORTS."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < n:
+            s = socket.socket()
+            s.bind((host, 0))
+            if s.getsockname()[1] in RESERVED_PORTS:
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition") -> T:
@@ -41,6 +62,26 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def child_pids(parent: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(d))
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def replica_pids(service_key: str | None = None) -> list[int]:
@@ -262,3 +303,21 @@ def require_binary(name: str, env_var: str, script: str) -> Path:
     if os.environ.get("CI"):
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
+
+
+def mutate(rng: random.Random, data: bytes, tokens: list[bytes], max_cut: int) -> bytes:
+    """`data` with 1 to 4 edits drawn from `rng`: a byte replaced, one of `tokens` inserted, up to `max_cut`
+    bytes deleted, or the rest cut off."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(4)
+        pos = rng.randrange(len(out) + 1)
+        if op == 0 and out:
+            out[min(pos, len(out) - 1)] = rng.randrange(256)
+        elif op == 1:
+            out[pos:pos] = rng.choice(tokens)
+        elif op == 2:
+            del out[pos:pos + rng.randint(1, max_cut)]
+        else:
+            out = out[:pos]
+    return bytes(out)

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import tempfile
@@ -24,15 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import urllib3
 
-from tests.helpers import require_binary
+from tests.helpers import free_ports, require_binary
 
 if TYPE_CHECKING:
     from minio import Minio
 
 REGION = "us-east-1"
-# The stack under test runs on these in other tests; weed's defaults (volume 8080, filer 8888, ...) are
-# never used: every port is passed explicitly.
-RESERVED_PORTS = frozenset({8080, 8081, 8090})
+# weed's default ports (volume 8080, filer 8888, ...) are never used: every port is passed explicitly.
 BIND_RACE = ("address already in use", "bind: address")
 _PR_SET_PDEATHSIG = 1
 
@@ -40,24 +37,6 @@ _PR_SET_PDEATHSIG = 1
 def require_weed() -> Path:
     """The `weed` scripts/build-seaweedfs.sh built ($WEED first), or skip (fail when CI is set)."""
     return require_binary("weed", "WEED", "scripts/build-seaweedfs.sh")
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct free ports on the IPv4 address `host` (all held open together while chosen), none of
-    RESERVED_PORTS."""
-    held: list[socket.socket] = []
-    try:
-        while len(held) < n:
-            s = socket.socket()
-            s.bind((host, 0))
-            if s.getsockname()[1] in RESERVED_PORTS:
-                s.close()
-                continue
-            held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def _random_key(n: int, alphabet: str) -> str:

@@ -1,13 +1,18 @@
 """Test harness for the activator: the HTTP front door and dispatcher in the test's loop with routes set
-by hand, small raw replicas, and a fake control API speaking autoscaler/wire.py."""
+by hand, small raw replicas, a fake control API speaking autoscaler/wire.py, and real activator and
+echo replica processes."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import os
+import sys
+import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from activator.access_log import AccessLog
@@ -16,6 +21,7 @@ from activator.http_front import HttpFront
 from activator.limits import Limits
 from activator.metrics import Metrics
 from autoscaler.wire import Endpoint, Poke, Route, RoutesUpdate, SideRoute, StatsReport
+from tests.helpers import ROOT, free_port
 
 HOST = b"svc.ns.example.com"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -215,3 +221,38 @@ class FakeControl:
     async def close(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+async def start_replica(*args: str, name: str = "replica") -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "tests/fixtures/echo_replica.py"),
+                                                "--port", str(port), *args,
+                                                env={**os.environ, "ELASTICSERVING_REPLICA": name})
+    return proc, port
+
+
+async def start_activator(control: FakeControl, *extra: str, stderr=None) -> tuple[asyncio.subprocess.Process, int, int]:
+    http, admin = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", "0",
+        "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--autoscaler", control.url, *extra, cwd=ROOT,
+        stderr=stderr)
+    return proc, http, admin
+
+
+async def poll(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with_value = await predicate()
+        if with_value:
+            return with_value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0

@@ -7,17 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
-from tests.activator.harness import HOST, Setup, echo_replica, ok_answer, read_request, responses
-
-
-@pytest.fixture
-async def setup():
-    s = Setup()
-    await s.start()
-    yield s
-    s.close()
+from tests.activator.harness import HOST, echo_replica, ok_answer, read_request, responses
 
 
 async def test_pipelined_requests_are_answered_in_order_with_forwarding_headers(setup):

@@ -14,21 +14,6 @@ from autoscaler.wire import RoutesUpdate, SideStats
 from tests.activator.harness import FakeControl, Setup, full, route
 
 
-@pytest.fixture
-async def control():
-    c = FakeControl()
-    await c.start()
-    yield c
-    await c.close()
-
-
-@pytest.fixture
-async def setup():
-    s = Setup()
-    yield s
-    s.close()
-
-
 def link_for(control: FakeControl, setup: Setup, token: Token | None = None) -> AutoscalerLink:
     return AutoscalerLink(control.url, "act-1", setup.dispatcher.apply, setup.dispatcher.take_stats,
                           token or Token(None))

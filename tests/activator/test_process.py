@@ -6,61 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
-import time
 
 import aiohttp
 import pytest
 
-from tests.activator.harness import FakeControl, full, route
-from tests.helpers import ROOT, free_port
+from tests.activator.harness import full, poll, route, start_activator, start_replica, status
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def start_replica(*args: str, name: str = "replica") -> tuple[asyncio.subprocess.Process, int]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "tests/fixtures/echo_replica.py"),
-                                                "--port", str(port), *args,
-                                                env={**os.environ, "ELASTICSERVING_REPLICA": name})
-    return proc, port
-
-
-async def start_activator(control: FakeControl, *extra: str, stderr=None) -> tuple[asyncio.subprocess.Process, int, int]:
-    http, admin = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", "0",
-        "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--autoscaler", control.url, *extra, cwd=ROOT,
-        stderr=stderr)
-    return proc, http, admin
-
-
-async def poll(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with_value = await predicate()
-        if with_value:
-            return with_value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def status(session: aiohttp.ClientSession, url: str) -> int:
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-            return r.status
-    except (aiohttp.ClientError, TimeoutError):
-        return 0
-
-
-@pytest.fixture
-async def control():
-    c = FakeControl()
-    await c.start()
-    yield c
-    await c.close()
 
 
 async def test_admin_port_and_draining_with_16_in_flight(control, tmp_path):

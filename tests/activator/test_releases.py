@@ -17,14 +17,6 @@ from tests.activator.harness import Setup, echo_replica, full, responses, route
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 
-@pytest.fixture
-async def setup():
-    s = Setup()
-    await s.start()
-    yield s
-    s.close()
-
-
 async def get(setup: Setup, host: str, n: int = 1) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     reqs = b"".join(b"GET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % host.encode() for _ in range(n - 1))
     return responses(await setup.raw(reqs + b"GET /x HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"

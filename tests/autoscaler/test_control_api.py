@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.wire import Poke, RoutesUpdate, SideStats, StatsReport
-from tests.autoscaler.test_controller import Clock, FakePlatform, svc
+from tests.fakes import Clock, FakePlatform, svc
 
 
 class FakeActivator:

@@ -8,63 +8,16 @@ import asyncio
 import pytest
 
 from autoscaler.controller import Controller, RouteTable
-from autoscaler.platform import Endpoint, Platform, SideState
-from autoscaler.spec import PaddleService, SpecError
+from autoscaler.platform import SideState
+from autoscaler.spec import SpecError
 from autoscaler.wire import Route, SideRoute, SideStats, StatsReport
-
-
-class FakePlatform(Platform):
-    def __init__(self) -> None:
-        super().__init__()
-        self.applied: list[str] = []
-        self.deleted: list[str] = []
-        self.scales: list[tuple[str, str, int]] = []
-        self.states: dict[tuple[str, str], SideState] = {}
-
-    async def apply(self, svc: PaddleService) -> None:
-        self.applied.append(svc.key)
-
-    async def delete(self, key: str) -> None:
-        self.deleted.append(key)
-
-    async def scale(self, key: str, side: str, replicas: int) -> None:
-        self.scales.append((key, side, replicas))
-
-    def state(self, key: str, side: str) -> SideState:
-        return self.states.get((key, side), SideState())
-
-    def set_ready(self, key: str, side: str, n: int, error: str | None = None) -> None:
-        eps = [Endpoint(f"{side}-{i}", "127.0.0.1", 9000 + i, 9500 + i) for i in range(n)]
-        self.states[(key, side)] = SideState(desired=n, ready=eps, error=error)
-        self.on_change(key)
+from tests.fakes import Clock, FakePlatform, svc
 
 
 def report(activator: str, concurrency: float, key: str = "ns/s", side: str = "default") -> StatsReport:
     return StatsReport(activator=activator, stats=[SideStats(service=key, side=side,
                                                              average_concurrency=concurrency,
                                                              requests=int(concurrency))])
-
-
-def svc(min_scale=0, canary=False, percent=None, target=10, max_scale=None, window="6s",
-        name="s") -> PaddleService:
-    spec = {"default": {"containerImage": "img", "tag": "v1", "port": 9292, "arg": "x"},
-            "service": {"minScale": min_scale, "target": target, "targetUtilization": "100", "window": window}}
-    if max_scale is not None:
-        spec["service"]["maxScale"] = max_scale
-    if canary:
-        spec["canary"] = {"containerImage": "img", "tag": "v2", "port": 9292, "arg": "y"}
-    if percent is not None:
-        spec["canaryTrafficPercent"] = percent
-    return PaddleService.from_dict({"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
-                                    "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture

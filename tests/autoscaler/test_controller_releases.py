@@ -13,7 +13,7 @@ from autoscaler.controller import Controller, PromoteRefused
 from autoscaler.platform import SideState
 from autoscaler.spec import PaddleService
 from autoscaler.wire import SideStats, StatsReport
-from tests.autoscaler.test_controller import Clock, FakePlatform
+from tests.fakes import Clock, FakePlatform
 
 KEY = "ns/s"
 

@@ -12,8 +12,7 @@ import threading
 
 import pytest
 
-from tests.activator.harness import FakeControl, full, route
-from tests.activator.test_process import poll, start_activator, start_replica, status
+from tests.activator.harness import FakeControl, full, poll, route, start_activator, start_replica, status
 from tests.helpers import ROOT, free_port, http, paddleservice, start_stack, wait_for, write_yaml
 
 pytestmark = pytest.mark.timeout(180)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, paddleservice, start_stack, wait_for, write_yaml
-from tests.reliability.test_soak import child_pids
+from tests.helpers import ROOT, child_pids, paddleservice, start_stack, wait_for, write_yaml
 
 LAC = "python3 -m runtime --model lac --name lac --port $PORT"
 ECHO = f"python3 {ROOT}/tests/fixtures/echo_replica.py"

@@ -16,8 +16,7 @@ import grpc
 import pytest
 
 from autoscaler.local.stack import listening_socket, reserved_port
-from tests.helpers import ROOT, paddleservice, start_stack, wait_for, write_yaml
-from tests.reliability.test_soak import child_pids
+from tests.helpers import ROOT, child_pids, paddleservice, start_stack, wait_for, write_yaml
 
 ECHO = f"{sys.executable} tests/fixtures/echo_replica.py"
 HOST = "echo.default.example.com"

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,16 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import wait_for  # noqa: F401 - re-exported for the kubernetes tests
+from tests.helpers import free_port, wait_for  # noqa: F401 - wait_for re-exported for the kubernetes tests
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "elasticserving-test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_kube_apiserver() -> Path | None:

@@ -11,6 +11,7 @@ import pytest
 
 from autoscaler.kube.client import KubeError
 from autoscaler.kube.leader import LeaderElector
+from tests.fakes import Clock
 
 
 class FakeLeases:
@@ -62,14 +63,6 @@ class FakeLeases:
         return spec["holderIdentity"], spec["leaseTransitions"]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _elector(kube: FakeLeases, identity: str, clock: Clock, **kw: float) -> LeaderElector:
     return LeaderElector(kube, "es-system", "controller", identity, clock=clock, **kw)  # type: ignore[arg-type]
 
@@ -81,13 +74,13 @@ async def test_first_acquires_second_waits_until_the_lease_expires_by_its_own_cl
     assert await a.try_acquire_or_renew()
     assert kube.holder() == ("a", 0)
     assert not await b.try_acquire_or_renew()  # held by a live leader
-    clock.now += 10  # a renews within its lease: b's timer restarts at the new renewTime
+    clock.t += 10  # a renews within its lease: b's timer restarts at the new renewTime
     assert await a.try_acquire_or_renew()
-    clock.now += 10
+    clock.t += 10
     assert not await b.try_acquire_or_renew()
-    clock.now += 14.9  # 14.9 s since b saw the record change: still a's (lease 15 s)
+    clock.t += 14.9  # 14.9 s since b saw the record change: still a's (lease 15 s)
     assert not await b.try_acquire_or_renew()
-    clock.now += 0.2  # a went silent for longer than the lease
+    clock.t += 0.2  # a went silent for longer than the lease
     assert await b.try_acquire_or_renew()
     assert kube.holder() == ("b", 1)  # one more transition
     assert not await a.try_acquire_or_renew()  # a's comeback sees b as a live holder
@@ -113,12 +106,12 @@ async def test_a_leader_that_cannot_renew_steps_down_after_the_renew_deadline() 
     try:
         assert await asyncio.wait_for(a.wait_change(), 5) is True
         changed = asyncio.ensure_future(a.wait_change())
-        clock.now += 1.5  # within the renew deadline: still the leader after several failed rounds
+        clock.t += 1.5  # within the renew deadline: still the leader after several failed rounds
         kube.wait_failures = 5
         kube.fail = KubeError(0, "unreachable")
         await asyncio.wait_for(kube.failed_enough.wait(), 5)
         assert a.is_leader and not changed.done()
-        clock.now += 1.0  # past it: the next failed round steps down
+        clock.t += 1.0  # past it: the next failed round steps down
         assert await asyncio.wait_for(changed, 5) is False
         kube.fail = None
         assert await asyncio.wait_for(a.wait_change(), 5) is True  # renews again once the API answers

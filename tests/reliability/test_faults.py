@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import paddleservice, replica_ids, replica_pids, start_stack, wait_for, write_yaml
+from tests.helpers import (
+    child_pids,
+    paddleservice,
+    replica_ids,
+    replica_pids,
+    start_stack,
+    wait_for,
+    write_yaml,
+)
 from tests.reliability.figures import record
-from tests.reliability.test_soak import child_pids
 
 RUNTIME = "python3 -m runtime --model lac --name lac --port $PORT"
 REQ = {"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}

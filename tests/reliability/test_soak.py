@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import paddleservice, replica_pids, start_stack, wait_for, write_yaml
+from tests.helpers import child_pids, paddleservice, replica_pids, rss_mib, start_stack, wait_for, write_yaml
 from tests.reliability.figures import record
 
 SOAK_SECONDS = float(os.environ.get("ELASTICSERVING_SOAK_SECONDS", "40"))
@@ -25,28 +25,8 @@ REASONS: dict[str, str] = {}
 SENTENCES = ["我爱北京天安门", "百度是一家高科技公司", "今天天气很好", "春天来了"]
 
 
-def child_pids(parent: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                out.append(int(d))
-    return out
-
-
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def one_request(stack, i: int, counts: collections.Counter, lock: threading.Lock) -> None:

@@ -22,9 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import paddleservice, read_answer, replica_ids, start_stack, wait_for, write_yaml
+from tests.helpers import (
+    child_pids,
+    paddleservice,
+    read_answer,
+    replica_ids,
+    start_stack,
+    wait_for,
+    write_yaml,
+)
 from tests.reliability.figures import record
-from tests.reliability.test_soak import child_pids
 
 ECHO = f"{sys.executable} tests/fixtures/echo_replica.py --delay 0.02"
 SLOW_ECHO = f"{sys.executable} tests/fixtures/echo_replica.py --delay 0.2"  # requests in flight at removal

@@ -8,15 +8,7 @@ import json
 
 import pytest
 
-from tests.activator.harness import HOST, Setup, echo_replica, read_request, responses
-
-
-@pytest.fixture
-async def setup():
-    s = Setup()
-    await s.start()
-    yield s
-    s.close()
+from tests.activator.harness import HOST, echo_replica, read_request, responses
 
 
 async def test_connection_named_headers_are_dropped_and_forwarded_for_is_ours(setup):

@@ -11,7 +11,8 @@ import random
 import pytest
 
 from activator.limits import Limits
-from tests.activator.harness import HOST, Setup, echo_replica, responses
+from tests.activator.harness import HOST, echo_replica, responses
+from tests.helpers import mutate
 
 VALID = [
     b"POST /v2/models/m/infer?x=1 HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 13\r\n"
@@ -24,34 +25,15 @@ TOKENS = [b"\r\n", b"\r\n\r\n", b":", b" ", b"\x00", b"\xff", b"HTTP/1.1", b"Con
 STATUSES = {200, 400, 404, 408, 413, 414, 431, 501, 503}
 
 
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(4)
-        pos = rng.randrange(len(out) + 1)
-        if op == 0 and out:
-            out[min(pos, len(out) - 1)] = rng.randrange(256)
-        elif op == 1:
-            out[pos:pos] = rng.choice(TOKENS)
-        elif op == 2:
-            del out[pos:pos + rng.randint(1, 8)]
-        else:
-            out = out[:pos]
-    return bytes(out)
-
-
 @pytest.fixture
-async def setup():
-    s = Setup(Limits(max_body_bytes=1000, header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5))
-    await s.start()
-    s.route(await s.replica(echo_replica))
-    yield s
-    s.close()
+def front_limits() -> Limits:
+    return Limits(max_body_bytes=1000, header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
 
 
 async def test_mutated_requests_always_get_an_answer_and_the_front_survives(setup):
+    setup.route(await setup.replica(echo_replica))
     rng = random.Random(20261125)
-    cases = [mutate(rng, rng.choice(VALID)) for _ in range(300)]
+    cases = [mutate(rng, rng.choice(VALID), TOKENS, 8) for _ in range(300)]
     sem = asyncio.Semaphore(20)
 
     async def one(data: bytes) -> tuple[bytes, bytes]:

@@ -19,12 +19,13 @@ LIMITS = Limits(max_request_line=200, max_header_bytes=1000, max_header_fields=1
 
 
 @pytest.fixture
-async def setup():
-    s = Setup(LIMITS)
-    await s.start()
-    s.route(await s.replica(echo_replica))
-    yield s
-    s.close()
+def front_limits() -> Limits:
+    return LIMITS
+
+
+@pytest.fixture(autouse=True)
+async def echo(setup: Setup) -> None:  # each test's front (tests/conftest.py) routes to an echo replica
+    setup.route(await setup.replica(echo_replica))
 
 
 def one(raw: bytes) -> tuple[int, dict[bytes, bytes], dict]:

@@ -18,7 +18,7 @@ from autoscaler.local.token import (
     token_path_for_server,
     write_token,
 )
-from tests.autoscaler.test_controller import FakePlatform
+from tests.fakes import FakePlatform
 from tests.helpers import paddleservice
 
 TOKEN = "s3cret-token"

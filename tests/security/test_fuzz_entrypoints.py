@@ -39,8 +39,8 @@ from runtime.handlers.lac import LacHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_grpc_tensors, v2_rest
 from runtime.tensors import TensorSpec, pack_bytes
-from tests.autoscaler.test_controller import FakePlatform
-from tests.helpers import http, start_runtime
+from tests.fakes import FakePlatform
+from tests.helpers import http, mutate, start_runtime
 from tests.reliability.figures import record
 
 # tritonclient's generated messages, not runtime.proto's: both define the `inference` package and the
@@ -163,26 +163,10 @@ JSON_TOKENS = [b"{", b"}", b"[", b"]", b",", b":", b'"', b"\\", b"NaN", b"-Infin
                b"\\ud800", b"null", b"[" * 3000]
 
 
-def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        pos = rng.randrange(len(out) + 1)
-        op = rng.randrange(4)
-        if op == 0 and out:
-            out[min(pos, len(out) - 1)] = rng.randrange(256)
-        elif op == 1:
-            out[pos:pos] = rng.choice(JSON_TOKENS)
-        elif op == 2:
-            del out[pos:pos + rng.randint(1, 16)]
-        else:
-            out = out[:pos]
-    return bytes(out)
-
-
 def dumps(rng: random.Random, doc: Any) -> bytes:
     text = json.dumps(doc, ensure_ascii=rng.random() < 0.5, allow_nan=True)
     raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate becomes invalid UTF-8 on the wire
-    return mutate_bytes(rng, raw) if rng.random() < 0.3 else raw
+    return mutate(rng, raw, JSON_TOKENS, 16) if rng.random() < 0.3 else raw
 
 
 # ---- the runtime in-process: spec-only handlers behind a real DataPlane ---------------------------
@@ -250,7 +234,7 @@ def v2_binary(rng: random.Random, model: str) -> tuple[bytes, str | None]:
     head = perturb(rng, {"inputs": [inp], "parameters": {"binary_data_output": rng.random() < 0.5}}, 0.1)
     head_raw = json.dumps(head, allow_nan=True).encode("utf-8", "surrogatepass")
     if rng.random() < 0.3:
-        blob = mutate_bytes(rng, blob)
+        blob = mutate(rng, blob, JSON_TOKENS, 16)
     r = rng.random()
     length = (str(len(head_raw)) if r < 0.7 else
               rng.choice(["", "-1", "0", "abc", str(len(head_raw) + 1), str(len(head_raw) - 1), "1e3", str(10**30)]))
@@ -284,7 +268,7 @@ def grpc_request(rng: random.Random, model: str) -> pb.ModelInferRequest:
             t.name = rng.choice(["words", "image", "x", ""])
         elif hostile == 4:
             if req.raw_input_contents:
-                req.raw_input_contents[0] = mutate_bytes(rng, req.raw_input_contents[0])
+                req.raw_input_contents[0] = mutate(rng, req.raw_input_contents[0], JSON_TOKENS, 16)
             else:
                 t.contents.bytes_contents.append(rng.choice(TEXTS).encode("utf-8", "surrogatepass"))
         elif hostile == 5:  # a second input, or raw contents for only one of two
@@ -340,7 +324,7 @@ def runtime_inputs(entry: str, seed: int, n: int, model_of: Callable[[random.Ran
             req = grpc_request(rng, model)
             if rng.random() < 0.15:  # bytes of a message, mutated: not every one still parses
                 try:
-                    req = pb.ModelInferRequest.FromString(mutate_bytes(rng, req.SerializeToString()))
+                    req = pb.ModelInferRequest.FromString(mutate(rng, req.SerializeToString(), JSON_TOKENS, 16))
                 except DecodeError:
                     req = None
             out.append((model, req))

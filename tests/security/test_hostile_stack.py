@@ -18,9 +18,17 @@ from pathlib import Path
 import pytest
 
 from activator.limits import Limits
-from tests.helpers import paddleservice, read_answer, start_stack, wait_for, write_yaml
+from tests.helpers import (
+    child_pids,
+    http,
+    paddleservice,
+    read_answer,
+    rss_mib,
+    start_stack,
+    wait_for,
+    write_yaml,
+)
 from tests.reliability.figures import record
-from tests.reliability.test_soak import child_pids, rss_mib
 
 ECHO = f"{sys.executable} tests/fixtures/echo_replica.py"
 LAC = "python3 -m runtime --model lac --name lac --port $PORT --max-body-bytes 65536"
@@ -331,8 +339,6 @@ def test_bogus_stats_and_pokes_are_400_and_scaling_goes_on(stack):
 
 
 def _control_raw(stack, path: str, raw: bytes) -> tuple[int, dict, bytes]:
-    from tests.helpers import http
-
     return http("POST", stack.control + path, raw=raw,
                 headers={"Authorization": f"Bearer {stack.token}", "Content-Type": "application/json"})
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from runtime.storage import Limits, ModelCache, StorageError, pull
-from tests.s3_server import S3Server, free_ports
+from tests.helpers import free_ports
+from tests.s3_server import S3Server
 
 
 @pytest.fixture(scope="module")

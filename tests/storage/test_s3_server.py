@@ -15,7 +15,8 @@ import pytest
 from minio.error import S3Error
 
 import tests.s3_server
-from tests.s3_server import RESERVED_PORTS, S3Server, get_bytes, require_weed, run_s3_server
+from tests.helpers import RESERVED_PORTS
+from tests.s3_server import S3Server, get_bytes, require_weed, run_s3_server
 
 
 def _status(err: S3Error) -> int:
