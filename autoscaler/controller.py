@@ -2,7 +2,7 @@
 
 It takes load reports and pokes from activators (wire.StatsReport, wire.Poke), runs the KPA decider
 for each active service side every tick, tells the platform how many replicas to run, and publishes
-the routes (wire.Route, as versioned deltas in a RouteTable) and status of the services that changed.
+the routes (wire.Route, as versioned deltas: VersionedRoutes) and status of the services that changed.
 The traffic split in force is computed by autoscaler/rollout.py (a pure function of the spec, each
 side's readiness and the time); the controller only applies it: routes, status, floors of replicas,
 the platform's side moves, and a timer for the next step of a gradual rollout.
@@ -72,7 +72,7 @@ def version_name(spec: EndpointSpec) -> str:
     return f"{spec.image} (revision {spec.revision})"
 
 
-class RouteTable:
+class VersionedRoutes:
     """Routes for activators, versioned so that a long-poll gets only what changed since the version it holds.
 
     Every change of one or more services (or of the set of activators) is a new `version`; a bounded
@@ -191,7 +191,7 @@ class Controller:
         # Releases outlive a controller (their start times are in status for the next leader): wall time.
         self.wall_clock = wall_clock
         self.services: dict[str, ServiceEntry] = {}
-        self.routes = RouteTable()
+        self.routes = VersionedRoutes()
         self.on_status: Callable[[str, dict[str, Any]], None] = lambda key, status: None
         self.active: set[tuple[str, str]] = set()  # sides the tick visits
         self._activators: dict[str, float] = {}  # activator id -> last report or poll (clock)
@@ -681,4 +681,4 @@ def _condition(cond_type: str, ok: bool, reason: str, message: str, since: float
     }
 
 
-__all__ = ["Controller", "PromoteRefused", "RouteTable", "SpecError"]
+__all__ = ["Controller", "PromoteRefused", "SpecError", "VersionedRoutes"]

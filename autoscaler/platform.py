@@ -14,7 +14,7 @@ from autoscaler.spec import PaddleService
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ReplicaAddress:
     """One ready replica as the activator reaches it."""
 
     id: str
@@ -31,7 +31,7 @@ class SideState:
     """What a platform knows of one side (default or canary) of one service."""
 
     desired: int = 0
-    ready: list[Endpoint] = field(default_factory=list)
+    ready: list[ReplicaAddress] = field(default_factory=list)
     starting: int = 0
     error: str | None = None  # the last reason replicas failed (exited, never ready, ...)
     error_reason: str = "ReplicaFailed"  # the condition's reason for `error` (ModelPullFailed: storageUri)

@@ -3,7 +3,7 @@ records what the controller asks of it, a settable clock, and a PaddleService bu
 
 from __future__ import annotations
 
-from autoscaler.platform import Endpoint, Platform, SideState
+from autoscaler.platform import Platform, ReplicaAddress, SideState
 from autoscaler.spec import PaddleService
 
 
@@ -28,7 +28,7 @@ class FakePlatform(Platform):
         return self.states.get((key, side), SideState())
 
     def set_ready(self, key: str, side: str, n: int, error: str | None = None) -> None:
-        eps = [Endpoint(f"{side}-{i}", "127.0.0.1", 9000 + i, 9500 + i) for i in range(n)]
+        eps = [ReplicaAddress(f"{side}-{i}", "127.0.0.1", 9000 + i, 9500 + i) for i in range(n)]
         self.states[(key, side)] = SideState(desired=n, ready=eps, error=error)
         self.on_change(key)
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from autoscaler.kube.model_volume import STORAGE_INITIALIZER
-from autoscaler.platform import Endpoint
+from autoscaler.platform import ReplicaAddress
 
 
-def ready_endpoints(slices: list[dict[str, Any]]) -> list[Endpoint]:
+def ready_endpoints(slices: list[dict[str, Any]]) -> list[ReplicaAddress]:
     """Ready endpoints of a Service's EndpointSlices (ports by name), sorted and deduplicated."""
-    out: dict[str, Endpoint] = {}
+    out: dict[str, ReplicaAddress] = {}
     for sl in slices:
         ports = {p.get("name"): p.get("port") for p in sl.get("ports") or []}
         http = ports.get("http")
@@ -26,7 +26,7 @@ def ready_endpoints(slices: list[dict[str, Any]]) -> list[Endpoint]:
             if not addrs:
                 continue
             pod = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or addrs[0]
-            out[pod] = Endpoint(id=pod, host=addrs[0], http_port=int(http),
+            out[pod] = ReplicaAddress(id=pod, host=addrs[0], http_port=int(http),
                                 grpc_port=int(ports["grpc"]) if ports.get("grpc") else None)
     return sorted(out.values(), key=lambda e: e.id)
 

@@ -30,7 +30,7 @@ from autoscaler.kube.manifests import (
 )
 from autoscaler.kube.model_volume import StorageSettings
 from autoscaler.kube.observed import deployment_error, ready_endpoints, side_failure
-from autoscaler.platform import Endpoint, Platform, SideState
+from autoscaler.platform import Platform, ReplicaAddress, SideState
 from autoscaler.spec import SIDES, PaddleService, SpecError
 
 log = logging.getLogger("elasticserving.kubernetes")
@@ -47,9 +47,9 @@ class SideRecord:
     desired: int | None = None  # the autoscaler's last count (None since a restart: the Deployment's)
     revision: str | None = None  # the revision the spec names for this side
     retiring: str | None = None  # out of the spec, its Pods still serve this revision (a promoted canary)
-    served: list[Endpoint] = field(default_factory=list)  # ready endpoints of this side's own Service
-    ready: list[Endpoint] = field(default_factory=list)  # its replicas: the ready Pods of its revision
-    routed: list[Endpoint] = field(default_factory=list)  # standby mode: those of `ready` taking traffic
+    served: list[ReplicaAddress] = field(default_factory=list)  # ready endpoints of this side's own Service
+    ready: list[ReplicaAddress] = field(default_factory=list)  # its replicas: the ready Pods of its revision
+    routed: list[ReplicaAddress] = field(default_factory=list)  # standby mode: those of `ready` taking traffic
     error: str | None = None  # from the Deployment, or why the side cannot run here (NotOwned)
     pod_error: str | None = None  # from the side's Pods
     foreign: bool = False  # another owner holds the side's child names: nothing of it is ours
@@ -229,7 +229,7 @@ class KubernetesPlatform(Platform):
         routes follow (on_change) when any side's changed."""
         ns, rec = split_key(key)[0], self.record(key)
         revisions = rec.revisions()
-        sides: dict[str, dict[str, Endpoint]] = {side: {} for side in (*SIDES, "previous")}
+        sides: dict[str, dict[str, ReplicaAddress]] = {side: {} for side in (*SIDES, "previous")}
         for own in SIDES:
             for e in rec.side(own).served:
                 side = self.side_of_pod(revisions, own, self._pod_revision(ns, e.id))
@@ -299,7 +299,7 @@ class KubernetesPlatform(Platform):
         rec = self._side(key, side)
         before = rec.routed
         if not self.record(key).standby:
-            chosen: list[Endpoint] = []
+            chosen: list[ReplicaAddress] = []
         else:
             kept = [e.id for e in before]
             ready = sorted(rec.ready, key=lambda e: (e.id not in kept, kept.index(e.id) if e.id in kept else 0, e.id))

@@ -31,7 +31,7 @@ import aiohttp
 from autoscaler.local.logs import SideLog
 from autoscaler.local.models import LocalModels
 from autoscaler.local.process import die_with_parent
-from autoscaler.platform import Endpoint, Platform, SideState
+from autoscaler.platform import Platform, ReplicaAddress, SideState
 from autoscaler.spec import MODEL_DIR_ENV, EndpointSpec, PaddleService
 from runtime.storage import ModelVersion, StorageError
 from runtime.storage.names import PULL_REPORT_ENV
@@ -62,8 +62,8 @@ class Replica:
     stdout: asyncio.StreamReader | None = None
     task: asyncio.Task | None = None
 
-    def endpoint(self, host: str) -> Endpoint:
-        return Endpoint(self.id, host, self.http_port, self.grpc_port)
+    def endpoint(self, host: str) -> ReplicaAddress:
+        return ReplicaAddress(self.id, host, self.http_port, self.grpc_port)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from autoscaler.controller import Controller, RouteTable
+from autoscaler.controller import Controller, VersionedRoutes
 from autoscaler.platform import SideState
 from autoscaler.spec import SpecError
 from autoscaler.wire import Route, SideRoute, SideStats, StatsReport
@@ -149,9 +149,9 @@ def _route(key: str, desired: int = 0) -> Route:
                  sides={"default": SideRoute(desired=desired)})
 
 
-def _table() -> RouteTable:
+def _table() -> VersionedRoutes:
     """Version 1: a, b created; 2: a changed; 3: b deleted; 4: c created."""
-    t = RouteTable(history=3, epoch="e1")
+    t = VersionedRoutes(history=3, epoch="e1")
     t.publish({"ns/a": _route("ns/a"), "ns/b": _route("ns/b")})
     t.publish({"ns/a": _route("ns/a", desired=1)})
     t.publish({"ns/b": None})
@@ -214,7 +214,7 @@ def test_route_table_news_for_a_long_poll(epoch, since, news):
 
 
 def test_route_table_epochs_differ_per_instance():
-    assert RouteTable().epoch != RouteTable().epoch
+    assert VersionedRoutes().epoch != VersionedRoutes().epoch
 
 
 async def test_one_service_change_among_1000_is_a_small_delta(env):

@@ -18,7 +18,7 @@ from autoscaler.kube.manifests import (
 from autoscaler.kube.observed import pod_failure, ready_endpoints, side_failure
 from autoscaler.kube.operator import _without_scale_field, invalid_status, merge_transition_times
 from autoscaler.kube.platform import KubernetesPlatform
-from autoscaler.platform import Endpoint
+from autoscaler.platform import ReplicaAddress
 from autoscaler.spec import PaddleService, SpecError
 
 
@@ -59,7 +59,7 @@ def test_ready_endpoints_skip_unready_terminating_and_portless() -> None:
         ]},
         {"ports": [{"name": "metrics", "port": 9}], "endpoints": [{"addresses": ["10.0.0.9"]}]},
     ]
-    assert ready_endpoints(slices) == [Endpoint("p1", "10.0.0.1", 80, 81), Endpoint("p4", "10.0.0.4", 80, 81)]
+    assert ready_endpoints(slices) == [ReplicaAddress("p1", "10.0.0.1", 80, 81), ReplicaAddress("p4", "10.0.0.4", 80, 81)]
 
 
 def test_invalid_status_and_transition_times() -> None:
