@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from autoscaler.spec import EndpointSpec, SpecError
-from runtime.storage import Limits, ModelCache, ModelVersion, StorageError, pull
+from runtime.storage import ModelCache, ModelVersion, PullLimits, StorageError, pull
 from runtime.storage.names import ENV_KEYS
 
 CACHE_ENV = "ELASTICSERVING_MODEL_CACHE"
@@ -58,7 +58,7 @@ class LocalModels:
 
     def __init__(self, cache_dir: Path | None = None, max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
                  secrets: Mapping[str, Mapping[str, str]] | None = None,
-                 environ: Mapping[str, str] | None = None, limits: Limits = Limits()) -> None:  # noqa: B008
+                 environ: Mapping[str, str] | None = None, limits: PullLimits = PullLimits()) -> None:  # noqa: B008
         self.cache_dir = cache_dir or default_cache_dir()
         self.max_bytes = max_bytes
         self.secrets = dict(secrets or {})

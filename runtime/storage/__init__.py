@@ -3,8 +3,8 @@ directory through the node-local cache; used by the init container and the local
 
 from runtime.storage.cache import ModelCache
 from runtime.storage.errors import StorageError
-from runtime.storage.pull import Limits, ModelVersion, pull
+from runtime.storage.pull import ModelVersion, PullLimits, pull
 from runtime.storage.uri import StorageUri, StorageUriError, check_sha256, parse_uri
 
-__all__ = ["Limits", "ModelCache", "ModelVersion", "StorageError", "StorageUri", "StorageUriError",
+__all__ = ["PullLimits", "ModelCache", "ModelVersion", "StorageError", "StorageUri", "StorageUriError",
            "check_sha256", "parse_uri", "pull"]

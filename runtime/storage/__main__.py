@@ -13,7 +13,7 @@ from pathlib import Path
 from runtime.storage.cache import ModelCache
 from runtime.storage.errors import StorageError
 from runtime.storage.names import ENV_KEYS
-from runtime.storage.pull import Limits, ModelVersion, pull
+from runtime.storage.pull import ModelVersion, PullLimits, pull
 
 EXIT_FAILED = 4
 
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-max-bytes", type=int, default=50 * 1024**3)
     p.add_argument("--protect-seconds", type=float, default=3600.0,
                    help="entries used this recently are never evicted (Pods may still read them)")
-    p.add_argument("--max-bytes", type=int, default=Limits.max_bytes)
-    p.add_argument("--read-timeout", type=float, default=Limits.read_timeout)
-    p.add_argument("--deadline", type=float, default=Limits.deadline)
+    p.add_argument("--max-bytes", type=int, default=PullLimits.max_bytes)
+    p.add_argument("--read-timeout", type=float, default=PullLimits.read_timeout)
+    p.add_argument("--deadline", type=float, default=PullLimits.deadline)
     p.add_argument("--report", help="write the pull's report (JSON) here, for the runtime's metrics")
     p.add_argument("--termination-log", default="/dev/termination-log",
                    help="a failure's reason is written here too (Kubernetes shows it in the Pod's status)")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storage: {line}", file=sys.stderr, flush=True)
 
     env = {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
-    limits = Limits(max_bytes=args.max_bytes, read_timeout=args.read_timeout, deadline=args.deadline)
+    limits = PullLimits(max_bytes=args.max_bytes, read_timeout=args.read_timeout, deadline=args.deadline)
     try:
         cache = ModelCache(args.cache, args.cache_max_bytes, args.protect_seconds)
         version = pull(args.uri, cache, env, args.sha256, limits, say)

@@ -21,7 +21,7 @@ from runtime.storage.uri import StorageUri, StorageUriError, check_sha256, parse
 
 
 @dataclass(frozen=True)
-class Limits:
+class PullLimits:
     max_bytes: int = 20 * 1024**3  # one download (archives: also what they unpack to)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # no byte for this long: the download failed
@@ -48,7 +48,7 @@ class ModelVersion:
 
 
 def pull(uri_text: str, cache: ModelCache, env: Mapping[str, str] | None = None, sha256: str | None = None,
-         limits: Limits = Limits(), say: Callable[[str], None] = lambda line: None) -> ModelVersion:  # noqa: B008
+         limits: PullLimits = PullLimits(), say: Callable[[str], None] = lambda line: None) -> ModelVersion:  # noqa: B008
     """The model version at `uri_text` as a local read-only directory. `env`: AWS_* settings and keys
     for s3:// (none: unsigned requests to AWS S3, for public buckets); `sha256`: the downloaded file's digest, verified, and then
     also the version's identity (a cached copy is used without asking the storage anything).
@@ -69,7 +69,7 @@ def pull(uri_text: str, cache: ModelCache, env: Mapping[str, str] | None = None,
                            f"{exc.strerror or exc}") from None
 
 
-def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: str | None, limits: Limits,
+def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: str | None, limits: PullLimits,
           say: Callable[[str], None], t0: float) -> ModelVersion:
     if uri.scheme == "file":
         path = Path(uri.path)
@@ -122,7 +122,7 @@ def _cached(cache: ModelCache, key: str, uri: StorageUri, t0: float) -> ModelVer
 
 
 def _download(uri: StorageUri, source: HttpSource | S3Source, cache: ModelCache, key: str, named: str | None,
-              digest: str | None, limits: Limits, say: Callable[[str], None], t0: float) -> ModelVersion:
+              digest: str | None, limits: PullLimits, say: Callable[[str], None], t0: float) -> ModelVersion:
     work = cache.new_dir()
     try:
         model = work / "model"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.storage import Limits, ModelCache, StorageError, pull
+from runtime.storage import ModelCache, PullLimits, StorageError, pull
 from runtime.storage.__main__ import main as storage_main
 from runtime.storage.cache import remove_tree
 from tests.storage.http_origin import Blob, Origin
@@ -130,21 +130,21 @@ def test_an_unreachable_origin(cache):
     with Origin() as o:
         url = o.url("/m.onnx")
     with pytest.raises(StorageError, match="cannot reach 127.0.0.1:\\d+: connection refused") as err:
-        pull(url, cache, limits=Limits(connect_timeout=2.0))
+        pull(url, cache, limits=PullLimits(connect_timeout=2.0))
     assert err.value.retryable
 
 
 def test_a_stalled_download_times_out(origin, cache):
     origin.blobs["/m.onnx"] = Blob(b"x" * 100_000, etag='"e"', stall_after=10)
     with pytest.raises(StorageError, match="broke off: timed out"):
-        pull(origin.url("/m.onnx"), cache, limits=Limits(read_timeout=0.5))
+        pull(origin.url("/m.onnx"), cache, limits=PullLimits(read_timeout=0.5))
     origin.release.set()
 
 
 def test_the_download_size_cap(origin, cache):
     origin.blobs["/m.onnx"] = Blob(b"x" * 5000, etag='"e"')
     with pytest.raises(StorageError, match="over the 0 MB download limit"):
-        pull(origin.url("/m.onnx"), cache, limits=Limits(max_bytes=1000))
+        pull(origin.url("/m.onnx"), cache, limits=PullLimits(max_bytes=1000))
 
 
 def test_a_user_password_never_shows(origin, cache):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.storage import Limits, ModelCache, StorageError, pull
+from runtime.storage import ModelCache, PullLimits, StorageError, pull
 from tests.helpers import free_ports
 from tests.s3_server import S3Server
 
@@ -179,7 +179,7 @@ def test_an_endpoint_nobody_listens_on_cannot_be_reached_and_is_retryable(s3_ser
     (port,) = free_ports(1)
     env = {**s3_server.env(), "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
     with pytest.raises(StorageError) as e:
-        pull("s3://any-bucket/model.onnx", cache, env, limits=Limits(connect_timeout=2, read_timeout=2))
+        pull("s3://any-bucket/model.onnx", cache, env, limits=PullLimits(connect_timeout=2, read_timeout=2))
     text = str(e.value)
     assert f"cannot reach the S3 endpoint http://127.0.0.1:{port}" in text, text
     assert "connection refused" in text
