@@ -36,8 +36,9 @@ class CanarySplitter:
         if max(weights.values()) == 100:  # one side takes everything: no credit moves
             return max(weights, key=weights.__getitem__)
         for side, w in weights.items():
-            self._credit[side] += w
-        best = max(weights, key=lambda s: (self._credit[s], weights[s]))
+            # A side without a share takes nothing, whatever credit it had left from an earlier split.
+            self._credit[side] = self._credit[side] + w if w else 0
+        best = max((s for s, w in weights.items() if w), key=lambda s: (self._credit[s], weights[s]))
         self._credit[best] -= 100
         return best
 

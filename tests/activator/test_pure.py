@@ -245,6 +245,17 @@ def test_the_split_goes_smoothly_when_shares_move():
     assert all(picks[i:i + 10].count("default") <= 7 for i in range(100, 200, 10))  # spread, not a burst
 
 
+def test_a_side_without_a_share_is_never_picked_whatever_credit_it_had():
+    """A canary at 50 %, then promoted (no canary), then a version change ramping: found on a real node,
+    where a request went to the gone canary on credit left from the 50 % split."""
+    s = CanarySplitter()
+    for _ in range(37):  # stop mid-cycle: credits are left over
+        s.pick(50, 0)
+    picks = [s.pick(0, previous) for previous in (99, 94, 89, 50, 0) for _ in range(100)]
+    assert "canary" not in picks
+    assert [picks[i:i + 100].count("previous") for i in range(0, 500, 100)] == [99, 94, 89, 50, 0]
+
+
 def test_pick_side_uses_the_previous_share_and_pins():
     table = RouteTable([route("ns/a", canary=(), canary_percent=20, previous=(), previous_percent=30)])
     r = table.resolve("a.ns")

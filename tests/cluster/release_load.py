@@ -246,8 +246,11 @@ def run_releases(node: Node, ns: str, name: str, rollout: str = "20s") -> tuple[
 
         def kill_leader_mid_ramp() -> None:
             wait_until("the ramp under way", lambda: (node.psvc(ns, name).get("status") or {}).get("previous"), 120)
-            delete_leader(node)
+            deleted.append(delete_leader(node))
 
+        deleted: list[str] = []
         transition("gradual rollout, leader deleted mid-ramp", "v1", rollout_=rollout, mid=kill_leader_mid_ramp)
+        leader = node.get("lease", "-n", SYSTEM_NS, "elasticserving-controller")["spec"].get("holderIdentity")
+        assert leader not in deleted, f"the ramp ended under the leader that was deleted ({deleted})"
         traffic.stop.wait(5)  # answers after the last step, for the stale check
     return traffic, steps, steady
