@@ -234,6 +234,7 @@ def run_releases(node: Node, ns: str, name: str, rollout: str = "20s") -> tuple[
         steps.append(step)
 
     with traffic:
+        traffic.stop.wait(3)  # connections made, first requests served
         t0 = time.monotonic()
         traffic.stop.wait(10)  # the steady window the transitions are compared with
         steady = (t0, time.monotonic())

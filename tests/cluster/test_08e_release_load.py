@@ -27,4 +27,4 @@ def test_every_release_step_under_load_loses_nothing(stack: Node) -> None:
     assert not old, f"{len(old)} answers by a version no longer named, e.g. {old[:5]}"
     # Each version served where the spec named it: the exercise really moved traffic.
     assert {r.version for r in results} == {"v1", "v2", "v3"}
-    stack.kubectl("delete", "namespace", NS, "--wait=false")
+    stack.kubectl("delete", "namespace", NS, "--wait=true", timeout=300)
