@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import http
 import json
 import logging
@@ -109,28 +110,56 @@ def _label(outcome: Answer | Failure) -> str:
     return str(outcome.status)
 
 
+class State(enum.IntEnum):
+    """Where a client connection is. Ordered: from REFUSED on it answers nothing more."""
+
+    IDLE = 0  # between requests: nothing of the next one read (deadline: header if fresh, idle once answered)
+    HEAD = 1  # reading a request's line and headers (deadline: header, then 408)
+    BODY = 2  # reading a request's body (deadline: body, then 408)
+    REFUSED = 3  # an error answer is out: the rest of the input is dropped until the linger closes it
+    CLOSED = 4  # the transport is gone
+
+
+IDLE, HEAD, BODY, REFUSED, CLOSED = State
+
+
 class FrontConnection(asyncio.Protocol):
     """One client connection: parse requests within the limits, answer them in order, release
-    everything on disconnect."""
+    everything on disconnect.
+
+    The reader is the parser callbacks, walking `state` IDLE -> HEAD -> BODY -> IDLE per request, or on to
+    REFUSED (an error answer instead of the rest) and CLOSED (the transport gone). The writer is the
+    `worker` task, alive while read requests are owed answers (`pending` plus the one being served).
+
+    Buffer memory: request bytes are taken from the process budget in one place (`on_body`) and given
+    back in one place (`_give_back`). What the connection holds is one ledger, `held`: the bytes of the
+    body being read, of the requests read and not yet answered, and of the answer being written (an
+    answer's bytes, taken by the upstream pool, join the ledger as the worker receives it). Each answer
+    gives its request's and its own bytes back once written; leaving IDLE/HEAD/BODY for REFUSED or CLOSED
+    gives back the whole ledger, so nothing a connection took outlives its answering.
+    """
+
+    __slots__ = ("front", "limits", "transport", "parser", "state", "peer", "requests", "deadline", "pending",
+                 "pending_bytes", "paused", "worker", "write_paused", "held", "_head_bytes", "_target",
+                 "_headers", "_host", "_pin", "_rid", "_hop", "_header_bytes", "_too_large", "_continue", "_body",
+                 "_size")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self.limits = front.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: collections.deque[Request] = collections.deque()
-        self.pending_bytes = 0
-        self.worker: asyncio.Task | None = None
-        self.closed = False
-        self.refusing = False  # an error was sent: drop the rest of the input, then close
-        self.paused = False
-        self.write_paused: asyncio.Future | None = None
-        self.in_head = False
-        self.in_body = False
+        self.state = IDLE
         self.peer = ""
         self.requests = 0  # complete requests read on this connection
-        self.deadline = 0.0  # front.clock; checked by HttpFront's sweep
-        self.deadline_kind = "header"
+        self.deadline = 0.0  # front.clock; checked by HttpFront's sweep (what passing it means: `expire`)
+        # read ahead, owed an answer (bounded by MAX_PIPELINED and max_pipelined_bytes: reading pauses)
+        self.pending: collections.deque[Request] = collections.deque()
+        self.pending_bytes = 0
+        self.paused = False  # reading paused for the read-ahead bound (not for a drain: see finish)
+        self.worker: asyncio.Task | None = None
+        self.write_paused: asyncio.Future | None = None  # the client does not read its answers
+        self.held = 0  # bytes of the process budget this connection holds
         self._head_bytes = 0
         self._reset()
 
@@ -144,21 +173,42 @@ class FrontConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
 
+    def _give_back(self, n: int) -> None:
+        """The one place this connection returns bytes to the process budget (n <= held)."""
+        self.held -= n
+        self.front.budget.give(n)
+
+    def _stop(self, state: State) -> None:
+        """IDLE/HEAD/BODY -> REFUSED or CLOSED: no more answers, so nothing read is owed one and every byte
+        held goes back; the worker is cancelled (the client left or was refused: free its replica slot or
+        its place in the queue)."""
+        self.state = state
+        self.deadline = 0.0
+        self.pending.clear()
+        self.pending_bytes = 0
+        self._give_back(self.held)
+        if self.worker is not None:  # (a worker cancelled before its first step never runs its finally)
+            self.worker.cancel()
+            self.worker = None
+        if self.write_paused is not None and not self.write_paused.done():
+            self.write_paused.set_result(None)
+
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         # A connection that sends nothing at all gets the header timeout, not the (longer) idle one.
-        self._set_deadline("header", self.limits.header_timeout)
+        self.deadline = self.front.clock() + self.limits.header_timeout
         if not self.front.admit(self):
             self._refuse(error(503, f"too many open connections (limit {self.limits.max_connections}); retry",
                                [(b"Retry-After", b"1")]))
 
     def data_received(self, data: bytes) -> None:
-        if self.refusing:
+        state = self.state
+        if state >= REFUSED:
             return
-        if not self.in_body:  # bytes of a head (possibly starting in this very chunk)
+        if state is not BODY:  # bytes of a head (possibly starting in this very chunk)
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -166,27 +216,17 @@ class FrontConnection(asyncio.Protocol):
             self._refuse(error(501, "protocol upgrades (websocket, h2c) are not supported"))
             return
         except httptools.HttpParserError as exc:
-            if not self.refusing:
-                self._refuse(error(400, f"malformed HTTP request: {exc}"))
+            self._refuse(error(400, f"malformed HTTP request: {exc}"))  # unless a callback refused already
             return
         # Bytes of a head still incomplete: the parser buffers them, so bound them here.
-        if self.in_head and self._head_bytes > self.limits.max_request_line + self.limits.max_header_bytes:
+        if self.state is HEAD and self._head_bytes > self.limits.max_request_line + self.limits.max_header_bytes:
             self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
 
     # EOF from the client closes the connection (asyncio's default eof_received): a client that leaves
     # and one that only half-closes look the same, and a leaving client must free its slot at once.
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self._stop(CLOSED)
         self.front.forget(self)
-        budget = self.front.budget
-        budget.give(self._size)
-        for req in self.pending:
-            budget.give(req.charged)
-        self.pending.clear()
-        if self.worker is not None:
-            self.worker.cancel()  # the client left: free its replica slot or its place in the queue
-        if self.write_paused is not None and not self.write_paused.done():
-            self.write_paused.set_result(None)
 
     def pause_writing(self) -> None:
         if self.write_paused is None or self.write_paused.done():
@@ -196,11 +236,11 @@ class FrontConnection(asyncio.Protocol):
         if self.write_paused is not None and not self.write_paused.done():
             self.write_paused.set_result(None)
 
-    # ---- httptools callbacks ----------------------------------------------------------------
+    # ---- httptools callbacks (the reader) ---------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
-        self.in_head = True
-        self._set_deadline("header", self.limits.header_timeout)
+        self.state = HEAD
+        self.deadline = self.front.clock() + self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -231,7 +271,6 @@ class FrontConnection(asyncio.Protocol):
             self._continue = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
         self._head_bytes = 0
         if self._header_bytes > self.limits.max_header_bytes:
             self._refuse(error(431, f"request headers larger than {self.limits.max_header_bytes} bytes"))
@@ -239,46 +278,49 @@ class FrontConnection(asyncio.Protocol):
         if self._too_large:
             self._refuse(error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
             raise httptools.HttpParserError("body too large")
-        if self._continue and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.in_body = True
-        self._set_deadline("body", self.limits.body_timeout)
+        if self._continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
+        self.state = BODY
+        self.deadline = self.front.clock() + self.limits.body_timeout
 
     def on_body(self, body: bytes) -> None:
         n = len(body)
         if self._size + n > self.limits.max_body_bytes:
             self._refuse(error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
             raise httptools.HttpParserError("body too large")
-        if not self.front.budget.take(n):
+        if not self.front.budget.take(n):  # the one place this connection takes from the budget
             self._refuse(error(503, "the activator is out of buffer memory for requests; retry",
                                [(b"Retry-After", b"1")]))
             raise httptools.HttpParserError("out of budget")
+        self.held += n
         self._size += n
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self.in_body = False
+        self.state = IDLE
+        self.deadline = 0.0  # working: no client deadline until the answer is written
         body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         req = Request(self.parser.get_method(), self._target, self._headers, body, self.parser.should_keep_alive(),
                       self.peer, self._host, self._pin, request_id(self._rid), self._hop, self._size)
-        self._size = 0  # now held by the request
         self._body = []
         self.requests += 1
         self.pending.append(req)
         self.pending_bytes += len(body) + len(self._target)
-        self.deadline = 0.0  # working: no client deadline until the answer is written
         if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._work())
+            self.worker = asyncio.get_running_loop().create_task(self._answer())
         if (len(self.pending) >= MAX_PIPELINED or self.pending_bytes >= self.limits.max_pipelined_bytes) \
-                and self.transport is not None and not self.paused:
+                and not self.paused:
             self.paused = True
-            self.transport.pause_reading()
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
-    # ---- answering --------------------------------------------------------------------------
-    async def _work(self) -> None:
+    # ---- the writer -------------------------------------------------------------------------
+    async def _answer(self) -> None:
+        """Answer the read requests in order, one at a time, until none is left or the connection stops."""
         front = self.front
+        transport = self.transport
+        assert transport is not None
         try:
-            while self.pending and not self.closed:
+            while self.pending and self.state < REFUSED:
                 req = self.pending.popleft()
                 self.pending_bytes -= len(req.body) + len(req.target)
                 try:
@@ -287,67 +329,56 @@ class FrontConnection(asyncio.Protocol):
                     log.exception("request %s failed inside the activator", req.rid)
                     reply = error(500, "internal error in the activator (logged)")
                     req.keep_alive = False
-                front.budget.give(req.charged)
-                if self.closed or self.transport is None:
-                    front.budget.give(reply.charged)
-                    return
+                self.held += reply.charged  # the answer's bytes (taken by the upstream pool) are ours now
+                if self.state >= REFUSED:
+                    return  # stopped while it was served: `finally` gives its bytes back
                 keep = req.keep_alive and not front.draining
-                self.transport.writelines(reply.render(keep, req.rid.encode()))
-                front.budget.give(reply.charged)  # the transport holds the bytes now (bounded by pause_writing)
+                transport.writelines(reply.render(keep, req.rid.encode()))
+                # The transport holds the bytes now (bounded by pause_writing).
+                self._give_back(req.charged + reply.charged)
                 if not keep:
-                    self.transport.close()
+                    transport.close()
                     return
                 if self.paused and len(self.pending) < MAX_PIPELINED // 2 \
                         and self.pending_bytes < self.limits.max_pipelined_bytes // 2:
                     self.paused = False
-                    self.transport.resume_reading()
+                    transport.resume_reading()
                 if self.write_paused is not None:
-                    # A client that does not read its answers gets no more, and is closed after the idle timeout.
+                    # A client that does not read its answers gets no more, and is closed after the idle timeout
+                    # (aborted: a close would wait for the unread bytes to be flushed, that is for ever).
                     try:
                         await asyncio.wait_for(self.write_paused, self.limits.idle_timeout)
                     except TimeoutError:
-                        self.transport.close()
+                        transport.abort()
                         return
                     self.write_paused = None
         finally:
             self.worker = None
             front.changed.set()
-            if not self.closed and not self.pending and not self.in_head and not self.in_body:
-                self._set_deadline("idle", self.limits.idle_timeout)
-
-    def _set_deadline(self, kind: str, seconds: float) -> None:
-        self.deadline_kind = kind
-        self.deadline = self.front.clock() + seconds
+            if self.state >= REFUSED:
+                self._give_back(self.held)  # whatever joined the ledger after the stop
+            elif self.state is IDLE and not self.pending:
+                self.deadline = front.clock() + self.limits.idle_timeout
 
     def expire(self) -> None:
-        """The deadline passed: a slow client gets 408; an idle keep-alive connection is closed."""
+        """The deadline passed: a slow client gets 408; an idle or silent connection is closed."""
         self.deadline = 0.0
-        if self.deadline_kind == "idle" or self.transport is None:
-            if self.transport is not None:
-                self.transport.close()
-        elif self.deadline_kind == "header":
-            if self.in_head:
-                self._refuse(error(408, f"request headers not received within {self.limits.header_timeout:g}s"))
-            else:
-                self.transport.close()  # connected and sent nothing
-        else:
+        if self.state is HEAD:
+            self._refuse(error(408, f"request headers not received within {self.limits.header_timeout:g}s"))
+        elif self.state is BODY:
             self._refuse(error(408, f"request body not received within {self.limits.body_timeout:g}s"))
+        elif self.state is IDLE:
+            self.transport.close()  # type: ignore[union-attr]
 
     def _refuse(self, reply: Reply) -> None:
         """Answer (instead of anything still queued) and close; read and drop the rest for a moment so
         the client sees the answer rather than a reset."""
-        if self.refusing or self.transport is None:
+        if self.state >= REFUSED:
             return
-        self.refusing = True
-        self.deadline = 0.0
+        self._stop(REFUSED)
         self.front.changed.set()
-        for req in self.pending:
-            self.front.budget.give(req.charged)
-        self.pending.clear()
-        if self.worker is not None:
-            self.worker.cancel()
         transport = self.transport
-        if transport.is_closing():
+        if transport is None or transport.is_closing():
             return
         transport.writelines(reply.render(False, request_id(self._rid).encode()))
         if transport.can_write_eof():
@@ -387,9 +418,13 @@ class HttpFront:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = self.clock()
-            for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
-                conn.expire()
+            self.expire_due()
+
+    def expire_due(self) -> None:
+        """Every connection whose deadline has passed: 408, or closed (FrontConnection.expire)."""
+        now = self.clock()
+        for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
+            conn.expire()
 
     async def serve(self, req: Request) -> Reply:
         try:
@@ -443,7 +478,7 @@ class HttpFront:
                 transport.close()
 
         def owed(c: FrontConnection) -> bool:
-            return bool(c.pending or c.worker or (c.requests == 0 and not c.closed and not c.refusing))
+            return bool(c.pending or c.worker or (c.requests == 0 and c.state < REFUSED))
 
         # Woken by what settles a connection: its worker ending, a refusal, the connection gone.
         while any(owed(c) for c in self.connections) and (left := deadline - self.clock()) > 0:
