@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime import tracing
-from runtime.errors import BadInput, InferError, NotFound, Overloaded, TooLarge, Unavailable
+from runtime.errors import BadInput, NotFound, Overloaded, Statuses, TooLarge, Unavailable, status_of
 from runtime.handlers.base import Handler
 from runtime.metrics import RuntimeMetrics
 from runtime.request_log import log_request
@@ -46,13 +46,23 @@ class Limits:
     max_queue: int = 256  # items admitted for inference at once (queued or running)
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestRecord:
-    """One request as the data plane accounts for it; adapters set `status` on success."""
+    """One request as the data plane accounts for it, and the context manager of DataPlane.track (a
+    class: cheaper than a generator on the hot path); adapters may set `status` on success."""
 
+    plane: DataPlane
     request_id: str
     protocol: str
-    status: int | str = 200
+    statuses: Statuses  # the protocol's table (runtime.errors)
+    status: int | str
+    started: float  # time.perf_counter()
+
+    def __enter__(self) -> RequestRecord:
+        return self
+
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
+        self.plane.end(self, exc)
 
 
 class DataPlane:
@@ -88,13 +98,9 @@ class DataPlane:
         self._handler = handler
 
     @property
-    def loaded(self) -> bool:
-        return self._handler is not None
-
-    @property
     def ready(self) -> bool:
         """Readiness (routing): loaded and not draining. Inference is served whenever loaded."""
-        return self.loaded and not self.draining
+        return self._handler is not None and not self.draining
 
     def not_ready_reason(self) -> str:
         return self.load_error or ("draining" if self.draining else "model is loading")
@@ -118,29 +124,22 @@ class DataPlane:
         return self.handler
 
     # ---- one request -------------------------------------------------------------------------
-    def track(self, protocol: str, request_id: str, conn: object = None) -> _Tracked:
-        """`with plane.track(...) as rec:` around one request's whole handling (parsing included):
-        in-flight count, metrics, log line; the status comes from `rec.status` or the exception.
-        `conn` names the client connection (HTTP/1.1: one request at a time on it), None if unknown."""
-        return _Tracked(self, protocol, request_id, conn)
-
-    def begin(self, protocol: str, request_id: str, conn: object = None) -> RequestRecord:
+    def track(self, protocol: str, request_id: str, statuses: Statuses, conn: object = None) -> RequestRecord:
+        """`with plane.track(...) as rec:` around one request's whole handling (parsing included): in-flight
+        count, metrics, log line; the status is `rec.status`, else the exception's in `statuses` (the
+        protocol's table). `conn`: the client connection when it carries one request at a time, else None."""
         if conn is None or conn is not self._last_conn:
             self._shared_until = self._clock() + ALONE_AFTER
             self._last_conn = conn
         self.inflight += 1
         self._idle.clear()
         self._gauge(protocol).inc()
-        return RequestRecord(request_id, protocol, "OK" if protocol == "v2-grpc" else 200)
+        return RequestRecord(self, request_id, protocol, statuses, statuses["ok"], time.perf_counter())
 
-    def end(self, rec: RequestRecord, started: float, exc: BaseException | None = None) -> None:
+    def end(self, rec: RequestRecord, exc: BaseException | None = None) -> None:
         if exc is not None:
-            grpc = rec.protocol == "v2-grpc"
-            if isinstance(exc, InferError):
-                rec.status = exc.grpc_code if grpc else exc.http_status
-            else:
-                rec.status = "INTERNAL" if grpc else 500
-        seconds = time.perf_counter() - started
+            rec.status = status_of(exc, rec.statuses)
+        seconds = time.perf_counter() - rec.started
         self._gauge(rec.protocol).dec()
         self.metrics.observe(self.name, rec.protocol, rec.status, seconds,
                              tracing.current_trace_id() if tracing.ON else "")
@@ -152,8 +151,8 @@ class DataPlane:
 
     def alone(self) -> bool:
         """One client, one request: nothing else in flight, and for ALONE_AFTER every request came on
-        the same HTTP/1.1 connection. Requests waiting unread in other sockets are invisible to the
-        in-flight count; a second connection (or gRPC, which multiplexes) is what reveals them."""
+        the same one-request-at-a-time connection. Requests waiting unread in other sockets are invisible
+        to the in-flight count; a second connection (or a multiplexed one: None) is what reveals them."""
         return self.inflight <= 1 and self._clock() >= self._shared_until
 
     def _gauge(self, protocol: str) -> Any:
@@ -234,20 +233,3 @@ class DataPlane:
             if self.inflight == 0 and quiet_left <= 0:
                 return True
             await asyncio.sleep(min(max(quiet_left, 0.01), max(deadline - loop.time(), 0)))
-
-
-class _Tracked:
-    """The context manager of DataPlane.track (a class: cheaper than a generator on the hot path)."""
-
-    __slots__ = ("plane", "protocol", "request_id", "conn", "rec", "started")
-
-    def __init__(self, plane: DataPlane, protocol: str, request_id: str, conn: object = None) -> None:
-        self.plane, self.protocol, self.request_id, self.conn = plane, protocol, request_id, conn
-
-    def __enter__(self) -> RequestRecord:
-        self.rec = self.plane.begin(self.protocol, self.request_id, self.conn)
-        self.started = time.perf_counter()
-        return self.rec
-
-    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> None:
-        self.plane.end(self.rec, self.started, exc)

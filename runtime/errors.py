@@ -1,42 +1,46 @@
-"""Why an inference request failed, independent of the wire: protocol adapters turn these into an HTTP
-status or a gRPC code with the reason; the data plane records the same code in metrics and the log."""
+"""Why an inference request failed, independent of the wire: one vocabulary, each error with a stable
+`code`. Each protocol maps the codes (and "ok") to its status in one table (http_api.HTTP_STATUS,
+v2_grpc_tensors.GRPC_STATUS); the data plane records it in metrics and the log. Others: "internal"."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+Statuses = Mapping[str, int | str]  # a protocol's table: "ok" and each error code -> its status
 
 
 class InferError(Exception):
     """A request the runtime refuses, with a reason for the client."""
 
-    http_status = 500
-    grpc_code = "INTERNAL"
+    code = "internal"
 
 
 class BadInput(InferError, ValueError):
-    http_status = 400
-    grpc_code = "INVALID_ARGUMENT"  # a grpc.StatusCode name
+    code = "bad_input"
 
 
 class TooLarge(InferError):
     """An input over a configured limit (body, text length, items, image pixels)."""
 
-    http_status = 413
-    grpc_code = "INVALID_ARGUMENT"  # a grpc.StatusCode name
+    code = "too_large"
 
 
 class NotFound(InferError):
-    http_status = 404
-    grpc_code = "NOT_FOUND"  # a grpc.StatusCode name
+    code = "not_found"
 
 
 class Unavailable(InferError):
     """The model is not loaded (yet, or it failed to load)."""
 
-    http_status = 503
-    grpc_code = "UNAVAILABLE"  # a grpc.StatusCode name
+    code = "unavailable"
 
 
 class Overloaded(InferError):
     """The inference queue is full: the client (or the activator) should retry elsewhere or later."""
 
-    http_status = 503
-    grpc_code = "RESOURCE_EXHAUSTED"  # a grpc.StatusCode name
+    code = "overloaded"
+
+
+def status_of(exc: BaseException, table: Statuses) -> int | str:
+    """The protocol's status (in `table`) for a request that raised `exc`."""
+    return table[exc.code if isinstance(exc, InferError) else "internal"]

@@ -2,7 +2,7 @@
 each a thin adapter from the wire to the data plane, plus health, readiness and metrics.
 
 Every inference route reads the request ID (`X-Request-Id`, else a new one), answers with it, and turns
-runtime.errors into a status with `{"error": reason}`.
+runtime.errors into a status (HTTP_STATUS) with `{"error": reason}`.
 
 Why aiohttp and not httptools (as activator/ does): measured with wrk on one connection against this
 server on uvloop (benchmarks.runtime_bench, 2 shared cores). On the machine of the first report GET
@@ -27,13 +27,16 @@ from aiohttp import web
 
 from runtime import tracing
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError, TooLarge
+from runtime.errors import InferError, TooLarge, status_of
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_rest
 from runtime.request_log import request_id
 
 log = logging.getLogger("elasticserving.runtime")
 REQUEST_ID = "X-Request-Id"
+# runtime.errors codes -> HTTP status: the one table of both HTTP protocols (test_error_mapping.py)
+HTTP_STATUS = {"ok": 200, "bad_input": 400, "too_large": 413, "not_found": 404, "unavailable": 503,
+               "overloaded": 503, "internal": 500}
 
 
 def _dumps(obj: Any) -> str:
@@ -73,14 +76,14 @@ class HttpApi:
     async def _tracked(self, protocol: str, rid: str, request: web.Request,
                        work: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
         try:
-            with self.plane.track(protocol, rid, request.protocol) as rec:
+            with self.plane.track(protocol, rid, HTTP_STATUS, request.protocol) as rec:
                 resp = await work(request)
                 rec.status = resp.status
         except InferError as exc:
-            resp = _error(exc.http_status, str(exc))
+            resp = _error(status_of(exc, HTTP_STATUS), str(exc))
         except Exception as exc:  # a bug: logged with its traceback, answered without it
             log.exception("request %s failed", rid)
-            resp = _error(500, f"internal error: {type(exc).__name__}")
+            resp = _error(status_of(exc, HTTP_STATUS), f"internal error: {type(exc).__name__}")
         resp.headers[REQUEST_ID] = rid
         return resp
 
@@ -123,21 +126,19 @@ class HttpApi:
             self.plane.check_model(request.match_info["name"])
             return web.json_response(self.plane.metadata(), dumps=_dumps)
         except InferError as exc:
-            return _error(exc.http_status, str(exc))
+            return _error(status_of(exc, HTTP_STATUS), str(exc))
 
     async def v2_model_ready(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name != self.plane.name:
-            return _error(404, f"unknown model {name!r}")
-        return self.ready(request) if not self.plane.ready else web.json_response({"name": name, "ready": True})
+            return _error(HTTP_STATUS["not_found"], f"unknown model {name!r}")
+        return web.json_response({"name": name, "ready": True}) if self.plane.ready else await self.ready(request)
 
-    def ready(self, _: web.Request) -> web.Response:
+    async def ready(self, _: web.Request) -> web.Response:
         if self.plane.ready:
             return web.json_response({"status": "ready", "model": self.plane.name})
-        return _error(503, f"model {self.plane.name} is not ready: {self.plane.not_ready_reason()}")
-
-    async def ready_handler(self, request: web.Request) -> web.Response:
-        return self.ready(request)
+        why = f"model {self.plane.name} is not ready: {self.plane.not_ready_reason()}"
+        return _error(HTTP_STATUS["unavailable"], why)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -154,11 +155,11 @@ class HttpApi:
         app = web.Application(client_max_size=self.max_body_bytes)
         app.add_routes([
             web.get("/healthz", self.healthz),
-            web.get("/ready", self.ready_handler),
+            web.get("/ready", self.ready),
             web.get("/metrics", self.metrics_handler),
             web.get("/v2", self.v2_server),
             web.get("/v2/health/live", self.healthz),
-            web.get("/v2/health/ready", self.ready_handler),
+            web.get("/v2/health/ready", self.ready),
             web.get("/v2/models/{name}", self.v2_metadata),
             web.get("/v2/models/{name}/ready", self.v2_model_ready),
             web.post("/v2/models/{name}/infer", self.v2_infer),

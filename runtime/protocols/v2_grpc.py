@@ -8,10 +8,10 @@ import grpc
 
 from runtime import tracing
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError
+from runtime.errors import InferError, status_of
 from runtime.proto import inference_pb2 as pb
 from runtime.proto import inference_pb2_grpc as pb_grpc
-from runtime.protocols.v2_grpc_tensors import decode, fill_response
+from runtime.protocols.v2_grpc_tensors import GRPC_STATUS, decode, fill_response
 from runtime.request_log import request_id
 
 
@@ -20,7 +20,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.plane = plane
 
     async def _abort(self, context, exc: InferError, rid: str | None = None):
-        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc),
+        await context.abort(getattr(grpc.StatusCode, status_of(exc, GRPC_STATUS)), str(exc),
                             trailing_metadata=(("x-request-id", rid),) if rid else None)
 
     async def ServerLive(self, request, context):  # noqa: N802 - gRPC method names
@@ -63,7 +63,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, context, rid: str):
         try:
-            with self.plane.track("v2-grpc", rid):
+            with self.plane.track("v2-grpc", rid, GRPC_STATUS):
                 self.plane.check_model(request.model_name)
                 self.plane.loaded_handler()
                 with tracing.step("decode"):

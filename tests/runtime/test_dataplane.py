@@ -17,6 +17,8 @@ from runtime.dataplane import DataPlane, InferRequest, Limits, index_specs
 from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
+from runtime.protocols.http_api import HTTP_STATUS
+from runtime.protocols.v2_grpc_tensors import GRPC_STATUS
 from runtime.request_log import REQUESTS_LOGGER, TEXT_FORMAT, AccessLog, JsonFormatter, request_id
 from runtime.tensors import TensorSpec, object_array
 
@@ -104,7 +106,7 @@ async def test_a_full_queue_is_refused_then_frees():
     await gate.entered.wait()
     with pytest.raises(Overloaded, match="queue full"):
         await p.infer(InferRequest("m", x(3)))
-    assert Overloaded.http_status == 503 and Overloaded.grpc_code == "RESOURCE_EXHAUSTED"
+    assert HTTP_STATUS[Overloaded.code] == 503 and GRPC_STATUS[Overloaded.code] == "RESOURCE_EXHAUSTED"
     second = asyncio.create_task(p.infer(InferRequest("m", x(2))))  # 6 + 2 fits
     gate.release.set()
     await asyncio.gather(first, second)
@@ -116,7 +118,7 @@ async def test_draining_fails_readiness_but_keeps_serving():
     gate = Gate()
     p = plane(gate)
     assert p.ready
-    with p.track("v2-rest", "r1"):
+    with p.track("v2-rest", "r1", HTTP_STATUS):
         task = asyncio.create_task(p.infer(InferRequest("m", x(1))))
         await gate.entered.wait()
         drained = asyncio.create_task(p.drain(30))
@@ -131,7 +133,7 @@ async def test_draining_fails_readiness_but_keeps_serving():
 
 async def test_drain_gives_up_after_its_time():
     p = plane(Gate())
-    with p.track("v2-rest", "r1"):
+    with p.track("v2-rest", "r1", HTTP_STATUS):
         assert await p.drain(0.05) is False
 
 
@@ -147,9 +149,9 @@ def test_request_ids_are_kept_when_sane(incoming, kept):
 def test_each_request_is_one_log_line_with_its_status(caplog):
     p = plane(Gate())
     caplog.set_level(logging.INFO, "elasticserving.runtime.requests")
-    with p.track("paddle-serving", "req-1") as rec:
+    with p.track("paddle-serving", "req-1", HTTP_STATUS) as rec:
         rec.status = 200
-    with pytest.raises(TooLarge), p.track("v2-grpc", "req-2"):
+    with pytest.raises(TooLarge), p.track("v2-grpc", "req-2", GRPC_STATUS):
         raise TooLarge("too big")
     first, second = caplog.records
     assert first.fields["request_id"] == "req-1" and first.fields["status"] == 200
@@ -264,9 +266,9 @@ def test_alone_means_one_connection_for_a_while(begins, at, alone):
     recs = []
     for t, conn in begins:
         now[0] = t
-        recs.append(p.begin("paddle-serving", "rid", conn))
+        recs.append(p.track("paddle-serving", "rid", HTTP_STATUS, conn))
         if t != begins[-1][0]:
-            p.end(recs.pop(), 0.0)  # earlier requests are done
+            p.end(recs.pop())  # earlier requests are done
     now[0] = at
     assert p.alone() is alone
 
@@ -274,8 +276,8 @@ def test_alone_means_one_connection_for_a_while(begins, at, alone):
 def test_not_alone_while_another_request_is_in_flight():
     now = [1.0]
     p = DataPlane("m", RuntimeMetrics(), clock=lambda: now[0])
-    p.begin("paddle-serving", "r1", A)
+    p.track("paddle-serving", "r1", HTTP_STATUS, A)
     now[0] = 2.0
     assert p.alone()
-    p.begin("paddle-serving", "r2", A)  # pipelined on the same connection: two in flight
+    p.track("paddle-serving", "r2", HTTP_STATUS, A)  # pipelined on the same connection: two in flight
     assert not p.alone()

@@ -33,11 +33,12 @@ from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError
+from runtime.errors import InferError, status_of
 from runtime.handlers.base import Handler, WebApi
 from runtime.handlers.lac import LacHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_grpc_tensors, v2_rest
+from runtime.protocols.http_api import HTTP_STATUS
 from runtime.tensors import TensorSpec, pack_bytes
 from tests.fakes import FakePlatform
 from tests.helpers import http, mutate, start_runtime
@@ -94,8 +95,8 @@ class Tally:
             self.crashes.append(f"input {data!r:.300}\n{tb}")
 
     def classify(self, data: Any, exc: BaseException) -> None:
-        if isinstance(exc, InferError) and 400 <= exc.http_status < 500:
-            self.counts[f"refused_{exc.http_status}"] += 1
+        if isinstance(exc, InferError) and 400 <= int(status_of(exc, HTTP_STATUS)) < 500:
+            self.counts[f"refused_{status_of(exc, HTTP_STATUS)}"] += 1
         elif (name := known_bug(exc)) is not None:
             self.counts[f"known_bug:{name}"] += 1
         else:
