@@ -206,11 +206,14 @@ class UpstreamPool:
             if sock is not None:
                 _detect_dead_peers(sock)
         ok = False
+        pending = conn.send(request, head_only)
         try:
-            answer = await conn.send(request, head_only)
+            answer = await pending
             ok = True
         finally:
             if not ok:
+                if pending.done() and not pending.cancelled() and pending.exception() is None:
+                    self.budget.give(pending.result().charged)  # answered as we were cancelled
                 conn.close()  # cancelled (client gone, deadline) or failed: never reuse
         if answer.keep_alive and not conn.closed:
             self._give_back(addr, conn)

@@ -78,3 +78,30 @@ async def test_connections_to_replicas_detect_a_vanished_peer() -> None:
         pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_answer_arriving_as_its_request_is_cancelled_gives_its_bytes_back() -> None:
+    """The answer completes in the same loop turn the client leaves (or the deadline fires): the task is
+    cancelled with the answer's bytes charged to the budget, and they must come back."""
+    budget = upstream.ByteBudget(1000)
+    pool = UpstreamPool(budget)
+    answered: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Conn:
+        closed = False
+
+        def send(self, request, head_only):
+            return answered
+
+        def close(self) -> None:
+            self.closed = True
+
+    pool._take = lambda addr: Conn()  # type: ignore[method-assign]  # a pooled connection
+    task = asyncio.create_task(pool.exchange("127.0.0.1", 1, [b"GET / HTTP/1.1\r\n\r\n"]))
+    await asyncio.sleep(0)  # the exchange awaits its answer
+    assert budget.take(300)
+    answered.set_result(upstream.Answer(200, b"OK", body=b"x" * 300, charged=300))
+    task.cancel()  # before the task runs again: the answer is in, the request is gone
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert budget.used == 0
