@@ -18,7 +18,7 @@ import grpc
 import runtime.tracing as otel
 from activator.access_log import REQUEST_ID_HEADER, request_id
 from activator.dispatcher import Call, Dispatcher
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from activator.outcomes import Broken, Failure, FailureKind, NotSent
 from activator.throttler import Backend
 
@@ -140,7 +140,7 @@ class GrpcFront(grpc.GenericRpcHandler):
         return answer.payload  # type: ignore[return-value]
 
 
-async def start_grpc_front(dispatcher: Dispatcher, limits: Limits, host: str, port: int,
+async def start_grpc_front(dispatcher: Dispatcher, limits: FrontLimits, host: str, port: int,
                            grace: float) -> tuple[grpc.aio.Server, GrpcFront, int]:
     """Listen on host:port (0: a free port); returns the server, the handler and the port bound."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.max_body_bytes),

@@ -23,7 +23,7 @@ import httptools
 import runtime.tracing as otel
 from activator.access_log import request_id
 from activator.dispatcher import Call, Dispatcher
-from activator.limits import ByteBudget, Limits
+from activator.limits import ByteBudget, FrontLimits
 from activator.outcomes import HTTP_STATUS, Failure
 from activator.throttler import Backend
 from activator.upstream import Answer, UpstreamPool
@@ -389,7 +389,7 @@ class FrontConnection(asyncio.Protocol):
 class HttpFront:
     """Translates HTTP into dispatcher calls; owns the client connections and the upstream pool."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: Limits, budget: ByteBudget | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, limits: FrontLimits, budget: ByteBudget | None = None) -> None:
         self.dispatcher = dispatcher
         self.clock = dispatcher.clock
         self.changed = dispatcher.changed  # set here too as connections settle (see finish)

@@ -10,7 +10,7 @@ MIB = 1024 * KIB
 
 
 @dataclass(frozen=True)
-class Limits:
+class FrontLimits:
     max_request_line: int = 8 * KIB  # 414 beyond
     max_header_bytes: int = 64 * KIB  # 431 beyond (all header lines together)
     max_header_fields: int = 100  # 431 beyond

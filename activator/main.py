@@ -28,7 +28,7 @@ from activator.admin import build_admin_app, start_admin
 from activator.autoscaler_link import AutoscalerLink, Token
 from activator.dispatcher import Dispatcher
 from activator.http_front import HttpFront
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from activator.metrics import Metrics
 from activator.prober import Prober
 from activator.throttler import Clock
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-quiet-seconds", type=float, default=1.0,
                    help="on SIGTERM, exit once nothing was in flight or held for this long")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
-    d = Limits()
+    d = FrontLimits()
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="request body (413)")
     p.add_argument("--max-request-line", type=int, default=d.max_request_line, help="request target (414)")
     p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes, help="request headers (431)")
@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def limits_from(args: argparse.Namespace) -> Limits:
-    return Limits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
+def limits_from(args: argparse.Namespace) -> FrontLimits:
+    return FrontLimits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
                   max_header_fields=args.max_header_fields, max_body_bytes=args.max_body_bytes,
                   max_answer_bytes=args.max_answer_bytes, max_pipelined_bytes=args.max_pipelined_bytes,
                   max_buffered_bytes=args.max_buffered_bytes, max_connections=args.max_connections,

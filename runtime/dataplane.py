@@ -41,7 +41,7 @@ ALONE_AFTER = 0.01  # seconds of requests on one connection only before the repl
 
 
 @dataclass(frozen=True)
-class Limits:
+class QueueLimits:
     max_batch_size: int = 32  # items (first dimension) one request may carry
     max_queue: int = 256  # items admitted for inference at once (queued or running)
 
@@ -66,12 +66,12 @@ class RequestRecord:
 
 
 class DataPlane:
-    def __init__(self, name: str, metrics: RuntimeMetrics, limits: Limits | None = None,
+    def __init__(self, name: str, metrics: RuntimeMetrics, limits: QueueLimits | None = None,
                  drain_quiet: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.name = name
         self.metrics = metrics
-        self.limits = limits or Limits()
+        self.limits = limits or QueueLimits()
         self._handler: Handler | None = None
         self._specs: dict[str, list[TensorSpec]] = {}
         self._inflight_gauges: dict[str, Any] = {}

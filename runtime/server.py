@@ -24,7 +24,7 @@ from aiohttp import web
 from runtime import tracing
 from runtime.backends import ModelLoadError
 from runtime.cli import parse_args
-from runtime.dataplane import DataPlane, Limits
+from runtime.dataplane import DataPlane, QueueLimits
 from runtime.handlers import build_handler
 from runtime.handlers.base import Handler
 from runtime.metrics import RuntimeMetrics, pull_report_from_env
@@ -54,7 +54,7 @@ class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.metrics = RuntimeMetrics()
-        self.plane = DataPlane(args.name, self.metrics, Limits(args.max_batch_size, args.max_queue))
+        self.plane = DataPlane(args.name, self.metrics, QueueLimits(args.max_batch_size, args.max_queue))
         self.http = HttpApi(self.plane, self.metrics, args.max_body_bytes, args.is_canary)
 
     async def run(self) -> int:

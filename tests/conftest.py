@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import FakeControl, Setup
 from tests.s3_server import S3Server, require_weed, run_s3_server
 
@@ -25,13 +25,13 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def front_limits() -> Limits | None:
+def front_limits() -> FrontLimits | None:
     """The limits of `setup`'s front door (None: the harness's); a module that tests them overrides this."""
     return None
 
 
 @pytest.fixture
-async def setup(front_limits: Limits | None) -> AsyncIterator[Setup]:
+async def setup(front_limits: FrontLimits | None) -> AsyncIterator[Setup]:
     s = Setup(front_limits)
     await s.start()
     yield s

@@ -18,7 +18,7 @@ from aiohttp import web
 from activator.access_log import AccessLog
 from activator.dispatcher import Dispatcher
 from activator.http_front import HttpFront
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from activator.metrics import Metrics
 from autoscaler.wire import Endpoint, Poke, Route, RoutesUpdate, SideRoute, StatsReport
 from tests.helpers import ROOT, free_port
@@ -82,7 +82,7 @@ async def echo_replica(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 class Setup:
     """An HTTP front door + dispatcher on a loopback port, with pokes recorded."""
 
-    def __init__(self, limits: Limits | None = None, request_timeout: float = 3.0, index: int = 0) -> None:
+    def __init__(self, limits: FrontLimits | None = None, request_timeout: float = 3.0, index: int = 0) -> None:
         self.servers: list[asyncio.base_events.Server] = []
         self.pokes: list[tuple[str, str]] = []
         self.log = io.StringIO()
@@ -91,7 +91,7 @@ class Setup:
         self.dispatcher: Dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log, wake=self._wake,
                                                  request_timeout=request_timeout, queue_depth=100,
                                                  index=lambda n: index)
-        self.front = HttpFront(self.dispatcher, limits or Limits(max_body_bytes=1000))
+        self.front = HttpFront(self.dispatcher, limits or FrontLimits(max_body_bytes=1000))
         self.port = 0
 
     async def _wake(self, key: str, side: str, traceparent: str | None = None) -> None:

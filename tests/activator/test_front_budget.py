@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from activator import http_front
 from activator.http_front import REFUSED, FrontConnection, HttpFront, Reply, State
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import HOST, Setup, ok_answer, read_request
 
 # ---- request streams ---------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def request_items(max_body: int) -> st.SearchStrategy[bytes]:
 
 # ---- the connection over a scripted transport ----------------------------------------------------------
 
-MODEL_LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_header_fields=8, max_body_bytes=300,
+MODEL_LIMITS = FrontLimits(max_request_line=64, max_header_bytes=256, max_header_fields=8, max_body_bytes=300,
                       max_pipelined_bytes=400, max_buffered_bytes=1200, max_connections=2,
                       header_timeout=1.0, body_timeout=2.0, idle_timeout=0.05)
 
@@ -124,7 +124,7 @@ class ScriptedFront(HttpFront):
     the upstream pool takes them, and are `in_transit` until the connection's worker has received them
     (given back if it is cancelled first, as an exchange must)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: FrontLimits) -> None:
         self.now = 0.0
         super().__init__(SimpleNamespace(clock=lambda: self.now, changed=asyncio.Event()), limits)  # type: ignore[arg-type]
         self.calls: collections.deque[asyncio.Future[Reply]] = collections.deque()
@@ -273,7 +273,7 @@ def test_a_client_gone_mid_request_gives_its_body_back():
 
 # ---- a real front door on loopback -------------------------------------------------------------------
 
-LOOP_LIMITS = Limits(max_body_bytes=1000, max_answer_bytes=8_000_000, max_pipelined_bytes=2000,
+LOOP_LIMITS = FrontLimits(max_body_bytes=1000, max_answer_bytes=8_000_000, max_pipelined_bytes=2000,
                      max_buffered_bytes=20_000_000, max_connections=3, header_timeout=0.2, body_timeout=0.2,
                      idle_timeout=0.3)
 BIG = 6_000_000  # past the kernel buffers of a small-window client (tcp_wmem max 4 MiB) and the high-water mark

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from activator.grpc_front import start_grpc_front
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import Setup, full, route
 from tests.helpers import free_port
 
@@ -40,7 +40,7 @@ async def env():
     rserver.add_generic_rpc_handlers((replica,))
     rport = rserver.add_insecure_port("127.0.0.1:0")
     await rserver.start()
-    server, front, port = await start_grpc_front(s.dispatcher, Limits(), "127.0.0.1", 0, grace=1.0)
+    server, front, port = await start_grpc_front(s.dispatcher, FrontLimits(), "127.0.0.1", 0, grace=1.0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield s, replica, rport, channel.unary_unary(METHOD), front
     await channel.close()

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from activator.grpc_front import start_grpc_front
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import Setup, echo_replica, full, responses, route
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -90,7 +90,7 @@ async def test_grpc_tag_routing_key_reaches_one_side():
         ports.append(srv.add_insecure_port("127.0.0.1:0"))
         await srv.start()
         servers.append(srv)
-    server, front, port = await start_grpc_front(s.dispatcher, Limits(), "127.0.0.1", 0, grace=1.0)
+    server, front, port = await start_grpc_front(s.dispatcher, FrontLimits(), "127.0.0.1", 0, grace=1.0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         http_ports = (9001, 9002)  # not used by gRPC; the endpoints carry both

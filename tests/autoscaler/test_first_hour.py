@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from activator.autoscaler_link import ANNOUNCED_ABSENCE_SECONDS, absence_level
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from activator.main import parse_args as activator_args_parser
 from activator.routing import RouteTable
 from autoscaler.local import running
@@ -245,7 +245,7 @@ def test_absence_level(announced_at, now, level):
 
 # ---- up's flags ---------------------------------------------------------------------------------
 def test_up_passes_every_activator_limit_through():
-    limit_flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Limits)}
+    limit_flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(FrontLimits)}
     ours = {flag for flag, _, _ in ACTIVATOR_LIMIT_FLAGS}
     assert ours == limit_flags | {"--drain-seconds"}
     args = build_parser().parse_args(["up", "-f", "x.yaml", "--max-body-bytes", "1024", "--header-timeout", "2.5",

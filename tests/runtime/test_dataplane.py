@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from runtime.dataplane import DataPlane, InferRequest, Limits, index_specs
+from runtime.dataplane import DataPlane, InferRequest, QueueLimits, index_specs
 from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
@@ -45,7 +45,7 @@ class Gate(Handler):
 
 
 def plane(handler: Handler | None = None, **limits) -> DataPlane:
-    p = DataPlane("m", RuntimeMetrics(), Limits(**limits), drain_quiet=0.05)
+    p = DataPlane("m", RuntimeMetrics(), QueueLimits(**limits), drain_quiet=0.05)
     p.handler = handler
     return p
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import HOST, echo_replica, responses
 from tests.helpers import mutate
 
@@ -26,8 +26,8 @@ STATUSES = {200, 400, 404, 408, 413, 414, 431, 501, 503}
 
 
 @pytest.fixture
-def front_limits() -> Limits:
-    return Limits(max_body_bytes=1000, header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
+def front_limits() -> FrontLimits:
+    return FrontLimits(max_body_bytes=1000, header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
 
 
 async def test_mutated_requests_always_get_an_answer_and_the_front_survives(setup):

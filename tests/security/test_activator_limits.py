@@ -10,16 +10,16 @@ import json
 
 import pytest
 
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.activator.harness import HOST, Setup, echo_replica, ok_answer, read_request, responses
 
-LIMITS = Limits(max_request_line=200, max_header_bytes=1000, max_header_fields=10, max_body_bytes=1000,
+LIMITS = FrontLimits(max_request_line=200, max_header_bytes=1000, max_header_fields=10, max_body_bytes=1000,
                 max_answer_bytes=500, max_pipelined_bytes=300, max_buffered_bytes=5000, max_connections=4,
                 header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
 
 
 @pytest.fixture
-def front_limits() -> Limits:
+def front_limits() -> FrontLimits:
     return LIMITS
 
 

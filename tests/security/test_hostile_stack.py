@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from activator.limits import Limits
+from activator.limits import FrontLimits
 from tests.helpers import (
     child_pids,
     http,
@@ -35,7 +35,7 @@ LAC = "python3 -m runtime --model lac --name lac --port $PORT --max-body-bytes 6
 ECHO_HOST = b"echo.hostile.example.com"
 LAC_HOST = "lac.hostile.example.com"
 LAC_KEY = "hostile/lac"
-DEFAULTS = Limits()
+DEFAULTS = FrontLimits()
 FIGURES: dict[str, dict] = {}
 
 pytestmark = pytest.mark.timeout(300)
@@ -177,7 +177,7 @@ def test_pipelining_flood_is_answered_in_order_within_a_memory_bound(stack):
     """6000 pipelined POSTs (94 MiB) on one connection, written as fast as the socket takes them: all are
     answered, in order, and the activator's RSS grows by less than 64 MiB. The bound: the activator reads
     ahead at most 32 requests / 1 MiB per connection (activator.http_front MAX_PIPELINED,
-    Limits.max_pipelined_bytes) and forwards one at a time, so a flood costs it about a few MiB; 64 MiB
+    FrontLimits.max_pipelined_bytes) and forwards one at a time, so a flood costs it about a few MiB; 64 MiB
     leaves room for allocator noise yet is below the 94 MiB an unbounded read-ahead would hold. Fails
     if reading does not pause (the flood is buffered: RSS) or answers are reordered or lost."""
     pid = activator_pid(stack)
