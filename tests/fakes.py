@@ -3,6 +3,8 @@ records what the controller asks of it, a settable clock, and a PaddleService bu
 
 from __future__ import annotations
 
+import asyncio
+
 from autoscaler.platform import Platform, ReplicaAddress, SideState
 from autoscaler.spec import PaddleService
 
@@ -34,13 +36,23 @@ class FakePlatform(Platform):
 
 
 class Clock:
-    """Time passed in: starts at 1000.0, moves only when a test adds to `t`."""
+    """Time passed in: starts at 1000.0, moves only when a test adds to `t`; `read` is set by each reading
+    (an async test waits on it to know a task has looked at the time)."""
 
     def __init__(self) -> None:
         self.t = 1000.0
+        self.read = asyncio.Event()
 
     def __call__(self) -> float:
+        self.read.set()
         return self.t
+
+    async def read_by(self, task: asyncio.Task) -> None:
+        """Until `task` (or anything) reads the clock again, or `task` ends."""
+        self.read.clear()
+        reading = asyncio.ensure_future(self.read.wait())
+        await asyncio.wait({reading, task}, return_when=asyncio.FIRST_COMPLETED)
+        reading.cancel()
 
 
 def svc(min_scale=0, canary=False, percent=None, target=10, max_scale=None, window="6s",

@@ -18,28 +18,9 @@ from activator.outcomes import Failure, NotSent
 from activator.throttler import MAX_WINDOW, Backend, SideThrottler
 from autoscaler.wire import Endpoint, SideRoute
 from tests.activator.harness import full, route
+from tests.fakes import Clock
 
 HOST = "svc.ns.example.com"
-
-
-class Clock:
-    """Monotonic seconds that move only when a test adds to `t`; `read` is set by each reading (a test
-    waits on it to know a task has looked at the time)."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-        self.read = asyncio.Event()
-
-    def __call__(self) -> float:
-        self.read.set()
-        return self.t
-
-    async def read_by(self, task: asyncio.Task) -> None:
-        """Until `task` (or anything) reads the clock again, or `task` ends."""
-        self.read.clear()
-        reading = asyncio.ensure_future(self.read.wait())
-        await asyncio.wait({reading, task}, return_when=asyncio.FIRST_COMPLETED)
-        reading.cancel()
 
 
 class Path:
