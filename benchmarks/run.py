@@ -31,7 +31,7 @@ SUITES = [
      "a 100 MB storageUri model from zero: downloaded vs cached vs baked in (a local path)"),
     ("image", "benchmarks.image_bench", "EfficientNet-Lite0: paddle.inference (oneDNN off/on) vs ONNX Runtime, batch 1 and 16"),
     ("scale", "benchmarks.scale_bench", "1,000 services at zero: idle CPU, RSS per service, route bytes per change, cold start"),
-    ("cluster", "benchmarks.cluster_bench", "real node: apply to Ready, cold start through a real Pod (plain vs standby), control-plane memory"),
+    ("cluster", "benchmarks.cluster_bench", "real node: apply to Ready, cold start through a real Pod (plain vs standby), control-plane memory, cross-node request, release steps under load"),
     ("cluster-storage", "benchmarks.cluster_storage_bench",
      "real node: a 100 MB storageUri model from zero: downloaded vs node-cached vs standby vs pvc (on disk)"),
     ("reliability", "benchmarks.reliability_bench", "soak and faults: requests sent, answered, errors by kind"),
