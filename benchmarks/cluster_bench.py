@@ -130,10 +130,7 @@ def cross_node(node: Node, n: int) -> dict[str, Any]:
     first, second = nodes[0], nodes[1]
     on_node(node, "near", first, [x for x in nodes if x != first])
     on_node(node, "far", second, [x for x in nodes if x != second])
-    acts = node.get("pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"]
-    ready = node.activator_pods()
-    base = next(ready[p["metadata"]["name"]] for p in acts
-                if p["spec"].get("nodeName") == first and p["metadata"]["name"] in ready)
+    base = node.activator_kept_on(first)
     for name in ("near", "far"):
         wait_for(lambda name=name: node.lac(host_of(NS, name), base=base).status == 200, 60, 0.2, f"{name} routed")
     near, far, diff = [], [], []

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = ROOT / "scripts/cluster.sh"
 STATE = Path(os.environ.get("ELASTICSERVING_CLUSTER_DIR") or ROOT / ".cache/cluster")
@@ -100,6 +102,23 @@ class Node:
         return {p["metadata"]["name"]: f"http://{p['status']['podIP']}:8080" for p in pods
                 if not p["metadata"].get("deletionTimestamp")
                 and any(c.get("ready") for c in p["status"].get("containerStatuses") or [])}
+
+    def activator_on(self, node_name: str) -> str | None:
+        """The URL of a ready activator Pod on node `node_name`, if one runs there."""
+        pods = self.get("pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"]
+        ready = self.activator_pods()
+        return next((ready[p["metadata"]["name"]] for p in pods
+                     if p["spec"].get("nodeName") == node_name and p["metadata"]["name"] in ready), None)
+
+    def activator_kept_on(self, node_name: str) -> str:
+        """A ready activator on `node_name`; when both run elsewhere (a restart can place them so: their
+        spread is preferred, not required), one is moved there (the scheduler prefers the node without)."""
+        url = self.activator_on(node_name)
+        if url is None:
+            pods = self.get("pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=activator")["items"]
+            self.kubectl("delete", "pod", "-n", SYSTEM_NS, pods[0]["metadata"]["name"])
+            url = wait_for(lambda: self.activator_on(node_name), 180, 1, f"an activator on {node_name}")
+        return url
 
     def leader_published(self) -> bool:
         """The Lease holder's Pod IP is the autoscaler Service's endpoint (activators reach it)."""

@@ -9,7 +9,6 @@ and to .cache/cluster/reports/node-loss.json. Needs a node with `scripts/cluster
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -76,38 +75,13 @@ def spread_service(two_nodes: Node) -> tuple[Node, str]:
     return node, host_of(NS, NAME)
 
 
-def activator_on(node: Node, node_name: str) -> str:
-    pods = node.get("pods", "-n", "elasticserving-system", "-l", "app.kubernetes.io/component=activator")["items"]
-    ready = node.activator_pods()
-    for p in pods:
-        if p["spec"].get("nodeName") == node_name and p["metadata"]["name"] in ready:
-            return ready[p["metadata"]["name"]]
-    raise AssertionError(f"no ready activator on {node_name}: {sorted(ready)}")
-
-
-def activator_kept_on(node: Node, node_name: str) -> str:
-    """A ready activator on `node_name`; when both run elsewhere (a restart placed them so: their spread
-    is preferred, not required), one is moved there (the scheduler prefers the node without one)."""
-    with contextlib.suppress(AssertionError):
-        return activator_on(node, node_name)
-    pods = node.get("pods", "-n", "elasticserving-system", "-l", "app.kubernetes.io/component=activator")["items"]
-    node.kubectl("delete", "pod", "-n", "elasticserving-system", pods[0]["metadata"]["name"])
-
-    def moved() -> str | None:
-        with contextlib.suppress(AssertionError):
-            return activator_on(node, node_name)
-        return None
-
-    return wait_for(moved, 180, 1, f"an activator on {node_name}")
-
-
 def run(*cmd: str, timeout: float = 600) -> None:
     p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{cmd}: {p.stderr[-2000:]}"
 
 
 def survive(node: Node, host: str, kill: Callable[[], None], what: str) -> dict[str, float]:
-    base = activator_kept_on(node, NODE1)
+    base = node.activator_kept_on(NODE1)
     wait_for(lambda: node.routed_by_every_activator(host, {"default"}), 120, 0.5, "routed by every activator")
     with Load(node, host, CLIENTS, base=base) as load:
         wait_for(lambda: load.count() >= 40, 60, 0.1, "a steady load")
