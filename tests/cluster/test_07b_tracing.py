@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import yaml
 
 from tests.cluster.node import LAC_BODY, ROOT, SYSTEM_NS, Node, fresh_service, host_of, lac_service
 from tests.helpers import wait_for
-from tests.tracing.jaeger_server import require_jaeger
+from tests.tracing.jaeger_server import Jaeger, require_jaeger
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 NS, NAME = "es-tracing", "traced"
@@ -61,10 +59,11 @@ def set_tracing(node: Node, data: dict[str, str | None]) -> None:
 
 
 @pytest.fixture(scope="module")
-def jaeger(stack: Node) -> Iterator[str]:
+def jaeger(stack: Node) -> Iterator[Jaeger]:
     BIN_DIR.mkdir(mode=0o755, exist_ok=True)
     shutil.copy2(require_jaeger(), BIN_DIR / "jaeger")
     (BIN_DIR / "jaeger").chmod(0o755)
+    stack.kubectl("wait", "--for=delete", f"namespace/{NS}", "--timeout=300s", timeout=320, check=False)  # a reused node
     stack.apply(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n")
     stack.apply(jaeger_manifest())
     stack.kubectl("-n", NS, "rollout", "status", "deploy/jaeger", "--timeout=180s", timeout=200)
@@ -72,27 +71,13 @@ def jaeger(stack: Node) -> Iterator[str]:
     query = f"http://{pod['status']['podIP']}:16686"
     set_tracing(stack, OTEL)
     try:
-        yield query
+        yield Jaeger(otlp_http=OTEL["OTEL_EXPORTER_OTLP_ENDPOINT"], otlp_grpc=f"http://jaeger.{NS}.svc:4317", query=query)
     finally:
         set_tracing(stack, dict.fromkeys(OTEL))  # back to tracing off
         stack.kubectl("delete", "namespace", NS, "--wait=false", "--ignore-not-found")
 
 
-def trace(query: str, trace_id: str) -> list[dict]:
-    try:
-        with urllib.request.urlopen(f"{query}/api/traces/{trace_id}", timeout=5) as r:
-            data = json.load(r).get("data") or []
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return []
-        raise
-    if not data:
-        return []
-    processes = data[0]["processes"]
-    return [{**s, "serviceName": processes[s["processID"]]["serviceName"]} for s in data[0]["spans"]]
-
-
-def test_a_cold_request_is_one_trace_in_the_jaeger_pod(stack: Node, jaeger: str) -> None:
+def test_a_cold_request_is_one_trace_in_the_jaeger_pod(stack: Node, jaeger: Jaeger) -> None:
     fresh_service(stack, NS, NAME, lac_service(NS, NAME))  # minScale 0: the request wakes it
     wait_for(lambda: stack.deployment_replicas(NS, NAME) == 0, 120, 0.5, "the service at zero")
     a = stack.post(host_of(NS, NAME), "/lac/prediction", LAC_BODY, timeout=300,
@@ -101,8 +86,7 @@ def test_a_cold_request_is_one_trace_in_the_jaeger_pod(stack: Node, jaeger: str)
     assert a.headers["traceparent"].startswith(f"00-{TRACE_ID}-")
 
     want = {"activator http", "wait for replica", "proxy", "runtime paddle-serving", "inference"}
-    spans = wait_for(lambda: (s := trace(jaeger, TRACE_ID)) and want <= {x["operationName"] for x in s} and s,
-                     90, 0.5, f"trace {TRACE_ID} in the Jaeger Pod")
+    spans = jaeger.wait_spans(TRACE_ID, lambda s: want <= {x["operationName"] for x in s}, 90)
     by_name = {s["operationName"]: s for s in spans}
 
     def parent(span: dict) -> str | None:
