@@ -29,7 +29,7 @@ from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute
 from benchmarks import wrk
 from benchmarks.load import closed_loop
 from benchmarks.stats import MIN_RUNS, summarize
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ROOT, cpu_seconds, free_port, wait_for
 
 ECHO = [sys.executable, str(ROOT / "tests/fixtures/echo_replica.py")]
 HOST = "echo.bench.example.com"
@@ -127,11 +127,6 @@ def _get(url: str, headers: dict[str, str] | None = None) -> int:
         return 0
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def start_activator(tree: Path, control: Control, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [sys.executable, "-m", "activator", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0",
@@ -192,10 +187,10 @@ def measure(quick: bool = False, tree: Path = ROOT) -> dict:
             direct1 = load(direct_url, body, 1, seconds / 2)
             via1 = load(via_url, body, 1, seconds / 2, {"Host": HOST})
             direct = load(direct_url, body, 64, seconds)
-            cpu0 = _cpu_seconds(act.pid)
+            cpu0 = cpu_seconds(act.pid)
             via = load(via_url, body, 64, seconds, {"Host": HOST})
             # CPU per request is steadier than throughput on a machine shared with other work.
-            via["cpu_us_per_request"] = (_cpu_seconds(act.pid) - cpu0) / max(1, via["requests"]) * 1e6
+            via["cpu_us_per_request"] = (cpu_seconds(act.pid) - cpu0) / max(1, via["requests"]) * 1e6
             cold = asyncio.run(_cold_start(port, control))
         finally:
             if act is not None:

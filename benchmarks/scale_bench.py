@@ -15,25 +15,10 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks.load import percentile
-from tests.helpers import ROOT, Stack, paddleservice, start_stack, wait_for, write_yaml
+from tests.helpers import ROOT, Stack, cpu_seconds, paddleservice, rss_mib, start_stack, wait_for, write_yaml
 
 ECHO = f"{sys.executable} {ROOT / 'tests' / 'fixtures' / 'echo_replica.py'}"
 NAMESPACE = "scale"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (its own threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
 
 def activator_pid(stack: Stack) -> int:
     for d in os.listdir("/proc"):

@@ -4,7 +4,11 @@ real Jaeger (tests/tracing/jaeger_server.py), measured in turns under the same c
 
     .venv/bin/python -m benchmarks.tracing_bench [--quick] [--runs 3]
 
-Prints each figure as median (min-max) over the runs and the on/off throughput ratio of paired runs.
+Prints each figure as median (min-max) over the runs and the on/off throughput ratio of paired runs, and
+where the CPU goes: microseconds of CPU per answered request in the stack's processes (`up`, activator,
+replica) and in Jaeger, from /proc, so the cost of tracing splits into our processes' share (span
+creation, the SDK's batch export) and the collector's. Load comes from wrk when installed (else from
+aiohttp in this process, which shares the CPU).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks import wrk
 from benchmarks.load import closed_loop
 from benchmarks.stats import MIN_RUNS, fmt, ratio, summarize
-from tests.helpers import paddleservice, start_stack, wait_for, write_yaml
+from tests.helpers import cpu_seconds, paddleservice, start_stack, tree_cpu_seconds, wait_for, write_yaml
 from tests.tracing.jaeger_server import environment, require_jaeger, run_jaeger
 
 BODY = json.dumps({"feed": [{"words": "我爱北京天安门"}], "fetch": ["word_seg"]}).encode()
@@ -28,6 +33,33 @@ def _stack(tmp: Path, name: str, env: dict[str, str]):
     with environment(env):  # `up`, its activator and its replicas inherit them
         return start_stack(tmp / name, [write_yaml(tmp / f"{name}.yaml", paddleservice("lac", name, RUNTIME,
                                                                                       minScale=1))])
+
+
+def _load(s, name: str, connections: int, seconds: float) -> dict[str, float]:
+    """One closed-loop run against stack `s` (wrk when installed)."""
+    url, headers = f"{s.base}/lac/prediction", {"Host": f"lac.{name}.example.com"}
+    if wrk.available():
+        r = wrk.closed_loop(url, BODY, connections, seconds, headers)
+    else:
+        r = asyncio.run(closed_loop(url, BODY, connections, seconds, {**headers, "Content-Type": "application/json"}))
+    if r["errors"]:
+        raise RuntimeError(f"the {name} stack: {r['errors']} failed requests")
+    return r
+
+
+def _pair(stacks: dict, jaeger_pid: int, connections: int, seconds: float) -> dict[str, float]:
+    """One run of each stack in turn. CPU is read over the whole pair, so spans the traced stack exports
+    (and Jaeger stores) after its turn still count: per answered request of its own for each stack, and
+    Jaeger's per request of the traced stack."""
+    cpu0 = {n: tree_cpu_seconds(s.proc.pid) for n, s in stacks.items()} | {"jaeger": cpu_seconds(jaeger_pid)}
+    runs = {n: _load(s, n, connections, seconds) for n, s in stacks.items()}
+    cpu1 = {n: tree_cpu_seconds(s.proc.pid) for n, s in stacks.items()} | {"jaeger": cpu_seconds(jaeger_pid)}
+    out: dict[str, float] = {}
+    for n, r in runs.items():
+        out[f"rps_{n}"], out[f"p50_ms_{n}"] = r["rps"], r["p50_ms"]
+        out[f"stack_cpu_us_{n}"] = (cpu1[n] - cpu0[n]) / max(1, r["requests"]) * 1e6
+    out["jaeger_cpu_us_on"] = (cpu1["jaeger"] - cpu0["jaeger"]) / max(1, runs["on"]["requests"]) * 1e6
+    return out
 
 
 def main() -> None:
@@ -52,21 +84,19 @@ def main() -> None:
                 host = f"lac.{name}.example.com"
                 wait_for(lambda s=s, h=host: s.request(h, "/lac/prediction", raw=BODY)[0] == 200, 120, 0.5,
                          f"the {name} stack answering")
-            rps: dict[str, list[float]] = {"off": [], "on": []}
-            p50: dict[str, list[float]] = {"off": [], "on": []}
+            figures: dict[str, list[float]] = {}
             for _ in range(args.runs):
-                for name, s in stacks.items():  # in turns: a noisy moment hits both alike
-                    r = asyncio.run(closed_loop(f"{s.base}/lac/prediction", BODY, args.connections, seconds,
-                                                {"Host": f"lac.{name}.example.com",
-                                                 "Content-Type": "application/json"}))
-                    rps[name].append(r["rps"])
-                    p50[name].append(r["p50_ms"])
-            off, on = summarize(rps["off"]), summarize(rps["on"])
+                # in turns: a noisy moment hits both alike
+                for key, value in _pair(stacks, jaeger.pid, args.connections, seconds).items():
+                    figures.setdefault(key, []).append(value)
+            out = {k: summarize(v) for k, v in figures.items()}
+            out["on_over_off"] = ratio(out["rps_on"], out["rps_off"])
             print(json.dumps({"seconds": seconds, "connections": args.connections, "ratio": args.ratio,
-                              "rps_off": off, "rps_on": on, "p50_ms_off": summarize(p50["off"]),
-                              "p50_ms_on": summarize(p50["on"]), "on_over_off": ratio(on, off)}, indent=2))
-            print(f"LAC rps, tracing off: {fmt(off)}; on (sampling {args.ratio:g}, to Jaeger): {fmt(on)}; "
-                  f"on/off: {fmt(ratio(on, off))}")
+                              "load": "wrk" if wrk.available() else "aiohttp (shares the CPU)", **out}, indent=2))
+            print(f"LAC rps, tracing off: {fmt(out['rps_off'])}; on (sampling {args.ratio:g}, to Jaeger): "
+                  f"{fmt(out['rps_on'])}; on/off: {fmt(out['on_over_off'])}; CPU us per request: stack "
+                  f"{fmt(out['stack_cpu_us_off'])} off, {fmt(out['stack_cpu_us_on'])} on; Jaeger "
+                  f"{fmt(out['jaeger_cpu_us_on'])}")
         finally:
             for s in stacks.values():
                 s.stop()

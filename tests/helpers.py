@@ -77,6 +77,25 @@ def child_pids(parent: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` so far (all its threads, not its children; Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """cpu_seconds of `root` and of every process under it that is still running."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # it ended meanwhile
+            continue
+        todo += child_pids(pid)
+    return total
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -49,6 +49,7 @@ class Jaeger:
     otlp_http: str  # OTEL_EXPORTER_OTLP_ENDPOINT for http/protobuf
     otlp_grpc: str  # ... for grpc
     query: str  # the query API's base URL
+    pid: int = 0  # the collector's process (its CPU is part of what tracing costs)
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The spans Jaeger holds for `trace_id` ([] while it has none), each with its process's
@@ -100,7 +101,7 @@ def run_jaeger(binary: Path, workdir: Path) -> Iterator[Jaeger]:
     proc = subprocess.Popen([str(binary), "--config", f"file:{cfg}"], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     j = Jaeger(f"http://127.0.0.1:{ports['http']}", f"http://127.0.0.1:{ports['grpc']}",
-               f"http://127.0.0.1:{ports['query']}")
+               f"http://127.0.0.1:{ports['query']}", proc.pid)
     try:
         def up() -> bool:
             if proc.poll() is not None:
