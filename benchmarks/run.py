@@ -24,7 +24,8 @@ SUITES = [
     ("autoscaler", "benchmarks.autoscaler_sim", "KPA decider vs naive policy on load traces (simulation)"),
     ("runtime", "benchmarks.runtime_bench", "runtime overhead vs direct paddle.inference; dynamic batching"),
     ("user-model", "benchmarks.user_model_bench",
-     "a user's own model (raw handler, FP32 [-1,4]): dynamic batching on vs off at 32 clients, Paddle and ONNX"),
+     "a user's own models (raw handler, FP32 [-1,4]: 4-16-3 and a 256-256 MLP): dynamic batching on vs off at "
+     "32 clients, Paddle and ONNX"),
     ("activator", "benchmarks.activator_bench", "activator in path vs direct; cold start added latency"),
     ("coldstart", "benchmarks.coldstart_bench", "first answer from zero: pre-warmed vs plain start"),
     ("storage-coldstart", "benchmarks.storage_coldstart_bench",

@@ -20,12 +20,16 @@ RUN apt-get update \
 
 WORKDIR /app
 # Dependencies first, from the package metadata alone: this heavy layer stays cached while the code changes.
-COPY pyproject.toml setup.cfg README.md ./
-RUN pip install ".[paddle,onnx,tf]" \
+# (README.md is the package's long description: an empty one here, so editing it does not
+# reinstall the dependencies)
+COPY pyproject.toml setup.cfg ./
+RUN : >README.md \
+ && pip install ".[paddle,onnx,tf]" \
  && rm -rf build elasticserving.egg-info
 COPY runtime/ runtime/
 COPY activator/ activator/
 COPY autoscaler/ autoscaler/
+COPY README.md ./
 RUN pip install --no-deps . \
  && rm -rf build elasticserving.egg-info \
  && python -c "import tensorflow as tf; print('TensorFlow', tf.__version__)"

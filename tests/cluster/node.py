@@ -273,3 +273,16 @@ def apply_local_volume(node: Node, pv: str, path: str, namespace: str, claim: st
         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": storage_class, "volumeName": pv,
                  "resources": {"requests": {"storage": "1Gi"}}}}))
 
+
+
+def import_built_image(target: str, timeout: float = 1800) -> str:
+    """Build the image `target` of scripts/build-images.sh (cached) and import it into the first node's
+    containerd, for an image `up` does not import (e.g. runtime-tf); returns its name."""
+    built = subprocess.run([str(ROOT / "scripts/build-images.sh"), target], capture_output=True, text=True,
+                           timeout=timeout)
+    assert built.returncode == 0, f"build-images.sh {target}: {built.stderr[-3000:]}"
+    image, tarball = built.stdout.split()[:2]
+    imported = subprocess.run(["ctr", "--address", str(STATE / "containerd/containerd.sock"), "-n", "k8s.io",
+                               "images", "import", tarball], capture_output=True, text=True, timeout=timeout)
+    assert imported.returncode == 0, f"ctr images import {tarball}: {imported.stderr[-2000:]}"
+    return image

@@ -2,7 +2,8 @@
 S3 keys and a PaddleService with `storageUri: s3://...` and no `arg`, served by a Pod from zero (the
 storage-initializer downloads into the node's cache); a second scale from zero downloads nothing (the
 init container's log and the replica's pull metric say so); `pvc://` on a local PersistentVolume; wrong
-keys give 503 and a condition naming the URI, with the secret nowhere in status, events or logs."""
+keys give 503 and a condition naming the URI, with the secret nowhere in status, events or logs; a
+TensorFlow SavedModel from S3 served by the runtime-tf image (item 11) with its exact dtypes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.node import ROOT, Node, apply_local_volume, host_of
+from tests.cluster.node import ROOT, Node, apply_local_volume, host_of, import_built_image
 from tests.helpers import wait_for
 from tests.s3_server import run_s3_server
 
@@ -71,17 +72,19 @@ def _secret(name: str, data: dict[str, str]) -> str:
                        "stringData": data})
 
 
-def _psvc(name: str, uri: str, **side: str) -> str:
+def _psvc(name: str, uri: str, image: str = "elasticserving/runtime", **side: str) -> str:
     return json.dumps({"apiVersion": "elasticserving.paddlepaddle.org/v1", "kind": "PaddleService",
                        "metadata": {"name": name, "namespace": NS},
-                       "spec": {"default": {"containerImage": "elasticserving/runtime", "tag": "latest",
+                       "spec": {"default": {"containerImage": image, "tag": "latest",
                                             "port": 9292, "storageUri": uri, **side},
                                 "service": {"minScale": 0, "window": "6s"}}})
 
 
-def _infer(node: Node, name: str, timeout: float = 300):
-    body = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
-                                   "data": [0.1, 0.2, 0.3, 0.4, 1.0, -1.0, 0.5, 2.0]}]}).encode()
+IRIS_INPUTS = [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4, 1.0, -1.0, 0.5, 2.0]}]
+
+
+def _infer(node: Node, name: str, timeout: float = 300, inputs: list[dict] = IRIS_INPUTS):
+    body = json.dumps({"inputs": inputs}).encode()
     # 404 only until the new route reaches the activators
     return wait_for(lambda: (a := node.post(host_of(NS, name), f"/v2/models/{name}/infer", body,
                                             timeout=timeout)).status != 404 and a, 60, 0.2, f"{name} routed")
@@ -163,3 +166,26 @@ def test_a_uri_that_does_not_exist_names_itself(stack: Node, ns, s3) -> None:
     assert answer.status == 503
     assert b"cannot pull s3://own-models/nothing/here/: no objects under" in answer.body, answer.body[:500]
 
+
+
+def test_a_tensorflow_saved_model_from_s3_is_served_by_the_tf_image(stack: Node, ns, s3, tmp_path) -> None:
+    pytest.importorskip("tensorflow")  # the `tf` extra (scripts/setup.sh --test) builds the SavedModel
+    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_tf_model.py"), str(tmp_path)], check=True,
+                   capture_output=True, timeout=600)
+    bucket = "own-models"
+    for f in sorted((tmp_path / "strings").rglob("*")):
+        if f.is_file():
+            s3.put(bucket, f"strings/v1/{f.relative_to(tmp_path / 'strings')}", f.read_bytes())
+    image = import_built_image("runtime-tf")
+    stack.apply(_secret("s3-creds", s3.env() | {"AWS_ENDPOINT_URL": s3.endpoint}))
+    stack.apply(_psvc("words", "s3://own-models/strings/v1/", image=image.rsplit(":", 1)[0],
+                      storageSecret="s3-creds"))
+    answer = _infer(stack, "words", inputs=[
+        {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["ab", "wörter"]},
+        {"name": "scale", "shape": [2], "datatype": "FP64", "data": [0.5, 2.0]}])
+    assert answer.status == 200, answer.body[:500]
+    outputs = {o["name"]: (o["datatype"], o["shape"], o["data"]) for o in answer.json()["outputs"]}
+    assert outputs == {"upper": ("BYTES", [2], ["AB", "WöRTER"]), "length": ("INT32", [2], [2, 6]),
+                       "scaled": ("FP64", [2], [1.0, 12.0]), "long": ("BOOL", [2], [False, True])}
+    (pod,) = [p for p in stack.pods(NS, "words") if p["status"].get("podIP")]
+    assert pod["spec"]["containers"][0]["image"].startswith(image.rsplit(":", 1)[0])

@@ -33,8 +33,8 @@ def own_model(name: str, uri: str, **side) -> dict:
 @pytest.fixture(scope="module")
 def model_tgz(tmp_path_factory) -> bytes:
     out = tmp_path_factory.mktemp("user-model")
-    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_user_model.py"), str(out)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "tests/runtime/build_user_model.py"), str(out), "user"],
+                   check=True, capture_output=True, timeout=300)
     arc = out / "user.tar.gz"
     with tarfile.open(arc, "w:gz") as tar:
         for f in sorted((out / "user" / "paddle").iterdir()):

@@ -4,6 +4,8 @@ Usage: python tests/runtime/build_user_model.py OUT_DIR [NAME ...]  (writes OUT_
 default: every model below)
 
   user     x FP32 [-1,4] -> scores FP32 [-1,3] (softmax), label INT64 [-1] (argmax): batches
+  mlp      as `user` through two hidden layers of 256 (67k parameters): a small model whose call costs
+           about as much as the runtime's own work per request (benchmarks.user_model_bench)
   ragged   x FP32 [-1,-1] -> total FP32 [-1] (row sums), peak FP32 [-1] (row maxima): batches only
            requests of the same width
   fixed    x FP32 [2,4] -> as `user`: the first dimension is not dynamic, it never batches
@@ -29,6 +31,19 @@ class Classifier(paddle.nn.Layer):
 
     def forward(self, x):
         scores = paddle.nn.functional.softmax(self.fc2(paddle.tanh(self.fc1(x))), axis=-1)
+        return scores, paddle.argmax(scores, axis=-1)
+
+
+class MLP(paddle.nn.Layer):
+    def __init__(self, width: int = 256) -> None:
+        super().__init__()
+        self.fc1 = paddle.nn.Linear(4, width)
+        self.fc2 = paddle.nn.Linear(width, width)
+        self.fc3 = paddle.nn.Linear(width, 3)
+
+    def forward(self, x):
+        hidden = paddle.tanh(self.fc2(paddle.tanh(self.fc1(x))))
+        scores = paddle.nn.functional.softmax(self.fc3(hidden), axis=-1)
         return scores, paddle.argmax(scores, axis=-1)
 
 
@@ -64,6 +79,7 @@ class Lookup(paddle.nn.Layer):
 
 MODELS = {  # name: (layer, input shape, input dtype)
     "user": (Classifier, [None, 4], "float32"),
+    "mlp": (MLP, [None, 4], "float32"),
     "ragged": (RowStats, [None, None], "float32"),
     "fixed": (Classifier, [2, 4], "float32"),
     "doubled": (Doubled, [None, 4], "float32"),
