@@ -30,6 +30,8 @@ R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
 # Sends of one request that fail before a byte is written (connect refused or timed out), each to another
 # replica: enough to get past the replicas of a node that just died.
 MAX_RESENDS = 3
+# breaker_rejections' `reason` label per refusal code: the label values dashboards and alerts know
+REJECTED = {"unavailable": "unavailable", "overloaded": "queue_full"}
 Wake = Callable[[str, LoadSide, str | None], Awaitable[None]]  # key, side, the held request's traceparent
 
 
@@ -145,14 +147,14 @@ class Dispatcher:
                     await asyncio.wait_for(self.synced.wait(), self.request_timeout)
                 found = self.table.target(call.host)
             if found is None:
-                raise Failure("no_route", f"no PaddleService serves host {call.host or ''!r}"
-                                          f"{self.table.unknown_host_hint(call.host)}")
+                raise Failure("not_found", f"no PaddleService serves host {call.host or ''!r}"
+                                           f"{self.table.unknown_host_hint(call.host)}")
             route = found.route
             call.service = route.service
             # A tag route reaches its side whatever the split (a canary at 0 % too: held, poked, woken).
             side = found.tag or self.table.pick_side(route, call.pin)
             if side is None:
-                raise Failure("no_canary", f"x-paddleservice-canary: true needs a canary, and {route.service} "
+                raise Failure("bad_input", f"x-paddleservice-canary: true needs a canary, and {route.service} "
                                            "has none")
             call.side = side
             if call.span is not None:
@@ -167,8 +169,8 @@ class Dispatcher:
             return result
         except Failure as f:
             code = label(f)
-            if m is not None and f.kind in ("unavailable", "queue_full"):
-                m.reject(f.kind)
+            if m is not None and f.code in REJECTED:
+                m.reject(REJECTED[f.code])
             raise
         except asyncio.CancelledError:
             code = label(Failure("cancelled", "the client went away"))
@@ -222,12 +224,12 @@ class Dispatcher:
                 t.mark(backend, False)  # the prober puts it back as soon as it answers
                 tried = tried | {backend.id}
                 if len(tried) > MAX_RESENDS or self.clock() >= deadline:
-                    raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) could not be "
-                                            f"reached: {exc}") from None
+                    raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) could "
+                                                     f"not be reached: {exc}") from None
                 m.retries.inc()
             except Broken as exc:
-                raise Failure("broken", f"replica {backend.id} of {t.key} ({t.side}) failed after the request "
-                                        f"was sent: {exc}") from None
+                raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) failed after "
+                                                 f"the request was sent: {exc}") from None
             except TimeoutError:
                 raise Failure("timeout", f"replica {backend.id} of {t.key} ({t.side}) did not answer within "
                                          f"{timeout:g}s") from None

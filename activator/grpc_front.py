@@ -19,8 +19,9 @@ import runtime.tracing as otel
 from activator.access_log import REQUEST_ID_HEADER, request_id
 from activator.dispatcher import Call, Dispatcher
 from activator.limits import FrontLimits
-from activator.outcomes import Broken, Failure, FailureKind, NotSent
+from activator.outcomes import Broken, Failure, NotSent
 from activator.throttler import Backend
+from runtime.errors import GRPC_STATUS
 
 ROUTE_KEY = "x-paddleservice"
 CANARY_KEY = "x-paddleservice-canary"
@@ -29,12 +30,9 @@ DROP_METADATA = frozenset({ROUTE_KEY, "host", ":authority", "user-agent", "grpc-
 TRACE_KEYS = ("traceparent", "tracestate")  # replaced by the activator's own when tracing is on
 # Details of an UNAVAILABLE raised by the channel itself before the call left (no connection).
 NOT_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing")
-GRPC_CODE: dict[FailureKind, grpc.StatusCode] = {
-    "no_route": grpc.StatusCode.NOT_FOUND, "no_canary": grpc.StatusCode.INVALID_ARGUMENT,
-    "unavailable": grpc.StatusCode.UNAVAILABLE, "queue_full": grpc.StatusCode.UNAVAILABLE,
-    "broken": grpc.StatusCode.UNAVAILABLE, "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "cancelled": grpc.StatusCode.CANCELLED,
-}
+# runtime.errors.GRPC_STATUS as StatusCodes, but a full queue answers UNAVAILABLE here, as it always has
+# (a replica's full queue is RESOURCE_EXHAUSTED): kept so that no client sees another status
+STATUS = {c: getattr(grpc.StatusCode, s) for c, s in (GRPC_STATUS | {"overloaded": "UNAVAILABLE"}).items()}
 
 
 @dataclass(slots=True)
@@ -46,7 +44,7 @@ class GrpcAnswer:
 
 def _label(outcome: GrpcAnswer | Failure) -> str:
     if isinstance(outcome, Failure):
-        return f"grpc_{GRPC_CODE[outcome.kind].name}"
+        return f"grpc_{STATUS[outcome.code].name}"
     return f"grpc_{outcome.code.name}"
 
 
@@ -127,9 +125,9 @@ class GrpcFront(grpc.GenericRpcHandler):
             answer = await self.dispatcher.dispatch(call, send, _label)
         except Failure as f:
             reason = f.reason
-            if f.kind == "no_route":
+            if f.code == "not_found":
                 reason += f": set metadata {ROUTE_KEY}: <name>.<namespace> (one side: <tag>-<name>.<namespace>)"
-            await context.abort(GRPC_CODE[f.kind], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),)
+            await context.abort(STATUS[f.code], reason, trailing_metadata=((REQUEST_ID_HEADER, rid),)
                                 + ((("traceparent", call.traceparent),) if call.traceparent else ()))
         trailing = (("x-paddleservice-side", call.side), (REQUEST_ID_HEADER, rid))
         if call.traceparent:

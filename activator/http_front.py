@@ -24,9 +24,10 @@ import runtime.tracing as otel
 from activator.access_log import request_id
 from activator.dispatcher import Call, Dispatcher
 from activator.limits import ByteBudget, FrontLimits
-from activator.outcomes import HTTP_STATUS, Failure
+from activator.outcomes import Failure
 from activator.throttler import Backend
 from activator.upstream import Answer, UpstreamPool
+from runtime.errors import HTTP_STATUS
 
 log = logging.getLogger("elasticserving.activator")
 
@@ -106,7 +107,7 @@ def origin_form(target: bytes) -> bytes:
 
 def _label(outcome: Answer | Failure) -> str:
     if isinstance(outcome, Failure):
-        return str(HTTP_STATUS[outcome.kind])
+        return str(HTTP_STATUS[outcome.code])
     return str(outcome.status)
 
 
@@ -449,7 +450,7 @@ class HttpFront:
             headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else []
             if call.traceparent:
                 headers.append((b"traceparent", call.traceparent.encode()))
-            return error(HTTP_STATUS[f.kind], f.reason, headers)
+            return error(HTTP_STATUS[f.code], f.reason, headers)
         hop = _answer_hop(answer.headers)
         if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
             hop = hop | TRACE_HEADERS

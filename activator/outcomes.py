@@ -2,15 +2,13 @@
 
 A front door's "send to this replica" callable raises `NotSent` (nothing was written: safe to resend
 elsewhere) or `Broken` (the request was written, or the answer is unusable: never resent). The
-dispatcher turns everything it refuses into a `Failure` with a kind; each front door maps the kind to
-its wire format (HTTP status, gRPC code) and the reason goes to the client verbatim.
+dispatcher turns everything it refuses into a `Failure` with a code of runtime.errors (the one vocabulary
+and status tables of both rooms); each front door answers its status and the reason goes verbatim.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-FailureKind = Literal["no_route", "no_canary", "unavailable", "queue_full", "broken", "timeout", "cancelled"]
+from runtime.errors import Code
 
 
 class NotSent(Exception):
@@ -22,17 +20,12 @@ class Broken(Exception):
 
 
 class Failure(Exception):
-    """The dispatcher's refusal: `kind` says which, `reason` says why, in words for the client."""
+    """The dispatcher's refusal: `code` says which, `reason` says why, in words for the client. Codes used:
+    not_found (no route), bad_input (no canary), unavailable, overloaded (queue full), upstream_failed,
+    timeout, cancelled."""
 
-    def __init__(self, kind: FailureKind, reason: str, retry_after: int | None = None) -> None:
+    def __init__(self, code: Code, reason: str, retry_after: int | None = None) -> None:
         super().__init__(reason)
-        self.kind = kind
+        self.code = code
         self.reason = reason
         self.retry_after = retry_after
-
-
-# The HTTP status for each failure kind; gRPC has its own table in activator.grpc_front.
-HTTP_STATUS: dict[FailureKind, int] = {
-    "no_route": 404, "no_canary": 400, "unavailable": 503, "queue_full": 503, "broken": 502,
-    "timeout": 504, "cancelled": 499,  # 499: the client went away (nginx's convention)
-}

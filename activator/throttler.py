@@ -184,7 +184,7 @@ class SideThrottler:
         if self.error and not self._healthy():
             raise Failure("unavailable", self.error)
         if len(self.waiters) >= self.queue_depth:
-            raise Failure("queue_full", f"too many requests waiting for {self.key} ({self.side}): queue of "
+            raise Failure("overloaded", f"too many requests waiting for {self.key} ({self.side}): queue of "
                                         f"{self.queue_depth} is full", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.waiters.append((fut, exclude))

@@ -18,7 +18,8 @@ OURS = ("runtime", "activator", "autoscaler")
 ALLOWED = {
     "runtime": (),
     # runtime.tracing: the one OpenTelemetry set-up (provider, exporter, dropped-span count) of both servers
-    "activator": ("autoscaler.wire", "runtime.tracing"),
+    # runtime.errors: the one vocabulary of outcome codes and their HTTP / gRPC statuses (pure, no I/O)
+    "activator": ("autoscaler.wire", "runtime.errors", "runtime.tracing"),
     # storageUri validation: one parser for the spec and the pull (pure, no I/O)
     # runtime.tracing: the controller's scale-from-zero span, set up like the activator's and the runtime's
     "autoscaler": ("core", "runtime.storage.uri", "runtime.tracing"),

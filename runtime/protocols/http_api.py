@@ -2,7 +2,7 @@
 each a thin adapter from the wire to the data plane, plus health, readiness and metrics.
 
 Every inference route reads the request ID (`X-Request-Id`, else a new one), answers with it, and turns
-runtime.errors into a status (HTTP_STATUS) with `{"error": reason}`.
+runtime.errors into a status (runtime.errors.HTTP_STATUS) with `{"error": reason}`.
 
 Why aiohttp and not httptools (as activator/ does): measured with wrk on one connection against this
 server on uvloop (benchmarks.runtime_bench, 2 shared cores). On the machine of the first report GET
@@ -27,16 +27,13 @@ from aiohttp import web
 
 from runtime import tracing
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError, TooLarge, status_of
+from runtime.errors import HTTP_STATUS, InferError, TooLarge, status_of
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_rest
 from runtime.request_log import request_id
 
 log = logging.getLogger("elasticserving.runtime")
 REQUEST_ID = "X-Request-Id"
-# runtime.errors codes -> HTTP status: the one table of both HTTP protocols (test_error_mapping.py)
-HTTP_STATUS = {"ok": 200, "bad_input": 400, "too_large": 413, "not_found": 404, "unavailable": 503,
-               "overloaded": 503, "internal": 500}
 
 
 def _dumps(obj: Any) -> str:

@@ -8,10 +8,10 @@ import grpc
 
 from runtime import tracing
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError, status_of
+from runtime.errors import GRPC_STATUS, InferError, status_of
 from runtime.proto import inference_pb2 as pb
 from runtime.proto import inference_pb2_grpc as pb_grpc
-from runtime.protocols.v2_grpc_tensors import GRPC_STATUS, decode, fill_response
+from runtime.protocols.v2_grpc_tensors import decode, fill_response
 from runtime.request_log import request_id
 
 

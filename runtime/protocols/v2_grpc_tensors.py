@@ -12,10 +12,6 @@ from runtime.dataplane import InferRequest
 from runtime.errors import BadInput
 from runtime.tensors import datatype_of, from_buffer, from_values, to_bytes
 
-# runtime.errors codes -> grpc.StatusCode names: the gRPC protocol's one table (here: no runtime.proto)
-GRPC_STATUS = {"ok": "OK", "bad_input": "INVALID_ARGUMENT", "too_large": "INVALID_ARGUMENT",
-               "not_found": "NOT_FOUND", "unavailable": "UNAVAILABLE", "overloaded": "RESOURCE_EXHAUSTED",
-               "internal": "INTERNAL"}
 # The typed `contents` field of each datatype (wire detail of the gRPC protocol; FP16 travels raw only).
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",

@@ -45,7 +45,7 @@ class Path:
 
     def dispatch(self, send=None) -> asyncio.Task:
         call = Call(HOST, "", "rid-1", "http")
-        return asyncio.create_task(self.d.dispatch(call, send or self.send, lambda r: getattr(r, "kind", r)))
+        return asyncio.create_task(self.d.dispatch(call, send or self.send, lambda r: getattr(r, "code", r)))
 
     def sample(self, name: str) -> float | None:
         return self.d.metrics.registry.get_sample_value(f"elasticserving_activator_{name}",
@@ -79,7 +79,7 @@ async def test_a_request_held_past_its_deadline_on_the_clock_is_refused_unsent()
     p.d.apply(full(route(ports=(9000,)), version=2))  # a replica turns ready: its slot goes to the request
     with pytest.raises(Failure) as refused:
         await task
-    assert refused.value.kind == "timeout" and "within 10s" in refused.value.reason
+    assert refused.value.code == "timeout" and "within 10s" in refused.value.reason
     assert p.sent == [] and p.d.throttler("ns/svc", "default").backends["r9000"].inflight == 0
     assert p.sample("cold_start_wait_seconds_sum") == 10.0 and p.sample("request_duration_seconds_sum") == 10.0
     p.d.access_log.flush()
@@ -90,8 +90,8 @@ async def test_a_request_held_past_its_deadline_on_the_clock_is_refused_unsent()
     p.d.close()
 
 
-@pytest.mark.parametrize(("late", "sent", "kind"), [(False, 2, None), (True, 1, "broken")])
-async def test_an_unsent_request_is_resent_only_while_its_deadline_on_the_clock_holds(late, sent, kind):
+@pytest.mark.parametrize(("late", "sent", "code"), [(False, 2, None), (True, 1, "upstream_failed")])
+async def test_an_unsent_request_is_resent_only_while_its_deadline_on_the_clock_holds(late, sent, code):
     clock = Clock()
     p = Path(clock, request_timeout=10.0)
     p.d.apply(full(route(ports=(9000, 9001))))
@@ -104,13 +104,13 @@ async def test_an_unsent_request_is_resent_only_while_its_deadline_on_the_clock_
         return "ok"
 
     task = p.dispatch(refused_once)
-    if kind is None:
+    if code is None:
         assert await task == "ok"
         assert p.sample("retries_total") == 1.0
     else:
         with pytest.raises(Failure) as failed:
             await task
-        assert failed.value.kind == kind and "could not be reached" in failed.value.reason
+        assert failed.value.code == code and "could not be reached" in failed.value.reason
     assert len(p.sent) == sent and len(set(p.sent)) == sent
     p.d.close()
 

@@ -1,6 +1,7 @@
 """Pure parts of the activator: host normalization and lookup, routes applied as full tables and
 deltas, the deterministic canary split, the per-replica slot accounting (breakers, FIFO hold,
-deadlines, released slots), each activator's share of a replica, and which route updates to accept."""
+deadlines, released slots), each activator's share of a replica, which route updates to accept, and
+the status and metric labels of each refusal."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import asyncio
 
 import pytest
 
+from activator import grpc_front, http_front
 from activator.autoscaler_link import accept
+from activator.dispatcher import REJECTED
 from activator.main import index_source, stable_index
 from activator.outcomes import Failure
 from activator.routing import CanarySplitter, RouteTable, normalize_host
 from activator.throttler import SideThrottler, shares
 from autoscaler.wire import Endpoint, RoutesUpdate, SideRoute
+from runtime.errors import HTTP_STATUS
 from tests.activator.harness import route
 
 
@@ -171,7 +175,7 @@ async def test_error_fails_held_requests_and_queue_limit():
     await asyncio.sleep(0.01)
     with pytest.raises(Failure) as full:
         await t.acquire(5)
-    assert full.value.retry_after == 1 and full.value.kind == "queue_full"
+    assert full.value.retry_after == 1 and full.value.code == "overloaded"
     t.update(side_route(0, error="replica command exited (exit code 3)"), 0)
     for w in (w1, w2):
         with pytest.raises(Failure, match="exit code 3"):
@@ -262,3 +266,24 @@ def test_pick_side_uses_the_previous_share_and_pins():
     picks = [table.pick_side(r, "") for _ in range(100)]
     assert (picks.count("canary"), picks.count("previous"), picks.count("default")) == (20, 30, 50)
     assert table.pick_side(r, "false") == "default" and table.pick_side(r, "true") == "canary"
+
+
+# Each refusal's wire answers and metric labels as before the shared vocabulary (runtime.errors):
+# its old `kind`, its code, HTTP status, gRPC code, `reason` label of breaker_rejections (if counted there).
+REFUSALS = [
+    ("no_route", "not_found", 404, "NOT_FOUND", None),
+    ("no_canary", "bad_input", 400, "INVALID_ARGUMENT", None),
+    ("unavailable", "unavailable", 503, "UNAVAILABLE", "unavailable"),
+    ("queue_full", "overloaded", 503, "UNAVAILABLE", "queue_full"),  # the runtime: RESOURCE_EXHAUSTED
+    ("broken", "upstream_failed", 502, "UNAVAILABLE", None),
+    ("timeout", "timeout", 504, "DEADLINE_EXCEEDED", None),
+    ("cancelled", "cancelled", 499, "CANCELLED", None),
+]
+
+
+@pytest.mark.parametrize(("kind", "code", "http", "grpc_code", "rejected"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_each_refusal_keeps_its_statuses_and_labels(kind, code, http, grpc_code, rejected):
+    f = Failure(code, "why")
+    assert HTTP_STATUS[code] == http and http_front._label(f) == str(http)
+    assert grpc_front.STATUS[code].name == grpc_code and grpc_front._label(f) == f"grpc_{grpc_code}"
+    assert REJECTED.get(code) == rejected

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 
 from runtime.dataplane import DataPlane, InferRequest, QueueLimits, index_specs
-from runtime.errors import BadInput, NotFound, Overloaded, TooLarge, Unavailable
+from runtime.errors import GRPC_STATUS, HTTP_STATUS, BadInput, NotFound, Overloaded, TooLarge, Unavailable
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
-from runtime.protocols.http_api import HTTP_STATUS
-from runtime.protocols.v2_grpc_tensors import GRPC_STATUS
 from runtime.request_log import REQUESTS_LOGGER, TEXT_FORMAT, AccessLog, JsonFormatter, request_id
 from runtime.tensors import TensorSpec, object_array
 

@@ -1,6 +1,6 @@
-"""One error vocabulary (runtime.errors, each error with a stable `code`), one status table per protocol
-(HTTP_STATUS for the web API and v2 REST, GRPC_STATUS for v2 gRPC): every error maps to its documented
-status, the HTTP adapter answers with it, the gRPC servicer aborts with it, the data plane records it."""
+"""One vocabulary of codes (runtime.errors, each error with a stable `code`), one status table per wire,
+shared with the activator (HTTP_STATUS for the web API and v2 REST, GRPC_STATUS for v2 gRPC): every error
+maps to its documented status, the HTTP adapter answers with it, the gRPC servicer aborts with it, the data plane records it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from typing import get_args
 
 import grpc
 import pytest
@@ -18,19 +19,18 @@ from aiohttp.test_utils import make_mocked_request
 
 from runtime import errors
 from runtime.dataplane import DataPlane
-from runtime.errors import BadInput, InferError, NotFound, Overloaded, TooLarge, Unavailable, status_of
+from runtime.errors import GRPC_STATUS, HTTP_STATUS, InferError, status_of
 from runtime.metrics import RuntimeMetrics
-from runtime.protocols.http_api import HTTP_STATUS, HttpApi
-from runtime.protocols.v2_grpc_tensors import GRPC_STATUS
+from runtime.protocols.http_api import HttpApi
 from tests.helpers import ROOT
 
 # The documented mapping: error, its code, HTTP status (web API, v2 REST), gRPC status code (v2 gRPC).
 DOCUMENTED = [
-    (BadInput, "bad_input", 400, "INVALID_ARGUMENT"),
-    (TooLarge, "too_large", 413, "INVALID_ARGUMENT"),
-    (NotFound, "not_found", 404, "NOT_FOUND"),
-    (Unavailable, "unavailable", 503, "UNAVAILABLE"),
-    (Overloaded, "overloaded", 503, "RESOURCE_EXHAUSTED"),
+    (errors.BadInput, "bad_input", 400, "INVALID_ARGUMENT"),
+    (errors.TooLarge, "too_large", 413, "INVALID_ARGUMENT"),
+    (errors.NotFound, "not_found", 404, "NOT_FOUND"),
+    (errors.Unavailable, "unavailable", 503, "UNAVAILABLE"),
+    (errors.Overloaded, "overloaded", 503, "RESOURCE_EXHAUSTED"),
     (InferError, "internal", 500, "INTERNAL"),
     (RuntimeError, "internal", 500, "INTERNAL"),  # not one of ours: a bug
 ]
@@ -50,7 +50,10 @@ def test_the_tables_cover_exactly_the_vocabulary():
     ours = {c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, InferError)}
     assert ours == {error for error, *_ in DOCUMENTED if issubclass(error, InferError)}
     assert len({c.code for c in ours}) == len(ours)  # one code per error
-    assert set(HTTP_STATUS) == set(GRPC_STATUS) == {c.code for c in ours} | {"ok"}
+    assert {c.code for c in ours} | {"ok"} < set(get_args(errors.Code))  # the rest: the activator's (test_pure.py)
+    assert set(HTTP_STATUS) == set(GRPC_STATUS) == set(get_args(errors.Code))  # every code has both statuses
+    assert all(100 <= s < 600 for s in HTTP_STATUS.values())
+    assert all(isinstance(getattr(grpc.StatusCode, s), grpc.StatusCode) for s in GRPC_STATUS.values())
     assert (HTTP_STATUS["ok"], GRPC_STATUS["ok"]) == (200, "OK")
 
 

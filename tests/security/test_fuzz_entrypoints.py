@@ -33,12 +33,11 @@ from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 from runtime.dataplane import DataPlane
-from runtime.errors import InferError, status_of
+from runtime.errors import HTTP_STATUS, InferError, status_of
 from runtime.handlers.base import Handler, WebApi
 from runtime.handlers.lac import LacHandler
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_grpc_tensors, v2_rest
-from runtime.protocols.http_api import HTTP_STATUS
 from runtime.tensors import TensorSpec, pack_bytes
 from tests.fakes import FakePlatform
 from tests.helpers import http, mutate, start_runtime
