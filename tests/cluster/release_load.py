@@ -16,6 +16,7 @@ from typing import Any
 
 from autoscaler.spec import short_hash
 from tests.cluster.node import SYSTEM_NS, Node, host_of
+from tests.helpers import wait_for
 
 WORDS = "我爱北京天安门"
 # the versions of the exercise: name -> LAC's separator (one character that is not in the sentence)
@@ -161,12 +162,6 @@ def released(node: Node, ns: str, name: str, default: str, canary: str | None) -
     return True
 
 
-def wait_until(what: str, check, timeout: float) -> None:
-    from tests.helpers import wait_for
-
-    wait_for(check, timeout, 0.5, what)
-
-
 def delete_leader(node: Node) -> str:
     lease = node.get("lease", "-n", SYSTEM_NS, "elasticserving-controller")
     holder = lease["spec"]["holderIdentity"]
@@ -218,8 +213,8 @@ def run_releases(node: Node, ns: str, name: str, rollout: str = "20s") -> tuple[
     node.apply(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
     node.kubectl("delete", "paddleservice", "-n", ns, name, "--ignore-not-found", "--wait=true", timeout=180)
     node.apply(manifest(ns, name, "v1"))
-    wait_until("v1 serving", lambda: released(node, ns, name, "v1", None)
-               and node.lac(host_of(ns, name), timeout=120).status == 200, 300)
+    wait_for(lambda: released(node, ns, name, "v1", None)
+             and node.lac(host_of(ns, name), timeout=120).status == 200, 300, 0.5, "v1 serving")
     steps: list[Step] = []
     traffic = Traffic(node, host_of(ns, name), grpc_key=f"{name}.{ns}")
 
@@ -229,7 +224,7 @@ def run_releases(node: Node, ns: str, name: str, rollout: str = "20s") -> tuple[
         node.apply(manifest(ns, name, default, canary, percent, rollout_))
         if mid is not None:
             mid()
-        wait_until(f"{step_name} settled", lambda: released(node, ns, name, default, canary), 300)
+        wait_for(lambda: released(node, ns, name, default, canary), 300, 0.5, f"{step_name} settled")
         step.settled = time.monotonic()
         steps.append(step)
 
@@ -246,7 +241,8 @@ def run_releases(node: Node, ns: str, name: str, rollout: str = "20s") -> tuple[
         transition("rollback", "v2")
 
         def kill_leader_mid_ramp() -> None:
-            wait_until("the ramp under way", lambda: (node.psvc(ns, name).get("status") or {}).get("previous"), 120)
+            wait_for(lambda: (node.psvc(ns, name).get("status") or {}).get("previous"), 120, 0.5,
+                     "the ramp under way")
             deleted.append(delete_leader(node))
 
         deleted: list[str] = []
