@@ -33,13 +33,13 @@ def summary(values: list[float]) -> dict[str, Any]:
             "max_s": round(max(values), 3)}
 
 
-def ready_pods(node: Node, name: str) -> int:
-    return sum(1 for p in node.pods(NS, name) if not p["metadata"].get("deletionTimestamp")
+def ready_pods(node: Node, name: str, ns: str = NS) -> int:
+    return sum(1 for p in node.pods(ns, name) if not p["metadata"].get("deletionTimestamp")
                and any(c.get("ready") for c in p["status"].get("containerStatuses") or []))
 
 
-def psvc_ready(node: Node, name: str, replicas: int) -> bool:
-    st = (node.get_or_none("paddleservice", "-n", NS, name) or {}).get("status") or {}
+def psvc_ready(node: Node, name: str, replicas: int, ns: str = NS) -> bool:
+    st = (node.get_or_none("paddleservice", "-n", ns, name) or {}).get("status") or {}
     ready = [c for c in st.get("conditions") or [] if c.get("type") == "Ready"]
     return bool(ready) and ready[0].get("status") == "True" and st.get("replicas") == replicas
 

@@ -50,10 +50,13 @@ def first_answer(node: Node, name: str) -> float:
 
 
 def trial(node: Node, name: str, text: str, standby: bool, empty_cache: bool) -> float:
+    # alone on the node: the Pods of the trial before (still up until they scale to zero) would share the CPU
+    node.kubectl("delete", "paddleservice", "-n", NS, "--all", "--wait=true", timeout=180)
+    wait_for(lambda: not node.get("pods", "-n", NS)["items"], 180, 0.2, "the earlier trial's Pods gone")
     fresh_service(node, NS, name, text)
-    wait_for(lambda: psvc_ready(node, name, 0), 120, 0.1, f"{name} at zero")
+    wait_for(lambda: psvc_ready(node, name, 0, NS), 120, 0.1, f"{name} at zero")
     want = 1 if standby else 0
-    wait_for(lambda: ready_pods(node, name) == want and len(node.pods(NS, name)) == want, 300, 0.1,
+    wait_for(lambda: ready_pods(node, name, NS) == want and len(node.pods(NS, name)) == want, 300, 0.1,
              "the standby Pod ready" if standby else "no Pod")
     if empty_cache:
         shutil.rmtree(CACHE_ROOT / NS, ignore_errors=True)
@@ -83,6 +86,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                                "stringData": s3.env() | {"AWS_ENDPOINT_URL": s3.endpoint}}))
         apply_local_volume(node, "es-bench-pv", str(PV_DIR), NS, "models", "es-bench")
         uri = "s3://bench/big/model.onnx"
+        # The cache is per node: with the other nodes cordoned every trial's Pod starts on the first one,
+        # so `cached` is a hit and `download` a miss (the cache emptied) on the same node.
+        others = [n["metadata"]["name"] for n in node.get("nodes")["items"][1:]]
+        for other in others:
+            node.kubectl("cordon", other)
         modes = {"download": (manifest("download", uri, "s3"), False, True),
                  "cached": (manifest("cached", uri, "s3"), False, False),
                  "standby": (manifest("standby", uri, "s3", standby=True), True, False),
@@ -92,6 +100,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 for mode, (text, standby, empty) in modes.items():
                     times[mode].append(trial(node, mode, text, standby, empty))
         finally:
+            for other in others:
+                node.kubectl("uncordon", other, check=False)
             node.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=300)
             node.kubectl("delete", "pv", "es-bench-pv", "--ignore-not-found", timeout=120)
             shutil.rmtree(PV_DIR, ignore_errors=True)
