@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.kube.client import Informer, Kube, KubeError, object_key, resource_path, retry_on_conflict
 from autoscaler.kube.manifests import (
     DEPLOYMENT_FIELDS,
     HASH_ANNOTATION,
@@ -90,6 +90,8 @@ class KubernetesPlatform(Platform):
         self.replica_env = replica_env
         self.namespace = namespace  # None: all namespaces
         self.services: dict[str, ServiceRecord] = {}
+        # the pods cache by service (namespace/name label), so a Pod event reads its service's Pods only
+        self._pods_of: dict[str, dict[str, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task] = set()
         selector = f"{LABEL_SERVICE},{LABEL_SIDE}"
         self.slices = Informer(kube, resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
@@ -178,16 +180,15 @@ class KubernetesPlatform(Platform):
             self._forget_if_empty(ref[0])
 
     def _pod_event(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        self._index_pod(kind, obj)
         ref = self._ours(obj)
         if ref is None:
             return
-        ns = split_key(ref[0])[0]
         rev, was = ((o or {}).get("metadata", {}).get("labels", {}).get(LABEL_REVISION) for o in (obj, old))
         if kind != "MODIFIED" or rev != was or bool(obj["metadata"].get("deletionTimestamp")) != bool(
                 ((old or {}).get("metadata") or {}).get("deletionTimestamp")):
             self._attribute(ref[0])  # a Pod's revision is known (or gone): its side may change
-        err = side_failure([p for p in self.pods.store.values()
-                            if p["metadata"].get("namespace") == ns and self._ours(p) == ref])
+        err = side_failure([p for p in self._pods_of.get(ref[0], {}).values() if self._ours(p) == ref])
         rec = self._side(*ref)
         if err != rec.pod_error:
             rec.pod_error = err
@@ -196,6 +197,21 @@ class KubernetesPlatform(Platform):
             self.on_change(ref[0])
         if kind == "DELETED":
             self._forget_if_empty(ref[0])
+
+    def _index_pod(self, kind: str, obj: dict[str, Any]) -> None:
+        """Keep _pods_of as the pods cache is (the informer delivers every change, relists included)."""
+        md = obj.get("metadata") or {}
+        name = (md.get("labels") or {}).get(LABEL_SERVICE)
+        if not name:
+            return
+        key = f"{md.get('namespace')}/{name}"
+        pods = self._pods_of.setdefault(key, {})
+        if kind == "DELETED":
+            pods.pop(object_key(obj), None)
+            if not pods:
+                del self._pods_of[key]
+        else:
+            pods[object_key(obj)] = obj
 
     def _forget_if_empty(self, key: str) -> None:
         """Drop the record of a service nothing is known of any more (deleted, its objects gone)."""
@@ -249,13 +265,10 @@ class KubernetesPlatform(Platform):
 
     def _runs_outgoing(self, key: str) -> bool:
         """Whether any live Pod of the service runs a revision no side of the spec names."""
-        ns, name = split_key(key)
         named = set(self.record(key).revisions().values())
-        for pod in self.pods.store.values():
+        for pod in self._pods_of.get(key, {}).values():
             md = pod.get("metadata") or {}
-            labels = md.get("labels") or {}
-            if md.get("namespace") == ns and labels.get(LABEL_SERVICE) == name and not md.get("deletionTimestamp") \
-                    and labels.get(LABEL_REVISION) not in (None, *named):
+            if not md.get("deletionTimestamp") and (md.get("labels") or {}).get(LABEL_REVISION) not in (None, *named):
                 return True
         return False
 

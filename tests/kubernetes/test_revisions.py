@@ -93,6 +93,10 @@ async def test_old_pods_of_a_rolling_update_serve_as_previous_until_gone() -> No
     node.ready("default", ["new-1"])
     st = node.platform.state(KEY, "previous")
     assert (st.ready, st.error) == ([], "the outgoing version has no replica left")
+    # Gone from the cache, gone from the per-service index the Pod events read
+    for name in ("old-1", "new-1"):
+        node.platform._pod_event("DELETED", node.platform.pods.store.pop(f"ns/{name}"), None)
+    assert node.platform._pods_of == {}
 
 
 async def test_a_promoted_canary_serves_as_default_until_the_defaults_own_pods_are_ready() -> None:
