@@ -28,9 +28,12 @@ for arg in "$@"; do
   esac
 done
 
-# target -> Dockerfile and the names of its image (the first one is the `IMAGE` of the output line)
-declare -A dockerfile=([runtime-lac]=images/runtime/Dockerfile [runtime-models]=images/runtime/Dockerfile.models
-                       [runtime-tf]=images/runtime/Dockerfile.tf [control-plane]=images/control-plane/Dockerfile [pause]=images/pause/Dockerfile)
+# target -> Dockerfile, its stage (--target; none: the last one) and the names of its image (the first
+# one is the `IMAGE` of the output line). The runtime images are stages of one Dockerfile that share
+# its dependency layers (paddle, onnxruntime: built, compressed and imported once).
+declare -A dockerfile=([runtime-lac]=images/runtime/Dockerfile [runtime-models]=images/runtime/Dockerfile
+                       [runtime-tf]=images/runtime/Dockerfile [control-plane]=images/control-plane/Dockerfile [pause]=images/pause/Dockerfile)
+declare -A stage=([runtime-lac]=lac [runtime-models]=models [runtime-tf]=tf)
 declare -A tags=([runtime-lac]="elasticserving/runtime-lac:latest elasticserving/runtime:latest"
                  [runtime-models]="elasticserving/runtime-image:latest elasticserving/runtime-ocr:latest"
                  [runtime-tf]="elasticserving/runtime-tf:latest"
@@ -159,7 +162,8 @@ ensure_base() {  # the base a Dockerfile's FROM lines name (what Docker Hub has,
       *) echo "build-images: $1: no Docker-less recipe for FROM $from" >&2; exit 1 ;;
     esac
     base_made[$from]=1
-  done < <(sed -n 's/^FROM[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/Ip' "$1")
+  done < <(sed -n 's/^FROM[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/Ip' "$1" \
+             | grep -vxF -f <(sed -n 's/^FROM[[:space:]].*[[:space:]]AS[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/Ip' "$1"))
 }
 
 # ---- the images -----------------------------------------------------------------------------------------
@@ -199,10 +203,12 @@ for name in "${targets[@]}"; do
   read -r -a image_tags <<<"${tags[$name]}"
   tag_opts=()
   for tag in "${image_tags[@]}"; do tag_opts+=(--tag "docker.io/$tag"); done
-  log "$name: buildah bud -f ${dockerfile[$name]}"
+  target_opts=()
+  [ -z "${stage[$name]:-}" ] || target_opts=(--target "${stage[$name]}")
+  log "$name: buildah bud -f ${dockerfile[$name]}${stage[$name]:+ --target ${stage[$name]}}"
   # stdout carries only the `IMAGE TARBALL` lines: the build's output goes to stderr
   bh bud --layers --pull=never --format oci "${compress[@]}" --iidfile "$cache/work/$name.iid" ${run_opts[@]+"${run_opts[@]}"} \
-    -f "${dockerfile[$name]}" "${tag_opts[@]}" . >&2
+    -f "${dockerfile[$name]}" ${target_opts[@]+"${target_opts[@]}"} "${tag_opts[@]}" . >&2
   archive "$name" "$(cat "$cache/work/$name.iid")" "${image_tags[@]}"
   log "$name: $(du -m "$cache/out/$name.tar" | cut -f1) MB in $((SECONDS - t0))s"
   lines+=("${image_tags[0]} $cache/out/$name.tar")

@@ -1,6 +1,6 @@
 """The image and OCR examples on the real node, as a Kubernetes user runs them: `kubectl apply -f
 examples/image.yaml` / `examples/ocr.yaml` with the `elasticserving/runtime-image` / `-ocr` image
-(images/runtime/Dockerfile.models, built without Docker and imported by scripts/cluster.sh); a photo and a
+(images/runtime/Dockerfile's `models` stage, built without Docker and imported by scripts/cluster.sh); a photo and a
 rendered text through the activator, from zero replicas, answered by real Pods."""
 
 from __future__ import annotations

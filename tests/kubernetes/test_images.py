@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -100,15 +101,22 @@ def test_every_image_used_is_built_here() -> None:
 
 SCRIPT = ROOT / "scripts/build-images.sh"
 CACHE = Path(os.environ.get("ELASTICSERVING_IMAGE_CACHE", Path.home() / ".cache/elasticserving/images"))
-# target -> (Dockerfile, names of its image); the first name is the `IMAGE` of the script's output line
+
+
+class Target(NamedTuple):
+    dockerfile: str
+    stage: str | None  # its --target; None: the Dockerfile's last stage
+    names: tuple[str, ...]  # the first is the `IMAGE` of the script's output line
+
+
+RUNTIME = "images/runtime/Dockerfile"
 TARGETS = {
-    "runtime-lac": ("images/runtime/Dockerfile",
-                    ("elasticserving/runtime-lac:latest", "elasticserving/runtime:latest")),
-    "runtime-models": ("images/runtime/Dockerfile.models",
-                       ("elasticserving/runtime-image:latest", "elasticserving/runtime-ocr:latest")),
-    "runtime-tf": ("images/runtime/Dockerfile.tf", ("elasticserving/runtime-tf:latest",)),
-    "control-plane": ("images/control-plane/Dockerfile", ("elasticserving/control-plane:latest",)),
-    "pause": ("images/pause/Dockerfile", ("elasticserving/pause:3.10",)),
+    "runtime-lac": Target(RUNTIME, "lac", ("elasticserving/runtime-lac:latest", "elasticserving/runtime:latest")),
+    "runtime-models": Target(RUNTIME, "models",
+                             ("elasticserving/runtime-image:latest", "elasticserving/runtime-ocr:latest")),
+    "runtime-tf": Target(RUNTIME, "tf", ("elasticserving/runtime-tf:latest",)),
+    "control-plane": Target("images/control-plane/Dockerfile", None, ("elasticserving/control-plane:latest",)),
+    "pause": Target("images/pause/Dockerfile", None, ("elasticserving/pause:3.10",)),
 }
 # what the script builds when no NAME is given (runtime-tf only when named: heavy, nothing deploys it)
 BUILT_BY_DEFAULT = {k: v for k, v in TARGETS.items() if k != "runtime-tf"}
@@ -128,16 +136,23 @@ def _script_map(var: str) -> dict[str, str]:
 
 def test_the_script_builds_every_target_from_its_dockerfile_under_its_names() -> None:
     dockerfiles = _script_map("dockerfile")
+    stages = _script_map("stage")
     tags = {k: tuple(v.strip('"').split()) for k, v in _script_map("tags").items()}
-    assert dockerfiles == {k: v[0] for k, v in TARGETS.items()}
-    assert tags == {k: v[1] for k, v in TARGETS.items()}
-    for dockerfile, names in TARGETS.values():
-        text = (ROOT / dockerfile).read_text()
-        for name in names:  # the `docker build -t` of its header builds the same names
-            assert f"-t {name}" in text or f"-t {name.rsplit(':', 1)[0]} " in text, f"{dockerfile}: {name}"
+    assert dockerfiles == {k: t.dockerfile for k, t in TARGETS.items()}
+    assert stages == {k: t.stage for k, t in TARGETS.items() if t.stage}
+    assert tags == {k: t.names for k, t in TARGETS.items()}
+    for t in TARGETS.values():
+        header = [line for line in (ROOT / t.dockerfile).read_text().splitlines() if "docker build" in line]
+        # the `docker build` of its header builds the same names from the same stage
+        build = next((line for line in header if f"-t {t.names[0]} " in line), "")
+        assert build, f"{t.dockerfile}: no `docker build` of {t.names[0]}"
+        assert all(f"-t {name} " in build for name in t.names), build
+        assert (f"--target {t.stage} " in build) == bool(t.stage), build
+        if t.stage:
+            assert t.stage in _stages(t.dockerfile)
     default = re.search(r"^all=\(([^)]*)\)", SCRIPT.read_text(), re.M)
     assert default and set(default.group(1).split()) == set(BUILT_BY_DEFAULT)
-    built = {n for _, names in BUILT_BY_DEFAULT.values() for n in names}
+    built = {n for t in BUILT_BY_DEFAULT.values() for n in t.names}
     assert {"elasticserving/runtime-lac:latest", "elasticserving/runtime:latest",
             "elasticserving/control-plane:latest", "elasticserving/pause:3.10"} <= built
 
@@ -145,20 +160,35 @@ def test_the_script_builds_every_target_from_its_dockerfile_under_its_names() ->
 def test_every_from_of_a_built_dockerfile_has_a_docker_less_recipe() -> None:
     """The script makes the FROM images with mmdebstrap (no registry): each one it meets needs a case."""
     text = SCRIPT.read_text()
-    for dockerfile, _ in TARGETS.values():
-        for word, args in _instructions(ROOT / dockerfile):
-            if word == "FROM":
-                image = args.split()[0]
-                assert image == "scratch" or re.search(rf"^\s*{re.escape(image)}\)", text, re.M), \
-                    f"{dockerfile}: FROM {image} has no recipe in {SCRIPT.name}"
+    for dockerfile in {t.dockerfile for t in TARGETS.values()}:
+        stages = _stages(dockerfile)
+        for _, (base, _) in stages.items():
+            assert base == "scratch" or base in stages or re.search(rf"^\s*{re.escape(base)}\)", text, re.M), \
+                f"{dockerfile}: FROM {base} has no recipe in {SCRIPT.name}"
 
 
-def _final_config(dockerfile: str) -> dict:
-    """USER, EXPOSE, CMD, ENTRYPOINT, ENV, WORKDIR of a Dockerfile's last stage, as an OCI config says them."""
-    instructions = _instructions(ROOT / dockerfile)
-    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
-    config: dict = {}
-    for word, args in instructions[last_from + 1:]:
+def _stages(dockerfile: str) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name (its index when unnamed) -> (what it is FROM, its instructions), in order."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for word, args in _instructions(ROOT / dockerfile):
+        if word == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else str(len(stages))
+            body: list[tuple[str, str]] = []
+            stages[name] = (parts[0], body)
+        else:
+            body.append((word, args))
+    return stages
+
+
+def _final_config(dockerfile: str, stage: str | None = None) -> dict:
+    """USER, EXPOSE, CMD, ENTRYPOINT, ENV, WORKDIR of a Dockerfile's stage (default: the last), as an
+    OCI config says them: what it sets over what the stage it is FROM set."""
+    stages = _stages(dockerfile)
+    base, instructions = stages[stage or list(stages)[-1]]
+    config: dict = _final_config(dockerfile, base) if base in stages else {}
+    config = json.loads(json.dumps(config))
+    for word, args in instructions:
         if word == "USER":
             config["User"] = args
         elif word == "EXPOSE":
@@ -187,7 +217,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("name, user, ports, cmd, entrypoint", CONFIGS)
 def test_dockerfile_config(name, user, ports, cmd, entrypoint) -> None:
-    config = _final_config(TARGETS[name][0])
+    config = _final_config(TARGETS[name].dockerfile, TARGETS[name].stage)
     assert config.get("User") == user
     assert set(config.get("ExposedPorts", {})) == ports
     assert config.get("Cmd") == cmd
@@ -252,7 +282,7 @@ def test_build_images_writes_the_oci_archive(name: str) -> None:
     out = subprocess.run([str(SCRIPT), name], capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert shutil.which("buildah"), "scripts/build-images.sh did not install buildah"
-    dockerfile, names = TARGETS[name]
+    names = TARGETS[name].names
     image, tarball = out.stdout.splitlines()[-1].split(" ", 1)
     assert image == names[0] and tarball == str(CACHE / "out" / f"{name}.tar")
 
@@ -263,7 +293,7 @@ def test_build_images_writes_the_oci_archive(name: str) -> None:
         assert "blobs/sha256/" + layer["digest"].split(":", 1)[1] in files
     assert config["architecture"] == "amd64" and config["os"] == "linux"
     assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
-    want = _final_config(dockerfile)
+    want = _final_config(TARGETS[name].dockerfile, TARGETS[name].stage)
     for key in ("User", "Cmd", "Entrypoint", "WorkingDir"):
         assert config["config"].get(key) == want.get(key), key
     assert set(config["config"].get("ExposedPorts", {})) == set(want.get("ExposedPorts", {}))
@@ -305,7 +335,7 @@ def built() -> dict[str, Path]:
                          timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    assert set(lines) == {names[0] for _, names in BUILT_BY_DEFAULT.values()}
+    assert set(lines) == {t.names[0] for t in BUILT_BY_DEFAULT.values()}
     return {image: Path(path) for image, path in lines.items()}
 
 
@@ -402,7 +432,7 @@ def _cid(what: str) -> str:
 
 def test_images_are_imported_under_their_names(containerd: Containerd) -> None:
     names = set(containerd.ctr("images", "ls", "-q").stdout.split())
-    want = {_full(n) for _, names in BUILT_BY_DEFAULT.values() for n in names}
+    want = {_full(n) for t in BUILT_BY_DEFAULT.values() for n in t.names}
     assert want <= names
 
 
