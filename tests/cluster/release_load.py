@@ -15,6 +15,7 @@ from statistics import median
 from typing import Any
 
 from autoscaler.spec import short_hash
+from benchmarks.load import percentile
 from tests.cluster.node import SYSTEM_NS, Node, host_of
 from tests.helpers import wait_for
 
@@ -169,27 +170,20 @@ def delete_leader(node: Node) -> str:
     return holder
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 def report(results: list[Result], steps: list[Step], steady: tuple[float, float]) -> dict[str, Any]:
     """Per step: requests, failures, stale answers, and the p99 added over the steady window's."""
     def lat(lo: float, hi: float) -> list[float]:
         return [(r.answered - r.sent) * 1000 for r in results if lo <= r.sent < hi and r.version]
 
-    base = percentile(lat(*steady), 0.99)
+    base = percentile(lat(*steady), 99)
     out: dict[str, Any] = {"steady_p99_ms": round(base, 1), "steps": {}}
     for s in steps:
         window = [r for r in results if s.start <= r.sent < s.settled]
         out["steps"][s.name] = {
             "requests": len(window), "failed": sum(1 for r in window if r.version is None),
             "seconds": round(s.settled - s.start, 1),
-            "p99_ms": round(percentile(lat(s.start, s.settled), 0.99), 1),
-            "added_p99_ms": round(percentile(lat(s.start, s.settled), 0.99) - base, 1)}
+            "p99_ms": round(percentile(lat(s.start, s.settled), 99), 1),
+            "added_p99_ms": round(percentile(lat(s.start, s.settled), 99) - base, 1)}
     out["requests"] = len(results)
     out["failed"] = sum(1 for r in results if r.version is None)
     out["rate_per_second"] = round(len(results) / max(1e-9, results[-1].sent - results[0].sent), 1) if results else 0
