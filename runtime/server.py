@@ -19,8 +19,6 @@ import signal
 import sys
 import time
 
-from aiohttp import web
-
 from runtime import tracing
 from runtime.backends import ModelLoadError
 from runtime.cli import parse_args
@@ -29,6 +27,7 @@ from runtime.handlers import build_handler
 from runtime.handlers.base import Handler
 from runtime.metrics import RuntimeMetrics, pull_report_from_env
 from runtime.protocols.http_api import HttpApi
+from runtime.protocols.http_server import HttpLimits, HttpServer
 from runtime.request_log import configure_logging, flush
 
 __all__ = ["Server", "main", "parse_args"]
@@ -55,13 +54,12 @@ class Server:
         self.args = args
         self.metrics = RuntimeMetrics()
         self.plane = DataPlane(args.name, self.metrics, QueueLimits(args.max_batch_size, args.max_queue))
-        self.http = HttpApi(self.plane, self.metrics, args.max_body_bytes, args.is_canary)
+        self.http = HttpServer(HttpApi(self.plane, self.metrics, args.is_canary),
+                               HttpLimits(max_body_bytes=args.max_body_bytes))
 
     async def run(self) -> int:
         args = self.args
-        runner = web.AppRunner(self.http.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, args.host, args.port).start()
+        await self.http.start(args.host, args.port)
         grpc_server = None
         if args.grpc_port:
             from runtime.protocols.v2_grpc import start_grpc  # grpc starts threads: only when asked for
@@ -87,7 +85,7 @@ class Server:
                 await handler.close()
             if grpc_server is not None:
                 await grpc_server.stop(0)
-            await runner.cleanup()
+            await self.http.close()
             return 3
         self.metrics.model_load(args.name, seconds)
         report = pull_report_from_env()
@@ -110,8 +108,8 @@ class Server:
             log.warning("%d request(s) still in flight after %.0fs", self.plane.inflight, args.drain_seconds)
         if grpc_server is not None:
             await grpc_server.stop(1.0)
+        await self.http.close()
         await handler.close()
-        await runner.cleanup()
         return 0
 
 

@@ -14,14 +14,13 @@ from typing import get_args
 
 import grpc
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from runtime import errors
 from runtime.dataplane import DataPlane
 from runtime.errors import GRPC_STATUS, HTTP_STATUS, InferError, status_of
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols.http_api import HttpApi
+from runtime.protocols.http_server import HttpRequest, HttpResponse
 from tests.helpers import ROOT
 
 # The documented mapping: error, its code, HTTP status (web API, v2 REST), gRPC status code (v2 gRPC).
@@ -64,14 +63,14 @@ def _records(caplog) -> list[int | str]:
 @pytest.mark.parametrize(("error", "code", "http", "grpc_code"), DOCUMENTED, ids=IDS)
 async def test_the_http_adapter_answers_and_records_the_status(caplog, error, code, http, grpc_code):
     caplog.set_level(logging.INFO, "elasticserving.runtime.requests")
-    api = HttpApi(DataPlane("m", RuntimeMetrics()), RuntimeMetrics(), 1 << 20)
+    api = HttpApi(DataPlane("m", RuntimeMetrics()), RuntimeMetrics())
 
-    async def work(_: web.Request) -> web.Response:
+    async def work(_: HttpRequest, name: str) -> HttpResponse:
         raise error("the reason")
 
-    resp = await api._serve("v2-rest", make_mocked_request("POST", "/v2/models/m/infer"), work)
+    resp = await api._serve("v2-rest", HttpRequest("POST", "/v2/models/m/infer", "", {}, b"{}"), "rid-1", "m", work)
     ours = issubclass(error, InferError)
-    assert resp.status == http and resp.headers["X-Request-Id"]
+    assert resp.status == http
     assert json.loads(resp.body) == {"error": "the reason" if ours else "internal error: RuntimeError"}
     assert _records(caplog) == [http]
 

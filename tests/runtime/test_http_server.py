@@ -1,0 +1,199 @@
+"""The replica's HTTP/1.1 server (runtime.protocols.http_server) on loopback with a small API, and the
+routes of runtime.protocols.http_api: keep-alive and pipelining in order, 100-continue, HTTP/1.0 and
+Connection: close, HEAD, chunked bodies, and every limit as a clear status that closes the connection
+(413, 414, 431, 400, 501, 408), idle connections closed, a shutdown that answers what it has read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from runtime.dataplane import DataPlane
+from runtime.metrics import RuntimeMetrics
+from runtime.protocols.http_api import HttpApi
+from runtime.protocols.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
+from tests.activator.harness import responses
+from tests.helpers import free_port
+
+LIMITS = HttpLimits(max_body_bytes=1000, max_request_line=200, max_header_bytes=1000, max_header_fields=10)
+
+
+class Echo:
+    """An API answering each request with what the server parsed; `hold` keeps answers until set."""
+
+    def __init__(self) -> None:
+        self.seen: list[HttpRequest] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, req: HttpRequest, rid: str) -> HttpResponse:
+        self.seen.append(req)
+        await self.hold.wait()
+        body = json.dumps({"method": req.method, "path": req.path, "query": req.query, "rid": rid,
+                           "body": req.body.decode("latin-1"), "headers": req.headers}).encode()
+        return HttpResponse(200, body)
+
+
+@pytest.fixture
+async def served():
+    api = Echo()
+    server = HttpServer(api, LIMITS)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    yield server, api, port
+    await server.close(timeout=1)
+
+
+async def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
+    """Send `data`, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order_with_their_request_ids(served):
+    _, _, port = served
+    reqs = b"".join(b"POST /p/%d?q=%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nX-Request-Id: id-%d\r\n\r\n%d"
+                    % (i, i, i, i) for i in range(5))
+    out = responses(await exchange(port, reqs + b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert [a[0] for a in out] == [200] * 6
+    bodies = [json.loads(a[2]) for a in out]
+    assert [(b["path"], b["query"], b["body"], b["rid"]) for b in bodies[:5]] == [
+        (f"/p/{i}", f"q={i}", str(i), f"id-{i}") for i in range(5)]
+    assert [a[1][b"x-request-id"] for a in out[:5]] == [b"id-%d" % i for i in range(5)]
+    assert len(bodies[5]["rid"]) == 32  # none given: a new one
+    assert out[-1][1][b"connection"] == b"close" and b"connection" not in out[0][1]
+
+
+async def test_repeated_headers_are_joined_and_names_lower_case(served):
+    _, api, port = served
+    await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nConnection: close\r\n\r\n")
+    assert api.seen[0].headers["x-a"] == "1, 2" and api.seen[0].headers["host"] == "x"
+
+
+async def test_expect_100_continue_chunked_bodies_and_http_1_0(served):
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hi")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    writer.close()
+    chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" \
+              b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    (answer,) = responses(await exchange(port, chunked))
+    assert json.loads(answer[2])["body"] == "abcde"
+    (answer,) = responses(await exchange(port, b"GET /old HTTP/1.0\r\n\r\n"))  # closed after it
+    assert answer[0] == 200 and answer[1][b"connection"] == b"close"
+
+
+async def test_head_has_the_length_and_no_body(served):
+    _, _, port = served
+    raw = await exchange(port, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 0
+    assert rest == b""
+
+
+@pytest.mark.parametrize(("data", "status", "reason"), [
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n", 413, "larger than 1000 bytes"),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + b"a" * 1001 + b"\r\n0\r\n\r\n",
+     413, "larger than 1000 bytes"),
+    (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "longer than 200 bytes"),
+    (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(11)) + b"\r\n", 431, "more than 10"),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 1200 + b"\r\n\r\n", 431, "larger than 1000 bytes"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000, 431, "larger than 1000 bytes"),  # never ends
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed HTTP request"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501, "not supported"),
+])
+async def test_limits_answer_a_clear_status_and_close(served, data, status, reason):
+    _, api, port = served
+    (answer,) = responses(await exchange(port, data))
+    assert answer[0] == status and reason in json.loads(answer[2])["error"], answer
+    assert answer[1][b"connection"] == b"close" and answer[1][b"x-request-id"]
+    assert not api.seen
+    (answer,) = responses(await exchange(port, b"GET /still HTTP/1.1\r\nConnection: close\r\n\r\n"))
+    assert answer[0] == 200  # and the server goes on
+
+
+async def until(predicate, what: str, timeout: float = 5.0) -> None:
+    """Poll `predicate` on the loop until it holds, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_slow_clients_get_408_and_idle_connections_are_closed(served):
+    server, _, port = served
+    slow_head = await asyncio.open_connection("127.0.0.1", port)
+    slow_head[1].write(b"POST /x HTTP/1.1\r\nHost: x\r\n")
+    slow_body = await asyncio.open_connection("127.0.0.1", port)
+    slow_body[1].write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    idle = await asyncio.open_connection("127.0.0.1", port)
+    idle[1].write(b"GET /once HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(idle[0].readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    await idle[0].readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    states = lambda: sorted(c.state for c in server.connections)  # noqa: E731
+    await until(lambda: states() == [0, 1, 2], "one idle, one reading a head, one a body")  # IDLE, HEAD, BODY
+    server.expire_due(time.monotonic() + 1000)  # the sweep, its clock far ahead
+    head_answer = responses(await asyncio.wait_for(slow_head[0].read(), 5))
+    body_answer = responses(await asyncio.wait_for(slow_body[0].read(), 5))
+    assert head_answer[0][0] == 408 and "headers not received within 30s" in json.loads(head_answer[0][2])["error"]
+    assert body_answer[0][0] == 408 and "body not received within 60s" in json.loads(body_answer[0][2])["error"]
+    assert await asyncio.wait_for(idle[0].read(), 5) == b""  # closed
+    for _, writer in (slow_head, slow_body, idle):
+        writer.close()
+
+
+async def test_close_answers_what_it_has_read_then_closes(served):
+    server, api, port = served
+    api.hold.clear()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    await until(lambda: api.seen, "the request reached the API")
+    closing = asyncio.create_task(server.close(timeout=5))
+    await asyncio.sleep(0)
+    api.hold.set()
+    (answer,) = responses(await asyncio.wait_for(reader.read(), 5))
+    assert answer[0] == 200 and answer[1][b"connection"] == b"close"
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+    await closing
+    writer.close()
+    idle_writer.close()
+
+
+# ---- the API's routes (no model loaded: inference is 503, the rest answers) ----------------------
+
+@pytest.mark.parametrize(("method", "path", "status", "allow"), [
+    ("GET", "/healthz", 200, None), ("HEAD", "/v2/health/live", 200, None), ("GET", "/v2", 200, None),
+    ("GET", "/ready", 503, None), ("GET", "/metrics", 200, None),
+    ("POST", "/v2/models/m/infer", 503, None), ("POST", "/m/prediction", 503, None),
+    ("POST", "/v2/models/other/infer", 404, None), ("POST", "/v2/models/m%20x/infer", 404, None),
+    ("GET", "/v2/models/m/infer", 405, "POST"), ("PUT", "/m/prediction", 405, "POST"),
+    ("POST", "/healthz", 405, "GET, HEAD"), ("GET", "/v2/models/other", 404, None),
+    ("GET", "/v2/models/m/ready", 503, None), ("GET", "/nothing/here", 404, None), ("GET", "/v2/models/", 404, None),
+])
+async def test_routes(method, path, status, allow):
+    api = HttpApi(DataPlane("m", RuntimeMetrics()), RuntimeMetrics())
+    resp = await api(HttpRequest(method, path, "", {}, b"{}"), "rid")
+    assert resp.status == status, resp.body
+    assert (resp.headers or {}).get("Allow") == allow
+    if status >= 400:
+        assert json.loads(resp.body)["error"]
+
+
+async def test_a_percent_encoded_model_name_is_decoded():
+    api = HttpApi(DataPlane("my model", RuntimeMetrics()), RuntimeMetrics())
+    resp = await api(HttpRequest("POST", "/v2/models/my%20model/infer", "", {}, b"{}"), "rid")
+    assert resp.status == 503 and "my model is not ready" in json.loads(resp.body)["error"]
