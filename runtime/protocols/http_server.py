@@ -4,7 +4,8 @@ out) and writes the answers back in order per connection.
 
 Errors of HTTP itself are JSON `{"error": ...}` with an `X-Request-Id`: 400 malformed request, 408 slow
 client, 413 body too large, 414/431 request line/headers too large, 501 protocol upgrade; the
-connection closes after them.
+connection closes after them. A gzip or deflate request body (`Content-Encoding`) is decompressed
+within the body limit (415 for another encoding, 400 for a corrupt one), as aiohttp did.
 
 Why not aiohttp (the server before this one): the same trivial JSON handler behind each, wrk with 32
 connections on one core of the 2-vCPU VM, answered ~2x the requests per second here; aiohttp's request
@@ -22,6 +23,7 @@ import http
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -75,6 +77,39 @@ class HttpResponse:
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> HttpResponse:
     return HttpResponse(status, json.dumps({"error": message}, ensure_ascii=False).encode(), headers=headers)
+
+
+class BodyError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
+    """A request body sent with `Content-Encoding` (gzip, deflate), decompressed to at most `limit`
+    bytes (a small body must not unpack into gigabytes). BodyError: 400 corrupt, 413 too large, 415 an
+    encoding other than these."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        modes = (16 + zlib.MAX_WBITS,)
+    elif encoding == "deflate":  # zlib-wrapped as the RFC says; some clients send it raw
+        modes = (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    else:
+        raise BodyError(415, f"Content-Encoding {encoding[:40]!r} is not supported (gzip, deflate)")
+    for mode in modes:
+        d = zlib.decompressobj(mode)
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise BodyError(413, f"request body larger than {limit} bytes once decompressed")
+        if not d.eof:
+            raise BodyError(400, f"request body: truncated {encoding} data")
+        return out
+    raise BodyError(400, f"request body is not valid {encoding} data")
 
 
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
@@ -236,7 +271,12 @@ class HttpConnection(asyncio.Protocol):
                 req, keep_alive, rid = self.pending.popleft()
                 self.pending_bytes -= len(req.body) + len(req.path) + len(req.query)
                 try:
+                    encoding = req.headers.get("content-encoding")
+                    if encoding is not None:
+                        req.body = decode_body(req.body, encoding, self.limits.max_body_bytes)
                     resp = await self.server.api(req, rid)
+                except BodyError as exc:
+                    resp = error_response(exc.status, str(exc))
                 except Exception:  # the API answers its own errors: this is a bug
                     log.exception("request %s failed in the HTTP server", rid)
                     resp, keep_alive = error_response(500, "internal error (logged)"), False

@@ -8,13 +8,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 
 import pytest
 
 from runtime.dataplane import DataPlane
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols.http_api import HttpApi
-from runtime.protocols.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
+from runtime.protocols.http_server import (
+    BodyError,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    decode_body,
+)
 from tests.activator.harness import responses
 from tests.helpers import free_port
 
@@ -93,6 +101,44 @@ async def test_expect_100_continue_chunked_bodies_and_http_1_0(served):
     assert json.loads(answer[2])["body"] == "abcde"
     (answer,) = responses(await exchange(port, b"GET /old HTTP/1.0\r\n\r\n"))  # closed after it
     assert answer[0] == 200 and answer[1][b"connection"] == b"close"
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    c = zlib.compressobj(wbits=wbits)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(("encoding", "wbits"), [("gzip", 31), ("x-gzip", 31), ("deflate", 15), ("deflate", -15)])
+def test_compressed_bodies_are_decoded_within_the_limit(encoding, wbits):
+    assert decode_body(_deflate(b"abc" * 100, wbits), encoding, 300) == b"abc" * 100
+    with pytest.raises(BodyError, match="larger than 299 bytes once decompressed") as e:
+        decode_body(_deflate(b"a" * 10_000_000, wbits), encoding, 299)  # a bomb stops at the limit
+    assert e.value.status == 413
+    with pytest.raises(BodyError, match="truncated") as e:
+        decode_body(_deflate(b"abc" * 100, wbits)[:-4], encoding, 300)
+    assert e.value.status == 400
+
+
+@pytest.mark.parametrize(("body", "encoding", "status"), [
+    (b"not gzip", "gzip", 400), (b"x", "br", 415), (b"x", "identity", 200), (b"x", "", 200)])
+def test_bad_or_unknown_encodings(body, encoding, status):
+    if status == 200:
+        assert decode_body(body, encoding, 10) == body
+    else:
+        with pytest.raises(BodyError) as e:
+            decode_body(body, encoding, 10)
+        assert e.value.status == status
+
+
+async def test_a_gzip_body_reaches_the_api_decoded(served):
+    _, _, port = served
+    body = _deflate(b'{"a": 1}', 31)
+    (answer,) = responses(await exchange(port, b"POST /g HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n"
+                                               b"Connection: close\r\n\r\n%s" % (len(body), body)))
+    assert answer[0] == 200 and json.loads(answer[2])["body"] == '{"a": 1}'
+    (answer,) = responses(await exchange(port, b"POST /g HTTP/1.1\r\nContent-Encoding: br\r\nContent-Length: 1\r\n"
+                                               b"Connection: close\r\n\r\nx"))
+    assert answer[0] == 415
 
 
 async def test_head_has_the_length_and_no_body(served):
