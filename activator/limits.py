@@ -5,30 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.protocols.http_server import HttpLimits
+
 KIB = 1024
 MIB = 1024 * KIB
 
 
 @dataclass(frozen=True)
-class FrontLimits:
-    max_request_line: int = 8 * KIB  # 414 beyond
-    max_header_bytes: int = 64 * KIB  # 431 beyond (all header lines together)
-    max_header_fields: int = 100  # 431 beyond
-    max_body_bytes: int = 64 * MIB  # 413 beyond
+class FrontLimits(HttpLimits):
+    """The replica's HTTP limits (runtime.protocols.http_server: request line, headers, body, the header,
+    body and idle timeouts), and what only a front door for many clients and replicas needs."""
+
     max_answer_bytes: int = 64 * MIB  # a replica's answer: 502 beyond
     max_pipelined_bytes: int = 1 * MIB  # complete requests read ahead on one connection: reading pauses
     # All request + answer bytes held by the process: 503 beyond. Below the activator Pod's memory limit
     # (512Mi in deploy/), so no client mix can push the front door out of memory for every tenant.
     max_buffered_bytes: int = 256 * MIB
     max_connections: int = 10_000  # open client connections: 503 and close beyond
-    header_timeout: float = 10.0  # from the first byte of a request to the end of its headers: 408
-    body_timeout: float = 60.0  # from the end of the headers to the end of the body: 408
-    idle_timeout: float = 75.0  # a keep-alive connection with nothing to do is closed
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, not {value}")
 
 
 class ByteBudget:

@@ -45,7 +45,7 @@ class HttpLimits:
     max_request_line: int = 8 * KIB  # 414 beyond
     max_header_bytes: int = 64 * KIB  # 431 beyond (all header lines together)
     max_header_fields: int = 100  # 431 beyond
-    header_timeout: float = 30.0  # from the first byte of a request to the end of its headers: 408
+    header_timeout: float = 10.0  # from the first byte of a request to the end of its headers: 408
     body_timeout: float = 60.0  # from the end of the headers to the end of the body: 408
     idle_timeout: float = 75.0  # a keep-alive connection with nothing to do is closed
 
