@@ -38,8 +38,14 @@ def test_image_example_classifies_a_photo_from_both_sides(stack: Node) -> None:
     body = {"feed": [{"image": jpeg("chelsea")}], "fetch": ["score"]}
     first = _post_until_routed(stack, host_of(NS, name), "/image/prediction", body)
     assert first.status == 200, first.body[:500]
-    sides = {}
-    for _ in range(40):
+    # The canary takes its 50 % only once a replica of it is ready (autoscaler/rollout.py, rule 1): its first
+    # Pod starts at once, but on a busy node it may still be loading its model after many requests, all
+    # answered by default meanwhile. Wait for that replica, not for a count of requests.
+    wait_for(lambda: (stack.psvc(NS, name).get("status", {}).get("canary") or {}).get("readyReplicas", 0) >= 1,
+             300, 1.0, "the canary's replica ready")
+    sides: dict[str, int] = {}
+
+    def both_sides_answered() -> bool:
         a = stack.post(host_of(NS, name), "/image/prediction", json.dumps(body).encode(), timeout=120)
         assert a.status == 200, a.body[:500]
         res = a.json()["result"]
@@ -47,9 +53,9 @@ def test_image_example_classifies_a_photo_from_both_sides(stack: Node) -> None:
         side = a.headers.get("x-paddleservice-side")
         assert (res.get("isCanary") == ["true"]) == (side == "canary"), (side, res)
         sides[side] = sides.get(side, 0) + 1
-        if len(sides) == 2:
-            break
-    assert set(sides) == {"default", "canary"}, sides  # 50 % canary: both answer within 40 requests
+        return set(sides) == {"default", "canary"}
+
+    wait_for(both_sides_answered, 120, 0.0, "answers from both sides (50 % canary)")
     # Pods on their way out (a scale-down, an earlier run's) end as Succeeded when they drain cleanly.
     pods = stack.pods(NS, name)
     assert {p["status"]["phase"] for p in pods if not p["metadata"].get("deletionTimestamp")} == {"Running"}
