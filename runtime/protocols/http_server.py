@@ -145,8 +145,8 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.state = IDLE
         self.deadline = 0.0  # time.monotonic(); the server's sweep calls expire() once it has passed
-        self.answered = 0  # requests answered on this connection
-        self.pending: collections.deque[tuple[HttpRequest, bool, str]] = collections.deque()  # (req, keep-alive, rid)
+        # read ahead, owed an answer: (request, keep-alive, request id, its bytes counted in pending_bytes)
+        self.pending: collections.deque[tuple[HttpRequest, bool, str, int]] = collections.deque()
         self.pending_bytes = 0
         self.reading_paused = False
         self.worker: asyncio.Task | None = None
@@ -159,7 +159,6 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._fields = 0
         self._header_bytes = 0
-        self._expect_continue = False
         self._body: list[bytes] = []
         self._size = 0
 
@@ -252,8 +251,9 @@ class HttpConnection(asyncio.Protocol):
         path, _, query = self._url.decode("latin-1").partition("?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = HttpRequest(parser.get_method().decode("latin-1"), path, query, self._headers, body, self)
-        self.pending.append((req, parser.should_keep_alive(), request_id(self._headers.get("x-request-id"))))
-        self.pending_bytes += len(body) + len(self._url)
+        size = len(body) + len(self._url)
+        self.pending.append((req, parser.should_keep_alive(), request_id(self._headers.get("x-request-id")), size))
+        self.pending_bytes += size
         self._body = []
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._answer())
@@ -268,8 +268,8 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None
         try:
             while self.pending and self.state < REFUSED:
-                req, keep_alive, rid = self.pending.popleft()
-                self.pending_bytes -= len(req.body) + len(req.path) + len(req.query)
+                req, keep_alive, rid, size = self.pending.popleft()
+                self.pending_bytes -= size
                 try:
                     encoding = req.headers.get("content-encoding")
                     if encoding is not None:
@@ -284,7 +284,6 @@ class HttpConnection(asyncio.Protocol):
                     return
                 keep_alive = keep_alive and not self.server.closing
                 transport.write(render(resp, rid, keep_alive, req.method == "HEAD"))
-                self.answered += 1
                 if not keep_alive:
                     transport.close()
                     return
@@ -305,7 +304,8 @@ class HttpConnection(asyncio.Protocol):
             self.worker = None
             if self.state == IDLE and not self.pending:
                 self.deadline = time.monotonic() + self.limits.idle_timeout
-            self.server.settled.set()
+            if self.server.closing:  # close() waits for the workers that are left
+                self.server.settled.set()
 
     def expire(self) -> None:
         """The deadline passed: a slow client gets 408; an idle or silent connection is closed."""
@@ -343,7 +343,7 @@ class HttpServer:
         self.limits = limits
         self.connections: set[HttpConnection] = set()
         self.closing = False  # answers carry `Connection: close` from now on
-        self.settled = asyncio.Event()  # a connection's worker ended
+        self.settled = asyncio.Event()  # closing: a connection's worker ended
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
 

@@ -162,7 +162,7 @@ def test_every_from_of_a_built_dockerfile_has_a_docker_less_recipe() -> None:
     text = SCRIPT.read_text()
     for dockerfile in {t.dockerfile for t in TARGETS.values()}:
         stages = _stages(dockerfile)
-        for _, (base, _) in stages.items():
+        for base, _ in stages.values():
             assert base == "scratch" or base in stages or re.search(rf"^\s*{re.escape(base)}\)", text, re.M), \
                 f"{dockerfile}: FROM {base} has no recipe in {SCRIPT.name}"
 
@@ -186,8 +186,7 @@ def _final_config(dockerfile: str, stage: str | None = None) -> dict:
     OCI config says them: what it sets over what the stage it is FROM set."""
     stages = _stages(dockerfile)
     base, instructions = stages[stage or list(stages)[-1]]
-    config: dict = _final_config(dockerfile, base) if base in stages else {}
-    config = json.loads(json.dumps(config))
+    config: dict = _final_config(dockerfile, base) if base in stages else {}  # a new dict: ours to update
     for word, args in instructions:
         if word == "USER":
             config["User"] = args

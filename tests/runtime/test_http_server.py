@@ -80,6 +80,21 @@ async def test_pipelined_requests_are_answered_in_order_with_their_request_ids(s
     assert out[-1][1][b"connection"] == b"close" and b"connection" not in out[0][1]
 
 
+async def test_the_read_ahead_count_returns_to_zero_once_answered(served):
+    """What pipelined requests count against the read-ahead bound (body and target, queries too) is given
+    back exactly as they are answered: a drift would pause a long-lived connection's reading for good."""
+    server, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(b"POST /p?q=%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab" % i for i in range(8)))
+    for _ in range(8):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    (conn,) = server.connections
+    await until(lambda: conn.worker is None, "the worker done")
+    assert conn.pending_bytes == 0 and not conn.pending
+    writer.close()
+
+
 async def test_repeated_headers_are_joined_and_names_lower_case(served):
     _, api, port = served
     await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nConnection: close\r\n\r\n")
