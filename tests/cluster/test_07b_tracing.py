@@ -79,7 +79,12 @@ def jaeger(stack: Node) -> Iterator[Jaeger]:
 
 def test_a_cold_request_is_one_trace_in_the_jaeger_pod(stack: Node, jaeger: Jaeger) -> None:
     fresh_service(stack, NS, NAME, lac_service(NS, NAME))  # minScale 0: the request wakes it
-    wait_for(lambda: stack.deployment_replicas(NS, NAME) == 0, 120, 0.5, "the service at zero")
+    # The new route reaches the activators (just restarted with tracing on) a moment after the Deployment
+    # exists: an untraced request until one is routed (it wakes the service), then back to zero, so the
+    # traced request is the cold one and finds its route.
+    wait_for(lambda: stack.post(host_of(NS, NAME), "/lac/prediction", LAC_BODY, timeout=300).status != 404,
+             120, 0.5, "the service routed")
+    wait_for(lambda: stack.deployment_replicas(NS, NAME) == 0, 300, 0.5, "the service back at zero")
     a = stack.post(host_of(NS, NAME), "/lac/prediction", LAC_BODY, timeout=300,
                    headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"})
     assert a.status == 200, a.body[:300]
