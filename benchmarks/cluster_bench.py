@@ -35,7 +35,8 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def ready_pods(node: Node, name: str, ns: str = NS) -> int:
     return sum(1 for p in node.pods(ns, name) if not p["metadata"].get("deletionTimestamp")
-               and any(c.get("ready") for c in p["status"].get("containerStatuses") or []))
+               and any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in p["status"].get("conditions") or []))
 
 
 def psvc_ready(node: Node, name: str, replicas: int, ns: str = NS) -> bool:

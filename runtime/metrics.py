@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -94,15 +95,23 @@ class RuntimeMetrics:
 
 def pull_report_from_env() -> dict | None:
     """The storageUri pull's report handed to this replica: JSON in $ELASTICSERVING_MODEL_PULL (the
-    local platform), or the path of a file holding it (a Pod's init container writes one)."""
+    local platform), or the path of a file holding it (a Pod's storage initializer writes one)."""
     value = os.environ.get(PULL_REPORT_ENV, "").strip()
     if not value:
         return None
+    path = pull_report_path()
     try:
-        if not value.startswith("{"):
-            with open(value) as f:
+        if path is not None:
+            with open(path) as f:
                 value = f.read(65536)
         report = json.loads(value)
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None
+
+
+def pull_report_path() -> Path | None:
+    """The file $ELASTICSERVING_MODEL_PULL names (a Pod's storage initializer writes the report there);
+    None when it holds the report itself or nothing."""
+    value = os.environ.get(PULL_REPORT_ENV, "").strip()
+    return Path(value) if value and not value.startswith("{") else None

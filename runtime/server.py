@@ -25,10 +25,11 @@ from runtime.cli import parse_args
 from runtime.dataplane import DataPlane, QueueLimits
 from runtime.handlers import build_handler
 from runtime.handlers.base import Handler
-from runtime.metrics import RuntimeMetrics, pull_report_from_env
+from runtime.metrics import RuntimeMetrics, pull_report_from_env, pull_report_path
 from runtime.protocols.http_api import HttpApi
 from runtime.protocols.http_server import HttpLimits, HttpServer
 from runtime.request_log import configure_logging, flush
+from runtime.storage import handoff
 
 __all__ = ["Server", "main", "parse_args"]
 TERMINATION_LOG = "/dev/termination-log"
@@ -57,6 +58,33 @@ class Server:
         self.http = HttpServer(HttpApi(self.plane, self.metrics, args.is_canary),
                                HttpLimits(max_body_bytes=args.max_body_bytes))
 
+    async def _model_pulled(self, stop: asyncio.Event) -> bool:
+        """In a Pod whose storage sidecar pulls the model beside this process: wait for its report (the
+        libraries were imported meanwhile). False when told to stop first."""
+        report = pull_report_path()
+        if report is None:
+            return True  # no pull, or the local platform's report, made before this process started
+        t0 = time.monotonic()
+        pulled = asyncio.ensure_future(handoff.wait_for_report(
+            report, lambda why: log.warning("waiting for the model: %s (the sidecar tries again)", why)))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((pulled, stopped), return_when=asyncio.FIRST_COMPLETED)
+        for task in (pulled, stopped):
+            task.cancel()
+        if not pulled.done() or pulled.cancelled():
+            return False
+        if pulled.exception() is not None:  # e.g. no writable report directory: loading says what is missing
+            log.warning("cannot wait for the model's pull: %s", pulled.exception())
+            return True
+        log.info("model pulled (waited %.2fs)", time.monotonic() - t0)
+        return True
+
+    async def _close_servers(self, grpc_server) -> None:
+        """Before serving (no model): stop listening and close every connection at once."""
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        await self.http.close()
+
     async def run(self) -> int:
         args = self.args
         await self.http.start(args.host, args.port)
@@ -71,6 +99,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if not await self._model_pulled(stop):
+            await self._close_servers(grpc_server)
+            return 0
         handler: Handler | None = None
         try:
             handler = build_handler(args, functools.partial(self.metrics.batch, args.name))
@@ -83,9 +114,7 @@ class Server:
             _termination_message(why)
             if handler is not None:
                 await handler.close()
-            if grpc_server is not None:
-                await grpc_server.stop(0)
-            await self.http.close()
+            await self._close_servers(grpc_server)
             return 3
         self.metrics.model_load(args.name, seconds)
         report = pull_report_from_env()

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "value when absent; activators read it ('': no token, the API is unauthenticated)")
     p.add_argument("--storage-initializer-image", default=env("ELASTICSERVING_STORAGE_IMAGE",
                                                              StorageSettings.image),
-                   help="image of the init container that pulls storageUri models (our runtime image)")
+                   help="image of the storage initializer that pulls storageUri models (our runtime image)")
     p.add_argument("--model-cache-host-path", default=env("ELASTICSERVING_MODEL_CACHE_HOST_PATH",
                                                           StorageSettings.cache_root),
                    help="the node-local model cache (a hostPath, one directory per namespace)")

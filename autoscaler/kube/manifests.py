@@ -150,8 +150,11 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
         "ports": ports,
         "env": env,
         "resources": pod_resources(svc),
+        # Every second (the least a kubelet takes): a Pod from zero is routed at the first probe that finds
+        # its model loaded, so the period is what a cold start waits on top of the load (up to 2 s at 2 s).
+        # Four failures in a row (~4 s) take a busy replica out, as two at 2 s did.
         "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
-                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2},
+                           "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 4},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 10,
                           "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
         # A Pod leaving (scale-down, rollout) first drops out of its EndpointSlice, then the controller
@@ -177,7 +180,7 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
         # run (USER 65532): an image that runs as root is refused by the kubelet with the reason.
         "spec": {**({"initContainers": model.init_containers} if model.init_containers else {}),
                  **({"volumes": model.volumes} if model.volumes else {}),
-                 "containers": [container], "terminationGracePeriodSeconds": 30,
+                 "containers": [container, *model.containers], "terminationGracePeriodSeconds": 30,
                  # Replicas of a side spread over nodes (a node's death takes the fewest), as long as
                  # the nodes have room: never a Pod left Pending for the sake of the spread.
                  "topologySpreadConstraints": [{

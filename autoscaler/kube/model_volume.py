@@ -1,10 +1,18 @@
 """The Pod pieces of a side with a storageUri (pure; build_deployment adds them): the model at
-/mnt/models, read-only. pvc:// mounts the claim itself. s3:// and http(s):// run an init container from
-our runtime image (`python -m runtime.storage`) that pulls into the node-local cache (a hostPath, one
-directory per namespace) and links the version's files into an emptyDir at /mnt/models."""
+/mnt/models, read-only. pvc:// mounts the claim itself. s3:// and http(s):// run the storage initializer
+from our runtime image (`python -m runtime.storage`): it pulls into the node-local cache (a hostPath, one
+directory per namespace) and links the version's files into an emptyDir at /mnt/models.
+
+For our runtime the initializer is a second container of the Pod, started in the same kubelet sync as the
+model container: the runtime's start overlaps the pull and it waits for the pull's report
+(runtime.storage.handoff) before it loads. As an init container, or a native sidecar, the kubelet starts the
+model container only at its next relist (~1 s) after the initializer exits or starts: measured on the node,
+that was most of what a cached start took over a model already on disk. Any other server (an `arg` of the
+user's) gets a plain init container: its model is in place before it starts."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,16 +26,26 @@ REPORT_DIR = "/var/run/elasticserving"
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """The operator's storage knobs: the init container's image and the node cache's host path."""
+    """The operator's storage knobs: the storage initializer's image and the node cache's host path."""
 
     image: str = "elasticserving/runtime:latest"
     cache_root: str = "/var/cache/elasticserving/models"
     cache_max_bytes: int = 50 * 1024**3
 
 
+_OUR_RUNTIME = re.compile(r"(exec\s+)?python3?\s+-m\s+runtime(\s|$)")
+
+
+def waits_for_pull(spec: EndpointSpec) -> bool:
+    """Whether the side's container runs our runtime (no `arg`, or `python3 -m runtime ...`), which waits
+    for the pull beside it by itself."""
+    return not spec.arg or bool(_OUR_RUNTIME.match(spec.arg.strip()))
+
+
 @dataclass
 class ModelVolume:
     init_containers: list[dict[str, Any]] = field(default_factory=list)
+    containers: list[dict[str, Any]] = field(default_factory=list)  # beside the model container
     volumes: list[dict[str, Any]] = field(default_factory=list)
     mounts: list[dict[str, Any]] = field(default_factory=list)  # of the model container
     env: list[dict[str, Any]] = field(default_factory=list)  # of the model container
@@ -53,29 +71,33 @@ def model_volume(spec: EndpointSpec, namespace: str, settings: StorageSettings,
     cache_dir = f"{settings.cache_root.rstrip('/')}/{namespace}"
     args = [spec.storageUri, "--cache", cache_dir, "--dest", POD_MODEL_DIR, "--report", f"{REPORT_DIR}/pull.json",
             "--cache-max-bytes", str(settings.cache_max_bytes)]
+    beside = waits_for_pull(spec)
     if spec.storageSha256:
         args += ["--sha256", spec.storageSha256]
     env = [{"name": key, "valueFrom": {"secretKeyRef": {"name": spec.storageSecret, "key": key, "optional": True}}}
            for key in ENV_KEYS] if spec.storageSecret else []
-    out.init_containers.append({
+    initializer: dict[str, Any] = {
         "name": STORAGE_INITIALIZER,
         "image": settings.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "runtime.storage"],
-        "args": args,
+        "args": args + ["--stay"] if beside else args,
         "env": env,
         # the pull's reason (runtime.storage writes it there) becomes the Pod's status message
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        # requested for the Pod's life beside our runtime (it idles as a bare interpreter after the pull)
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [{"name": "model-cache", "mountPath": settings.cache_root},
                          {"name": "model", "mountPath": POD_MODEL_DIR},
                          {"name": "pull-report", "mountPath": REPORT_DIR}],
         "securityContext": security,
-    })
+    }
+    # beside the runtime it idles after the pull: a failed pull exits and is retried with the Pod's back-off
+    (out.containers if beside else out.init_containers).append(initializer)
     out.volumes += [
         # DirectoryOrCreate makes it root's 0755: give the node's directory to the runtime's user (65532)
-        # or mode 1777 (scripts/cluster.sh does), so the non-root init container can write.
+        # or mode 1777 (scripts/cluster.sh does), so the non-root initializer can write.
         {"name": "model-cache", "hostPath": {"path": settings.cache_root, "type": "DirectoryOrCreate"}},
         {"name": "model", "emptyDir": {}},
         {"name": "pull-report", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
@@ -84,7 +106,8 @@ def model_volume(spec: EndpointSpec, namespace: str, settings: StorageSettings,
         {"name": "model", "mountPath": POD_MODEL_DIR, "readOnly": True},
         # the links in /mnt/models point here: the same path, read-only, this namespace's directory only
         {"name": "model-cache", "mountPath": cache_dir, "subPath": namespace, "readOnly": True},
-        {"name": "pull-report", "mountPath": REPORT_DIR, "readOnly": True},
+        # writable for our runtime: it makes the FIFO the initializer wakes it through, if it comes first
+        {"name": "pull-report", "mountPath": REPORT_DIR, "readOnly": not beside},
     ]
     out.env.append({"name": PULL_REPORT_ENV, "value": f"{REPORT_DIR}/pull.json"})
     return out

@@ -4,12 +4,12 @@ per-model JSON shape is declared here as data (`WebApi`) and applied by runtime.
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.inference_thread import InferenceThread
 from runtime.tensors import TensorSpec
 
 OnBatch = Callable[[int], None]
@@ -39,7 +39,7 @@ class Handler:
 
     def __init__(self) -> None:
         # One thread owns the backend: Paddle predictors must not hop between threads.
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.executor = InferenceThread()
         # Set by the server: True while the replica serves no other request (a handler may then run a
         # lone request on the loop, see runtime.batching).
         self.alone: Callable[[], bool] = lambda: False

@@ -9,7 +9,6 @@ queued requests hold only their encoded bytes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -145,4 +144,4 @@ class OcrHandler(Handler):
         if len(images) != 1:
             raise BadInput(f"one image per request: got {len(images)} (send each image in its own request)")
         data = await self.source.load(images[0])
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, data)
+        return await self.executor.call(self.run, data)

@@ -11,7 +11,6 @@ whose outputs turn out not to have one row per input row stops being batched.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Hashable
 from pathlib import Path
@@ -33,6 +32,11 @@ from runtime.handlers.base import Handler, OnBatch, WebApi
 
 log = logging.getLogger("elasticserving.runtime")
 Tensors = dict[str, np.ndarray]
+# A merged batch runs on the event loop's thread while the last one took less CPU time (runtime.batching's
+# docstring): a small model's batch costs less than the hop to the inference thread and back. Only for a
+# model that runs on the calling thread (Paddle or ONNX Runtime on one CPU thread), whose CPU time there
+# is its whole cost; TensorFlow runs ops on its own pools, a GPU on the device.
+INLINE_BATCH_UNDER = 0.001
 
 
 class RawTensors(Handler):
@@ -51,7 +55,12 @@ class RawTensors(Handler):
         # Every backend call reports its rows here, merged or alone: the batch-size histogram shows what
         # the model actually ran (the batcher's own count would miss the re-runs after a failed merge).
         self.on_batch = on_batch or (lambda n: None)
-        self.merging = False  # set by load(): may this model's requests share a backend call?
+        # Set by load(): do this model's requests go through the batcher (fixed from then on), and may they
+        # share a backend call (until an answer shows they cannot). Once batched, every call of the model
+        # goes through the batcher, which runs one at a time: on the loop's thread or the inference thread,
+        # never both at once.
+        self.batched = False
+        self.merging = False
         self.batcher = Batcher(self.run_group, self.executor, max_batch_size, batch_timeout,
                                key=self._key, size=rows_of)
 
@@ -64,7 +73,9 @@ class RawTensors(Handler):
         self.web = WebApi(feed=tuple(s.name for s in self.inputs),
                           fetch={s.name: (s.name,) for s in self.outputs})
         refusal = row_batching_refusal(self.inputs, self.outputs)
-        self.merging = refusal is None and self.batcher.max_batch_size > 1
+        self.batched = self.merging = refusal is None and self.batcher.max_batch_size > 1
+        on_calling_thread = self.platform in ("paddle", "onnx") and self.threads <= 1 and not self.gpu_ids
+        self.batcher.inline_under = INLINE_BATCH_UNDER if on_calling_thread else 0.0
         if refusal is not None:
             log.info("model %s: requests run one at a time: %s", self.model_path, refusal)
 
@@ -80,13 +91,13 @@ class RawTensors(Handler):
 
     async def infer(self, inputs: Tensors) -> Tensors:
         assert self.backend is not None
-        if self.merging:
+        if self.batched:
             (outcome,) = await self.batcher.submit([inputs])
         else:
             # Straight to the inference thread, which then runs the requests queued there back to back:
             # the batcher would hand them over one at a time, each waiting for the loop to see the last
             # one done (measured: ~30 % fewer requests/s at 32 clients with --max-batch-size 1).
-            outcome = await asyncio.get_running_loop().run_in_executor(self.executor, self._run_alone, inputs)
+            outcome = await self.executor.call(self._run_alone, inputs)
         if isinstance(outcome, Exception):  # shape/dtype errors surface from the backend
             raise BadInput(f"the model rejected the input: {str(outcome).strip()[:300]}")
         return outcome
@@ -117,7 +128,8 @@ class RawTensors(Handler):
 
     def _stop_merging(self, reason: str) -> None:
         # Its rows cannot be told apart in a merged answer: the model is served one request at a time from
-        # now on (requests already queued as a group are re-run alone too, by run_group).
+        # now on, still through the batcher (requests already queued as a group are re-run alone too, by
+        # run_group).
         if self.merging:
             self.merging = False
             log.warning("model %s: requests are no longer batched: %s", self.model_path, reason)

@@ -8,7 +8,6 @@ it, and turns runtime.errors into a status (runtime.errors.HTTP_STATUS) with `{"
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,17 +19,14 @@ from runtime.errors import HTTP_STATUS, InferError, status_of
 from runtime.metrics import RuntimeMetrics
 from runtime.protocols import paddle_web, v2_rest
 from runtime.protocols.http_server import HttpRequest, HttpResponse, error_response
+from runtime.protocols.json_body import dumps, loads
 
 log = logging.getLogger("elasticserving.runtime")
 V2_HEADER = v2_rest.HEADER.lower()
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 def _json(obj: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(status, _dumps(obj))
+    return HttpResponse(status, dumps(obj))
 
 
 class HttpApi:
@@ -99,10 +95,11 @@ class HttpApi:
         self.plane.check_model(name)
         handler = self.plane.loaded_handler()
         with tracing.step("decode"):
-            infer, _ = paddle_web.decode(v2_rest.loads(req.body), name, handler.web, handler.inputs)
+            infer, _ = paddle_web.decode(loads(req.body), name, handler.web, handler.inputs)
         outputs = await self.plane.infer(infer)
         with tracing.step("encode"):
-            return HttpResponse(200, _dumps(paddle_web.encode(outputs, handler.web, self.is_canary)))
+            return HttpResponse(200, dumps(paddle_web.encode(outputs, handler.web, self.is_canary),
+                                             outputs.values()))
 
     async def _v2_infer(self, req: HttpRequest, name: str) -> HttpResponse:
         self.plane.check_model(name)

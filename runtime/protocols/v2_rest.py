@@ -5,13 +5,13 @@ packed the same way when asked for with `binary_data`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from runtime.dataplane import InferRequest
 from runtime.errors import BadInput
+from runtime.protocols.json_body import dumps, loads
 from runtime.tensors import datatype_of, from_buffer, from_values, to_bytes, to_list
 
 HEADER = "Inference-Header-Content-Length"
@@ -20,17 +20,6 @@ HEADER = "Inference-Header-Content-Length"
 def _parameters(item: dict[str, Any]) -> dict[str, Any]:
     params = item.get("parameters")
     return params if isinstance(params, dict) else {}
-
-
-def loads(raw: bytes | memoryview, what: str = "request body") -> Any:
-    try:
-        return json.loads(bytes(raw).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadInput(f"{what} is not valid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"malformed JSON in the {what}: {exc}") from None
-    except RecursionError:
-        raise BadInput(f"{what} is nested too deeply") from None
 
 
 def decode(raw: bytes, model: str, header_length: str | None = None) -> tuple[InferRequest, dict[str, Any]]:
@@ -104,10 +93,7 @@ def encode(head: dict[str, Any], model: str, request_id: str | None,
         else:
             tensor["data"] = to_list(arr)
         out["outputs"].append(tensor)
-    try:
-        text = json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:  # the request's `id` held a lone surrogate: escape it, JSON allows that
-        text = json.dumps(out, separators=(",", ":")).encode("ascii")
+    text = dumps(out, outputs.values())
     if not blobs:
         return text, None
     return text + b"".join(blobs), len(text)

@@ -1,5 +1,5 @@
 """Model storage: a storageUri (s3://, http(s)://, pvc://, file://, a path) to a read-only model
-directory through the node-local cache; used by the init container and the local platform."""
+directory through the node-local cache; used by the storage initializer and the local platform."""
 
 from runtime.storage.cache import ModelCache
 from runtime.storage.errors import StorageError

@@ -1,5 +1,5 @@
 """The node-local model cache: one read-only directory per model version, shared by every replica
-(and every Pod's init container) on this machine, size-capped with least-recently-used eviction.
+(and every Pod's storage initializer) on this machine, size-capped with least-recently-used eviction.
 
 Layout under the root: `entries/KEY/` (the model files, read-only), `entries/KEY.json` (what it holds;
 its mtime is the last use), `tmp/` (entries being built), `locks/KEY.lock` (one download per key),

@@ -1,5 +1,5 @@
 """The model pull: storageUri -> a read-only model directory in the node-local cache (or the local path
-itself), downloading only when the cache lacks this version. Called by the init container
+itself), downloading only when the cache lacks this version. Called by the storage initializer
 (`python -m runtime.storage`) in a Pod and by the local platform before it starts a replica."""
 
 from __future__ import annotations

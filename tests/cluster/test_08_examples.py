@@ -40,9 +40,15 @@ def test_image_example_classifies_a_photo_from_both_sides(stack: Node) -> None:
     assert first.status == 200, first.body[:500]
     # The canary takes its 50 % only once a replica of it is ready (autoscaler/rollout.py, rule 1): its first
     # Pod starts at once, but on a busy node it may still be loading its model after many requests, all
-    # answered by default meanwhile. Wait for that replica, not for a count of requests.
-    wait_for(lambda: (stack.psvc(NS, name).get("status", {}).get("canary") or {}).get("readyReplicas", 0) >= 1,
-             300, 1.0, "the canary's replica ready")
+    # answered by default meanwhile. Wait for that replica, not for a count of requests, and keep a request
+    # a second going meanwhile, as a user's traffic would: an idle service scales back to zero after its
+    # 10 s window, and on a busy node that came before the canary's Pod was ready.
+    def canary_ready() -> bool:
+        a = stack.post(host_of(NS, name), "/image/prediction", json.dumps(body).encode(), timeout=120)
+        assert a.status == 200, a.body[:500]
+        return (stack.psvc(NS, name).get("status", {}).get("canary") or {}).get("readyReplicas", 0) >= 1
+
+    wait_for(canary_ready, 300, 1.0, "the canary's replica ready")
     sides: dict[str, int] = {}
 
     def both_sides_answered() -> bool:

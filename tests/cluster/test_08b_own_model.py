@@ -1,7 +1,7 @@
 """A user's own model on the real node, as a Kubernetes user serves it (issue 24 item 9): a Secret with
 S3 keys and a PaddleService with `storageUri: s3://...` and no `arg`, served by a Pod from zero (the
 storage-initializer downloads into the node's cache); a second scale from zero downloads nothing (the
-init container's log and the replica's pull metric say so); `pvc://` on a local PersistentVolume; wrong
+storage initializer's log and the replica's pull metric say so); `pvc://` on a local PersistentVolume; wrong
 keys give 503 and a condition naming the URI, with the secret nowhere in status, events or logs; a
 TensorFlow SavedModel from S3 served by the runtime-tf image (item 11) with its exact dtypes."""
 
@@ -48,7 +48,7 @@ def s3(model_dir):
 
 @pytest.fixture(scope="module")
 def ns(stack: Node):
-    # the node's cache: the non-root init container (uid 65532) creates its namespace's directory in it
+    # the node's cache: the non-root storage initializer (uid 65532) creates its namespace's directory in it
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     CACHE_ROOT.chmod(0o1777)
     stack.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", timeout=300)

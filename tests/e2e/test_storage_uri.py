@@ -74,12 +74,14 @@ def secret(name: str, data: dict[str, str]) -> dict:
 
 
 def replica_metrics(stack, key: str) -> str:
-    status, _, data = stack.control_http("GET", "/v1/prometheus/targets")
-    assert status == 200
-    targets = [t for group in json.loads(data) for t in group["targets"]
-               if group["labels"].get("service") == key]
-    assert targets, data
-    with urllib.request.urlopen(f"http://{targets[0]}/metrics", timeout=10) as resp:
+    def targets() -> list[str]:
+        status, _, data = stack.control_http("GET", "/v1/prometheus/targets")
+        assert status == 200
+        return [t for group in json.loads(data) for t in group["targets"] if group["labels"].get("service") == key]
+
+    # a replica started from zero joins the scrape targets a moment after it answered (seen on a busy machine)
+    wait_for(lambda: targets(), 30, 0.1, f"a scrape target of {key}")
+    with urllib.request.urlopen(f"http://{targets()[0]}/metrics", timeout=10) as resp:
         return resp.read().decode()
 
 

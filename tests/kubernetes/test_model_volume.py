@@ -1,5 +1,5 @@
 """The Pod pieces of a storageUri side, table-driven and without servers: pvc:// mounts the claim;
-s3:// and http(s):// get the storage-initializer init container, the node cache (this namespace's
+s3:// and http(s):// get the storage-initializer (beside our runtime, else an init container), the node cache (this namespace's
 directory only, read-only in the model container) and the Secret's AWS_* keys by reference; a failed
 pull's termination message is the side's reason, as condition ModelPullFailed."""
 
@@ -34,7 +34,8 @@ def test_without_a_storage_uri_nothing_is_added():
 
 def test_s3_gets_the_init_container_the_namespace_cache_and_the_secret_by_reference():
     pod = _pod_spec(_svc(storageUri="s3://models/iris/", storageSecret="s3-creds", storageSha256=None))
-    (init,) = pod["initContainers"]
+    assert "initContainers" not in pod
+    (main, init) = pod["containers"]  # our runtime: the initializer runs beside it
     assert init["name"] == STORAGE_INITIALIZER and init["image"] == "elasticserving/runtime:latest"
     assert init["command"] == ["python3", "-m", "runtime.storage"]
     assert init["args"][:5] == ["s3://models/iris/", "--cache", "/var/cache/es/team-a", "--dest", "/mnt/models"]
@@ -42,10 +43,12 @@ def test_s3_gets_the_init_container_the_namespace_cache_and_the_secret_by_refere
     assert keys["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
     assert "AWS_ENDPOINT_URL" in keys and all("value" not in e for e in init["env"])
     assert init["securityContext"]["allowPrivilegeEscalation"] is False
-    (main,) = pod["containers"]
     mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
     assert mounts["/mnt/models"]["readOnly"] and mounts["/var/cache/es/team-a"]["subPath"] == "team-a"
-    assert all(m["readOnly"] for m in main["volumeMounts"])
+    # our runtime waits for the pull itself: the initializer hands over and stays; it alone writes the model
+    assert init["args"][-1] == "--stay"
+    assert {m["name"]: m["readOnly"] for m in main["volumeMounts"]} == \
+        {"model": True, "model-cache": True, "pull-report": False}  # the report's FIFO may be made by either
     assert {"name": "MODEL_DIR", "value": "/mnt/models"} in main["env"]
     assert main["args"] == ["exec python3 -m runtime --model $MODEL_DIR --name iris --port $PORT"]
     # the model container itself never sees the Secret
@@ -54,10 +57,27 @@ def test_s3_gets_the_init_container_the_namespace_cache_and_the_secret_by_refere
     assert volumes["model-cache"]["hostPath"] == {"path": "/var/cache/es", "type": "DirectoryOrCreate"}
 
 
+@pytest.mark.parametrize(("arg", "beside"), [
+    (None, True),
+    ("python3 -m runtime --model $MODEL_DIR --name iris --port $PORT --max-batch-size 8", True),
+    ("exec python -m runtime --model $MODEL_DIR --port $PORT", True),
+    ("my-server --dir $MODEL_DIR --port $PORT", False),
+    ("python3 -m runtime_of_mine --dir $MODEL_DIR", False),
+])
+def test_only_our_runtime_starts_beside_the_pull(arg, beside):
+    """Another server expects its model in place when it starts: a plain init container, run to the end."""
+    pod = _pod_spec(_svc(storageUri="s3://models/iris/", arg=arg))
+    (init,) = pod["containers"][1:] if beside else pod["initContainers"]
+    assert init["name"] == STORAGE_INITIALIZER and ("--stay" in init["args"]) == beside
+    assert ("initContainers" in pod) is not beside and len(pod["containers"]) == (2 if beside else 1)
+    report_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "pull-report")
+    assert report_mount["readOnly"] is not beside
+
+
 def test_a_given_sha256_is_passed_and_http_needs_no_secret():
     pod = _pod_spec(_svc(storageUri="https://models.example.com/iris.tar.gz", storageSha256="ab" * 32))
-    (init,) = pod["initContainers"]
-    assert init["args"][-2:] == ["--sha256", "ab" * 32] and init["env"] == []
+    init = pod["containers"][1]
+    assert init["args"][-3:] == ["--sha256", "ab" * 32, "--stay"] and init["env"] == []
 
 
 @pytest.mark.parametrize(("uri", "claim", "sub"), [
@@ -90,8 +110,19 @@ def _init_failed(message: str, restarts: int = 1) -> dict:
                                        "state": {"waiting": {"reason": "PodInitializing"}}}]}}
 
 
-def test_a_failed_pull_is_the_pods_reason_with_the_uri():
-    why = pod_failure(_init_failed("cannot pull s3://models/iris/: access denied by the S3 endpoint "
+def _beside_failed(message: str) -> dict:
+    """The initializer beside our runtime, in its back-off after a failed pull; the runtime waits, running."""
+    term = {"exitCode": 4, "reason": "Error", "message": message}
+    return {"metadata": {"name": "iris-default-x"},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "paddleserving", "ready": False, "restartCount": 0, "state": {"running": {}}},
+                {"name": STORAGE_INITIALIZER, "ready": False, "restartCount": 2,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": term}}]}}
+
+
+@pytest.mark.parametrize("status", [_init_failed, _beside_failed])
+def test_a_failed_pull_is_the_pods_reason_with_the_uri(status):
+    why = pod_failure(status("cannot pull s3://models/iris/: access denied by the S3 endpoint "
                                    "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials"))
     assert why == ("Pod iris-default-x: cannot pull s3://models/iris/: access denied by the S3 endpoint "
                    "http://10.96.0.9:8333 (SignatureDoesNotMatch): check the credentials")

@@ -4,12 +4,13 @@ arrive while a batch runs are merged into the next one, results and errors go ba
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
+import time
 
 import pytest
 
 from runtime.batching import Batcher
+from runtime.inference_thread import InferenceThread
 
 
 class Model:
@@ -31,7 +32,7 @@ class Model:
 
 @pytest.fixture
 def pool():
-    ex = concurrent.futures.ThreadPoolExecutor(1)
+    ex = InferenceThread()
     yield ex
     ex.shutdown(wait=True)
 
@@ -113,5 +114,39 @@ async def test_a_lone_item_runs_inline_only_when_alone(pool, inline, items, on_l
     try:
         assert await b.submit(items) == [2 * i for i in items]
         assert (model.threads == [threading.get_ident()]) is on_loop
+    finally:
+        b.close()
+
+
+class Timed(Where):
+    """As Where; the runs numbered in `slow` take 0.2 s of CPU (a model that got slow)."""
+
+    def __init__(self, slow: set[int]) -> None:
+        super().__init__()
+        self.slow = slow
+
+    def run(self, items: list[int]) -> list[int]:
+        if len(self.threads) in self.slow:
+            started = time.thread_time()
+            while time.thread_time() - started < 0.2:
+                pass
+        return super().run(items)
+
+
+@pytest.mark.parametrize(("inline_under", "slow", "on_loop"), [
+    (0.0, set(), [False, False, False, False]),    # the default: never on the loop
+    (60.0, set(), [False, True, True, True]),      # the first is timed on the thread, then all quick
+    (0.1, {1}, [False, True, False, True]),        # the second took 0.2 s of CPU: the third on the thread
+    (1e-9, set(), [False, False, False, False]),   # no run is that quick
+])
+async def test_a_batch_of_several_items_runs_on_the_loop_while_the_last_was_quick(pool, inline_under, slow, on_loop):
+    model = Timed(slow)
+    b = Batcher(model.run, pool, max_batch_size=8, inline_under=inline_under)
+    b.start()
+    try:
+        for i in range(4):
+            assert await b.submit([i, i + 1]) == [2 * i, 2 * i + 2]
+        assert [t == threading.get_ident() for t in model.threads] == on_loop
+        assert await b.submit([7]) == [14] and model.threads[-1] != threading.get_ident()  # one item: the thread
     finally:
         b.close()

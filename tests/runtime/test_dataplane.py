@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +136,23 @@ async def test_drain_gives_up_after_its_time():
         assert await p.drain(0.05) is False
 
 
+def test_the_inflight_gauge_counts_each_protocols_requests_while_they_run():
+    p = plane(Gate())
+
+    def gauge(protocol: str) -> float | None:
+        return p.metrics.registry.get_sample_value("elasticserving_runtime_inflight_requests",
+                                                    {"model": "m", "protocol": protocol})
+
+    assert gauge("v2-rest") is None
+    with p.track("v2-rest", "r1", HTTP_STATUS), p.track("v2-rest", "r2", HTTP_STATUS):
+        with p.track("v2-grpc", "r3", GRPC_STATUS):
+            assert (gauge("v2-rest"), gauge("v2-grpc")) == (2, 1)
+        assert (gauge("v2-rest"), gauge("v2-grpc")) == (2, 0)
+    with pytest.raises(TooLarge), p.track("v2-rest", "r4", HTTP_STATUS):
+        raise TooLarge("too big")
+    assert (gauge("v2-rest"), gauge("v2-grpc")) == (0, 0)
+
+
 @pytest.mark.parametrize(("incoming", "kept"), [
     ("abc-123", True), ("0af7651916cd43dd8448eb211c80319c", True), (None, False), ("", False),
     ("has space", False), ("line\nbreak", False), ("x" * 129, False), ("é", False),
@@ -175,7 +193,7 @@ def test_the_access_log_line_is_what_the_logging_formatter_writes(fmt, rid, mode
                                (" ".join(f"{k}={v}" for k, v in fields.items()),), None)
     record.fields = fields
     want = handler.format(record)
-    got = AccessLog(handler, fmt).line(rid, model, "v2-rest", status, 0.0012351).rstrip("\n")
+    got = AccessLog(handler, fmt).line(time.time(), rid, model, "v2-rest", status, 0.0012351).rstrip("\n")
     if fmt == "json":
         want_d, got_d = json.loads(want), json.loads(got)
         assert abs(_seconds(got_d.pop("time")) - _seconds(want_d.pop("time"))) < 2

@@ -5,7 +5,6 @@ grouping by key and its row budget."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 
 import numpy as np
@@ -20,6 +19,7 @@ from runtime.batching import (
     rows_of,
     split_rows,
 )
+from runtime.inference_thread import InferenceThread
 from runtime.tensors import TensorSpec, object_array
 
 
@@ -115,7 +115,7 @@ class Blocking:
 
 @pytest.fixture
 def pool():
-    ex = concurrent.futures.ThreadPoolExecutor(1)
+    ex = InferenceThread()
     yield ex
     ex.shutdown(wait=True)
 

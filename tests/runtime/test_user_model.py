@@ -8,6 +8,7 @@ Merging is seen in the runtime's batch-size histogram (one observation per backe
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,9 +22,10 @@ import numpy as np
 import pytest
 
 from runtime.backends import load_backend
-from runtime.handlers.raw import RawTensors
+from runtime.handlers.raw import INLINE_BATCH_UNDER, RawTensors
+from runtime.storage.names import PULL_REPORT_ENV
 from runtime.tensors import DTYPES, datatype_of
-from tests.helpers import ROOT, http, start_runtime
+from tests.helpers import ROOT, free_port, http, start_runtime, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -316,6 +318,58 @@ def test_outputs_that_do_not_follow_the_rows_stop_merging(user_models):
     for req, got in zip((a, b), out, strict=True):
         np.testing.assert_allclose(got["fetch_name_0"], np.concatenate([req["x"], req["x"]]))
     assert sizes == [3, 1, 2] and not h.merging and h._key(a) is None
+    # still through the batcher, one call at a time: a merged batch queued before may run on the loop's thread
+    assert h.batched
+
+
+@pytest.mark.parametrize(("backend", "threads", "inline"), [
+    ("paddle", 1, True), ("onnx", 1, True),     # the model runs on the calling thread: its CPU time is its cost
+    ("paddle", 2, False), ("onnx", 2, False),   # intra-op threads besides: merged batches stay off the loop
+])
+def test_quick_merged_batches_may_run_on_the_loop_only_for_a_model_on_one_thread(user_models, backend, threads, inline):
+    h = RawTensors(user_models / "user" / backend, backend, threads=threads, max_batch_size=32)
+    h.load()
+    assert h.batched and h.batcher.inline_under == (INLINE_BATCH_UNDER if inline else 0.0)
+
+
+# ---- started beside its storage sidecar -----------------------------------------------------------------
+
+def test_a_replica_started_beside_its_pull_waits_for_the_report_then_serves(user_models, tmp_path):
+    """A Pod's runtime starts while the storage sidecar still pulls (autoscaler/kube/model_volume.py): it
+    answers health checks, is not ready, and loads once the sidecar's report says the model is there."""
+    report, dest = tmp_path / "run" / "pull.json", tmp_path / "mnt-models"
+    report.parent.mkdir()
+    port = free_port()
+    rt = subprocess.Popen([sys.executable, "-m", "runtime", "--host", "127.0.0.1", "--port", str(port),
+                           "--model", str(dest), "--name", "user"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, PULL_REPORT_ENV: str(report)})
+    sidecar = None
+    try:
+        def health(path: str) -> int:
+            assert rt.poll() is None, rt.stderr.read()
+            try:
+                return http("GET", f"http://127.0.0.1:{port}{path}", timeout=2)[0]
+            except OSError:
+                return 0
+
+        wait_for(lambda: health("/healthz") == 200, 90, 0.05, "the runtime answering")
+        assert health("/ready") == 503  # waiting for the model, not failing on the empty directory
+        sidecar = subprocess.Popen([sys.executable, "-m", "runtime.storage", str(user_models / "user" / "onnx"),
+                                    "--cache", str(tmp_path / "cache"), "--dest", str(dest), "--report",
+                                    str(report), "--termination-log", str(tmp_path / "term"), "--stay"],
+                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: health("/ready") == 200, 90, 0.05, "the runtime ready after the pull")
+        x = rows(2, 5)  # seed 2, five rows
+        status, _, data = http("POST", f"http://127.0.0.1:{port}/v2/models/user/infer", v2_body(x))
+        assert status == 200 and arrays(json.loads(data))["fetch_name_0"].shape == (5, 3)
+        metrics = http("GET", f"http://127.0.0.1:{port}/metrics")[2].decode()
+        assert re.search(r'^elasticserving_runtime_model_pull_downloaded_bytes\{[^}]*\} 0\.0$', metrics, re.M)
+        assert sidecar.poll() is None  # idles beside it
+    finally:
+        for proc in (rt, sidecar):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
 
 
 # ---- Paddle's program formats ----------------------------------------------------------------------

@@ -37,7 +37,7 @@ from runtime.errors import HTTP_STATUS, InferError, status_of
 from runtime.handlers.base import Handler, WebApi
 from runtime.handlers.lac import LacHandler
 from runtime.metrics import RuntimeMetrics
-from runtime.protocols import paddle_web, v2_grpc_tensors, v2_rest
+from runtime.protocols import json_body, paddle_web, v2_grpc_tensors, v2_rest
 from runtime.tensors import TensorSpec, pack_bytes
 from tests.fakes import FakePlatform
 from tests.helpers import http, mutate, start_runtime
@@ -282,10 +282,10 @@ def grpc_request(rng: random.Random, model: str) -> pb.ModelInferRequest:
 async def paddle_path(plane: DataPlane, raw: bytes) -> None:
     """What HttpApi._prediction does between reading the body and writing the answer."""
     handler = plane.loaded_handler()
-    body = v2_rest.loads(raw)
+    body = json_body.loads(raw)
     req, _ = paddle_web.decode(body, plane.name, handler.web, handler.inputs)
     outputs = await plane.infer(req)
-    json.dumps(paddle_web.encode(outputs, handler.web), ensure_ascii=False).encode("utf-8")
+    json_body.dumps(paddle_web.encode(outputs, handler.web), outputs.values())
 
 
 async def v2_path(plane: DataPlane, raw: bytes, header: str | None) -> None:

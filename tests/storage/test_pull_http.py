@@ -229,6 +229,17 @@ def test_the_init_container_links_the_version_and_reports(origin, tmp_path, caps
     assert term.read_text() == f"cannot pull {origin.url('/absent.tgz')}: not found (HTTP 404)"
 
 
+def test_a_destination_that_cannot_be_written_is_said_without_the_uri_secrets(origin, tmp_path, capsys):
+    origin.blobs["/iris.onnx"] = Blob(b"onnx", etag='"a"')
+    (tmp_path / "not-a-dir").write_text("")
+    url = origin.url("/iris.onnx").replace("http://", "http://reader:s3cret-pw@") + "?sig=s3cret-sig"
+    term = tmp_path / "termination-log"
+    assert storage_main([url, "--cache", str(tmp_path / "cache"), "--dest", str(tmp_path / "not-a-dir" / "m"),
+                         "--termination-log", str(term)]) == 4
+    assert term.read_text().startswith(f"cannot pull {origin.url('/iris.onnx')}?…: ")
+    assert "s3cret" not in term.read_text() + capsys.readouterr().err
+
+
 def _pull_as(uid: int, url: str, cache_dir) -> str:
     """pull() in a forked child running as `uid` (the modules are loaded already: the child needs no
     file of the venv, which another user may not read); its outcome as text."""
