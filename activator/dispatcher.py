@@ -5,7 +5,8 @@
 
 A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
 the result or `Failure` back. Retry rule (one place for both protocols): a request that was never sent
-(`NotSent`) is resent once to another replica; once written it is never resent.
+(`NotSent`) is resent (at most MAX_RESENDS times) to a replica in rotation, the one not reached being out
+of it until the prober hears it again; once written it is never resent.
 """
 
 from __future__ import annotations
@@ -191,9 +192,9 @@ class Dispatcher:
 
     async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
                        send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
-        tried: frozenset[str] = frozenset()  # the replica that was not reached, on the one resend
+        resends = 0
         while True:
-            backend = t.try_acquire(tried)
+            backend = t.try_acquire()
             if backend is None:  # held: no free slot, or a side at zero
                 cold = not t.has_ready()
                 if cold:
@@ -202,14 +203,14 @@ class Dispatcher:
                 # At zero the wait is the cold start; behind a full breaker it is the breaker's queue.
                 wait = tracing.wait(call, cold) if call.span is not None else None
                 try:
-                    backend = await t.acquire(max(0.0, deadline - waited_from), tried)
+                    backend = await t.acquire(max(0.0, deadline - waited_from))
                 finally:
                     if wait is not None:
                         wait.end()
                 m.cold_start.observe(self.clock() - waited_from)
             call.replica = backend.id
             sent = self.clock()
-            attempt = tracing.proxy(call, backend, len(tried)) if call.span is not None else None
+            attempt = tracing.proxy(call, backend, resends) if call.span is not None else None
             try:
                 remaining = deadline - sent
                 if remaining <= 0:
@@ -219,11 +220,13 @@ class Dispatcher:
                 m.proxy_latency.observe(self.clock() - sent)
                 return result
             except NotSent as exc:
-                # Nothing was sent: safe to send again, to another replica (a dead node's replicas are
-                # each found so, one connect each, until the prober has taken them all out).
-                t.mark(backend, False)  # the prober puts it back as soon as it answers
-                tried = tried | {backend.id}
-                if len(tried) > MAX_RESENDS or self.clock() >= deadline:
+                # Nothing was sent: safe to send again. The replica leaves rotation until the prober
+                # hears it answer again (a dead node's replicas are each found so, one connect each), so the
+                # resend goes to another one, or back to this one once it answers: a lost SYN on a lone
+                # replica fresh from zero must not leave the request waiting for a second replica.
+                t.mark(backend, False)
+                resends += 1
+                if resends > MAX_RESENDS or self.clock() >= deadline:
                     raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) could "
                                                      f"not be reached: {exc}") from None
                 m.retries.inc()

@@ -39,8 +39,8 @@ class Metrics:
                                  registry=r)
         self.rejections = Counter(P + "breaker_rejections", "Requests refused: queue full or no replica in time.",
                                   ["service", "side", "reason"], registry=r)
-        self.retries = Counter(P + "retries", "Requests resent to another replica because they were never "
-                               "sent to the first.", ["service", "side"], registry=r)
+        self.retries = Counter(P + "retries", "Requests resent because nothing was sent: the replica "
+                               "was not reached.", ["service", "side"], registry=r)
         r.register(tracing.DroppedSpans())
         self._sides: dict[tuple[str, str], SideMetrics] = {}
 

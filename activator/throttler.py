@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ class SideThrottler:
         self.clock = clock
         self.backends: dict[str, Backend] = {}
         self.error: str | None = None
-        self.waiters: collections.deque[tuple[asyncio.Future, frozenset[str]]] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.unheld = asyncio.Event()  # cleared by each held request, set by the last to leave `acquire`
         self.unheld.set()
         self._rr = itertools.count()
@@ -136,9 +137,8 @@ class SideThrottler:
             self._dispatch()
 
     # ---- slots -----------------------------------------------------------------------------
-    def _free(self, exclude: frozenset[str]) -> Backend | None:
-        cands = [b for b in self.backends.values() if b.healthy and b.id not in exclude
-                 and (b.slots is None or b.inflight < b.slots)]
+    def _free(self) -> Backend | None:
+        cands = [b for b in self.backends.values() if b.healthy and (b.slots is None or b.inflight < b.slots)]
         if not cands:
             return None
         least = min(b.inflight for b in cands)
@@ -147,11 +147,11 @@ class SideThrottler:
 
     def _dispatch(self) -> None:
         while self.waiters:
-            fut, exclude = self.waiters[0]
+            fut = self.waiters[0]
             if fut.done():
                 self.waiters.popleft()
                 continue
-            b = self._free(exclude)
+            b = self._free()
             if b is None:
                 return
             self.waiters.popleft()
@@ -161,23 +161,23 @@ class SideThrottler:
     def fail_waiters(self, reason: str) -> None:
         self._tick()
         while self.waiters:
-            fut, _ = self.waiters.popleft()
+            fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(Failure("unavailable", reason))
 
-    def try_acquire(self, exclude: frozenset[str] = frozenset()) -> Backend | None:
+    def try_acquire(self) -> Backend | None:
         """A replica with a free slot now, unless requests are held before this one (FIFO)."""
         if self.waiters:
             return None
-        b = self._free(exclude)
+        b = self._free()
         if b is not None:
             self._tick()
             b.inflight += 1
         return b
 
-    async def acquire(self, timeout: float, exclude: frozenset[str] = frozenset()) -> Backend:
+    async def acquire(self, timeout: float) -> Backend:
         """A replica with a free slot, waiting (FIFO) up to `timeout` seconds; Failure otherwise."""
-        b = self.try_acquire(exclude)
+        b = self.try_acquire()
         if b is not None:
             return b
         self._tick()
@@ -187,7 +187,7 @@ class SideThrottler:
             raise Failure("overloaded", f"too many requests waiting for {self.key} ({self.side}): queue of "
                                         f"{self.queue_depth} is full", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.waiters.append((fut, exclude))
+        self.waiters.append(fut)
         self.unheld.clear()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
@@ -212,10 +212,8 @@ class SideThrottler:
                 self.unheld.set()
 
     def _remove(self, fut: asyncio.Future) -> None:
-        for i, (f, _) in enumerate(self.waiters):
-            if f is fut:
-                del self.waiters[i]
-                return
+        with contextlib.suppress(ValueError):  # already taken off by _dispatch or fail_waiters
+            self.waiters.remove(fut)
 
     def release(self, backend: Backend) -> None:
         self._tick()

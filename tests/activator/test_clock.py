@@ -115,6 +115,34 @@ async def test_an_unsent_request_is_resent_only_while_its_deadline_on_the_clock_
     p.d.close()
 
 
+async def test_a_lone_replica_not_reached_once_gets_the_request_when_the_prober_hears_it_again():
+    """A lost SYN to the only replica, fresh from zero: the request waits for the prober's verdict on that
+    replica (not for a second replica, which a side serving one held request never gets), and every
+    request behind it in the queue goes through too."""
+    clock = Clock()
+    p = Path(clock, request_timeout=60.0)
+    p.d.apply(full(route(ports=(9000,))))
+    t = p.d.throttler("ns/svc", "default")
+    failed = asyncio.Event()
+
+    async def lost_once(backend: Backend, timeout: float) -> str:
+        p.sent.append(backend.id)
+        if len(p.sent) == 1:
+            failed.set()
+            raise NotSent("no connection within 1s")
+        return "ok"
+
+    first = p.dispatch(lost_once)
+    await failed.wait()
+    behind = p.dispatch(lost_once)
+    await asyncio.sleep(0)  # both held now: the replica is out of rotation
+    assert not first.done() and not behind.done() and not t.backends["r9000"].healthy
+    t.mark(t.backends["r9000"], True)  # the prober: it answered /ready
+    assert await first == "ok" and await behind == "ok"
+    assert p.sent == ["r9000"] * 3 and p.sample("retries_total") == 1.0
+    p.d.close()
+
+
 def activator(clock: Clock, *flags: str) -> tuple[Activator, Path]:
     act = Activator(parse_args(["--grpc-port", "0", "--request-timeout", "60", *flags]), clock=clock)
     path = Path(clock, dispatcher=act.dispatcher)

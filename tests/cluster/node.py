@@ -87,6 +87,22 @@ class Node:
     def psvc(self, namespace: str, name: str) -> dict[str, Any]:
         return self.get("paddleservice", "-n", namespace, name)
 
+    def state_of(self, namespace: str, name: str) -> str:
+        """What a failed assertion about service `name` should show: its status, its Pods (node, phase,
+        conditions, containers, last log lines) and the namespace's events about it."""
+        out = [f"status: {json.dumps(self.psvc(namespace, name).get('status'))}"]
+        for pod in self.pods(namespace, name):
+            md, st = pod["metadata"], pod.get("status") or {}
+            conds = {c["type"]: c["status"] + (f" ({c['reason']})" if c.get("reason") else "")
+                     for c in st.get("conditions") or []}
+            containers = {c["name"]: c.get("state") for c in st.get("containerStatuses") or []}
+            logs = self.kubectl("logs", "-n", namespace, md["name"], "--all-containers", "--tail=15", check=False)
+            out.append(f"pod {md['name']} on {pod['spec'].get('nodeName')}: {st.get('phase')} "
+                       f"{'deleting ' if md.get('deletionTimestamp') else ''}{conds} {containers}\n{logs}")
+        events = self.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
+        out += [line for line in events.splitlines() if name in line][-20:]
+        return "\n".join(out)
+
     # ---- the activator ---------------------------------------------------------------------------
     def node_port(self, name: str) -> int:
         svc = self.get("service", "-n", SYSTEM_NS, "elasticserving-activator")

@@ -37,7 +37,7 @@ def test_image_example_classifies_a_photo_from_both_sides(stack: Node) -> None:
     _apply_fresh(stack, "image.yaml", name)
     body = {"feed": [{"image": jpeg("chelsea")}], "fetch": ["score"]}
     first = _post_until_routed(stack, host_of(NS, name), "/image/prediction", body)
-    assert first.status == 200, first.body[:500]
+    assert first.status == 200, (first.body[:500], stack.state_of(NS, name))
     # The canary takes its 50 % only once a replica of it is ready (autoscaler/rollout.py, rule 1): its first
     # Pod starts at once, but on a busy node it may still be loading its model after many requests, all
     # answered by default meanwhile. Wait for that replica, not for a count of requests, and keep a request
@@ -75,7 +75,7 @@ def test_ocr_example_reads_rendered_text(stack: Node) -> None:
     _apply_fresh(stack, "ocr.yaml", name)
     a = _post_until_routed(stack, host_of(NS, name), "/ocr/prediction",
                            {"feed": [{"image": b64(rendered())}], "fetch": ["text"]})
-    assert a.status == 200, a.body[:500]
+    assert a.status == 200, (a.body[:500], stack.state_of(NS, name))
     res = a.json()["result"]
     assert [squash(t) for t in res["text"]] == [squash(line) for line in LINES], res
     assert [len(box) for box in res["box"]] == [4, 4], res
