@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.activator.harness import HOST, echo_replica, ok_answer, read_request, responses
+from activator.prober import Prober
+from tests.activator.harness import HOST, Setup, echo_replica, ok_answer, poll, read_request, responses
 
 
 async def test_pipelined_requests_are_answered_in_order_with_forwarding_headers(setup):
@@ -171,3 +172,35 @@ async def test_request_id_is_kept_or_made_forwarded_returned_and_logged(setup):
     assert [(ln["request_id"], ln["service"], ln["side"], ln["status"]) for ln in lines] == [
         ("abc-123", "ns/svc", "default", "200"), (made, "ns/svc", "default", "200")]
     assert all(ln["replica"].startswith("r") and ln["duration_ms"] >= 0 for ln in lines)
+
+
+async def test_a_lone_replica_refusing_at_first_answers_once_the_prober_hears_it():
+    """The only replica refuses the first connect (a lost SYN or a port not yet open, fresh from zero):
+    the request is held until the real prober hears that replica answer again, then answered by it,
+    not held until the deadline for a second replica that never comes."""
+    s = Setup(request_timeout=30.0)
+    await s.start()
+    gone = await asyncio.start_server(echo_replica, "127.0.0.1", 0)
+    port = gone.sockets[0].getsockname()[1]
+    gone.close()
+    await gone.wait_closed()
+    s.route(port)
+    request = asyncio.create_task(s.raw(b"GET /late HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST,
+                                        timeout=30))
+    retries = s.metrics.retries.labels("ns/svc", "default")
+
+    async def refused() -> bool:
+        return retries._value.get() == 1
+
+    await poll(refused, 10, "the refused connect, the replica out of rotation")
+    assert not s.throttler().backends[f"r{port}"].healthy and not request.done()
+    prober = asyncio.create_task(Prober(s.dispatcher.sides).run())
+    back = await asyncio.start_server(echo_replica, "127.0.0.1", port)
+    try:
+        (answer,) = responses(await request)
+        assert answer[0] == 200 and json.loads(answer[2])["line"] == "GET /late HTTP/1.1"
+        assert retries._value.get() == 1
+    finally:
+        prober.cancel()
+        back.close()
+        s.close()
