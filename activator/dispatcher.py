@@ -5,8 +5,9 @@
 
 A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
 the result or `Failure` back. Retry rule (one place for both protocols): a request that was never sent
-(`NotSent`) is resent (at most MAX_RESENDS times) to a replica in rotation, the one not reached being out
-of it until the prober hears it again; once written it is never resent.
+(`NotSent`) is resent (at most MAX_RESENDS times) to a replica in rotation, one it has not tried when
+there is such a one; the replica not reached is out of rotation until the prober hears it again. Once
+written, a request is never resent.
 """
 
 from __future__ import annotations
@@ -192,9 +193,10 @@ class Dispatcher:
 
     async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
                        send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
+        tried: frozenset[str] = frozenset()  # replicas not reached, avoided while another is in rotation
         resends = 0
         while True:
-            backend = t.try_acquire()
+            backend = t.try_acquire(tried)
             if backend is None:  # held: no free slot, or a side at zero
                 cold = not t.has_ready()
                 if cold:
@@ -203,7 +205,7 @@ class Dispatcher:
                 # At zero the wait is the cold start; behind a full breaker it is the breaker's queue.
                 wait = tracing.wait(call, cold) if call.span is not None else None
                 try:
-                    backend = await t.acquire(max(0.0, deadline - waited_from))
+                    backend = await t.acquire(max(0.0, deadline - waited_from), tried)
                 finally:
                     if wait is not None:
                         wait.end()
@@ -221,10 +223,12 @@ class Dispatcher:
                 return result
             except NotSent as exc:
                 # Nothing was sent: safe to send again. The replica leaves rotation until the prober
-                # hears it answer again (a dead node's replicas are each found so, one connect each), so the
-                # resend goes to another one, or back to this one once it answers: a lost SYN on a lone
-                # replica fresh from zero must not leave the request waiting for a second replica.
+                # hears it answer again (a dead node's replicas are each found so, one connect each), and
+                # this request avoids it while another replica is in rotation (a stale verdict of the
+                # prober may put it back a moment); a lone replica takes the resend once it is back: a
+                # lost SYN to it, fresh from zero, must not hold the request for a second replica.
                 t.mark(backend, False)
+                tried = tried | {backend.id}
                 resends += 1
                 if resends > MAX_RESENDS or self.clock() >= deadline:
                     raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) could "

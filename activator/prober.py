@@ -36,23 +36,30 @@ class Prober:
         last: dict[int, float] = {}
         while True:
             await asyncio.sleep(UNHEALTHY_EVERY)
-            now = self.clock()
-            checks = []
-            sides = list(self.sides())
-            for t in sides:
-                for b in list(t.backends.values()):
-                    if not b.healthy or now - last.get(id(b), 0.0) >= HEALTHY_EVERY:
-                        last[id(b)] = now
-                        checks.append((t, b))
-            if checks:
-                results = await asyncio.gather(*(self.probe(b) for _, b in checks))
-                for (t, b), ok in zip(checks, results, strict=True):
-                    if ok != b.healthy and t.backends.get(b.id) is b:
-                        log.info("replica %s of %s (%s) is %s", b.id, t.key, t.side, "ready" if ok else "not ready")
-                        t.mark(b, ok)
-            live = {id(b) for t in sides for b in t.backends.values()}
-            for k in [k for k in last if k not in live]:
-                del last[k]
+            await self.check(last)
+
+    async def check(self, last: dict[int, float]) -> None:
+        """One round: probe the replicas out of rotation, and those in it not probed for HEALTHY_EVERY
+        (`last`: when each was probed). A verdict is applied only if nobody marked the replica while
+        its probe ran: the round waits for its slowest probe (a dead node's, up to PROBE_TIMEOUT), and
+        an answer from before a failed connect must not put the replica back."""
+        now = self.clock()
+        checks = []
+        sides = list(self.sides())
+        for t in sides:
+            for b in list(t.backends.values()):
+                if not b.healthy or now - last.get(id(b), 0.0) >= HEALTHY_EVERY:
+                    last[id(b)] = now
+                    checks.append((t, b, b.marks))
+        if checks:
+            results = await asyncio.gather(*(self.probe(b) for _, b, _ in checks))
+            for (t, b, marks), ok in zip(checks, results, strict=True):
+                if ok != b.healthy and b.marks == marks and t.backends.get(b.id) is b:
+                    log.info("replica %s of %s (%s) is %s", b.id, t.key, t.side, "ready" if ok else "not ready")
+                    t.mark(b, ok)
+        live = {id(b) for t in sides for b in t.backends.values()}
+        for k in [k for k in last if k not in live]:
+            del last[k]
 
     async def probe(self, b: Backend) -> bool:
         assert self._session is not None

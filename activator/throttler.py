@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -58,6 +57,7 @@ class Backend:
     slots: int | None = None  # this activator's share of the replica; None = unlimited
     inflight: int = 0
     healthy: bool = True
+    marks: int = 0  # verdicts so far (the prober's and failed connects'): a probe's answer older than one is dropped
 
     @property
     def base_url(self) -> str:
@@ -73,7 +73,7 @@ class SideThrottler:
         self.clock = clock
         self.backends: dict[str, Backend] = {}
         self.error: str | None = None
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.waiters: collections.deque[tuple[asyncio.Future, frozenset[str]]] = collections.deque()
         self.unheld = asyncio.Event()  # cleared by each held request, set by the last to leave `acquire`
         self.unheld.set()
         self._rr = itertools.count()
@@ -133,12 +133,18 @@ class SideThrottler:
 
     def mark(self, backend: Backend, healthy: bool) -> None:
         backend.healthy = healthy
+        backend.marks += 1
         if healthy:
             self._dispatch()
 
     # ---- slots -----------------------------------------------------------------------------
-    def _free(self) -> Backend | None:
+    def _free(self, avoid: frozenset[str]) -> Backend | None:
+        """The least busy replica in rotation with a free slot; one not in `avoid` (the replicas a resent
+        request could not reach) when there is such a one, else any: a lone replica back in rotation
+        (the prober heard it again) takes its own resend."""
         cands = [b for b in self.backends.values() if b.healthy and (b.slots is None or b.inflight < b.slots)]
+        if avoid:
+            cands = [b for b in cands if b.id not in avoid] or cands
         if not cands:
             return None
         least = min(b.inflight for b in cands)
@@ -147,11 +153,11 @@ class SideThrottler:
 
     def _dispatch(self) -> None:
         while self.waiters:
-            fut = self.waiters[0]
+            fut, avoid = self.waiters[0]
             if fut.done():
                 self.waiters.popleft()
                 continue
-            b = self._free()
+            b = self._free(avoid)
             if b is None:
                 return
             self.waiters.popleft()
@@ -161,23 +167,24 @@ class SideThrottler:
     def fail_waiters(self, reason: str) -> None:
         self._tick()
         while self.waiters:
-            fut = self.waiters.popleft()
+            fut, _ = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(Failure("unavailable", reason))
 
-    def try_acquire(self) -> Backend | None:
-        """A replica with a free slot now, unless requests are held before this one (FIFO)."""
+    def try_acquire(self, avoid: frozenset[str] = frozenset()) -> Backend | None:
+        """A replica with a free slot now (see _free for `avoid`), unless requests are held before this
+        one (FIFO)."""
         if self.waiters:
             return None
-        b = self._free()
+        b = self._free(avoid)
         if b is not None:
             self._tick()
             b.inflight += 1
         return b
 
-    async def acquire(self, timeout: float) -> Backend:
+    async def acquire(self, timeout: float, avoid: frozenset[str] = frozenset()) -> Backend:
         """A replica with a free slot, waiting (FIFO) up to `timeout` seconds; Failure otherwise."""
-        b = self.try_acquire()
+        b = self.try_acquire(avoid)
         if b is not None:
             return b
         self._tick()
@@ -187,7 +194,7 @@ class SideThrottler:
             raise Failure("overloaded", f"too many requests waiting for {self.key} ({self.side}): queue of "
                                         f"{self.queue_depth} is full", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        self.waiters.append((fut, avoid))
         self.unheld.clear()
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
@@ -212,8 +219,10 @@ class SideThrottler:
                 self.unheld.set()
 
     def _remove(self, fut: asyncio.Future) -> None:
-        with contextlib.suppress(ValueError):  # already taken off by _dispatch or fail_waiters
-            self.waiters.remove(fut)
+        for i, (f, _) in enumerate(self.waiters):
+            if f is fut:
+                del self.waiters[i]
+                return
 
     def release(self, backend: Backend) -> None:
         self._tick()

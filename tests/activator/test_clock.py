@@ -15,6 +15,7 @@ from activator.dispatcher import Call, Dispatcher
 from activator.main import Activator, parse_args
 from activator.metrics import Metrics
 from activator.outcomes import Failure, NotSent
+from activator.prober import Prober
 from activator.throttler import MAX_WINDOW, Backend, SideThrottler
 from autoscaler.wire import Endpoint, SideRoute
 from tests.activator.harness import full, route
@@ -141,6 +142,56 @@ async def test_a_lone_replica_not_reached_once_gets_the_request_when_the_prober_
     assert await first == "ok" and await behind == "ok"
     assert p.sent == ["r9000"] * 3 and p.sample("retries_total") == 1.0
     p.d.close()
+
+
+async def test_a_resend_avoids_the_replicas_it_could_not_reach_while_another_is_in_rotation():
+    """A dead node's two replicas, put back in rotation by a stale verdict after each failed connect: the
+    request still goes on to the live replica instead of spending its resends on the dead ones."""
+    clock = Clock()
+    p = Path(clock, request_timeout=60.0)
+    p.d.apply(full(route(ports=(9000, 9001, 9002))))
+    t = p.d.throttler("ns/svc", "default")
+    dead = {"r9000", "r9001"}
+    t.backends["r9002"].inflight = 1  # busier: the least busy replicas, the dead ones, are picked first
+
+    async def dead_node(backend: Backend, timeout: float) -> str:
+        p.sent.append(backend.id)
+        if backend.id in dead:
+            for other in dead - {backend.id}:  # a verdict from before the node died, arriving meanwhile
+                t.mark(t.backends[other], True)
+            raise NotSent("no connection within 1s")
+        return "ok"
+
+    assert await p.dispatch(dead_node) == "ok"
+    assert sorted(p.sent[:2]) == sorted(dead) and p.sent[2:] == ["r9002"]
+    p.d.close()
+
+
+async def test_a_probe_answer_from_before_a_failed_connect_does_not_put_the_replica_back():
+    clock = Clock()
+    t = SideThrottler("ns/svc", "default", clock=clock)
+    t.update(SideRoute(ready=True, desired=1, endpoints=(Endpoint(id="r0", host="h", http_port=1),)), 0)
+    b = t.backends["r0"]
+    answering, answer = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def probe(_: Backend) -> bool:
+        answering.set()
+        return await answer
+
+    prober = Prober(lambda: [t], clock)
+    prober.probe = probe
+    last: dict[int, float] = {}
+    round_ = asyncio.create_task(prober.check(last))
+    await answering.wait()
+    t.mark(b, False)  # a request's connect failed while the probe was out
+    answer.set_result(True)  # the replica had answered before that
+    await round_
+    assert not b.healthy
+    answering.clear()
+    answer = asyncio.get_running_loop().create_future()
+    answer.set_result(True)
+    await prober.check(last)  # the next round hears it now: back in rotation
+    assert b.healthy
 
 
 def activator(clock: Clock, *flags: str) -> tuple[Activator, Path]:
