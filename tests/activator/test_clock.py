@@ -187,7 +187,6 @@ async def test_a_probe_answer_from_before_a_failed_connect_does_not_put_the_repl
     answer.set_result(True)  # the replica had answered before that
     await round_
     assert not b.healthy
-    answering.clear()
     answer = asyncio.get_running_loop().create_future()
     answer.set_result(True)
     await prober.check(last)  # the next round hears it now: back in rotation
