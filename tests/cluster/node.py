@@ -84,6 +84,11 @@ class Node:
         dep = self.get_or_none("deployment", "-n", namespace, f"{name}-{side}")
         return None if dep is None else int(dep["spec"].get("replicas") or 0)
 
+    def at_zero(self, namespace: str, name: str) -> bool:
+        """Scaled to zero and no Pod left: a leaving Pod stays routed through its preStop sleep, so only
+        once it is gone is the next request surely a cold one."""
+        return self.deployment_replicas(namespace, name) == 0 and not self.pods(namespace, name)
+
     def psvc(self, namespace: str, name: str) -> dict[str, Any]:
         return self.get("paddleservice", "-n", namespace, name)
 

@@ -23,8 +23,7 @@ def leader(node: Node) -> str:
 
 def test_scale_from_zero_within_10s_after_the_leader_is_deleted(stack: Node) -> None:
     fresh_service(stack, NS, NAME, lac_service(NS, NAME))
-    wait_for(lambda: stack.deployment_replicas(NS, NAME) == 0 and not stack.pods(NS, NAME), 120, 0.5,
-             "the service at zero")
+    wait_for(lambda: stack.at_zero(NS, NAME), 120, 0.5, "the service at zero")
     old = wait_for(lambda: leader(stack), 60, 0.5, "a leader")
     answers: list[Answer] = []
     stack.kubectl("delete", "pod", "-n", SYSTEM_NS, old, "--wait=false")

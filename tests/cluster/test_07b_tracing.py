@@ -84,7 +84,7 @@ def test_a_cold_request_is_one_trace_in_the_jaeger_pod(stack: Node, jaeger: Jaeg
     # traced request is the cold one and finds its route.
     wait_for(lambda: stack.post(host_of(NS, NAME), "/lac/prediction", LAC_BODY, timeout=300).status != 404,
              120, 0.5, "the service routed")
-    wait_for(lambda: stack.deployment_replicas(NS, NAME) == 0, 300, 0.5, "the service back at zero")
+    wait_for(lambda: stack.at_zero(NS, NAME), 300, 0.5, "the service back at zero, its Pod gone")
     a = stack.post(host_of(NS, NAME), "/lac/prediction", LAC_BODY, timeout=300,
                    headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"})
     assert a.status == 200, a.body[:300]

@@ -68,8 +68,17 @@ class Jaeger:
 
     def wait_spans(self, trace_id: str, predicate, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Poll until the trace's spans satisfy `predicate` (spans arrive in batches, from each process)."""
-        return wait_for(lambda: (s := self.trace(trace_id)) and predicate(s) and s, timeout, 0.2,
-                        f"trace {trace_id} in Jaeger")
+        seen: list[dict[str, Any]] = []
+
+        def check() -> list[dict[str, Any]] | None:
+            seen[:] = self.trace(trace_id)
+            return seen if seen and predicate(seen) else None
+
+        try:
+            return wait_for(check, timeout, 0.2, f"trace {trace_id} in Jaeger")
+        except AssertionError as e:
+            held = sorted(f"{s['serviceName']}: {s['operationName']}" for s in seen)
+            raise AssertionError(f"{e}; the spans it holds: {held or 'none'}") from None
 
 
 def require_jaeger() -> Path:
