@@ -10,11 +10,13 @@
 #                              # the images (scripts/build-images.sh), apply deploy/; last line:
 #                              #   activator: http://127.0.0.1:PORT
 #                              # --nodes N: N worker nodes (default 1; see "nodes 2..N" below)
-#   scripts/cluster.sh down    # stop everything `up` started; remove its netns, mounts, cni0,
-#                              # iptables chains; restore the sysctls it changed
+#   scripts/cluster.sh down    # stop everything `up` started (and any of its daemons left by an
+#                              # `up` killed halfway); remove its netns, mounts, cni0, iptables
+#                              # chains; restore the sysctls it changed
 #   scripts/cluster.sh kill-node K  # node K >= 2 loses power (for the node-loss test); `up` revives it
 #   scripts/cluster.sh status  # what runs
 #   scripts/cluster.sh env     # `export KUBECONFIG=...` for a shell
+# up, down and kill-node run one at a time per state dir: a second one waits for the first.
 #
 # Needs root (iptables, mounts, network namespaces). Nothing here pulls an image: the images come
 # from scripts/build-images.sh and every Pod uses imagePullPolicy IfNotPresent or Never.
@@ -597,7 +599,7 @@ setup_node_mounts() {
 
 extra_nodes() {  # K of every node k >= 2 set up (from their state dirs)
   local f
-  for f in "$STATE"/nodes/*/index; do [ -f "$f" ] && cat "$f"; done | sort -n
+  for f in "$STATE"/nodes/*/index; do if [ -f "$f" ]; then cat "$f"; fi; done | sort -n
 }
 
 iptables_cleanup() {  # remove every KUBE-* and CNI-* chain and the rules jumping to them
@@ -905,6 +907,22 @@ unmount_state() {  # every mount under the state dir, deepest first
   done
 }
 
+sweep_daemons() {  # node daemons no pid file names (an `up` killed halfway): our binaries naming the state dir
+  local d pid cmd exe
+  for d in /proc/[0-9]*; do
+    pid="${d#/proc/}"
+    cmd="$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" || continue
+    exe="${cmd%% *}"
+    exe="${exe##*/}"
+    [[ "$cmd" == *"$STATE/"* ]] || continue
+    case "$exe" in
+      etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|coredns|containerd|containerd-shim*)
+        log "stopping a leftover $exe (pid $pid) that no pid file named"
+        kill -KILL "$pid" 2>/dev/null || true ;;
+    esac
+  done
+}
+
 cmd_down() {
   [ "$(id -u)" -eq 0 ] || die "must run as root"
   mkdir -p "$RUN"
@@ -926,6 +944,7 @@ cmd_down() {
   forget_containers
   stop_daemon containerd
   kill_pod_processes
+  sweep_daemons
   unmount_state
   for k in $extra; do node_vars "$k"; remove_extra_node; done
   node_vars 1
@@ -989,6 +1008,24 @@ cmd_status() {
   fi
 }
 
+# One `up`, `down` or `kill-node` at a time per state dir: an `up` still running when another command
+# started left daemons that no pid file names, which the next `down` could not stop. The lock is held by
+# flock(1) around this script (-o: the daemons it starts do not inherit it), beside the state dir so that
+# nothing naming the state dir holds it (cmd_down's sweep).
+case "${1:-}" in
+  up|down|kill-node)
+    if [ -z "${CLUSTER_SH_LOCKED:-}" ]; then
+      mkdir -p "$(dirname "$STATE")"
+      if ! flock -n "$STATE.lock" true; then
+        log "waiting for another scripts/cluster.sh on $STATE to finish"
+      fi
+      rc=0
+      CLUSTER_SH_LOCKED=1 flock -o -w 1800 -E 75 "$STATE.lock" "$0" "$@" || rc=$?
+      [ "$rc" -ne 75 ] || die "another scripts/cluster.sh on $STATE still runs after 1800s"
+      exit "$rc"
+    fi ;;
+esac
+
 NODES=1
 case "${1:-}:${2:-}" in
   up:--nodes) NODES="${3:-}" ;;
@@ -1004,5 +1041,5 @@ case "${1:-}" in
   kill-node) cmd_kill_node ;;
   status) cmd_status ;;
   env) echo "export KUBECONFIG=$ADMIN_KUBECONFIG" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

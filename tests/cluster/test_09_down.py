@@ -1,11 +1,14 @@
-"""`scripts/cluster.sh down` after the suite (last module): no process, mount, network namespace,
-interface or iptables chain of the node is left, and the kernel settings it changed are restored.
-Skipped when the node ran before the session (it is left running)."""
+"""`scripts/cluster.sh down` after the suite (last module): no process (not even a daemon no pid file
+names), mount, network namespace, interface or iptables chain of the node is left, the kernel settings
+it changed are restored, and a second `down` is no error. Skipped when the node ran before the session
+(it is left running)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,8 +46,14 @@ def run(*cmd: str) -> subprocess.CompletedProcess:
 def test_down_leaves_nothing_behind(node: Node, session_info) -> None:
     if not session_info.started_here:
         pytest.skip("the node was running before the session: left running")
+    # A daemon no pid file names, as an `up` killed halfway leaves one: `down` finds it by what it runs.
+    stray = subprocess.Popen(["kube-scheduler", "-c", "import time; time.sleep(600)",
+                              str(STATE / "kubeconfigs/kube-scheduler")],
+                             executable=sys.executable, start_new_session=True)  # argv[0]: what it runs
     d = subprocess.run([str(CLUSTER_SH), "down"], capture_output=True, text=True, timeout=600)
     assert d.returncode == 0, d.stderr[-2000:]
+    assert stray.wait(30) == -signal.SIGKILL, d.stderr[-2000:]
+    assert f"stopping a leftover kube-scheduler (pid {stray.pid})" in d.stderr
     assert our_processes() == []
     pods = [str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs") if p.read_text().strip()]
     assert pods == [], "processes left in Pod cgroups"
@@ -61,3 +70,6 @@ def test_down_leaves_nothing_behind(node: Node, session_info) -> None:
         rules = run(save).stdout
         assert [ln for ln in rules.splitlines() if "KUBE-" in ln or "CNI-" in ln] == [], save
     assert read_sysctls() == session_info.sysctls_before
+    # and once more: a node already down is no error (the extra nodes' state dirs are gone)
+    again = subprocess.run([str(CLUSTER_SH), "down"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
