@@ -915,11 +915,9 @@ sweep_daemons() {  # node daemons no pid file names (an `up` killed halfway): ou
     exe="${cmd%% *}"
     exe="${exe##*/}"
     [[ "$cmd" == *"$STATE/"* ]] || continue
-    case "$exe" in
-      etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|coredns|containerd|containerd-shim*)
-        log "stopping a leftover $exe (pid $pid) that no pid file named"
-        kill -KILL "$pid" 2>/dev/null || true ;;
-    esac
+    [[ " ${COMPONENTS[*]} " == *" $exe "* || "$exe" == containerd-shim* ]] || continue
+    log "stopping a leftover $exe (pid $pid) that no pid file named"
+    kill -KILL "$pid" 2>/dev/null || true
   done
 }
 

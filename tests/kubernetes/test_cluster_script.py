@@ -9,10 +9,9 @@ import subprocess
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.cluster.node import CLUSTER_SH
 
 pytestmark = pytest.mark.timeout(60)
-CLUSTER_SH = ROOT / "scripts/cluster.sh"
 
 
 def test_a_second_command_waits_for_the_one_holding_the_state_dir(tmp_path) -> None:
