@@ -246,6 +246,9 @@ def rows_key(request: Mapping[str, np.ndarray]) -> Hashable | None:
     """Requests with equal keys may be stacked along dim 0: the same input names, and per input the same
     dtype and the same dimensions after the first. None: the request must run alone (a scalar input, no
     inputs, or inputs that disagree on their row count, so its rows could not be told apart)."""
+    if len(request) == 1:  # the common case, without the generic path's lists (~1 us per request)
+        ((name, a),) = request.items()
+        return ((name, a.dtype.str, a.shape[1:]),) if a.ndim else None
     shapes = [a.shape for a in request.values()]
     if not shapes or not all(shapes) or any(s[0] != shapes[0][0] for s in shapes):
         return None

@@ -29,6 +29,7 @@ MAX_RANK = 8
 # Elements a shape may describe, counting only its non-zero dims: numpy refuses more even for an empty
 # array ([0, 2**62] is "too big"), and no request body can carry that many anyway.
 MAX_ELEMENTS = 2**31
+_INT = {int}
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -66,6 +67,9 @@ class TensorSpec:
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     """A request's shape as a tuple of dims, or BadInput: JSON gives a list (or null, a number, a
     string: anything), gRPC a repeated field."""
+    if (type(shape) is list and len(shape) <= MAX_RANK and set(map(type, shape)) <= _INT
+            and (not shape or min(shape) > 0) and math.prod(shape) <= MAX_ELEMENTS):
+        return tuple(shape)  # the usual JSON shape, checked without a generator per dim (~0.7 us)
     dims = None
     if not isinstance(shape, str | bytes | dict):
         try:

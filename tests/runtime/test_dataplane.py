@@ -98,6 +98,41 @@ async def test_items_per_request_are_capped():
         await p.infer(InferRequest("m", x(5)))
 
 
+
+async def test_a_remembered_valid_signature_lets_no_other_one_through():
+    gate = Gate()
+    gate.release.set()
+    p = plane(gate, max_batch_size=4)
+    for _ in range(2):  # the second time from the remembered signature
+        assert (await p.infer(InferRequest("m", x(2))))["y"].shape == (2, 2)
+    for bad, reason in (({"x": np.zeros((2, 3), np.float32)}, "has shape"),
+                        ({"x": np.zeros((2, 2), np.float64)}, "datatype FP32"),
+                        (x(5), "5 items in one request")):
+        with pytest.raises((BadInput, TooLarge), match=reason):
+            await p.infer(InferRequest("m", bad))
+
+    class Wider(Gate):
+        inputs = [TensorSpec("x", "FP32", (-1, 3))]
+
+    wider = Wider()
+    wider.release.set()
+    p.handler = wider  # another model: what the first one accepted is forgotten
+    with pytest.raises(BadInput, match=r"the model takes \[-1,3\]"):
+        await p.infer(InferRequest("m", x(2)))
+
+
+@pytest.mark.parametrize(("shape", "ok"), [
+    ([1, 4], (1, 4)), ([], ()), ([3], (3,)),
+    ([True, 4], None), ([0, 4], (0, 4)), ([1.0, 4], None), ([-1, 4], None), (["1", 4], None),
+    ([1] * 9, None), ([2**20, 2**20, 2**20], None),
+])
+def test_check_shape_fast_path_agrees_with_the_general_one(shape, ok):
+    from runtime.tensors import check_shape
+    if ok is None:
+        with pytest.raises(BadInput):
+            check_shape("x", shape)
+    else:
+        assert check_shape("x", shape) == ok
 async def test_a_full_queue_is_refused_then_frees():
     gate = Gate()
     p = plane(gate, max_batch_size=8, max_queue=8)
