@@ -28,7 +28,8 @@ from aiohttp import web
 from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute
 from benchmarks import wrk
 from benchmarks.load import closed_loop
-from benchmarks.stats import MIN_RUNS, summarize
+from benchmarks.runtime_bench import DirectLac, machine_floor, start_floor_server
+from benchmarks.stats import MIN_RUNS, ratio, summarize
 from tests.helpers import ROOT, cpu_seconds, free_port, wait_for
 
 ECHO = [sys.executable, str(ROOT / "tests/fixtures/echo_replica.py")]
@@ -143,8 +144,15 @@ def start_activator(tree: Path, control: Control, log: Path) -> tuple[subprocess
 
 def run(quick: bool = False) -> dict:
     """The suite for `python -m benchmarks`: three measurements, each figure their median with min-max
-    (ratios run by run), and the one-client latency CDFs of the last run."""
-    runs = [measure(quick) for _ in range(MIN_RUNS)]
+    (ratios run by run), and the one-client latency CDFs of the last run. With wrk, each run also
+    measures the machine's floor (benchmarks.runtime_bench.machine_floor) beside its one-client figures:
+    `one_client_added_to_floor` is the activator's added p50 over that floor, run by run (issue 27)."""
+    floor = MachineFloor() if wrk.available() else None
+    try:
+        runs = [measure(quick, floor=floor) for _ in range(MIN_RUNS)]
+    finally:
+        if floor is not None:
+            floor.close()
 
     def figures(r: dict) -> dict[str, float]:
         return {"one_client_added_p50_ms": r["one_client"]["added_p50_ms"],
@@ -153,10 +161,15 @@ def run(quick: bool = False) -> dict:
                 "c64_throughput_ratio": r["throughput_ratio"], "c64_activator_rps": r["activator"]["rps"],
                 "c64_direct_rps": r["direct"]["rps"],
                 "activator_cpu_us_per_request": r["activator"]["cpu_us_per_request"],
-                "cold_start_added_s": r["cold_start"]["activator_added_s"]}
+                "cold_start_added_s": r["cold_start"]["activator_added_s"],
+                **({"machine_floor_added_p50_ms": r["floor"]["machine_floor_added_p50_ms"]} if "floor" in r else {})}
 
     per_run = [figures(r) for r in runs]
     out: dict = {k: summarize([f[k] for f in per_run]) for k in per_run[0]}
+    if "machine_floor_added_p50_ms" in out:
+        out["one_client_added_to_floor"] = ratio(out["one_client_added_p50_ms"], out["machine_floor_added_p50_ms"])
+        out["floor_goal"] = "one client: the activator's added p50 <= 0.6x the machine's floor (run by run)"
+        out["floor_goal_met"] = out["one_client_added_to_floor"]["median"] <= 0.6
     out["generator"] = runs[-1]["generator"]
     out["goal"] = runs[-1]["goal"]
     med = {k: v["median"] for k, v in out.items() if isinstance(v, dict)}
@@ -171,8 +184,25 @@ def run(quick: bool = False) -> dict:
     return out
 
 
-def measure(quick: bool = False, tree: Path = ROOT) -> dict:
-    """One side-by-side measurement of `tree`'s activator against the replica called directly."""
+class MachineFloor:
+    """The direct LAC call and benchmarks.floor_server, kept across runs (loading LAC takes seconds)."""
+
+    def __init__(self) -> None:
+        self.direct = DirectLac()
+        self.proc, self.url = start_floor_server()
+
+    def measure(self, seconds: float, gap_s: float) -> dict[str, float]:
+        """The floor now, with `gap_s` (the replica's own one-client round trip) before gapped calls."""
+        return machine_floor(self.direct, self.url, gap_s, seconds)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def measure(quick: bool = False, tree: Path = ROOT, floor: MachineFloor | None = None) -> dict:
+    """One side-by-side measurement of `tree`'s activator against the replica called directly (with
+    `floor`, the machine's floor measured right after the one-client figures)."""
     seconds = 3.0 if quick else 10.0
     echo_port = free_port()
     echo = subprocess.Popen([*ECHO, "--port", str(echo_port)])
@@ -186,6 +216,7 @@ def measure(quick: bool = False, tree: Path = ROOT) -> dict:
             body = b'{"x": 1}'
             direct1 = load(direct_url, body, 1, seconds / 2)
             via1 = load(via_url, body, 1, seconds / 2, {"Host": HOST})
+            machine = floor.measure(seconds / 2, direct1["p50_ms"] / 1000) if floor is not None else None
             direct = load(direct_url, body, 64, seconds)
             cpu0 = cpu_seconds(act.pid)
             via = load(via_url, body, 64, seconds, {"Host": HOST})
@@ -210,6 +241,7 @@ def measure(quick: bool = False, tree: Path = ROOT) -> dict:
         "generator": "wrk" if wrk.available() else "aiohttp",
         "goal": "added p50 < 1 ms, p99 < 5 ms, throughput >= 70% of direct (64 connections)",
         "cold_start": cold,
+        **({"floor": machine} if machine is not None else {}),
     }
 
 

@@ -73,9 +73,9 @@ def test_oversized_head_is_refused() -> None:
 
 def test_module_runs_as_a_server() -> None:
     """`python -m benchmarks.floor_server --port P` (how runtime_bench starts it) answers on P."""
-    from benchmarks.runtime_bench import _floor_server, _stop
+    from benchmarks.runtime_bench import _stop, start_floor_server
 
-    p, url = _floor_server()
+    p, url = start_floor_server()
     try:
         where = urlsplit(url)
         with socket.create_connection((where.hostname, where.port), timeout=5) as s:
