@@ -27,8 +27,9 @@ from aiohttp import web
 
 from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute
 from benchmarks import wrk
+from benchmarks.direct_lac import DirectLac
 from benchmarks.load import closed_loop
-from benchmarks.runtime_bench import DirectLac, machine_floor, start_floor_server
+from benchmarks.runtime_bench import machine_floor, start_floor_server
 from benchmarks.stats import MIN_RUNS, ratio, summarize
 from tests.helpers import ROOT, cpu_seconds, free_port, wait_for
 
@@ -191,9 +192,8 @@ class MachineFloor:
         self.direct = DirectLac()
         self.proc, self.url = start_floor_server()
 
-    def measure(self, seconds: float, gap_s: float) -> dict[str, float]:
-        """The floor now, with `gap_s` (the replica's own one-client round trip) before gapped calls."""
-        return machine_floor(self.direct, self.url, gap_s, seconds)
+    def measure(self, seconds: float) -> dict[str, float]:
+        return machine_floor(self.direct, self.url, seconds)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -216,7 +216,7 @@ def measure(quick: bool = False, tree: Path = ROOT, floor: MachineFloor | None =
             body = b'{"x": 1}'
             direct1 = load(direct_url, body, 1, seconds / 2)
             via1 = load(via_url, body, 1, seconds / 2, {"Host": HOST})
-            machine = floor.measure(seconds / 2, direct1["p50_ms"] / 1000) if floor is not None else None
+            machine = floor.measure(seconds / 2) if floor is not None else None
             direct = load(direct_url, body, 64, seconds)
             cpu0 = cpu_seconds(act.pid)
             via = load(via_url, body, 64, seconds, {"Host": HOST})

@@ -17,18 +17,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import wrk
+from benchmarks.direct_lac import SENTENCE, DirectLac
 from benchmarks.load import closed_loop as aiohttp_closed_loop
-from benchmarks.load import percentile
 from benchmarks.stats import ratio, repeat
-from runtime.lac import predict_tags
 from tests.helpers import ROOT, free_port, start_runtime, wait_answering
 
-SENTENCE = "百度是一家高科技公司"
 BODY = json.dumps({"feed": [{"words": SENTENCE}], "fetch": ["word_seg"]}, ensure_ascii=False).encode()
 CLIENTS = (8, 16, 32, 64)
 
@@ -37,54 +34,6 @@ def closed_loop(url: str, connections: int, seconds: float) -> dict[str, Any]:
     if wrk.available():
         return wrk.closed_loop(url, BODY, connections, seconds)
     return asyncio.run(aiohttp_closed_loop(url, BODY, connections, seconds))
-
-
-class DirectLac:
-    """LAC through paddle.inference with nothing around it: encode, run, decode, on this thread — the
-    floor the runtime's HTTP path is measured against."""
-
-    def __init__(self) -> None:
-        import paddle.inference as pi
-
-        from runtime.lac import LacSegmenter, lac_dir
-
-        model_dir = lac_dir() / "seg_model" / "model"
-        self.seg = LacSegmenter(model_dir)
-        cfg = pi.Config(str(model_dir))
-        cfg.disable_gpu()
-        cfg.set_cpu_math_library_num_threads(1)
-        cfg.disable_mkldnn()  # as the runtime does for LAC (runtime/backends.py)
-        cfg.disable_glog_info()
-        self.predictor = pi.create_predictor(cfg)
-
-    def segment(self, sentence: str) -> str:
-        ids, lod = self.seg.encode([sentence])
-        return self.seg.join(self.seg.decode(sentence, predict_tags(self.predictor, ids, lod)))
-
-    def measure(self, seconds: float) -> dict[str, float]:
-        """Back to back."""
-        lat = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            t0 = time.perf_counter()
-            self.segment(SENTENCE)
-            lat.append(time.perf_counter() - t0)
-        return {"p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
-                "rps": len(lat) / seconds}
-
-    def measure_gapped(self, seconds: float, gap: float) -> tuple[float, float]:
-        """p50 ms of (a call right after another, a call after the thread slept `gap`, as a server's does
-        between answering one request and reading the next), the two kinds taken in turns so that the
-        machine's drift during the measurement hits both alike."""
-        warm, gapped = [], []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(gap)
-            for lat in (gapped, warm):
-                t0 = time.perf_counter()
-                self.segment(SENTENCE)
-                lat.append(time.perf_counter() - t0)
-        return percentile(warm, 50) * 1000, percentile(gapped, 50) * 1000
 
 
 def _runtime(*extra: str) -> tuple[subprocess.Popen, str]:
@@ -113,26 +62,26 @@ def _get(url: str, seconds: float) -> dict[str, Any]:
 
 
 def start_floor_server() -> tuple[subprocess.Popen, str]:
-    """benchmarks.floor_server on a free port: the least any server adds on this machine."""
+    """benchmarks.floor_server --lac on a free port: the least any server adds on this machine."""
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "benchmarks.floor_server", "--port", str(port)], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_answering(p, f"http://127.0.0.1:{port}/?us=0", 30, "floor server up")
+    # stdout dropped: Paddle's signal handler prints a C++ "traceback" there when the server is stopped.
+    p = subprocess.Popen([sys.executable, "-m", "benchmarks.floor_server", "--port", str(port), "--lac"], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    wait_answering(p, f"http://127.0.0.1:{port}/?lac=1", 120, "floor server up")
     return p, f"http://127.0.0.1:{port}/"
 
 
-def machine_floor(direct: DirectLac, floor_url: str, gap_s: float, seconds: float) -> dict[str, float]:
-    """What any server adds on this machine around a computation as long as the direct LAC call (needs
-    wrk): `direct_gapped_p50_ms` over `direct_warm_p50_ms` is how much slower the call gets when its
-    thread sleeps `gap_s` (one HTTP round trip) before it (DirectLac.measure_gapped), and
-    `floor_added_p50_ms` what benchmarks.floor_server adds around a busy-wait as long as the warm call.
-    Their sum, `machine_floor_added_p50_ms`, is the floor the runtime's own share and the activator's
-    hop are measured against (issue 27)."""
-    warm, gapped = direct.measure_gapped(seconds, gap_s)
-    busy_us = round(warm * 1000)
-    floor = closed_loop(f"{floor_url}?us={busy_us}", 1, seconds)["p50_ms"] - busy_us / 1000
-    return {"floor_added_p50_ms": floor, "direct_warm_p50_ms": warm, "direct_gapped_p50_ms": gapped,
-            "machine_floor_added_p50_ms": floor + gapped - warm}
+def machine_floor(direct: DirectLac, floor_url: str, seconds: float) -> dict[str, float]:
+    """What any server adds on this machine around the LAC call (needs wrk): `bare_server_p50_ms` is
+    the p50 of benchmarks.floor_server running the same call per request (wrk, one connection), and
+    `machine_floor_added_p50_ms` that minus the direct call's p50 (`direct_around_p50_ms`: half the time
+    measured before it, half after, so the machine's drift meanwhile hits both alike). The runtime's
+    own share and the activator's hop are measured against this floor (issue 27)."""
+    before = direct.measure(seconds / 2)["p50_ms"]
+    bare = closed_loop(f"{floor_url}?lac=1", 1, seconds)["p50_ms"]
+    around = (before + direct.measure(seconds / 2)["p50_ms"]) / 2
+    return {"bare_server_p50_ms": bare, "direct_around_p50_ms": around,
+            "machine_floor_added_p50_ms": bare - around}
 
 
 def _stop(p: subprocess.Popen) -> None:
@@ -146,8 +95,8 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
     `runtime_http_floor_p50_ms` (GET /healthz) and `runtime_no_inference_p50_ms` (the same POST to an
     unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time.
 
-    With wrk, the machine's floor (machine_floor; the gap is the runtime's GET /healthz round trip):
-    `runtime_own_p50_ms` (added minus that floor) is what the runtime's code adds on top, and
+    With wrk, the machine's floor (machine_floor): `runtime_own_p50_ms`, the runtime's p50 over the bare
+    server's running the same call, is what the runtime's code adds on top of what any server adds, and
     `runtime_own_to_floor` that share over the floor, run by run."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
@@ -181,8 +130,8 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                     out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
                                 f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
                 if floor_url is not None:
-                    out.update(machine_floor(direct, floor_url, out["runtime_http_floor_p50_ms"] / 1000, seconds))
-                    out["runtime_own_p50_ms"] = out["added_p50_ms"] - out["machine_floor_added_p50_ms"]
+                    out.update(machine_floor(direct, floor_url, seconds))
+                    out["runtime_own_p50_ms"] = out["runtime_p50_ms"] - out["bare_server_p50_ms"]
                 return out
 
             out: dict[str, Any] = repeat(one, runs)
