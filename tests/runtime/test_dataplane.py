@@ -19,7 +19,7 @@ from runtime.errors import GRPC_STATUS, HTTP_STATUS, BadInput, NotFound, Overloa
 from runtime.handlers.base import Handler, WebApi
 from runtime.metrics import RuntimeMetrics
 from runtime.request_log import REQUESTS_LOGGER, TEXT_FORMAT, AccessLog, JsonFormatter, request_id
-from runtime.tensors import TensorSpec, object_array
+from runtime.tensors import TensorSpec, check_shape, object_array
 
 IMAGE_SPECS = [TensorSpec("image", "BYTES", (-1,)), TensorSpec("image", "FP32", (-1, 3, 4, 4))]
 
@@ -98,7 +98,6 @@ async def test_items_per_request_are_capped():
         await p.infer(InferRequest("m", x(5)))
 
 
-
 async def test_a_remembered_valid_signature_lets_no_other_one_through():
     gate = Gate()
     gate.release.set()
@@ -127,12 +126,13 @@ async def test_a_remembered_valid_signature_lets_no_other_one_through():
     ([1] * 9, None), ([2**20, 2**20, 2**20], None),
 ])
 def test_check_shape_fast_path_agrees_with_the_general_one(shape, ok):
-    from runtime.tensors import check_shape
     if ok is None:
         with pytest.raises(BadInput):
             check_shape("x", shape)
     else:
         assert check_shape("x", shape) == ok
+
+
 async def test_a_full_queue_is_refused_then_frees():
     gate = Gate()
     p = plane(gate, max_batch_size=8, max_queue=8)
