@@ -11,7 +11,7 @@ from aiohttp import web
 from activator.metrics import Metrics
 
 
-def build_admin_app(metrics: Metrics, refresh_gauges: Callable[[], None], ready: Callable[[], str | None],
+def build_admin_app(metrics: Metrics, refresh: Callable[[], None], ready: Callable[[], str | None],
                     synced: Callable[[], bool]) -> web.Application:
     """`ready()` returns None when ready, else the reason it is not (answered 503)."""
 
@@ -25,7 +25,7 @@ def build_admin_app(metrics: Metrics, refresh_gauges: Callable[[], None], ready:
         return web.json_response({"ready": False, "error": reason}, status=503)
 
     async def prometheus(request: web.Request) -> web.Response:
-        refresh_gauges()
+        refresh()  # requests ended since the last flush, gauges now
         body, ctype = metrics.exposition(request.headers.get("Accept"))  # OpenMetrics: with exemplars
         return web.Response(body=body, headers={"Content-Type": ctype})
 

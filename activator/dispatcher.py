@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import runtime.tracing as otel
 from activator import tracing
 from activator.access_log import AccessLog
+from activator.ledger import RequestLedger
 from activator.metrics import Metrics, SideMetrics
 from activator.outcomes import Broken, Failure, NotSent
 from activator.routing import RouteTable
@@ -57,6 +58,7 @@ class Call:
     trace_id: str = ""
     traceparent: str = ""
     outgoing: dict[str, str] | None = None
+    upstream_seconds: float | None = None  # the answering attempt's time at its replica (proxy_duration)
 
 
 @dataclass(slots=True)
@@ -73,6 +75,7 @@ class Dispatcher:
                  clock: Clock = time.monotonic) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        self.ledger = RequestLedger(access_log)  # each request's end: metrics and log line, in batches
         self.wake = wake
         self.request_timeout = request_timeout
         self.queue_depth = queue_depth
@@ -118,6 +121,15 @@ class Dispatcher:
             t = self.throttlers[(key, side)] = SideThrottler(key, side, self.queue_depth, self.clock)
         return t
 
+    def refresh_metrics(self) -> None:
+        """Bring the metrics up to date (before a scrape): requests ended so far, gauges now."""
+        self.ledger.flush()
+        self.metrics.set_gauges(self.throttlers.values())
+
+    def flush(self) -> None:
+        """Account every request ended so far: metrics and access log (scrapes, tests, shutdown)."""
+        self.ledger.flush()
+
     def take_stats(self) -> list[SideStats]:
         self.metrics.set_gauges(self.throttlers.values())
         return [t.take_stats() for t in self.throttlers.values()]
@@ -132,8 +144,9 @@ class Dispatcher:
     # ---- the path ----------------------------------------------------------------------------
     async def dispatch(self, call: Call, send: Callable[[Backend, float], Awaitable[R]],
                        label: Callable[[R | Failure], str]) -> R:
-        """`send(backend, timeout)` forwards to one replica (raising NotSent or Broken); `label` names an
-        outcome for the metrics and the log line (its HTTP status or gRPC code)."""
+        """`send(backend, timeout)` forwards to one replica (raising NotSent or Broken, or TimeoutError
+        when it has no answer within `timeout` seconds); `label` names an outcome for the metrics and the
+        log line (its HTTP status or gRPC code)."""
         t0 = self.last_arrival = self.clock()
         self.changed.set()
         code = ""
@@ -180,16 +193,9 @@ class Dispatcher:
         finally:
             took = self.clock() - t0
             self.changed.set()
-            if m is not None:
-                m.count(code)
-                if call.span is not None and call.trace_id:  # an exemplar: a slow bucket leads to its trace
-                    m.latency.observe(took, {"trace_id": call.trace_id})
-                else:
-                    m.latency.observe(took)
             if call.span is not None:
                 tracing.end(call, code)
-            self.access_log.request(call.request_id, call.protocol, call.service, call.side, call.replica, code,
-                                    took, call.trace_id)
+            self.ledger.record(m, call, code, took)
 
     async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
                        send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
@@ -217,9 +223,8 @@ class Dispatcher:
                 remaining = deadline - sent
                 if remaining <= 0:
                     raise TimeoutError
-                async with asyncio.timeout(remaining):  # no task per request, unlike wait_for
-                    result = await send(backend, remaining)
-                m.proxy_latency.observe(self.clock() - sent)
+                result = await send(backend, remaining)
+                call.upstream_seconds = self.clock() - sent
                 return result
             except NotSent as exc:
                 # Nothing was sent: safe to send again. The replica leaves rotation until the prober

@@ -168,7 +168,7 @@ class Activator:
                                               reuse_address=True)
         self.ports["http"] = server.sockets[0].getsockname()[1]
         admin, self.ports["admin"] = await start_admin(
-            build_admin_app(self.metrics, lambda: self.metrics.set_gauges(self.dispatcher.sides()), self.not_ready,
+            build_admin_app(self.metrics, self.dispatcher.refresh_metrics, self.not_ready,
                             self.link.synced.is_set), a.admin_host, a.admin_port,
             sock=None if a.admin_fd is None else inherited_socket(a.admin_fd))
         prober = asyncio.create_task(Prober(self.dispatcher.sides, self.clock).run())
@@ -193,7 +193,7 @@ class Activator:
         self.http.close()
         prober.cancel()
         self.dispatcher.close()
-        self.access_log.flush()
+        self.dispatcher.flush()  # requests ended so far: metrics and access log
         await self.link.close()
         await admin.cleanup()
         if self.grpc_front is not None:

@@ -77,17 +77,13 @@ class SideThrottler:
         self.unheld = asyncio.Event()  # cleared by each held request, set by the last to leave `acquire`
         self.unheld.set()
         self._rr = itertools.count()
-        self._orphan_inflight = 0  # requests still running on replicas that left the route
+        self.inflight = 0  # requests holding a slot: acquired, not released yet (on replicas that left the route too)
         self.requests = 0  # arrivals since the last stats
         self._area = 0.0
         self._last = clock()
         self._window_start = self._last
 
     # ---- load accounting -------------------------------------------------------------------
-    @property
-    def inflight(self) -> int:
-        return sum(b.inflight for b in self.backends.values()) + self._orphan_inflight
-
     @property
     def concurrency(self) -> int:
         return self.inflight + len(self.waiters)
@@ -114,13 +110,11 @@ class SideThrottler:
         for ep in route.endpoints:
             b = self.backends.get(ep.id)
             if b is None or (b.host, b.http_port, b.grpc_port) != (ep.host, ep.http_port, ep.grpc_port):
-                if b is not None:
-                    self._orphan_inflight += b.inflight
                 b = self.backends[ep.id] = Backend(ep.id, ep.host, ep.http_port, ep.grpc_port)
             b.slots = slots[ep.id]
         seen = set(slots)
         for bid in [b for b in self.backends if b not in seen]:
-            self._orphan_inflight += self.backends.pop(bid).inflight
+            del self.backends[bid]  # its running requests still count in `inflight` until released
         self._dispatch()
         if self.error and not self._healthy():
             self.fail_waiters(self.error)
@@ -162,6 +156,7 @@ class SideThrottler:
                 return
             self.waiters.popleft()
             b.inflight += 1
+            self.inflight += 1
             fut.set_result(b)
 
     def fail_waiters(self, reason: str) -> None:
@@ -180,6 +175,7 @@ class SideThrottler:
         if b is not None:
             self._tick()
             b.inflight += 1
+            self.inflight += 1
         return b
 
     async def acquire(self, timeout: float, avoid: frozenset[str] = frozenset()) -> Backend:
@@ -226,8 +222,6 @@ class SideThrottler:
 
     def release(self, backend: Backend) -> None:
         self._tick()
-        if self.backends.get(backend.id) is backend:
-            backend.inflight -= 1
-        else:
-            self._orphan_inflight = max(0, self._orphan_inflight - 1)
+        backend.inflight -= 1  # (a replica that left the route keeps its count until its last release)
+        self.inflight -= 1
         self._dispatch()

@@ -52,8 +52,9 @@ class Answer:
 class _Exchange(asyncio.Protocol):
     """One keep-alive connection to a replica."""
 
-    def __init__(self, budget: ByteBudget, max_answer: int) -> None:
+    def __init__(self, budget: ByteBudget, max_answer: int, loop: asyncio.AbstractEventLoop) -> None:
         self.budget = budget
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call per call on 3.11
         self.max_answer = max_answer
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -149,7 +150,7 @@ class _Exchange(asyncio.Protocol):
 
     def send(self, request: list[bytes], head_only: bool) -> asyncio.Future[Answer]:
         assert self.transport is not None
-        self._fut = asyncio.get_running_loop().create_future()
+        self._fut = self.loop.create_future()
         self._head_only = head_only
         self._answer, self._body, self._headers, self._reason = None, [], [], b""
         self._size = self._charged = 0
@@ -160,8 +161,17 @@ class _Exchange(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        # The bytes of an answer not handed over (cut by the deadline or the client leaving) go back.
+        self.budget.give(self._charged)
+        self._charged = 0
+        self._body = []
         if self.transport is not None:
             self.transport.close()
+
+
+def _expire(pending: asyncio.Future) -> None:
+    if not pending.done():
+        pending.set_exception(TimeoutError())
 
 
 class UpstreamPool:
@@ -188,17 +198,23 @@ class UpstreamPool:
         else:
             q.append(conn)
 
-    async def exchange(self, host: str, port: int, request: list[bytes], head_only: bool = False) -> Answer:
-        """Send one request, return the whole answer (the caller gives `answer.charged` back to the
-        budget once written). NotSent: nothing was written; Broken: written, and then it failed."""
+    async def exchange(self, host: str, port: int, request: list[bytes], head_only: bool = False,
+                       timeout: float | None = None) -> Answer:
+        """Send one request, return the whole answer within `timeout` seconds (the caller gives
+        `answer.charged` back to the budget once written). NotSent: nothing was written; Broken: written,
+        and then it failed; TimeoutError: no whole answer in time (connecting included)."""
         addr = (host, port)
         conn = self._take(addr)
         if conn is None:
+            loop = asyncio.get_running_loop()
+            limit = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
             try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    transport, conn = await asyncio.get_running_loop().create_connection(
-                        lambda: _Exchange(self.budget, self.max_answer_bytes), host, port)
+                async with asyncio.timeout(limit):
+                    transport, conn = await loop.create_connection(
+                        lambda: _Exchange(self.budget, self.max_answer_bytes, loop), host, port)
             except TimeoutError:
+                if limit < CONNECT_TIMEOUT:
+                    raise  # the request's own deadline, not a replica that cannot be reached
                 raise NotSent(f"no connection within {CONNECT_TIMEOUT:g}s") from None
             except OSError as exc:
                 raise NotSent(str(exc) or type(exc).__name__) from exc
@@ -207,10 +223,14 @@ class UpstreamPool:
                 _detect_dead_peers(sock)
         ok = False
         pending = conn.send(request, head_only)
+        # A timer handle, not asyncio.timeout: no cancellation of the task to undo, and a quarter the cost.
+        timer = None if timeout is None else conn.loop.call_later(timeout, _expire, pending)
         try:
             answer = await pending
             ok = True
         finally:
+            if timer is not None:
+                timer.cancel()
             if not ok:
                 if pending.done() and not pending.cancelled() and pending.exception() is None:
                     self.budget.give(pending.result().charged)  # answered as we were cancelled

@@ -27,9 +27,8 @@ from aiohttp import web
 
 from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute
 from benchmarks import wrk
-from benchmarks.direct_lac import DirectLac
 from benchmarks.load import closed_loop
-from benchmarks.runtime_bench import machine_floor, start_floor_server
+from benchmarks.runtime_bench import MachineFloor
 from benchmarks.stats import MIN_RUNS, ratio, summarize
 from tests.helpers import ROOT, cpu_seconds, free_port, wait_for
 
@@ -146,7 +145,7 @@ def start_activator(tree: Path, control: Control, log: Path) -> tuple[subprocess
 def run(quick: bool = False) -> dict:
     """The suite for `python -m benchmarks`: three measurements, each figure their median with min-max
     (ratios run by run), and the one-client latency CDFs of the last run. With wrk, each run also
-    measures the machine's floor (benchmarks.runtime_bench.machine_floor) beside its one-client figures:
+    measures the machine's floor (benchmarks.runtime_bench.MachineFloor) beside its one-client figures:
     `one_client_added_to_floor` is the activator's added p50 over that floor, run by run (issue 27)."""
     floor = MachineFloor() if wrk.available() else None
     try:
@@ -183,21 +182,6 @@ def run(quick: bool = False) -> dict:
                       "series": {"direct": last["direct"].get("cdf", []),
                                  "through the activator": last["activator"].get("cdf", [])}}]
     return out
-
-
-class MachineFloor:
-    """The direct LAC call and benchmarks.floor_server, kept across runs (loading LAC takes seconds)."""
-
-    def __init__(self) -> None:
-        self.direct = DirectLac()
-        self.proc, self.url = start_floor_server()
-
-    def measure(self, seconds: float) -> dict[str, float]:
-        return machine_floor(self.direct, self.url, seconds)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def measure(quick: bool = False, tree: Path = ROOT, floor: MachineFloor | None = None) -> dict:

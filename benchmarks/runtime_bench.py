@@ -71,17 +71,27 @@ def start_floor_server() -> tuple[subprocess.Popen, str]:
     return p, f"http://127.0.0.1:{port}/"
 
 
-def machine_floor(direct: DirectLac, floor_url: str, seconds: float) -> dict[str, float]:
-    """What any server adds on this machine around the LAC call (needs wrk): `bare_server_p50_ms` is
-    the p50 of benchmarks.floor_server running the same call per request (wrk, one connection), and
-    `machine_floor_added_p50_ms` that minus the direct call's p50 (`direct_around_p50_ms`: half the time
-    measured before it, half after, so the machine's drift meanwhile hits both alike). The runtime's
-    own share and the activator's hop are measured against this floor (issue 27)."""
-    before = direct.measure(seconds / 2)["p50_ms"]
-    bare = closed_loop(f"{floor_url}?lac=1", 1, seconds)["p50_ms"]
-    around = (before + direct.measure(seconds / 2)["p50_ms"]) / 2
-    return {"bare_server_p50_ms": bare, "direct_around_p50_ms": around,
-            "machine_floor_added_p50_ms": bare - around}
+class MachineFloor:
+    """What any server adds on this machine around the LAC call (needs wrk): the direct call beside
+    benchmarks.floor_server running the same call per request. Kept across runs (loading LAC takes
+    seconds); the runtime's own share and the activator's hop are measured against it (issue 27)."""
+
+    def __init__(self, direct: DirectLac | None = None) -> None:
+        self.direct = direct or DirectLac()
+        self.proc, self.url = start_floor_server()
+
+    def measure(self, seconds: float) -> dict[str, float]:
+        """`bare_server_p50_ms`: the floor server's p50 (wrk, one connection); `machine_floor_added_p50_ms`:
+        that minus the direct call's p50 (`direct_around_p50_ms`: half the time measured before it, half
+        after, so the machine's drift meanwhile hits both alike)."""
+        before = self.direct.measure(seconds / 2)["p50_ms"]
+        bare = closed_loop(f"{self.url}?lac=1", 1, seconds)["p50_ms"]
+        around = (before + self.direct.measure(seconds / 2)["p50_ms"]) / 2
+        return {"bare_server_p50_ms": bare, "direct_around_p50_ms": around,
+                "machine_floor_added_p50_ms": bare - around}
+
+    def close(self) -> None:
+        _stop(self.proc)
 
 
 def _stop(p: subprocess.Popen) -> None:
@@ -95,13 +105,14 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
     `runtime_http_floor_p50_ms` (GET /healthz) and `runtime_no_inference_p50_ms` (the same POST to an
     unknown model: HTTP, body, routing, data plane, error answer, request line) split the added time.
 
-    With wrk, the machine's floor (machine_floor): `runtime_own_p50_ms`, the runtime's p50 over the bare
+    With wrk, the machine's floor (MachineFloor): `runtime_own_p50_ms`, the runtime's p50 over the bare
     server's running the same call, is what the runtime's code adds on top of what any server adds, and
     `runtime_own_to_floor` that share over the floor, run by run."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
     cdf: list[list[float]] = []
     procs: list[subprocess.Popen] = []
+    floor: MachineFloor | None = None
     with tempfile.TemporaryDirectory(prefix="runtime-bench-") as logs:
         try:
             urls = {}
@@ -110,10 +121,9 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                     p, urls[key] = _logging_runtime(Path(root), logs, "--max-batch-size", "1")
                     procs.append(p)
                     closed_loop(urls[key], 1, 1.0)  # warm-up: first requests allocate
-            floor_url = None
             if wrk.available():
-                p, floor_url = start_floor_server()
-                procs.append(p)
+                floor = MachineFloor(direct)
+                procs.append(floor.proc)
 
             def one() -> dict[str, float]:
                 d = direct.measure(seconds)
@@ -129,8 +139,8 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                                 url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
                     out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
                                 f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
-                if floor_url is not None:
-                    out.update(machine_floor(direct, floor_url, seconds))
+                if floor is not None:
+                    out.update(floor.measure(seconds))
                     out["runtime_own_p50_ms"] = out["runtime_p50_ms"] - out["bare_server_p50_ms"]
                 return out
 

@@ -114,7 +114,7 @@ class Setup:
         return self.dispatcher.throttler("ns/svc", "default")
 
     def log_lines(self) -> list[dict]:
-        self.access_log.flush()
+        self.dispatcher.flush()
         return [json.loads(line) for line in self.log.getvalue().splitlines()]
 
     async def raw(self, data: bytes, read_until_close: bool = True, timeout: float = 5) -> bytes:

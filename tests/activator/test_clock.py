@@ -49,6 +49,7 @@ class Path:
         return asyncio.create_task(self.d.dispatch(call, send or self.send, lambda r: getattr(r, "code", r)))
 
     def sample(self, name: str) -> float | None:
+        self.d.flush()  # the requests ended so far, into the metrics
         return self.d.metrics.registry.get_sample_value(f"elasticserving_activator_{name}",
                                                         {"service": "ns/svc", "side": "default"})
 
@@ -83,7 +84,7 @@ async def test_a_request_held_past_its_deadline_on_the_clock_is_refused_unsent()
     assert refused.value.code == "timeout" and "within 10s" in refused.value.reason
     assert p.sent == [] and p.d.throttler("ns/svc", "default").backends["r9000"].inflight == 0
     assert p.sample("cold_start_wait_seconds_sum") == 10.0 and p.sample("request_duration_seconds_sum") == 10.0
-    p.d.access_log.flush()
+    p.d.flush()
     assert json.loads(p.log.getvalue())["duration_ms"] == 10000.0
     poker = p.d._pokers[("ns/svc", "default")][0]
     await asyncio.wait_for(poker, 5)  # it ended when nothing was held any more, after one poke

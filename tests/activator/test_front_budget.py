@@ -219,7 +219,8 @@ async def drive(streams: list[bytes], script: list[tuple]) -> None:
             conn.pause_writing()
         elif kind == "resume_writing" and not transport.closing:
             conn.resume_writing()
-        elif kind == "stall" and conn.worker is not None and conn.write_paused is not None:
+        elif kind == "stall" and conn.worker is not None and conn.write_paused is not None \
+                and all(f.done() for f in front.calls):  # answered: the worker waits on the paused write
             await asyncio.wait([conn.worker], timeout=5)  # ends after idle_timeout: closed
             assert conn.worker is None
         elif kind == "tick":

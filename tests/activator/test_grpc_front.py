@@ -66,6 +66,7 @@ async def test_held_at_zero_then_answered_with_side_and_request_id(env):
     trailing = dict(await rpc.trailing_metadata())
     assert trailing["x-paddleservice-side"] == "default" and trailing["x-request-id"] == "rid-7"
     assert replica.metadata[0]["x-request-id"] == "rid-7" and "x-paddleservice" not in replica.metadata[0]
+    s.dispatcher.flush()  # the requests ended so far, into the metrics
     assert s.metrics.cold_start.labels("ns/svc", "default")._sum.get() > 0  # same histogram as HTTP
     assert s.metrics.requests.labels("ns/svc", "default", "grpc_OK")._value.get() == 1
     (line,) = s.log_lines()
@@ -82,6 +83,7 @@ async def test_statuses_and_refusals_have_reasons(env):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(b"x", metadata=(("x-paddleservice", "nope.nowhere"),), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no PaddleService" in err.value.details()
+    s.dispatcher.flush()
     assert s.metrics.requests.labels("ns/svc", "default", "grpc_INVALID_ARGUMENT")._value.get() == 1
 
 

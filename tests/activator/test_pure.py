@@ -133,6 +133,24 @@ async def test_breaker_caps_and_least_loaded():
     assert c.id == a.id and c.inflight == 1
 
 
+def test_requests_on_replicas_that_left_the_route_count_until_released():
+    t = SideThrottler("ns/a", "default")
+    t.update(side_route(2), 1)
+    gone, moved = t.try_acquire(), t.try_acquire()
+    assert gone is not None and moved is not None and t.inflight == 2
+    # r0 leaves the route, r1 comes back at another address (a new replica under the same id)
+    t.update(SideRoute(ready=True, desired=1, endpoints=(Endpoint(id=moved.id, host="127.0.0.2",
+                                                                  http_port=9100),)), 1)
+    assert t.concurrency == 2 and t.backends[moved.id] is not moved  # still load for the autoscaler
+    fresh = t.try_acquire()
+    assert fresh is not None and fresh.host == "127.0.0.2" and t.inflight == 3
+    t.release(gone)
+    t.release(moved)  # the old replica's release leaves the new one's count alone
+    assert t.inflight == 1 and fresh.inflight == 1 and t.concurrency == 1
+    t.release(fresh)
+    assert t.inflight == 0 and fresh.inflight == 0
+
+
 async def test_shares_are_enforced_by_the_throttler():
     t = SideThrottler("ns/a", "default")
     t.update(side_route(1), 1, activators=2, index=0)  # one pod, cc 1, two activators: none for either

@@ -105,3 +105,45 @@ async def test_an_answer_arriving_as_its_request_is_cancelled_gives_its_bytes_ba
     with pytest.raises(asyncio.CancelledError):
         await task
     assert budget.used == 0
+
+
+async def test_an_answer_not_whole_in_time_is_a_timeout_and_its_connection_is_dropped() -> None:
+    """The request's own deadline is the exchange's: a replica that reads the request and answers only
+    half is a TimeoutError at the deadline; the half answer's bytes go back and the connection is not reused."""
+    got: list[bytes] = []
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
+        await writer.drain()
+        await reader.read()  # until the activator closes its side
+
+    server = await asyncio.start_server(half, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    budget = upstream.ByteBudget(10_000)
+    pool = UpstreamPool(budget)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pool.exchange("127.0.0.1", port, REQUEST, timeout=0.3)
+        assert 0.3 <= time.monotonic() - t0 < 3.0 and len(got) == 1
+        assert budget.used == 0 and not pool._idle.get(("127.0.0.1", port))
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_deadline_shorter_than_the_connect_timeout_is_a_timeout_not_unsent() -> None:
+    """A connect cut short by the request's deadline is that deadline (504), not an unreachable replica
+    to resend to (NotSent)."""
+    lsock, fillers, port = _full_backlog()
+    pool = UpstreamPool()
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.exchange("127.0.0.1", port, REQUEST, timeout=0.1), 10)
+    finally:
+        pool.close()
+        for s in fillers:
+            s.close()
+        lsock.close()
