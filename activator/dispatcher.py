@@ -4,7 +4,8 @@
     autoscaler -> send -> release -> account
 
 A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
-the result or `Failure` back. Retry rule (one place for both protocols): a request that was never sent
+the result or `Failure` back. A request with nothing to wait for or choose may take the same path with no
+task (`try_start`, then `finish` when answered): the HTTP front door does, on a pooled connection. Retry rule (one place for both protocols): a request that was never sent
 (`NotSent`) is resent (at most MAX_RESENDS times) to a replica in rotation, one it has not tried when
 there is such a one; the replica not reached is out of rotation until the prober hears it again. Once
 written, a request is never resent.
@@ -30,6 +31,7 @@ from activator.throttler import Backend, Clock, SideThrottler
 from autoscaler.wire import LoadSide, RoutesUpdate, SideStats
 
 R = TypeVar("R")  # a front door's answer type (an HTTP answer, a gRPC answer)
+W = TypeVar("W")  # a front door's way to send at once (a pooled connection)
 # Sends of one request that fail before a byte is written (connect refused or timed out), each to another
 # replica: enough to get past the replicas of a node that just died.
 MAX_RESENDS = 3
@@ -59,6 +61,16 @@ class Call:
     traceparent: str = ""
     outgoing: dict[str, str] | None = None
     upstream_seconds: float | None = None  # the answering attempt's time at its replica (proxy_duration)
+
+
+@dataclass(slots=True)
+class Started:
+    """A request `Dispatcher.try_start` began: what its `finish` needs."""
+
+    t0: float
+    throttler: SideThrottler
+    metrics: SideMetrics
+    backend: Backend
 
 
 @dataclass(slots=True)
@@ -191,11 +203,64 @@ class Dispatcher:
             code = label(Failure("cancelled", "the client went away"))
             raise
         finally:
-            took = self.clock() - t0
-            self.changed.set()
-            if call.span is not None:
-                tracing.end(call, code)
-            self.ledger.record(m, call, code, took)
+            self._end(call, m, code, t0)
+
+    def _end(self, call: Call, m: SideMetrics | None, code: str, t0: float) -> None:
+        took = self.clock() - t0
+        self.changed.set()
+        if call.span is not None:
+            tracing.end(call, code)
+        self.ledger.record(m, call, code, took)
+
+    # ---- the same path with no task, for a request that need not wait ------------------------
+    def try_start(self, call: Call, way: Callable[[Backend], W | None]) -> tuple[Started, W] | None:
+        """Route, pick the side and take a replica slot now, for a front door that then sends without a
+        task (answering through `finish`). Only when nothing is to be waited for or chosen: routes known,
+        tracing off, one side named (a tag host, or a service with no canary and no outgoing version, not
+        pinned), a free slot, and `way(backend)` gives a way to send to it at once (a pooled connection).
+        Else None, with nothing taken or counted: the caller takes `dispatch`."""
+        if otel.ON or call.pin or not self.synced.is_set():
+            return None
+        found = self.table.target(call.host)
+        if found is None:
+            return None
+        route = found.route
+        side = found.tag or ("default" if route.previous is None and "canary" not in route.sides else None)
+        t = self.throttlers.get((route.service, side)) if side is not None else None
+        backend = t.choose() if t is not None else None
+        if backend is None:
+            return None
+        sender = way(backend)
+        if sender is None:  # `dispatch` takes the same replica (nothing was taken): it connects
+            return None
+        t.take(backend)
+        t0 = self.last_arrival = self.clock()
+        self.changed.set()
+        t.requests += 1
+        call.service, call.side, call.replica = route.service, side, backend.id
+        return Started(t0, t, self.metrics.side(route.service, side), backend), sender
+
+    def finish(self, started: Started, call: Call, outcome: R | Failure | None,
+               label: Callable[[R | Failure], str]) -> None:
+        """The end of a request begun by `try_start`: its slot back, its accounting. `outcome` is the front
+        door's answer, a Failure, or None (a bug in the front door, logged there), named by `label`."""
+        started.throttler.release(started.backend)
+        code = ""
+        if isinstance(outcome, Failure):
+            code = label(outcome)
+            if outcome.code in REJECTED:
+                started.metrics.reject(REJECTED[outcome.code])
+        elif outcome is not None:
+            code = label(outcome)
+            call.upstream_seconds = self.clock() - started.t0  # sent as it started: its time at the replica
+        self._end(call, started.metrics, code, started.t0)
+
+    def failure(self, t: SideThrottler, backend: Backend, exc: Broken | TimeoutError, timeout: float) -> Failure:
+        """What a request sent to `backend` that failed with `exc` answers (no resend: it was written)."""
+        if isinstance(exc, Broken):
+            return Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) failed after the "
+                                              f"request was sent: {exc}")
+        return Failure("timeout", f"replica {backend.id} of {t.key} ({t.side}) did not answer within {timeout:g}s")
 
     async def _forward(self, t: SideThrottler, m: SideMetrics, call: Call,
                        send: Callable[[Backend, float], Awaitable[R]], deadline: float, timeout: float) -> R:
@@ -239,12 +304,8 @@ class Dispatcher:
                     raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) could "
                                                      f"not be reached: {exc}") from None
                 m.retries.inc()
-            except Broken as exc:
-                raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) failed after "
-                                                 f"the request was sent: {exc}") from None
-            except TimeoutError:
-                raise Failure("timeout", f"replica {backend.id} of {t.key} ({t.side}) did not answer within "
-                                         f"{timeout:g}s") from None
+            except (Broken, TimeoutError) as exc:
+                raise self.failure(t, backend, exc, timeout) from None
             finally:
                 t.release(backend)
                 if attempt is not None:

@@ -14,18 +14,19 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import http
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import httptools
 
 import runtime.tracing as otel
 from activator.access_log import request_id
-from activator.dispatcher import Call, Dispatcher
+from activator.dispatcher import Call, Dispatcher, Started
 from activator.limits import ByteBudget, FrontLimits
-from activator.outcomes import Failure
+from activator.outcomes import Broken, Failure
 from activator.throttler import Backend
 from activator.upstream import Answer, UpstreamPool
 from runtime.errors import HTTP_STATUS
@@ -48,6 +49,7 @@ DROP_FORWARD_TRACED = DROP_FORWARD | TRACE_HEADERS
 MAX_PIPELINED = 32  # requests read ahead on one connection before reading pauses (also bounded by bytes)
 LINGER_SECONDS = 2.0  # after refusing input, how long its remaining bytes are read and dropped
 SWEEP_SECONDS = 0.5  # how often connection deadlines are checked
+ABSOLUTE_FORM = (b"http://", b"https://")  # request targets that name a host (`origin_form` keeps the path)
 
 
 class Request:
@@ -97,7 +99,7 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 def origin_form(target: bytes) -> bytes:
     """The path and query of a request target; an absolute-form target (`http://a/x`) keeps its path.
     Raises ValueError when it is not a valid URL."""
-    if not target.startswith((b"http://", b"https://")):
+    if not target.startswith(ABSOLUTE_FORM):
         return target
     try:
         url = httptools.parse_url(target)
@@ -130,8 +132,10 @@ class FrontConnection(asyncio.Protocol):
     everything on disconnect.
 
     The reader is the parser callbacks, walking `state` IDLE -> HEAD -> BODY -> IDLE per request, or on to
-    REFUSED (an error answer instead of the rest) and CLOSED (the transport gone). The writer is the
-    `worker` task, alive while read requests are owed answers (`pending` plus the one being served).
+    REFUSED (an error answer instead of the rest) and CLOSED (the transport gone). The writer answers the
+    read requests (`pending`) in order, one at a time: `worker` is the one being served, either sent with
+    no task (the exchange's future: HttpFront.serve_now) or the worker task (`_answer`); every answer is
+    written by `_write`, and the writer settles in `_settle`.
 
     Buffer memory: request bytes are taken from the process budget in one place (`on_body`) and given
     back in one place (`_give_back`). What the connection holds is one ledger, `held`: the bytes of the
@@ -159,7 +163,7 @@ class FrontConnection(asyncio.Protocol):
         self.pending: collections.deque[Request] = collections.deque()
         self.pending_bytes = 0
         self.paused = False  # reading paused for the read-ahead bound (not for a drain: see finish)
-        self.worker: asyncio.Task | None = None
+        self.worker: asyncio.Future | None = None  # the answering in progress: a task, or an exchange
         self.write_paused: asyncio.Future | None = None  # the client does not read its answers
         self.held = 0  # bytes of the process budget this connection holds
         self._head_bytes = 0
@@ -311,58 +315,94 @@ class FrontConnection(asyncio.Protocol):
         self.pending.append(req)
         self.pending_bytes += len(body) + len(self._target)
         if self.worker is None:
-            self.worker = self.loop.create_task(self._answer())
+            self._answer_next()
         if (len(self.pending) >= MAX_PIPELINED or self.pending_bytes >= self.limits.max_pipelined_bytes) \
                 and not self.paused:
             self.paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     # ---- the writer -------------------------------------------------------------------------
+    def _answer_next(self) -> None:
+        """Answer the oldest read request: sent at once with no task when the front door can
+        (`HttpFront.serve_now`: a free slot and a pooled connection), else by the worker task, which also
+        waits out a client that does not read its answers."""
+        if self.write_paused is None:
+            sent = self.front.serve_now(self.pending[0], self._delivered)
+            if sent is not None:
+                self._take_pending()
+                self.worker = sent  # cancelled like the task when the connection stops
+                return
+        self.worker = self.loop.create_task(self._answer())
+
+    def _take_pending(self) -> Request:
+        req = self.pending.popleft()
+        self.pending_bytes -= len(req.body) + len(req.target)
+        return req
+
+    def _delivered(self, req: Request, reply: Reply) -> None:
+        """The answer of a request sent with no task."""
+        self.worker = None
+        if self._write(req, reply) and (self.pending or self.write_paused is not None):
+            self._answer_next()
+        else:
+            self._settle()
+
     async def _answer(self) -> None:
         """Answer the read requests in order, one at a time, until none is left or the connection stops."""
-        front = self.front
-        transport = self.transport
-        assert transport is not None
         try:
-            while self.pending and self.state < REFUSED:
-                req = self.pending.popleft()
-                self.pending_bytes -= len(req.body) + len(req.target)
+            while self.state < REFUSED:
+                if self.write_paused is not None:
+                    # A client that does not read its answers gets no more, and is closed after the idle
+                    # timeout (aborted: a close would wait for the unread bytes to be flushed, that is for ever).
+                    try:
+                        await asyncio.wait_for(self.write_paused, self.limits.idle_timeout)
+                    except TimeoutError:
+                        self.transport.abort()  # type: ignore[union-attr]
+                        return
+                    self.write_paused = None
+                if not self.pending:
+                    return
+                req = self._take_pending()
                 try:
-                    reply = await front.serve(req)
+                    reply = await self.front.serve(req)
                 except Exception:
                     log.exception("request %s failed inside the activator", req.rid)
                     reply = error(500, "internal error in the activator (logged)")
                     req.keep_alive = False
-                self.held += reply.charged  # the answer's bytes (taken by the upstream pool) are ours now
-                if self.state >= REFUSED:
-                    return  # stopped while it was served: `finally` gives its bytes back
-                keep = req.keep_alive and not front.draining
-                transport.writelines(reply.render(keep, req.rid.encode()))
-                # The transport holds the bytes now (bounded by pause_writing).
-                self._give_back(req.charged + reply.charged)
-                if not keep:
-                    transport.close()
+                if not self._write(req, reply):
                     return
-                if self.paused and len(self.pending) < MAX_PIPELINED // 2 \
-                        and self.pending_bytes < self.limits.max_pipelined_bytes // 2:
-                    self.paused = False
-                    transport.resume_reading()
-                if self.write_paused is not None:
-                    # A client that does not read its answers gets no more, and is closed after the idle timeout
-                    # (aborted: a close would wait for the unread bytes to be flushed, that is for ever).
-                    try:
-                        await asyncio.wait_for(self.write_paused, self.limits.idle_timeout)
-                    except TimeoutError:
-                        transport.abort()
-                        return
-                    self.write_paused = None
         finally:
-            self.worker = None
-            front.changed.set()
-            if self.state >= REFUSED:
-                self._give_back(self.held)  # whatever joined the ledger after the stop
-            elif self.state is IDLE and not self.pending:
-                self.deadline = front.clock() + self.limits.idle_timeout
+            self._settle()
+
+    def _write(self, req: Request, reply: Reply) -> bool:
+        """The one place an answer is written; False when the connection answers no more (it stopped
+        while the request was served, or this answer closes it)."""
+        self.held += reply.charged  # the answer's bytes (taken by the upstream pool) are ours now
+        if self.state >= REFUSED:
+            return False  # `_settle` gives its bytes back
+        transport = self.transport
+        assert transport is not None
+        keep = req.keep_alive and not self.front.draining
+        transport.writelines(reply.render(keep, req.rid.encode()))
+        # The transport holds the bytes now (bounded by pause_writing).
+        self._give_back(req.charged + reply.charged)
+        if not keep:
+            transport.close()
+            return False
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2 \
+                and self.pending_bytes < self.limits.max_pipelined_bytes // 2:
+            self.paused = False
+            transport.resume_reading()
+        return True
+
+    def _settle(self) -> None:
+        """The writer stopped with nothing left to answer now (or the connection stopped)."""
+        self.worker = None
+        self.front.changed.set()
+        if self.state >= REFUSED:
+            self._give_back(self.held)  # whatever joined the ledger after the stop
+        elif self.state is IDLE and not self.pending:
+            self.deadline = self.front.clock() + self.limits.idle_timeout
 
     def expire(self) -> None:
         """The deadline passed: a slow client gets 408; an idle or silent connection is closed."""
@@ -450,18 +490,49 @@ class HttpFront:
         try:
             answer = await self.dispatcher.dispatch(call, send, _label)
         except Failure as f:
-            headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else []
-            if call.traceparent:
-                headers.append((b"traceparent", call.traceparent.encode()))
-            return error(HTTP_STATUS[f.code], f.reason, headers)
-        hop = _answer_hop(answer.headers)
-        if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
-            hop = hop | TRACE_HEADERS
-        headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
-        headers.append((SIDE_HEADER, call.side.encode()))
-        if call.traceparent:
-            headers.append((b"traceparent", call.traceparent.encode()))
-        return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
+            return _refusal(f, call)
+        return _reply(answer, call)
+
+    def serve_now(self, req: Request, deliver: Callable[[Request, Reply], None]) -> asyncio.Future | None:
+        """`serve` with no task, for a request the dispatcher can start at once on a pooled connection
+        (Dispatcher.try_start): `deliver(req, reply)` gets its answer, unless the returned future (the
+        exchange) is cancelled first (the client left). None: nothing was done; `serve` it."""
+        if req.target.startswith(ABSOLUTE_FORM):  # rewritten (or refused) by `serve`
+            return None
+        host = req.host.decode("latin-1")
+        call = Call(host, req.pin.decode("latin-1"), req.rid, "http")
+        began = self.dispatcher.try_start(call, lambda b: self.pool.take_idle((b.host, b.http_port)))
+        if began is None:
+            return None
+        started, conn = began
+        b = started.backend
+        timeout = self.dispatcher.request_timeout
+        pending = self.pool.start(conn, (b.host, b.http_port), _upstream_request(req, req.target, host, b),
+                                  req.method == b"HEAD", timeout)
+        pending.add_done_callback(functools.partial(self._answered, req, call, started, timeout, deliver))
+        return pending
+
+    def _answered(self, req: Request, call: Call, started: Started, timeout: float,
+                  deliver: Callable[[Request, Reply], None], pending: asyncio.Future) -> None:
+        if pending.cancelled():  # the client left (the exchange gave its bytes back)
+            self.dispatcher.finish(started, call, Failure("cancelled", "the client went away"), _label)
+            return
+        exc = pending.exception()
+        if exc is None:
+            answer = pending.result()
+            deliver(req, _reply(answer, call))
+            self.dispatcher.finish(started, call, answer, _label)
+            return
+        if isinstance(exc, (Broken, TimeoutError)):
+            exc = self.dispatcher.failure(started.throttler, started.backend, exc, timeout)
+        if isinstance(exc, Failure):
+            deliver(req, _refusal(exc, call))
+            self.dispatcher.finish(started, call, exc, _label)
+            return
+        log.error("request %s failed inside the activator", req.rid, exc_info=exc)
+        req.keep_alive = False
+        deliver(req, error(500, "internal error in the activator (logged)"))
+        self.dispatcher.finish(started, call, None, _label)
 
     def live_upstreams(self) -> list[tuple[str, int]]:
         return [(b.host, b.http_port) for t in self.dispatcher.sides() for b in t.backends.values()]
@@ -497,6 +568,24 @@ class HttpFront:
             if conn.transport is not None:
                 conn.transport.close()
         self.pool.close()
+
+
+def _refusal(f: Failure, call: Call) -> Reply:
+    headers = [(b"Retry-After", str(f.retry_after).encode())] if f.retry_after else []
+    if call.traceparent:
+        headers.append((b"traceparent", call.traceparent.encode()))
+    return error(HTTP_STATUS[f.code], f.reason, headers)
+
+
+def _reply(answer: Answer, call: Call) -> Reply:
+    hop = _answer_hop(answer.headers)
+    if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
+        hop = hop | TRACE_HEADERS
+    headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
+    headers.append((SIDE_HEADER, call.side.encode()))
+    if call.traceparent:
+        headers.append((b"traceparent", call.traceparent.encode()))
+    return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
 
 
 def _answer_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +75,7 @@ class SideThrottler:
         self.waiters: collections.deque[tuple[asyncio.Future, frozenset[str]]] = collections.deque()
         self.unheld = asyncio.Event()  # cleared by each held request, set by the last to leave `acquire`
         self.unheld.set()
-        self._rr = itertools.count()
+        self._rr = 0  # slots taken so far: ties among the least busy replicas go round
         self.inflight = 0  # requests holding a slot: acquired, not released yet (on replicas that left the route too)
         self.requests = 0  # arrivals since the last stats
         self._area = 0.0
@@ -143,7 +142,12 @@ class SideThrottler:
             return None
         least = min(b.inflight for b in cands)
         ties = [b for b in cands if b.inflight == least]
-        return ties[next(self._rr) % len(ties)] if len(ties) > 1 else ties[0]
+        return ties[self._rr % len(ties)] if len(ties) > 1 else ties[0]
+
+    def _take(self, b: Backend) -> None:
+        b.inflight += 1
+        self.inflight += 1
+        self._rr += 1  # the next tie goes to the next replica
 
     def _dispatch(self) -> None:
         while self.waiters:
@@ -155,8 +159,7 @@ class SideThrottler:
             if b is None:
                 return
             self.waiters.popleft()
-            b.inflight += 1
-            self.inflight += 1
+            self._take(b)
             fut.set_result(b)
 
     def fail_waiters(self, reason: str) -> None:
@@ -166,17 +169,21 @@ class SideThrottler:
             if not fut.done():
                 fut.set_exception(Failure("unavailable", reason))
 
+    def choose(self, avoid: frozenset[str] = frozenset()) -> Backend | None:
+        """The replica `try_acquire` would take a slot on now, without taking it."""
+        return None if self.waiters else self._free(avoid)
+
+    def take(self, backend: Backend) -> Backend:
+        """A slot on `backend`, just returned by `choose`."""
+        self._tick()
+        self._take(backend)
+        return backend
+
     def try_acquire(self, avoid: frozenset[str] = frozenset()) -> Backend | None:
         """A replica with a free slot now (see _free for `avoid`), unless requests are held before this
         one (FIFO)."""
-        if self.waiters:
-            return None
-        b = self._free(avoid)
-        if b is not None:
-            self._tick()
-            b.inflight += 1
-            self.inflight += 1
-        return b
+        b = self.choose(avoid)
+        return self.take(b) if b is not None else None
 
     async def acquire(self, timeout: float, avoid: frozenset[str] = frozenset()) -> Backend:
         """A replica with a free slot, waiting (FIFO) up to `timeout` seconds; Failure otherwise."""

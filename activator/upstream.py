@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,7 +183,8 @@ class UpstreamPool:
         self.max_answer_bytes = max_answer_bytes
         self._idle: dict[tuple[str, int], collections.deque[_Exchange]] = {}
 
-    def _take(self, addr: tuple[str, int]) -> _Exchange | None:
+    def take_idle(self, addr: tuple[str, int]) -> _Exchange | None:
+        """A pooled keep-alive connection to `addr` still open, or None."""
         q = self._idle.get(addr)
         while q:
             conn = q.pop()
@@ -198,48 +200,59 @@ class UpstreamPool:
         else:
             q.append(conn)
 
+    def start(self, conn: _Exchange, addr: tuple[str, int], request: list[bytes], head_only: bool,
+              timeout: float | None) -> asyncio.Future[Answer]:
+        """Write `request` on `conn` (pooled, or just connected to `addr`); the future is the whole answer,
+        or Broken, or TimeoutError after `timeout` seconds. Once it is done the connection goes back to the
+        pool (a whole keep-alive answer) or is closed (failed, timed out, cancelled: never reused)."""
+        pending = conn.send(request, head_only)
+        # A timer handle, not asyncio.timeout: nothing to undo in a task, and a quarter the cost.
+        timer = None if timeout is None else conn.loop.call_later(timeout, _expire, pending)
+        pending.add_done_callback(functools.partial(self._settle, addr, conn, timer))
+        return pending
+
+    def _settle(self, addr: tuple[str, int], conn: _Exchange, timer: asyncio.TimerHandle | None,
+                pending: asyncio.Future[Answer]) -> None:
+        if timer is not None:
+            timer.cancel()
+        if not pending.cancelled() and pending.exception() is None and pending.result().keep_alive \
+                and not conn.closed:
+            self._give_back(addr, conn)
+        else:
+            conn.close()
+
     async def exchange(self, host: str, port: int, request: list[bytes], head_only: bool = False,
                        timeout: float | None = None) -> Answer:
         """Send one request, return the whole answer within `timeout` seconds (the caller gives
         `answer.charged` back to the budget once written). NotSent: nothing was written; Broken: written,
         and then it failed; TimeoutError: no whole answer in time (connecting included)."""
         addr = (host, port)
-        conn = self._take(addr)
-        if conn is None:
-            loop = asyncio.get_running_loop()
-            limit = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
-            try:
-                async with asyncio.timeout(limit):
-                    transport, conn = await loop.create_connection(
-                        lambda: _Exchange(self.budget, self.max_answer_bytes, loop), host, port)
-            except TimeoutError:
-                if limit < CONNECT_TIMEOUT:
-                    raise  # the request's own deadline, not a replica that cannot be reached
-                raise NotSent(f"no connection within {CONNECT_TIMEOUT:g}s") from None
-            except OSError as exc:
-                raise NotSent(str(exc) or type(exc).__name__) from exc
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                _detect_dead_peers(sock)
-        ok = False
-        pending = conn.send(request, head_only)
-        # A timer handle, not asyncio.timeout: no cancellation of the task to undo, and a quarter the cost.
-        timer = None if timeout is None else conn.loop.call_later(timeout, _expire, pending)
+        conn = self.take_idle(addr) or await self._connect(addr, timeout)
+        pending = self.start(conn, addr, request, head_only, timeout)
         try:
-            answer = await pending
-            ok = True
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not ok:
-                if pending.done() and not pending.cancelled() and pending.exception() is None:
-                    self.budget.give(pending.result().charged)  # answered as we were cancelled
-                conn.close()  # cancelled (client gone, deadline) or failed: never reuse
-        if answer.keep_alive and not conn.closed:
-            self._give_back(addr, conn)
-        else:
-            conn.close()
-        return answer
+            return await pending
+        except asyncio.CancelledError:
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                self.budget.give(pending.result().charged)  # answered as we were cancelled
+            raise
+
+    async def _connect(self, addr: tuple[str, int], timeout: float | None) -> _Exchange:
+        loop = asyncio.get_running_loop()
+        limit = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
+        try:
+            async with asyncio.timeout(limit):
+                transport, conn = await loop.create_connection(
+                    lambda: _Exchange(self.budget, self.max_answer_bytes, loop), *addr)
+        except TimeoutError:
+            if limit < CONNECT_TIMEOUT:
+                raise  # the request's own deadline, not a replica that cannot be reached
+            raise NotSent(f"no connection within {CONNECT_TIMEOUT:g}s") from None
+        except OSError as exc:
+            raise NotSent(str(exc) or type(exc).__name__) from exc
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _detect_dead_peers(sock)
+        return conn
 
     def prune(self, live: Iterable[tuple[str, int]]) -> None:
         """Close idle connections to replicas that are no longer routed."""

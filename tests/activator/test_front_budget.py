@@ -120,15 +120,37 @@ class Transport(asyncio.Transport):
 
 
 class ScriptedFront(HttpFront):
-    """The front door with `serve` answered by the test. An answer's bytes are taken from the budget as
-    the upstream pool takes them, and are `in_transit` until the connection's worker has received them
-    (given back if it is cancelled first, as an exchange must)."""
+    """The front door with `serve` and `serve_now` answered by the test (every other request is sent with
+    no task, as on a pooled connection). An answer's bytes are taken from the budget as the upstream pool
+    takes them, and are `in_transit` until the connection's writer has received them (given back if it is
+    cancelled first, as an exchange must)."""
 
     def __init__(self, limits: FrontLimits) -> None:
         self.now = 0.0
         super().__init__(SimpleNamespace(clock=lambda: self.now, changed=asyncio.Event()), limits)  # type: ignore[arg-type]
         self.calls: collections.deque[asyncio.Future[Reply]] = collections.deque()
         self.in_transit = 0
+        self.turns = 0
+
+    def serve_now(self, req, deliver) -> asyncio.Future | None:
+        self.turns += 1
+        if self.turns % 2:
+            return None
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.calls.append(fut)
+
+        def answered(f: asyncio.Future[Reply]) -> None:  # as HttpFront._answered
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                req.keep_alive = False
+                deliver(req, http_front.error(500, "internal error in the activator (logged)"))
+                return
+            self.in_transit -= f.result().charged
+            deliver(req, f.result())
+
+        fut.add_done_callback(answered)
+        return fut
 
     async def serve(self, req) -> Reply:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()

@@ -96,7 +96,7 @@ async def test_an_answer_arriving_as_its_request_is_cancelled_gives_its_bytes_ba
         def close(self) -> None:
             self.closed = True
 
-    pool._take = lambda addr: Conn()  # type: ignore[method-assign]  # a pooled connection
+    pool.take_idle = lambda addr: Conn()  # type: ignore[method-assign]  # a pooled connection
     task = asyncio.create_task(pool.exchange("127.0.0.1", 1, [b"GET / HTTP/1.1\r\n\r\n"]))
     await asyncio.sleep(0)  # the exchange awaits its answer
     assert budget.take(300)
