@@ -1,5 +1,5 @@
-"""activator.ledger: a finished request reaches the metrics and the access log at the next flush (a
-scrape, the flush timer, shutdown), exactly once, with its exemplar when traced."""
+"""activator.ledger: a finished request reaches the metrics and the access log on the loop's next turn, a
+chunk at a time, or at once on a flush (a scrape, shutdown); exactly once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 
 from activator.access_log import AccessLog
 from activator.dispatcher import Call, Dispatcher
-from activator.ledger import MAX_RECORDS, RequestLedger
+from activator.ledger import CHUNK, RequestLedger
 from activator.metrics import Metrics
 from tests.activator.harness import full, route
 
@@ -26,28 +26,36 @@ def ended(rid: str = "rid-1", upstream: float | None = 0.002) -> Call:
     return call
 
 
-def test_records_are_accounted_once_at_the_flush() -> None:
+def test_records_are_accounted_once_on_the_next_turns_a_chunk_each() -> None:
     metrics, out = Metrics(), io.StringIO()
     ledger = RequestLedger(AccessLog("json", out))
     m = metrics.side("ns/svc", "default")
 
-    async def record_two() -> None:  # with a loop: accounted at the flush, not before
+    async def record() -> None:
         ledger.record(m, ended("a"), "200", 0.004)
         ledger.record(m, ended("b", upstream=None), "503", 0.5)
-        assert sample(metrics, "requests_total", code="200") is None and out.getvalue() == ""
+        for i in range(CHUNK):
+            ledger.record(m, ended(str(i)), "200", 0.001)
+        assert sample(metrics, "requests_total", code="200") is None  # not before the answer is out
+        await asyncio.sleep(0)  # one turn: one chunk
+        assert sample(metrics, "requests_total", code="200") + sample(metrics, "requests_total", code="503") == CHUNK
+        await asyncio.sleep(0)  # the next: the rest
+        assert sample(metrics, "requests_total", code="200") == 1 + CHUNK
 
-    asyncio.run(record_two())
-    ledger.flush()
-    ledger.flush()  # nothing twice
-    assert sample(metrics, "requests_total", code="200") == 1 and sample(metrics, "requests_total", code="503") == 1
-    assert sample(metrics, "request_duration_seconds_count") == 2
-    assert sample(metrics, "request_duration_seconds_sum") == 0.504
-    assert sample(metrics, "proxy_duration_seconds_count") == 1  # the refused one never reached a replica
+    asyncio.run(record())
+    ledger.flush()  # nothing twice; the lines are written out
+    assert sample(metrics, "requests_total", code="200") == 1 + CHUNK
+    assert sample(metrics, "requests_total", code="503") == 1
+    assert sample(metrics, "request_duration_seconds_count") == 2 + CHUNK
+    assert abs(sample(metrics, "request_duration_seconds_sum") - (0.504 + CHUNK * 0.001)) < 1e-9
+    assert sample(metrics, "proxy_duration_seconds_count") == 1 + CHUNK  # the refused one never reached a replica
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [(x["request_id"], x["status"], x["duration_ms"]) for x in lines] == [("a", "200", 4.0), ("b", "503", 500.0)]
+    assert [(x["request_id"], x["status"], x["duration_ms"]) for x in lines[:2]] == [("a", "200", 4.0),
+                                                                                    ("b", "503", 500.0)]
+    assert len(lines) == 2 + CHUNK
 
 
-def test_without_a_loop_or_past_the_cap_a_record_is_accounted_at_once() -> None:
+def test_a_flush_accounts_everything_at_once_and_without_a_loop_a_record_is_accounted_at_once() -> None:
     metrics = Metrics()
     ledger = RequestLedger(AccessLog("json", io.StringIO(), enabled=False))
     ledger.record(metrics.side("ns/svc", "default"), ended(), "200", 0.001)  # no loop: a unit test calling
@@ -55,9 +63,12 @@ def test_without_a_loop_or_past_the_cap_a_record_is_accounted_at_once() -> None:
 
     async def burst() -> None:
         m = metrics.side("ns/svc", "default")
-        for i in range(MAX_RECORDS):
+        for i in range(3 * CHUNK):
             ledger.record(m, ended(str(i)), "200", 0.001)
-        assert sample(metrics, "requests_total", code="200") == 1 + MAX_RECORDS  # the cap flushed it
+        ledger.flush()  # what a scrape does
+        assert sample(metrics, "requests_total", code="200") == 1 + 3 * CHUNK
+        await asyncio.sleep(0)
+        assert sample(metrics, "requests_total", code="200") == 1 + 3 * CHUNK  # the turn was called off
 
     asyncio.run(burst())
 
