@@ -4,11 +4,12 @@
     autoscaler -> send -> release -> account
 
 A front door translates its wire format into a `Call` and a `send(backend, timeout)` callable, and maps
-the result or `Failure` back. A request with nothing to wait for or choose may take the same path with no
-task (`try_start`, then `finish` when answered): the HTTP front door does, on a pooled connection. Retry rule (one place for both protocols): a request that was never sent
-(`NotSent`) is resent (at most MAX_RESENDS times) to a replica in rotation, one it has not tried when
-there is such a one; the replica not reached is out of rotation until the prober hears it again. Once
-written, a request is never resent.
+the result or `Failure` back. A request with nothing to wait for or choose may take the same path with
+no task (`try_start`, then `finish` when answered): the HTTP front door does, on a pooled connection.
+
+Retry rule (one place for both protocols): a request that was never sent (`NotSent`) is resent (at most
+MAX_RESENDS times) to a replica in rotation, one it has not tried when there is such a one; the replica
+not reached is out of rotation until the prober hears it again. Once written, a request is never resent.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Dispatcher:
                  clock: Clock = time.monotonic) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self.ledger = RequestLedger(access_log)  # each request's end: metrics and log line, in batches
+        self.ledger = RequestLedger(access_log)  # each request's end: metrics and log line, on the next turn
         self.wake = wake
         self.request_timeout = request_timeout
         self.queue_depth = queue_depth
