@@ -304,7 +304,7 @@ class Dispatcher:
                 if resends > MAX_RESENDS or self.clock() >= deadline:
                     raise Failure("upstream_failed", f"replica {backend.id} of {t.key} ({t.side}) could "
                                                      f"not be reached: {exc}") from None
-                m.retries.inc()
+                m.retries.value += 1
             except (Broken, TimeoutError) as exc:
                 raise self.failure(t, backend, exc, timeout) from None
             finally:

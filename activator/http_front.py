@@ -28,7 +28,7 @@ from activator.dispatcher import Call, Dispatcher, Started
 from activator.limits import ByteBudget, FrontLimits
 from activator.outcomes import Broken, Failure
 from activator.throttler import Backend
-from activator.upstream import Answer, UpstreamPool
+from activator.upstream import Answer, UpstreamPool, connection_tokens
 from runtime.errors import HTTP_STATUS
 
 log = logging.getLogger("elasticserving.activator")
@@ -43,9 +43,11 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"p
 # Set from the socket, never taken from the client.
 SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", REQUEST_ID})
 DROP_FORWARD = HOP_BY_HOP | SET_BY_PROXY
+DROP_ANSWER = HOP_BY_HOP | {REQUEST_ID}  # the activator sets the request id of its answer
 # With tracing on, the caller's trace context is replaced by the activator's own (its proxy span).
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 DROP_FORWARD_TRACED = DROP_FORWARD | TRACE_HEADERS
+DROP_ANSWER_TRACED = DROP_ANSWER | TRACE_HEADERS
 MAX_PIPELINED = 32  # requests read ahead on one connection before reading pauses (also bounded by bytes)
 LINGER_SECONDS = 2.0  # after refusing input, how long its remaining bytes are read and dropped
 SWEEP_SECONDS = 0.5  # how often connection deadlines are checked
@@ -90,10 +92,6 @@ def _reason(status: int) -> bytes:
 def error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
     body = json.dumps({"error": message}, ensure_ascii=False).encode()
     return Reply(status, [(b"Content-Type", b"application/json; charset=utf-8"), *(headers or [])], body)
-
-
-def connection_tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
 def origin_form(target: bytes) -> bytes:
@@ -578,23 +576,14 @@ def _refusal(f: Failure, call: Call) -> Reply:
 
 
 def _reply(answer: Answer, call: Call) -> Reply:
-    hop = _answer_hop(answer.headers)
-    if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
-        hop = hop | TRACE_HEADERS
-    headers = [(k, v) for k, v in answer.headers if (lk := k.lower()) not in hop and lk != REQUEST_ID]
+    drop = DROP_ANSWER_TRACED if call.traceparent else DROP_ANSWER
+    if answer.hop:  # names the answer's own Connection header lists
+        drop = drop | answer.hop
+    headers = [(n, v) for ln, n, v in answer.headers if ln not in drop]
     headers.append((SIDE_HEADER, call.side.encode()))
-    if call.traceparent:
+    if call.traceparent:  # the activator's span, not the replica's: the caller's view of the request
         headers.append((b"traceparent", call.traceparent.encode()))
     return Reply(answer.status, headers, answer.body, answer.reason, answer.charged)
-
-
-def _answer_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """HOP_BY_HOP plus the names the answer's own Connection header lists."""
-    out = HOP_BY_HOP
-    for k, v in headers:
-        if k.lower() == b"connection":
-            out = out | connection_tokens(v)
-    return out
 
 
 def _upstream_request(req: Request, target: bytes, host: str, backend: Backend,

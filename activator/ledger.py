@@ -69,9 +69,6 @@ class RequestLedger:
                 m.count(code)
                 if call.upstream_seconds is not None:
                     m.proxy_latency.observe(call.upstream_seconds)
-                if call.span is not None and call.trace_id:  # an exemplar: a slow bucket leads to its trace
-                    m.latency.observe(took, {"trace_id": call.trace_id})
-                else:
-                    m.latency.observe(took)
+                m.latency.observe(took, call.trace_id if call.span is not None else "")  # an exemplar when traced
             log.request(call.request_id, call.protocol, call.service, call.side, call.replica, code, took,
                         call.trace_id)

@@ -40,11 +40,20 @@ def _detect_dead_peers(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
 
 
+FRAMING = (b"content-length", b"transfer-encoding")  # headers that say where an answer's body ends
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """The header names a Connection header lists (lower-case): hop-by-hop, never forwarded."""
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
 @dataclass
 class Answer:
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)  # (lower-case name, name, value)
+    hop: frozenset[bytes] = frozenset()  # the header names its Connection header lists
     body: bytes = b""
     keep_alive: bool = True
     charged: int = 0  # bytes of the budget this answer holds until the front door has written it
@@ -66,9 +75,10 @@ class _Exchange(asyncio.Protocol):
         self._size = 0
         self._charged = 0
         self._parser: httptools.HttpResponseParser | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes, bytes]] = []
+        self._hop: frozenset[bytes] = frozenset()
         self._reason = b""
-        self._length_known = False
+        self._length_known = False  # a framing header seen, or an answer that has no body
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,15 +109,19 @@ class _Exchange(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        lname = name.lower()
+        self._headers.append((lname, name, value))
+        if lname in FRAMING:
+            self._length_known = True
+        elif lname == b"connection":
+            self._hop = self._hop | connection_tokens(value)
 
     def on_headers_complete(self) -> None:
         p = self._parser
         assert p is not None
-        self._answer = Answer(p.get_status_code(), self._reason, self._headers)
-        names = {n.lower() for n, _ in self._headers}
-        self._length_known = b"content-length" in names or b"transfer-encoding" in names or \
-            self._answer.status in (204, 304) or 100 <= self._answer.status < 200
+        self._answer = Answer(p.get_status_code(), self._reason, self._headers, self._hop)
+        status = self._answer.status
+        self._length_known = self._length_known or status in (204, 304) or 100 <= status < 200
         if self._head_only:
             self._length_known = True
             self._finish(keep_alive=False)  # the parser would wait for a body: do not reuse
@@ -153,7 +167,7 @@ class _Exchange(asyncio.Protocol):
         assert self.transport is not None
         self._fut = self.loop.create_future()
         self._head_only = head_only
-        self._answer, self._body, self._headers, self._reason = None, [], [], b""
+        self._answer, self._body, self._headers, self._hop, self._reason = None, [], [], frozenset(), b""
         self._size = self._charged = 0
         self._length_known = False
         self._parser = httptools.HttpResponseParser(self)

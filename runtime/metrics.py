@@ -14,11 +14,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
 
 from runtime import tracing
+from runtime.loop_metrics import Buckets, Count, LoopCounter, LoopHistogram
 from runtime.storage.names import PULL_REPORT_ENV
 
 P = "elasticserving_runtime_"
@@ -29,13 +29,14 @@ class RuntimeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(P + "requests", "Inference requests by model, protocol and status code.",
-                                ["model", "protocol", "code"], registry=r)
-        self.latency = Histogram(P + "request_duration_seconds", "Inference request latency.",
-                                 ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
+        # updated per request or batch: kept on the loop's thread (runtime.loop_metrics)
+        self.requests = LoopCounter(P + "requests", "Inference requests by model, protocol and status code.",
+                                    ["model", "protocol", "code"], r)
+        self.latency = LoopHistogram(P + "request_duration_seconds", "Inference request latency.",
+                                     ["model", "protocol"], r, LATENCY_BUCKETS)
         self.inflight = Gauge(P + "inflight_requests", "Requests being served.", ["model", "protocol"], registry=r)
-        self.batch_size = Histogram(P + "batch_size", "Items per executed batch (dynamic batching).", ["model"],
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.batch_size = LoopHistogram(P + "batch_size", "Items per executed batch (dynamic batching).", ["model"],
+                                        r, (1, 2, 4, 8, 16, 32, 64, 128))
         self.load_seconds = Gauge(P + "model_load_seconds", "Time taken to load the model.", ["model"], registry=r)
         # Request log lines dropped while nobody read stderr (serving never waits for the log reader).
         self.log_dropped = Counter(P + "log_lines_dropped", "Request log lines dropped: stderr was not read.",
@@ -47,9 +48,9 @@ class RuntimeMetrics:
                                   ["model", "uri", "cache"], registry=r)
         self.pull_bytes = Gauge(P + "model_pull_downloaded_bytes", "Bytes the model pull downloaded (0: cached).",
                                 ["model", "uri", "cache"], registry=r)
-        # labelled children by (model, protocol, code): `labels()` takes a lock and builds keys each call
-        self._children: dict[tuple[str, str, int | str], tuple[Counter, Histogram]] = {}
-        self._batch_children: dict[str, Histogram] = {}
+        # labelled children by (model, protocol, code): `labels()` builds a key each call
+        self._children: dict[tuple[str, str, int | str], tuple[Count, Buckets]] = {}
+        self._batch_children: dict[str, Buckets] = {}
         self._dropped_seen = 0
         r.register(tracing.DroppedSpans())
 
@@ -59,11 +60,8 @@ class RuntimeMetrics:
         if children is None:
             children = self._children[key] = (self.requests.labels(model, protocol, str(code)),
                                               self.latency.labels(model, protocol))
-        children[0].inc()
-        if trace_id:  # an OpenMetrics exemplar: a slow bucket leads to its trace
-            children[1].observe(seconds, {"trace_id": trace_id})
-        else:
-            children[1].observe(seconds)
+        children[0].value += 1
+        children[1].observe(seconds, trace_id)
 
     def batch(self, model: str, n: int) -> None:
         child = self._batch_children.get(model)

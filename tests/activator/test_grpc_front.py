@@ -67,8 +67,8 @@ async def test_held_at_zero_then_answered_with_side_and_request_id(env):
     assert trailing["x-paddleservice-side"] == "default" and trailing["x-request-id"] == "rid-7"
     assert replica.metadata[0]["x-request-id"] == "rid-7" and "x-paddleservice" not in replica.metadata[0]
     s.dispatcher.flush()  # the requests ended so far, into the metrics
-    assert s.metrics.cold_start.labels("ns/svc", "default")._sum.get() > 0  # same histogram as HTTP
-    assert s.metrics.requests.labels("ns/svc", "default", "grpc_OK")._value.get() == 1
+    assert s.metrics.cold_start.labels("ns/svc", "default").sum > 0  # same histogram as HTTP
+    assert s.metrics.requests.labels("ns/svc", "default", "grpc_OK").value == 1
     (line,) = s.log_lines()
     assert (line["protocol"], line["request_id"], line["status"], line["replica"]) == ("grpc", "rid-7", "grpc_OK",
                                                                                         "r9")
@@ -84,7 +84,7 @@ async def test_statuses_and_refusals_have_reasons(env):
         await call(b"x", metadata=(("x-paddleservice", "nope.nowhere"),), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "no PaddleService" in err.value.details()
     s.dispatcher.flush()
-    assert s.metrics.requests.labels("ns/svc", "default", "grpc_INVALID_ARGUMENT")._value.get() == 1
+    assert s.metrics.requests.labels("ns/svc", "default", "grpc_INVALID_ARGUMENT").value == 1
 
 
 async def test_a_refused_replica_is_retried_on_another_and_channels_are_pruned(env):
@@ -94,7 +94,7 @@ async def test_a_refused_replica_is_retried_on_another_and_channels_are_pruned(e
     for _ in range(4):
         assert await call(b"x", metadata=ROUTE, timeout=10) == b"echo:x"
     assert not s.dispatcher.throttler("ns/svc", "default").backends["r8"].healthy
-    assert s.metrics.retries.labels("ns/svc", "default")._value.get() >= 1
+    assert s.metrics.retries.labels("ns/svc", "default").value >= 1
     assert len(front.channels) == 2
     front.channels.prune([f"127.0.0.1:{rport}"])
     assert len(front.channels) == 1

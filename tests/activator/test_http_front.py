@@ -96,7 +96,7 @@ async def test_a_connection_broken_after_the_request_was_written_is_not_resent(s
                                      % HOST))
     assert a[0] == 502 and "before answering" in json.loads(a[2])["error"]
     assert calls == [1]  # the replica may have acted on it: never a second time
-    assert setup.metrics.retries.labels("ns/svc", "default")._value.get() == 0
+    assert setup.metrics.retries.labels("ns/svc", "default").value == 0
 
 
 async def test_refused_connection_is_retried_once_on_another_replica(setup):
@@ -110,7 +110,7 @@ async def test_refused_connection_is_retried_once_on_another_replica(setup):
         assert a[0] == 200
     backends = setup.throttler().backends
     assert not backends[f"r{dead}"].healthy and backends[f"r{ok}"].healthy
-    assert setup.metrics.retries.labels("ns/svc", "default")._value.get() >= 1
+    assert setup.metrics.retries.labels("ns/svc", "default").value >= 1
 
 
 async def test_idle_connection_closed_by_the_replica_is_replaced_quietly(setup):
@@ -190,7 +190,7 @@ async def test_a_lone_replica_refusing_at_first_answers_once_the_prober_hears_it
     retries = s.metrics.retries.labels("ns/svc", "default")
 
     async def refused() -> bool:
-        return retries._value.get() == 1
+        return retries.value == 1
 
     await poll(refused, 10, "the refused connect, the replica out of rotation")
     assert not s.throttler().backends[f"r{port}"].healthy and not request.done()
@@ -199,8 +199,29 @@ async def test_a_lone_replica_refusing_at_first_answers_once_the_prober_hears_it
     try:
         (answer,) = responses(await request)
         assert answer[0] == 200 and json.loads(answer[2])["line"] == "GET /late HTTP/1.1"
-        assert retries._value.get() == 1
+        assert retries.value == 1
     finally:
         prober.cancel()
         back.close()
         s.close()
+
+
+async def test_the_answers_own_hop_by_hop_headers_stay_on_its_hop(setup):
+    async def replica(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                return
+            writer.write(ok_answer(b"{}", b"Connection: keep-alive, X-Hop-Only\r\nX-Hop-Only: 1\r\nKeep-Alive: "
+                                          b"timeout=5\r\nX-Request-Id: the-replicas\r\nX-Kept: yes\r\n"))
+
+    setup.route(await setup.replica(replica))
+    raw = await setup.raw(b"GET /a HTTP/1.1\r\nHost: %s\r\nX-Request-Id: mine\r\n\r\n"
+                          b"GET /b HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (HOST, HOST))
+    for status, headers, _ in responses(raw):
+        assert status == 200 and headers[b"x-kept"] == b"yes"
+        assert not {b"x-hop-only", b"keep-alive"} & set(headers)
+        assert headers[b"x-request-id"] != b"the-replicas"  # the activator's id of this request
+    assert responses(raw)[0][1][b"x-request-id"] == b"mine"
