@@ -1,6 +1,7 @@
 """HTTP/1.1 client side of the HTTP front door: keep-alive connections to replicas, one exchange at a
 time per connection, answers parsed with httptools and buffered whole (so a failure is still a clean
-502), bounded by the answer size limit and the process-wide byte budget.
+502), bounded by the answer size limit, a head's size and field count, and the process-wide byte
+budget.
 
 Retry safety lives in the exception types: `NotSent` only when nothing was written (connect failed, or
 the pooled connection was found closed before writing); anything after the write is `Broken`.
@@ -41,6 +42,10 @@ def _detect_dead_peers(sock: socket.socket) -> None:
 
 
 FRAMING = (b"content-length", b"transfer-encoding")  # headers that say where an answer's body ends
+# An answer's head (status line and headers): replicas run users' images, and the parser keeps a head's
+# pieces in memory until it is complete, so it is bounded as a client's is (as Envoy: 60 KiB, 100 fields).
+MAX_ANSWER_HEAD_BYTES = 64 * 1024
+MAX_ANSWER_HEADER_FIELDS = 100
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -72,7 +77,8 @@ class _Exchange(asyncio.Protocol):
         self._head_only = False
         self._answer: Answer | None = None
         self._body: list[bytes] = []
-        self._size = 0
+        self._size = 0  # body bytes of the answer
+        self._head_bytes = 0  # bytes of a head not complete yet
         self._charged = 0
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes, bytes]] = []
@@ -92,6 +98,11 @@ class _Exchange(asyncio.Protocol):
             self._parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserError as exc:
             self._fail(Broken(f"invalid HTTP from the replica: {exc}"))
+            return
+        if self._answer is None:  # all of it was head, and the head is not over yet
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_ANSWER_HEAD_BYTES:
+                self._fail(Broken(f"its answer's head is larger than {MAX_ANSWER_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -109,6 +120,9 @@ class _Exchange(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self._headers) >= MAX_ANSWER_HEADER_FIELDS:
+            self._fail(Broken(f"its answer has more than {MAX_ANSWER_HEADER_FIELDS} header fields"))
+            raise httptools.HttpParserError("too many header fields")  # stop parsing this connection
         lname = name.lower()
         self._headers.append((lname, name, value))
         if lname in FRAMING:
@@ -168,7 +182,7 @@ class _Exchange(asyncio.Protocol):
         self._fut = self.loop.create_future()
         self._head_only = head_only
         self._answer, self._body, self._headers, self._hop, self._reason = None, [], [], frozenset(), b""
-        self._size = self._charged = 0
+        self._size = self._charged = self._head_bytes = 0
         self._length_known = False
         self._parser = httptools.HttpResponseParser(self)
         self.transport.writelines(request)

@@ -3,8 +3,11 @@ on the event loop's thread, turned into Prometheus samples by a prometheus_clien
 
 Why not prometheus_client's own children there: each update takes a lock, and a histogram's observe walks
 its buckets in Python; two or three per request cost ~7 us of the activator's CPU at one client (issue 27,
-measured side by side). Only the loop's thread writes them and the scrapes run on it too, so no lock is
-needed. What a scrape shows is what prometheus_client would show for the same updates (a table test).
+measured side by side). No lock: each family is written by one thread at a time (the loop's; the
+runtime's batch sizes also by its inference thread, which runs one batch at a time, never beside the
+loop running one), and a scrape reading while a batch is counted may see its bucket before its sum, as
+with prometheus_client's separately locked values. What a scrape shows is what prometheus_client would
+show for the same updates (a table test).
 """
 
 from __future__ import annotations

@@ -225,3 +225,28 @@ async def test_the_answers_own_hop_by_hop_headers_stay_on_its_hop(setup):
         assert not {b"x-hop-only", b"keep-alive"} & set(headers)
         assert headers[b"x-request-id"] != b"the-replicas"  # the activator's id of this request
     assert responses(raw)[0][1][b"x-request-id"] == b"mine"
+
+
+async def test_a_replica_sending_an_endless_or_crowded_head_gets_a_clear_502(setup):
+    async def endless(reader, writer):  # a head that never ends, sent until the activator hangs up
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        try:
+            while True:
+                writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+                await writer.drain()
+        except ConnectionError:
+            writer.close()
+
+    async def crowded(reader, writer):  # a complete head of 150 fields in one write
+        await read_request(reader)
+        writer.write(ok_answer(b"{}", b"".join(b"X-F%d: v\r\n" % i for i in range(150))))
+        await writer.drain()
+
+    for replica, reason in ((endless, f"head is larger than {64 * 1024} bytes"),
+                            (crowded, "more than 100 header fields")):
+        setup.route(await setup.replica(replica))
+        (a,) = responses(await setup.raw(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST,
+                                         timeout=10))
+        assert a[0] == 502 and reason in json.loads(a[2])["error"], a
+    assert setup.front.budget.used == 0
