@@ -20,7 +20,9 @@ ALLOWED = {
     # runtime.tracing: the one OpenTelemetry set-up (provider, exporter, dropped-span count) of both servers
     # runtime.errors: the one vocabulary of outcome codes and their HTTP / gRPC statuses (pure, no I/O)
     # runtime.protocols.http_server: HttpLimits, the HTTP limits both servers' front doors share
-    "activator": ("autoscaler.wire", "runtime.errors", "runtime.tracing", "runtime.protocols.http_server"),
+    # runtime.loop_metrics: the request path's counters and histograms of both servers, read at scrape
+    "activator": ("autoscaler.wire", "runtime.errors", "runtime.tracing", "runtime.protocols.http_server",
+                  "runtime.loop_metrics"),
     # storageUri validation: one parser for the spec and the pull (pure, no I/O)
     # runtime.tracing: the controller's scale-from-zero span, set up like the activator's and the runtime's
     "autoscaler": ("core", "runtime.storage.uri", "runtime.tracing"),
