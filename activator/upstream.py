@@ -53,7 +53,7 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     status: int
     reason: bytes
@@ -79,6 +79,7 @@ class _Exchange(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0  # body bytes of the answer
         self._head_bytes = 0  # bytes of a head not complete yet
+        self._field_bytes = 0  # bytes of its complete header fields
         self._charged = 0
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: list[tuple[bytes, bytes, bytes]] = []
@@ -120,9 +121,14 @@ class _Exchange(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted field by field too: one read may hold a whole head (data_received counts after parsing it).
+        self._field_bytes += len(name) + len(value) + 4
+        if self._field_bytes > MAX_ANSWER_HEAD_BYTES:
+            self._fail(Broken(f"its answer's head is larger than {MAX_ANSWER_HEAD_BYTES} bytes"))
+            raise httptools.HttpParserError("head too large")  # stop parsing this connection
         if len(self._headers) >= MAX_ANSWER_HEADER_FIELDS:
             self._fail(Broken(f"its answer has more than {MAX_ANSWER_HEADER_FIELDS} header fields"))
-            raise httptools.HttpParserError("too many header fields")  # stop parsing this connection
+            raise httptools.HttpParserError("too many header fields")
         lname = name.lower()
         self._headers.append((lname, name, value))
         if lname in FRAMING:
@@ -182,9 +188,10 @@ class _Exchange(asyncio.Protocol):
         self._fut = self.loop.create_future()
         self._head_only = head_only
         self._answer, self._body, self._headers, self._hop, self._reason = None, [], [], frozenset(), b""
-        self._size = self._charged = self._head_bytes = 0
+        self._size = self._charged = self._head_bytes = self._field_bytes = 0
         self._length_known = False
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None or head_only:  # a keep-alive connection's parser goes on to its next answer
+            self._parser = httptools.HttpResponseParser(self)
         self.transport.writelines(request)
         return self._fut
 

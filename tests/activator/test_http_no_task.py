@@ -134,3 +134,32 @@ async def test_a_client_that_leaves_frees_its_slot_and_the_replica_connection_wi
     await asyncio.wait_for(closed.wait(), 5)  # the exchange was cancelled: its connection closed
     assert setup.throttler().inflight == 0 and setup.front.budget.used == 0
     assert [line["status"] for line in setup.log_lines()] == ["200", "499"]
+
+
+async def test_one_pooled_connection_reads_answers_of_every_framing_in_turn(setup):
+    """A keep-alive connection's parser goes on from one answer to the next (activator.upstream): chunked,
+    sized, 204 and sized again on one replica connection, each answered whole to its own request."""
+    connections = 0
+    framed = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n",
+              ok_answer(b"two"), b"HTTP/1.1 204 No Content\r\nX-N: 3\r\n\r\n", ok_answer(b"four")]
+
+    async def replica(reader, writer):
+        nonlocal connections
+        connections += 1
+        try:
+            for answer in framed:
+                await read_request(reader)
+                writer.write(answer)
+                await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    setup.route(await setup.replica(replica))
+    raw = await setup.raw(GET % b"1" + GET % b"2" + GET % b"3"
+                          + b"GET /4 HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % HOST)
+    answers = responses(raw)
+    assert [(a[0], a[2]) for a in answers] == [(200, b"one"), (200, b"two"), (204, b""), (200, b"four")]
+    assert answers[2][1][b"x-n"] == b"3" and connections == 1  # the one pooled connection, four answers
+    assert setup.throttler().inflight == 0 and setup.front.budget.used == 0
