@@ -83,19 +83,28 @@ class Batcher:
         # Taken from the queue while a batch was formed but left for a later one (another key, or no room).
         self._carry: collections.deque[_Entry] = collections.deque()
         self._task: asyncio.Task | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on (start)
         self._busy = False  # a batch is running (on the executor)
         self._free = asyncio.Event()
         self.inline_under = inline_under
         self._merged_seconds = float("inf")  # the last run of several items (none yet: on the thread)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="batcher")
+        # kept: asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11
+        self._event_loop = asyncio.get_running_loop()
+        self._task = self._event_loop.create_task(self._loop(), name="batcher")
 
     def close(self) -> None:
         if self._task:
             self._task.cancel()
 
     def _entry(self, items: list[Any]) -> _Entry:
+        if len(items) == 1:  # a tensor request: one item (the generic path's set and sum cost ~1 us)
+            size = 1 if self.size is None else self.size(items[0])
+            key = None if self.key is None else self.key(items[0])
+            if key is None:
+                return _Entry(items, size, None if self.key is None else _Alone())
+            return _Entry(items, size, key)
         size = len(items) if self.size is None else sum(map(self.size, items))
         if self.key is None:
             return _Entry(items, size, None)
@@ -112,7 +121,7 @@ class Batcher:
             if tracing.ON:  # a batch of its own, without waiting
                 tracing.annotate("elasticserving.batch_size", len(items))
             return list(results)
-        entry.fut = asyncio.get_running_loop().create_future()
+        entry.fut = self._event_loop.create_future()
         self._queue.put_nowait(entry)  # unbounded: the data plane bounds what is admitted
         if not tracing.ON:
             return await entry.fut

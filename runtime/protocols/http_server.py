@@ -165,6 +165,8 @@ class HttpConnection(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # kept: asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11
+        self.loop = asyncio.get_running_loop()
         self.server.connections.add(self)
         self.deadline = time.monotonic() + self.limits.header_timeout  # silent from the start
 
@@ -194,7 +196,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
-            self.writable = asyncio.get_running_loop().create_future()
+            self.writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self.writable is not None and not self.writable.done():
@@ -256,7 +258,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending_bytes += size
         self._body = []
         if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._answer())
+            self.worker = self.loop.create_task(self._answer())
         if not self.reading_paused and (len(self.pending) >= MAX_PIPELINED
                                         or self.pending_bytes >= MAX_PIPELINED_BYTES):
             self.reading_paused = True

@@ -197,6 +197,23 @@ def test_request_ids_are_kept_when_sane(incoming, kept):
     assert (rid == incoming) is kept and 1 <= len(rid) <= 128
 
 
+def test_new_request_ids_differ_within_a_process_and_in_a_forked_child():
+    """New ids are a per-process prefix and a counter: a replica forked by the zygote makes its own prefix."""
+    ids = {request_id(None) for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first new id, then out at once
+        os.write(write, request_id(None).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = request_id(None)
+    assert len(child) == 32 and child[:16] != parent[:16]
+
+
 def test_each_request_is_one_log_line_with_its_status(caplog):
     p = plane(Gate())
     caplog.set_level(logging.INFO, "elasticserving.runtime.requests")
@@ -298,6 +315,30 @@ def test_access_log_without_an_event_loop_writes_at_once():
     stream = io.StringIO()
     AccessLog(logging.StreamHandler(stream), "text").write("r9", "m", "paddle-serving", 200, 0.002)
     assert "request_id=r9 model=m protocol=paddle-serving status=200 duration_ms=2.0" in stream.getvalue()
+
+
+def test_one_access_log_serves_each_event_loop_in_turn_and_other_threads():
+    """The log keeps the loop it hands lines over on (asyncio.get_running_loop() is a system call on 3.11):
+    a later loop on the same thread (asyncio.run again), and a thread with no loop, still get every line."""
+    stream = io.StringIO()
+    log = AccessLog(logging.StreamHandler(stream), "text", flush_interval=0.01)
+
+    async def requests(first: int) -> None:
+        for i in range(first, first + 2):
+            log.write(f"r{i}", "m", "v2-rest", 200, 0.001)
+        deadline = asyncio.get_running_loop().time() + 10
+        while stream.getvalue().count("\n") < first + 2:  # this loop's own timer hands them on
+            assert asyncio.get_running_loop().time() < deadline, "request lines never written"
+            await asyncio.sleep(0.005)
+
+    asyncio.run(requests(0))
+    asyncio.run(requests(2))  # a new loop: the closed one is not used
+    t = threading.Thread(target=log.write, args=("r4", "m", "v2-rest", 200, 0.001))
+    t.start()
+    t.join(10)
+    assert log.wait_written(5)
+    lines = stream.getvalue().splitlines()
+    assert [ln.split("request_id=")[1].split()[0] for ln in lines] == ["r0", "r1", "r2", "r3", "r4"]
 
 
 A, B = object(), object()  # two client connections
