@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import functools
 import http
 import json
 import logging
@@ -28,7 +27,7 @@ from activator.dispatcher import Call, Dispatcher, Started
 from activator.limits import ByteBudget, FrontLimits
 from activator.outcomes import Broken, Failure
 from activator.throttler import Backend
-from activator.upstream import Answer, UpstreamPool, connection_tokens
+from activator.upstream import Answer, Exchange, Outcome, UpstreamPool, connection_tokens
 from runtime.errors import HTTP_STATUS
 
 log = logging.getLogger("elasticserving.activator")
@@ -132,7 +131,7 @@ class FrontConnection(asyncio.Protocol):
     The reader is the parser callbacks, walking `state` IDLE -> HEAD -> BODY -> IDLE per request, or on to
     REFUSED (an error answer instead of the rest) and CLOSED (the transport gone). The writer answers the
     read requests (`pending`) in order, one at a time: `worker` is the one being served, either sent with
-    no task (the exchange's future: HttpFront.serve_now) or the worker task (`_answer`); every answer is
+    no task (the upstream exchange itself: HttpFront.serve_now) or the worker task (`_answer`); every answer is
     written by `_write`, and the writer settles in `_settle`.
 
     Buffer memory: request bytes are taken from the process budget in one place (`on_body`) and given
@@ -161,7 +160,7 @@ class FrontConnection(asyncio.Protocol):
         self.pending: collections.deque[Request] = collections.deque()
         self.pending_bytes = 0
         self.paused = False  # reading paused for the read-ahead bound (not for a drain: see finish)
-        self.worker: asyncio.Future | None = None  # the answering in progress: a task, or an exchange
+        self.worker: asyncio.Task | Exchange | None = None  # the answering in progress: a task, or an exchange
         self.write_paused: asyncio.Future | None = None  # the client does not read its answers
         self.held = 0  # bytes of the process budget this connection holds
         self._head_bytes = 0
@@ -491,10 +490,10 @@ class HttpFront:
             return _refusal(f, call)
         return _reply(answer, call)
 
-    def serve_now(self, req: Request, deliver: Callable[[Request, Reply], None]) -> asyncio.Future | None:
+    def serve_now(self, req: Request, deliver: Callable[[Request, Reply], None]) -> Exchange | None:
         """`serve` with no task, for a request the dispatcher can start at once on a pooled connection
-        (Dispatcher.try_start): `deliver(req, reply)` gets its answer, unless the returned future (the
-        exchange) is cancelled first (the client left). None: nothing was done; `serve` it."""
+        (Dispatcher.try_start): `deliver(req, reply)` gets its answer, unless the returned exchange is
+        cancelled first (the client left). None: nothing was done; `serve` it."""
         if req.target.startswith(ABSOLUTE_FORM):  # rewritten (or refused) by `serve`
             return None
         host = req.host.decode("latin-1")
@@ -503,31 +502,30 @@ class HttpFront:
         if began is None:
             return None
         started, conn = began
-        b = started.backend
         timeout = self.dispatcher.request_timeout
-        pending = self.pool.start(conn, (b.host, b.http_port), _upstream_request(req, req.target, host, b),
-                                  req.method == b"HEAD", timeout)
-        pending.add_done_callback(functools.partial(self._answered, req, call, started, timeout, deliver))
-        return pending
+
+        def answered(outcome: Outcome) -> None:  # the exchange's outcome, at once (no future, no task)
+            self._answered(req, call, started, timeout, deliver, outcome)
+
+        return conn.send(_upstream_request(req, req.target, host, started.backend), req.method == b"HEAD",
+                         timeout, answered)
 
     def _answered(self, req: Request, call: Call, started: Started, timeout: float,
-                  deliver: Callable[[Request, Reply], None], pending: asyncio.Future) -> None:
-        if pending.cancelled():  # the client left (the exchange gave its bytes back)
+                  deliver: Callable[[Request, Reply], None], outcome: Outcome) -> None:
+        if type(outcome) is Answer:
+            deliver(req, _reply(outcome, call))
+            self.dispatcher.finish(started, call, outcome, _label)
+            return
+        if isinstance(outcome, asyncio.CancelledError):  # the client left (the exchange gave its bytes back)
             self.dispatcher.finish(started, call, Failure("cancelled", "the client went away"), _label)
             return
-        exc = pending.exception()
-        if exc is None:
-            answer = pending.result()
-            deliver(req, _reply(answer, call))
-            self.dispatcher.finish(started, call, answer, _label)
+        if isinstance(outcome, (Broken, TimeoutError)):
+            outcome = self.dispatcher.failure(started.throttler, started.backend, outcome, timeout)
+        if isinstance(outcome, Failure):
+            deliver(req, _refusal(outcome, call))
+            self.dispatcher.finish(started, call, outcome, _label)
             return
-        if isinstance(exc, (Broken, TimeoutError)):
-            exc = self.dispatcher.failure(started.throttler, started.backend, exc, timeout)
-        if isinstance(exc, Failure):
-            deliver(req, _refusal(exc, call))
-            self.dispatcher.finish(started, call, exc, _label)
-            return
-        log.error("request %s failed inside the activator", req.rid, exc_info=exc)
+        log.error("request %s failed inside the activator", req.rid, exc_info=outcome)
         req.keep_alive = False
         deliver(req, error(500, "internal error in the activator (logged)"))
         self.dispatcher.finish(started, call, None, _label)

@@ -96,7 +96,8 @@ class RouteTable:
 
     def target(self, host: str | None) -> Target | None:
         """The service a host names, and the side when it is a tag host."""
-        return self._by_host.get(normalize_host(host))
+        # A Host header as clients send it is usually the served name itself: looked up as is first.
+        return self._by_host.get(host) or self._by_host.get(normalize_host(host))  # type: ignore[arg-type]
 
     def closest_hosts(self, host: str | None, n: int = MAX_HINT_HOSTS) -> list[str]:
         """The served hosts (service and tag hosts, every form) most like `host`, best first (difflib's

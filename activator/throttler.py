@@ -135,13 +135,20 @@ class SideThrottler:
         """The least busy replica in rotation with a free slot; one not in `avoid` (the replicas a resent
         request could not reach) when there is such a one, else any: a lone replica back in rotation
         (the prober heard it again) takes its own resend."""
-        cands = [b for b in self.backends.values() if b.healthy and (b.slots is None or b.inflight < b.slots)]
-        if avoid:
-            cands = [b for b in cands if b.id not in avoid] or cands
-        if not cands:
+        # One pass, building no list beyond the ties: on every request (~1 us less than filtering twice).
+        ties: list[Backend] = []  # the least busy candidates so far, in order
+        avoided: list[Backend] = []  # ... of the ones in `avoid`
+        for b in self.backends.values():
+            if not b.healthy or (b.slots is not None and b.inflight >= b.slots):
+                continue
+            best = avoided if avoid and b.id in avoid else ties
+            if not best or b.inflight < best[0].inflight:
+                best[:] = [b]
+            elif b.inflight == best[0].inflight:
+                best.append(b)
+        ties = ties or avoided
+        if not ties:
             return None
-        least = min(b.inflight for b in cands)
-        ties = [b for b in cands if b.inflight == least]
         return ties[self._rr % len(ties)] if len(ties) > 1 else ties[0]
 
     def _take(self, b: Backend) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import collections
 import functools
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import httptools
@@ -64,16 +64,30 @@ class Answer:
     charged: int = 0  # bytes of the budget this answer holds until the front door has written it
 
 
-class _Exchange(asyncio.Protocol):
-    """One keep-alive connection to a replica."""
+Outcome = Answer | BaseException  # a whole answer, or why there is none (Broken, Failure, TimeoutError, cancelled)
+Deliver = Callable[[Outcome], None]
 
-    def __init__(self, budget: ByteBudget, max_answer: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.budget = budget
+
+class Exchange(asyncio.Protocol):
+    """One keep-alive connection to a replica (to `addr`, pooled by `pool`), one exchange at a time.
+
+    `send` writes a request; its outcome is handed over exactly once (`_hand_over`): the connection first
+    goes back to the pool (a whole keep-alive answer) or is closed (anything else: never reused), the
+    timer stops, then `deliver(outcome)` runs. A whole answer is handed over once the read that completed
+    it has been parsed (its delivery may send the next request on this very connection); a failure at
+    once, the connection closed."""
+
+    def __init__(self, pool: UpstreamPool, addr: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.addr = addr
+        self.budget = pool.budget
         self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call per call on 3.11
-        self.max_answer = max_answer
+        self.max_answer = pool.max_answer_bytes
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._fut: asyncio.Future[Answer] | None = None
+        self._deliver: Deliver | None = None  # the exchange in progress (None: idle)
+        self._outcome: Outcome | None = None  # its outcome, not handed over yet
+        self._timer: asyncio.TimerHandle | None = None
         self._head_only = False
         self._answer: Answer | None = None
         self._body: list[bytes] = []
@@ -92,7 +106,7 @@ class _Exchange(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._fut is None or self._fut.done():
+        if self._deliver is None or self._outcome is not None:
             self.close()  # bytes nobody asked for: this connection cannot be trusted any more
             return
         try:
@@ -100,17 +114,21 @@ class _Exchange(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(Broken(f"invalid HTTP from the replica: {exc}"))
             return
-        if self._answer is None:  # all of it was head, and the head is not over yet
+        if self._outcome is not None:
+            self._hand_over()  # the answer is whole
+        elif self._answer is None:  # all of it was head, and the head is not over yet
             self._head_bytes += len(data)
             if self._head_bytes > MAX_ANSWER_HEAD_BYTES:
                 self._fail(Broken(f"its answer's head is larger than {MAX_ANSWER_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._fut is None or self._fut.done():
+        if self._deliver is None:
             return
-        if self._answer is not None and not self._length_known:
+        if self._outcome is None and self._answer is not None and not self._length_known:
             self._finish(keep_alive=False)  # read-until-close body: EOF ends it
+        if self._outcome is not None:
+            self._hand_over()
         elif self._answer is not None:
             self._fail(Broken("the replica closed the connection in the middle of its answer"))
         else:
@@ -164,36 +182,67 @@ class _Exchange(asyncio.Protocol):
 
     # ---- use --------------------------------------------------------------------------------
     def _finish(self, keep_alive: bool) -> None:
-        if self._fut is None or self._fut.done() or self._answer is None:
+        """The answer is whole: its outcome, handed over by the caller once the parser is done with it."""
+        answer = self._answer
+        if self._deliver is None or self._outcome is not None or answer is None:
             return
-        self._answer.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        self._answer.keep_alive = keep_alive
-        self._answer.charged, self._charged = self._charged, 0
+        answer.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        answer.keep_alive = keep_alive
+        answer.charged, self._charged = self._charged, 0
         self._body = []
-        self._fut.set_result(self._answer)
+        self._outcome = answer
 
-    def _fail(self, exc: Exception) -> None:
-        self.budget.give(self._charged)
-        self._charged = 0
-        self._body = []
-        if self._fut is not None and not self._fut.done():
-            self._fut.set_exception(exc)
+    def _fail(self, exc: BaseException) -> None:
+        """No answer (or no more of this connection): closed, and `exc` handed over unless an outcome was
+        already decided (a whole answer followed by bytes nobody asked for keeps its answer)."""
+        if self._deliver is not None and self._outcome is None:
+            self._outcome = exc
         self.close()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        deliver, outcome = self._deliver, self._outcome
+        if deliver is None or outcome is None:
+            return
+        self._deliver = self._outcome = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if type(outcome) is Answer and outcome.keep_alive and not self.closed:
+            self.pool.give_back(self)
+        else:
+            self.close()
+        deliver(outcome)
+
+    def expire(self) -> None:
+        """No whole answer within the exchange's timeout."""
+        self._timer = None
+        self._fail(TimeoutError())
+
+    def cancel(self, deliver: Deliver | None = None) -> None:
+        """Abandon the exchange in progress (its client left; with `deliver`: only if it is still that
+        exchange's): the connection is closed, the outcome is a CancelledError."""
+        if self._deliver is not None and (deliver is None or deliver is self._deliver):
+            self._fail(asyncio.CancelledError())
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def send(self, request: list[bytes], head_only: bool) -> asyncio.Future[Answer]:
-        assert self.transport is not None
-        self._fut = self.loop.create_future()
+    def send(self, request: list[bytes], head_only: bool, timeout: float | None, deliver: Deliver) -> Exchange:
+        """Write `request`; `deliver(outcome)` gets the whole answer, or Broken, or TimeoutError after
+        `timeout` seconds, or a CancelledError (`cancel`). Returns this exchange (what `cancel` abandons)."""
+        assert self.transport is not None and self._deliver is None
+        self._deliver = deliver
         self._head_only = head_only
         self._answer, self._body, self._headers, self._hop, self._reason = None, [], [], frozenset(), b""
         self._size = self._charged = self._head_bytes = self._field_bytes = 0
         self._length_known = False
         if self._parser is None or head_only:  # a keep-alive connection's parser goes on to its next answer
             self._parser = httptools.HttpResponseParser(self)
+        # A timer handle, not asyncio.timeout: nothing to undo in a task, and a quarter the cost.
+        self._timer = None if timeout is None else self.loop.call_later(timeout, self.expire)
         self.transport.writelines(request)
-        return self._fut
+        return self
 
     def close(self) -> None:
         self.closed = True
@@ -205,9 +254,14 @@ class _Exchange(asyncio.Protocol):
             self.transport.close()
 
 
-def _expire(pending: asyncio.Future) -> None:
-    if not pending.done():
-        pending.set_exception(TimeoutError())
+def _resolve(fut: asyncio.Future[Answer], outcome: Outcome) -> None:
+    """`exchange`'s way to be delivered an outcome: its awaited future (unless its task was cancelled)."""
+    if fut.done():
+        return
+    if type(outcome) is Answer:
+        fut.set_result(outcome)
+    else:
+        fut.set_exception(outcome)  # type: ignore[arg-type]
 
 
 class UpstreamPool:
@@ -216,9 +270,9 @@ class UpstreamPool:
     def __init__(self, budget: ByteBudget | None = None, max_answer_bytes: int = 64 * 1024 * 1024) -> None:
         self.budget = budget or ByteBudget(1 << 62)
         self.max_answer_bytes = max_answer_bytes
-        self._idle: dict[tuple[str, int], collections.deque[_Exchange]] = {}
+        self._idle: dict[tuple[str, int], collections.deque[Exchange]] = {}
 
-    def take_idle(self, addr: tuple[str, int]) -> _Exchange | None:
+    def take_idle(self, addr: tuple[str, int]) -> Exchange | None:
         """A pooled keep-alive connection to `addr` still open, or None."""
         q = self._idle.get(addr)
         while q:
@@ -228,33 +282,14 @@ class UpstreamPool:
             conn.close()  # found closed before writing: dropped quietly, the request is still unsent
         return None
 
-    def _give_back(self, addr: tuple[str, int], conn: _Exchange) -> None:
-        q = self._idle.setdefault(addr, collections.deque())
+    def give_back(self, conn: Exchange) -> None:
+        q = self._idle.get(conn.addr)
+        if q is None:
+            q = self._idle[conn.addr] = collections.deque()
         if len(q) >= MAX_IDLE_PER_REPLICA:
             conn.close()
         else:
             q.append(conn)
-
-    def start(self, conn: _Exchange, addr: tuple[str, int], request: list[bytes], head_only: bool,
-              timeout: float | None) -> asyncio.Future[Answer]:
-        """Write `request` on `conn` (pooled, or just connected to `addr`); the future is the whole answer,
-        or Broken, or TimeoutError after `timeout` seconds. Once it is done the connection goes back to the
-        pool (a whole keep-alive answer) or is closed (failed, timed out, cancelled: never reused)."""
-        pending = conn.send(request, head_only)
-        # A timer handle, not asyncio.timeout: nothing to undo in a task, and a quarter the cost.
-        timer = None if timeout is None else conn.loop.call_later(timeout, _expire, pending)
-        pending.add_done_callback(functools.partial(self._settle, addr, conn, timer))
-        return pending
-
-    def _settle(self, addr: tuple[str, int], conn: _Exchange, timer: asyncio.TimerHandle | None,
-                pending: asyncio.Future[Answer]) -> None:
-        if timer is not None:
-            timer.cancel()
-        if not pending.cancelled() and pending.exception() is None and pending.result().keep_alive \
-                and not conn.closed:
-            self._give_back(addr, conn)
-        else:
-            conn.close()
 
     async def exchange(self, host: str, port: int, request: list[bytes], head_only: bool = False,
                        timeout: float | None = None) -> Answer:
@@ -263,21 +298,23 @@ class UpstreamPool:
         and then it failed; TimeoutError: no whole answer in time (connecting included)."""
         addr = (host, port)
         conn = self.take_idle(addr) or await self._connect(addr, timeout)
-        pending = self.start(conn, addr, request, head_only, timeout)
+        fut: asyncio.Future[Answer] = conn.loop.create_future()
+        deliver = functools.partial(_resolve, fut)
+        conn.send(request, head_only, timeout, deliver)
         try:
-            return await pending
+            return await fut
         except asyncio.CancelledError:
-            if pending.done() and not pending.cancelled() and pending.exception() is None:
-                self.budget.give(pending.result().charged)  # answered as we were cancelled
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.budget.give(fut.result().charged)  # answered as we were cancelled
+            conn.cancel(deliver)  # still in progress: the connection is closed, never reused
             raise
 
-    async def _connect(self, addr: tuple[str, int], timeout: float | None) -> _Exchange:
+    async def _connect(self, addr: tuple[str, int], timeout: float | None) -> Exchange:
         loop = asyncio.get_running_loop()
         limit = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
         try:
             async with asyncio.timeout(limit):
-                transport, conn = await loop.create_connection(
-                    lambda: _Exchange(self.budget, self.max_answer_bytes, loop), *addr)
+                transport, conn = await loop.create_connection(lambda: Exchange(self, addr, loop), *addr)
         except TimeoutError:
             if limit < CONNECT_TIMEOUT:
                 raise  # the request's own deadline, not a replica that cannot be reached

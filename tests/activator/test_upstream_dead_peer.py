@@ -85,22 +85,27 @@ async def test_an_answer_arriving_as_its_request_is_cancelled_gives_its_bytes_ba
     cancelled with the answer's bytes charged to the budget, and they must come back."""
     budget = upstream.ByteBudget(1000)
     pool = UpstreamPool(budget)
-    answered: asyncio.Future = asyncio.get_running_loop().create_future()
+    sent: asyncio.Future = asyncio.get_running_loop().create_future()
 
     class Conn:
         closed = False
+        loop = asyncio.get_running_loop()
 
-        def send(self, request, head_only):
-            return answered
+        def send(self, request, head_only, timeout, deliver):
+            sent.set_result(deliver)
+            return self
+
+        def cancel(self, deliver=None) -> None:
+            self.closed = True
 
         def close(self) -> None:
             self.closed = True
 
     pool.take_idle = lambda addr: Conn()  # type: ignore[method-assign]  # a pooled connection
     task = asyncio.create_task(pool.exchange("127.0.0.1", 1, [b"GET / HTTP/1.1\r\n\r\n"]))
-    await asyncio.sleep(0)  # the exchange awaits its answer
+    deliver = await sent  # the exchange awaits its answer
     assert budget.take(300)
-    answered.set_result(upstream.Answer(200, b"OK", body=b"x" * 300, charged=300))
+    deliver(upstream.Answer(200, b"OK", body=b"x" * 300, charged=300))
     task.cancel()  # before the task runs again: the answer is in, the request is gone
     with pytest.raises(asyncio.CancelledError):
         await task
