@@ -33,6 +33,12 @@ from runtime.storage import handoff
 
 __all__ = ["Server", "main", "parse_args"]
 TERMINATION_LOG = "/dev/termination-log"
+# The young generation is collected every GC_YOUNG_THRESHOLD net allocations instead of Python's 700: under
+# load a replica holds a few thousand live young objects (requests in flight, their arrays, request-log
+# entries waiting for the writer), and the default walked them all every ~35 requests, 1.3 us per request
+# (~4 % of a small model's batched request). Side by side: +6 % req/s (a user's 4-16-3 ONNX model, 32
+# clients, 2 ms window), p99 unchanged. Objects freed by reference counting never count.
+GC_YOUNG_THRESHOLD = 10_000
 log = logging.getLogger("elasticserving.runtime")
 
 
@@ -129,6 +135,7 @@ class Server:
         # full collection never walks paddle's millions of objects in the middle of a request.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.plane.handler = handler
         log.info("model %s ready in %.2fs", args.name, seconds)
         await stop.wait()
