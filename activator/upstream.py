@@ -106,7 +106,7 @@ class Exchange(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._deliver is None or self._outcome is not None:
+        if self._deliver is None:
             self.close()  # bytes nobody asked for: this connection cannot be trusted any more
             return
         try:
@@ -125,7 +125,7 @@ class Exchange(asyncio.Protocol):
         self.closed = True
         if self._deliver is None:
             return
-        if self._outcome is None and self._answer is not None and not self._length_known:
+        if self._answer is not None and not self._length_known:
             self._finish(keep_alive=False)  # read-until-close body: EOF ends it
         if self._outcome is not None:
             self._hand_over()
@@ -201,6 +201,7 @@ class Exchange(asyncio.Protocol):
         self._hand_over()
 
     def _hand_over(self) -> None:
+        """Between calls into this connection no outcome waits: each call that decides one hands it over."""
         deliver, outcome = self._deliver, self._outcome
         if deliver is None or outcome is None:
             return

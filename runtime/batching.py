@@ -99,7 +99,7 @@ class Batcher:
             self._task.cancel()
 
     def _entry(self, items: list[Any]) -> _Entry:
-        if len(items) == 1:  # a tensor request: one item (the generic path's set and sum cost ~1 us)
+        if len(items) == 1:  # a tensor request: one item (~0.3 us less than the generic path's set and sum)
             size = 1 if self.size is None else self.size(items[0])
             key = None if self.key is None else self.key(items[0])
             if key is None:
