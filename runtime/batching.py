@@ -248,6 +248,9 @@ def row_batching_refusal(inputs: Sequence[TensorSpec], outputs: Sequence[TensorS
 
 def rows_of(request: Mapping[str, np.ndarray]) -> int:
     """The rows a tensor request carries (its inputs' common first dimension; 1 for scalars)."""
+    if len(request) == 1:  # the common case, without a generator (0.5 -> 0.1 us a call, twice a request)
+        (a,) = request.values()
+        return a.shape[0] if a.ndim else 1
     return max((a.shape[0] if a.ndim else 1 for a in request.values()), default=1)
 
 

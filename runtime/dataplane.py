@@ -193,7 +193,10 @@ class DataPlane:
         self.admitted += items
         try:
             # Batch wait and the run itself: the handler's batcher decides how this request is grouped.
-            with tracing.step("inference", **{"elasticserving.items": items}):
+            if tracing.ON:  # tracing off: no span's keyword dict and `with` (~0.7 us of a batched request's ~25)
+                with tracing.step("inference", **{"elasticserving.items": items}):
+                    outputs = await handler.infer(req.inputs)
+            else:
                 outputs = await handler.infer(req.inputs)
         finally:
             self.admitted -= items

@@ -255,6 +255,28 @@ def test_the_access_log_line_is_what_the_logging_formatter_writes(fmt, rid, mode
         assert abs(_seconds(" ".join(got.split(" ", 2)[:2])) - _seconds(" ".join(want.split(" ", 2)[:2]))) < 2
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_access_log_lines_formatted_in_bulk_are_each_what_the_logging_formatter_writes(fmt):
+    """The writer formats a hand-off column by column (AccessLog.lines): every line, time included, is the
+    logging module's line for the same record, across seconds, statuses, names that need escaping and
+    durations from microseconds to minutes."""
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    start = time.time()
+    entries = [(start + i * 0.0371, (f"req-{i}", 'we"ird\\id', "r")[i % 3], ("lac", "my model", "模型")[i % 3 - 1],
+                ("v2-rest", "paddle-serving", "v2-grpc")[i % 2], (200, "INVALID_ARGUMENT", 503, 404)[i % 4],
+                (0.002, 0.0012351, 0.000003, 75.25, 0.0000005)[i % 5] + i * 1e-7) for i in range(100)]
+    got = AccessLog(handler, fmt).lines(entries).splitlines()
+    assert len(got) == len(entries) and int(entries[-1][0]) > int(start)  # several seconds' stamps
+    for line, (now, rid, model, protocol, status, seconds) in zip(got, entries, strict=True):
+        fields = {"request_id": rid, "model": model, "protocol": protocol, "status": status,
+                  "duration_ms": round(seconds * 1e6) / 1000}
+        record = logging.LogRecord(REQUESTS_LOGGER, logging.INFO, __file__, 1, "request %s",
+                                   (" ".join(f"{k}={v}" for k, v in fields.items()),), None)
+        record.fields, record.created, record.msecs = fields, now, (now - int(now)) * 1000
+        assert line == handler.format(record)
+
+
 def _seconds(asctime: str) -> float:
     import datetime
 
