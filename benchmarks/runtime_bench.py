@@ -183,7 +183,9 @@ def batching(seconds: float, runs: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     seconds, runs = (2.0, 3) if quick else (5.0, 3)
-    hot = hot_path(seconds, runs)
+    # 5 runs of the hot path: the runtime's own share is the difference of two ~0.5 ms p50s that each move by
+    # ~0.02 ms from run to run on a 2-vCPU VM, ~0.08 ms; a median of 3 such differences swung 0.46x-1.50x
+    hot = hot_path(seconds, runs if quick else 5)
     batch = batching(seconds, runs)
     cdf = hot.pop("runtime_cdf")
     charts = [

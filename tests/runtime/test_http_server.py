@@ -90,9 +90,58 @@ async def test_the_read_ahead_count_returns_to_zero_once_answered(served):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
     (conn,) = server.connections
-    await until(lambda: conn.worker is None, "the worker done")
+    await until(lambda: not conn.answering, "the writer done")
     assert conn.pending_bytes == 0 and not conn.pending
     writer.close()
+
+
+class Wire:
+    """A transport that keeps what is written (no socket: what happens within one callback shows)."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_an_answer_that_needs_no_wait_is_written_within_the_read_and_one_that_waits_after_it():
+    """The writer starts in the read's own callback (as an eager task): an answer that waits for nothing is
+    on the wire when data_received returns, with no task and no turn of the loop; one that waits is
+    finished by a task once its future is done, and a request pipelined meanwhile is answered after it.
+    While a writer runs, another connection's request starts as a task (concurrent requests wait anyway)."""
+    answers: dict[str, asyncio.Future] = {}
+
+    async def api(req: HttpRequest, rid: str) -> HttpResponse:
+        if req.path == "/wait":
+            answers[req.path] = asyncio.get_running_loop().create_future()
+            await answers[req.path]
+        return HttpResponse(200, req.path.encode())
+
+    server = HttpServer(api, LIMITS)
+    conn, other = server.protocol(), server.protocol()
+    wire, other_wire = Wire(), Wire()
+    conn.connection_made(wire)  # type: ignore[arg-type]
+    other.connection_made(other_wire)  # type: ignore[arg-type]
+    tasks = len(asyncio.all_tasks())
+    conn.data_received(b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wire.out.endswith(b"\r\n\r\n/now") and not conn.answering and len(asyncio.all_tasks()) == tasks
+    conn.data_received(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\nGET /then HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wire.out.endswith(b"/now") and conn.answering and len(conn.pending) == 1  # /then waits its turn
+    # not a lone request while another is being answered: a task, as concurrent requests to a batcher are
+    other.data_received(b"GET /also HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert other_wire.out == b"" and other.answering
+    await until(lambda: not other.answering, "the other connection's answer written")
+    answers["/wait"].set_result(None)
+    await until(lambda: not conn.answering, "the waiting answer written")
+    assert [a[2] for a in responses(bytes(wire.out))] == [b"/now", b"/wait", b"/then"]
+    assert [a[2] for a in responses(bytes(other_wire.out))] == [b"/also"] and server.answering == 0
 
 
 async def test_repeated_headers_are_joined_and_names_lower_case(served):
