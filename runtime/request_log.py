@@ -14,8 +14,8 @@ on, 1.7 ms with it off, 2.1 ms with the chunks (16-line chunks: 1.8 ms, but 11 %
 hand-overs). The GIL the writer holds is the loop's lost time, so a chunk is formatted column by column
 (AccessLog.lines): 0.56 us a text line, 0.92 us a JSON one, against 1.39 / 2.09 us formatting each line
 by its own f-string and 9-11 us through the logging module; a 4-16-3 ONNX model at 32 wrk clients
-answered 5 % more requests/s side by side (batched, the loop saturated: each request's line costs it). A hand-off per loop iteration woke the writer
-thread once per request at batch 1; on the 2-vCPU VM of the 2026-12 report that wake-up and the GIL
+answered 5 % more requests/s side by side (batched, the loop saturated: each request's line costs it).
+A hand-off per loop iteration woke the writer thread once per request at batch 1; on the 2-vCPU VM of the 2026-12 report that wake-up and the GIL
 hand-over cost the replica ~0.1-0.18 ms p50 and as much CPU per LAC request (log level INFO vs WARNING,
 wrk on one connection), which one hand-off per FLUSH_INTERVAL removes. A line reaches stderr at most
 FLUSH_INTERVAL plus the write later; a SIGKILL loses at most that much.

@@ -275,8 +275,8 @@ class HttpConnection(asyncio.Protocol):
         Among concurrent requests, which wait for their batch, that hand-over cost more than it saved
         (-5 % requests/s batched): they start as tasks, as with tracing on (spans live in a task's context)."""
         self.answering = True
-        self.server.answering += 1
-        if tracing.ON or self.server.answering > 1:
+        self.server.writers += 1
+        if tracing.ON or self.server.writers > 1:
             self.loop.create_task(self._answer())
             return
         coro = self._answer()
@@ -330,10 +330,10 @@ class HttpConnection(asyncio.Protocol):
                     self.writable = None
         finally:
             self.answering = False
-            self.server.answering -= 1
+            self.server.writers -= 1
             if self.state == IDLE and not self.pending:
                 self.deadline = time.monotonic() + self.limits.idle_timeout
-            if self.server.closing:  # close() waits for the workers that are left
+            if self.server.closing:  # close() waits for the writers that are left
                 self.server.settled.set()
 
     def expire(self) -> None:
@@ -371,9 +371,9 @@ class HttpServer:
         self.api = api
         self.limits = limits
         self.connections: set[HttpConnection] = set()
-        self.answering = 0  # connections whose writer runs
+        self.writers = 0  # connections whose writer runs (answering)
         self.closing = False  # answers carry `Connection: close` from now on
-        self.settled = asyncio.Event()  # closing: a connection's worker ended
+        self.settled = asyncio.Event()  # closing: a connection's writer ended
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task | None = None
 

@@ -141,7 +141,7 @@ async def test_an_answer_that_needs_no_wait_is_written_within_the_read_and_one_t
     answers["/wait"].set_result(None)
     await until(lambda: not conn.answering, "the waiting answer written")
     assert [a[2] for a in responses(bytes(wire.out))] == [b"/now", b"/wait", b"/then"]
-    assert [a[2] for a in responses(bytes(other_wire.out))] == [b"/also"] and server.answering == 0
+    assert [a[2] for a in responses(bytes(other_wire.out))] == [b"/also"] and server.writers == 0
 
 
 async def test_repeated_headers_are_joined_and_names_lower_case(served):
