@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks import wrk
 from benchmarks.direct_lac import SENTENCE, DirectLac
@@ -28,6 +29,7 @@ from tests.helpers import ROOT, free_port, start_runtime, wait_answering
 
 BODY = json.dumps({"feed": [{"words": SENTENCE}], "fetch": ["word_seg"]}, ensure_ascii=False).encode()
 CLIENTS = (8, 16, 32, 64)
+T = TypeVar("T")
 
 
 def closed_loop(url: str, connections: int, seconds: float) -> dict[str, Any]:
@@ -80,19 +82,28 @@ class MachineFloor:
         self.direct = direct or DirectLac()
         self.proc, self.url = start_floor_server()
 
-    def bare_p50(self, seconds: float) -> float:
-        """The bare server's p50 alone (wrk, one connection)."""
-        return closed_loop(f"{self.url}?lac=1", 1, seconds)["p50_ms"]
-
     def measure(self, seconds: float) -> dict[str, float]:
         """`bare_server_p50_ms`: the floor server's p50 (wrk, one connection); `machine_floor_added_p50_ms`:
         that minus the direct call's p50 (`direct_around_p50_ms`: half the time measured before it, half
         after, so the machine's drift meanwhile hits both alike)."""
-        before = self.direct.measure(seconds / 2)["p50_ms"]
-        bare = closed_loop(f"{self.url}?lac=1", 1, seconds)["p50_ms"]
-        around = (before + self.direct.measure(seconds / 2)["p50_ms"]) / 2
-        return {"bare_server_p50_ms": bare, "direct_around_p50_ms": around,
-                "machine_floor_added_p50_ms": bare - around}
+        return self.around(seconds, lambda: None)[0]
+
+    def around(self, seconds: float, middle: Callable[[], T]) -> tuple[dict[str, float], T]:
+        """The floor measured around `middle()` in one symmetric sequence: direct call, bare server (half
+        of `seconds` each), `middle()`, bare server, direct call (half each). Both halves of the bare
+        server and of the direct call are centred on `middle()`, so a drift of the machine that is linear in
+        time cancels out of the floor (bare - direct) and out of anything `middle()` measures minus the bare
+        server: each difference is of measurements taken side by side."""
+        direct, bare = [self.direct.measure(seconds / 2)["p50_ms"]], [self._bare_p50(seconds / 2)]
+        result = middle()
+        bare.append(self._bare_p50(seconds / 2))
+        direct.append(self.direct.measure(seconds / 2)["p50_ms"])
+        d, b = sum(direct) / 2, sum(bare) / 2
+        return {"bare_server_p50_ms": b, "direct_around_p50_ms": d, "machine_floor_added_p50_ms": b - d}, result
+
+    def _bare_p50(self, seconds: float) -> float:
+        """The bare server's p50 alone (wrk, one connection)."""
+        return closed_loop(f"{self.url}?lac=1", 1, seconds)["p50_ms"]
 
     def close(self) -> None:
         _stop(self.proc)
@@ -111,10 +122,10 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
 
     With wrk, the machine's floor (MachineFloor): `runtime_own_p50_ms`, the runtime's p50 over the bare
     server's running the same call, is what the runtime's code adds on top of what any server adds, and
-    `runtime_own_to_floor` that share over the floor, run by run. The bare server's p50 for it is measured
-    around the runtime's (half before, half after: `bare_around_p50_ms`), as the direct call is around the
-    bare server's for the floor: measured ~15 s apart, the VM's drift between the two p50s (each ~0.5 ms,
-    moving ~0.02 ms from minute to minute) went whole into the ~0.08 ms difference."""
+    `runtime_own_to_floor` that share over the floor, run by run. Each run measures in one symmetric
+    sequence (MachineFloor.around): direct call, bare server, the runtime, bare server, direct call, so the
+    three p50s of each difference are taken side by side. Measured ~15 s apart, the VM's drift between two
+    p50s (each ~0.5 ms, moving ~0.02 ms from minute to minute) went whole into the ~0.08 ms own share."""
     direct = DirectLac()
     assert direct.segment("我爱北京天安门") == "我|爱|北京|天安门"
     cdf: list[list[float]] = []
@@ -133,26 +144,27 @@ def hot_path(seconds: float, runs: int, before: Path | None = None) -> dict[str,
                 procs.append(floor.proc)
 
             def one() -> dict[str, float]:
-                d = direct.measure(seconds)
-                out = {"direct_p50_ms": d["p50_ms"], "direct_p99_ms": d["p99_ms"]}
-                for key, url in urls.items():
-                    around = floor is not None and key == "runtime"  # the bare server half before, half after
-                    bare_before = floor.bare_p50(seconds / 2) if around else 0.0  # type: ignore[union-attr]
-                    r = closed_loop(url, 1, seconds)
-                    if around:
-                        out["bare_around_p50_ms"] = (bare_before + floor.bare_p50(seconds / 2)) / 2  # type: ignore[union-attr]
-                    if key == "runtime":
-                        cdf[:] = r.get("cdf", [])
-                        if wrk.available():  # where the added time goes: HTTP alone, HTTP + data plane
-                            out["runtime_http_floor_p50_ms"] = _get(url.replace("/lac/prediction", "/healthz"),
-                                                                    seconds)["p50_ms"]
-                            out["runtime_no_inference_p50_ms"] = closed_loop(
-                                url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
-                    out.update({f"{key}_p50_ms": r["p50_ms"], f"{key}_p99_ms": r["p99_ms"],
-                                f"{'added' if key == 'runtime' else 'before_added'}_p50_ms": r["p50_ms"] - d["p50_ms"]})
-                if floor is not None:
-                    out.update(floor.measure(seconds))
-                    out["runtime_own_p50_ms"] = out["runtime_p50_ms"] - out["bare_around_p50_ms"]
+                runtime_url = urls["runtime"]
+                if floor is not None:  # direct, bare, the runtime, bare, direct: side by side (MachineFloor.around)
+                    out, r = floor.around(seconds, lambda: closed_loop(runtime_url, 1, seconds))
+                    out["runtime_own_p50_ms"] = r["p50_ms"] - out["bare_server_p50_ms"]
+                    d = {"p50_ms": out["direct_around_p50_ms"]}
+                else:
+                    d = direct.measure(seconds)
+                    r = closed_loop(runtime_url, 1, seconds)
+                    out = {}
+                cdf[:] = r.get("cdf", [])
+                out.update({"direct_p50_ms": d["p50_ms"], "runtime_p50_ms": r["p50_ms"],
+                            "runtime_p99_ms": r["p99_ms"], "added_p50_ms": r["p50_ms"] - d["p50_ms"]})
+                if "before" in urls:
+                    rb = closed_loop(urls["before"], 1, seconds)
+                    out.update({"before_p50_ms": rb["p50_ms"], "before_p99_ms": rb["p99_ms"],
+                                "before_added_p50_ms": rb["p50_ms"] - d["p50_ms"]})
+                if wrk.available():  # where the added time goes: HTTP alone, HTTP + data plane
+                    out["runtime_http_floor_p50_ms"] = _get(runtime_url.replace("/lac/prediction", "/healthz"),
+                                                            seconds)["p50_ms"]
+                    out["runtime_no_inference_p50_ms"] = closed_loop(
+                        runtime_url.replace("/lac/", "/no-such-model/"), 1, seconds)["p50_ms"]
                 return out
 
             out: dict[str, Any] = repeat(one, runs)
@@ -194,9 +206,10 @@ def batching(seconds: float, runs: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     seconds, runs = (2.0, 3) if quick else (5.0, 3)
-    # 5 runs of the hot path: the runtime's own share is the difference of two ~0.5 ms p50s that each move by
-    # ~0.02 ms from run to run on a 2-vCPU VM, ~0.08 ms; a median of 3 such differences swung 0.46x-1.50x
-    hot = hot_path(seconds, runs if quick else 5)
+    # 7 runs of the hot path (~25 s each): the runtime's own share is the difference of two ~0.5 ms p50s that
+    # each move by ~0.02 ms from run to run on a 2-vCPU VM, ~0.08 ms; a median of 3 such differences swung
+    # 0.46x-1.50x
+    hot = hot_path(seconds, runs if quick else 7)
     batch = batching(seconds, runs)
     cdf = hot.pop("runtime_cdf")
     charts = [
