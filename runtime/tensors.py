@@ -25,6 +25,7 @@ DTYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 _BY_NUMPY = {(d.kind, d.itemsize): name for name, d in DTYPES.items() if name != "BYTES"}
+_BY_DTYPE: dict[np.dtype, str] = {}  # datatype_of's answers so far
 MAX_RANK = 8
 # Elements a shape may describe, counting only its non-zero dims: numpy refuses more even for an empty
 # array ([0, 2**62] is "too big"), and no request body can carry that many anyway.
@@ -34,12 +35,20 @@ _INT = {int}
 
 def datatype_of(arr: np.ndarray) -> str:
     """The v2 datatype of an array (str/object arrays are BYTES)."""
-    if arr.dtype.kind in "OSU":
-        return "BYTES"
     try:
-        return _BY_NUMPY[(arr.dtype.kind, arr.dtype.itemsize)]
+        return _BY_DTYPE[arr.dtype]  # twice per output of every answer: one dict lookup (0.14 -> 0.06 us)
     except KeyError:
-        raise BadInput(f"no v2 datatype for numpy dtype {arr.dtype}") from None
+        pass
+    if arr.dtype.kind in "OSU":
+        name = "BYTES"
+    else:
+        try:
+            name = _BY_NUMPY[(arr.dtype.kind, arr.dtype.itemsize)]
+        except KeyError:
+            raise BadInput(f"no v2 datatype for numpy dtype {arr.dtype}") from None
+    if len(_BY_DTYPE) < 64:  # numpy's dtypes are few; string dtypes of every length are not
+        _BY_DTYPE[arr.dtype] = name
+    return name
 
 
 @dataclass(frozen=True)
@@ -200,4 +209,4 @@ def to_list(arr: np.ndarray) -> list[Any]:
     """An output array as flat JSON data (BYTES as text)."""
     if datatype_of(arr) == "BYTES":
         return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
-    return arr.reshape(-1).tolist()
+    return arr.ravel().tolist()  # a view when contiguous, as reshape(-1), but cheaper (0.16 -> 0.10 us)

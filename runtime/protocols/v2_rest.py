@@ -80,9 +80,17 @@ def wants_binary(head: dict[str, Any], name: str) -> bool:
 def encode(head: dict[str, Any], model: str, request_id: str | None,
            outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """(body, JSON length when outputs follow as binary data, else None)."""
-    out: dict[str, Any] = {"model_name": model, "outputs": []}
+    tensors: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"model_name": model, "outputs": tensors}
     if request_id is not None:
         out["id"] = request_id
+    if head.get("outputs") is None and head.get("parameters") is None:
+        # The usual request asks for nothing binary: JSON data only, without wants_binary's look per output
+        # (~1.5 us of a ~2.8 us answer of two small outputs).
+        for name, arr in outputs.items():
+            tensors.append({"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape),
+                            "data": to_list(arr)})
+        return dumps(out, outputs.values()), None
     blobs = []
     for name, arr in outputs.items():
         tensor: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
@@ -92,7 +100,7 @@ def encode(head: dict[str, Any], model: str, request_id: str | None,
             blobs.append(blob)
         else:
             tensor["data"] = to_list(arr)
-        out["outputs"].append(tensor)
+        tensors.append(tensor)
     text = dumps(out, outputs.values())
     if not blobs:
         return text, None

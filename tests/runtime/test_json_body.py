@@ -4,12 +4,15 @@ is accepted or refused, and an answer written, as before."""
 from __future__ import annotations
 
 import json
+import random
+import re
 
 import numpy as np
 import pytest
 
 from runtime.errors import BadInput
-from runtime.protocols.json_body import all_finite, dumps, loads
+from runtime.protocols import json_body
+from runtime.protocols.json_body import all_finite, dumps, has_long_number, loads
 
 
 @pytest.mark.parametrize("raw", [
@@ -25,6 +28,19 @@ def test_loads_accepts_what_pythons_json_accepts(raw: bytes) -> None:
     got = loads(raw)
     want = json.loads(raw.decode())
     assert json.dumps(got) == json.dumps(want)  # NaN != NaN: compared as text (and 1 != 1.0 so)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7, 19, 20, 33])  # small chunks: runs straddle their boundaries
+def test_has_long_number_finds_a_run_of_20_digits_wherever_it_lies(monkeypatch: pytest.MonkeyPatch,
+                                                                   chunk: int) -> None:
+    monkeypatch.setattr(json_body, "_SCAN_CHUNK", chunk)
+    rng = random.Random(chunk)
+    for _ in range(2000):
+        raw = bytes(rng.choice(b"0123456789 .,-e[") for _ in range(rng.randrange(0, 80)))
+        want = re.search(rb"[0-9]{20}", raw) is not None
+        assert has_long_number(raw) is want, raw
+        assert has_long_number(memoryview(raw)) is want, raw
+    assert has_long_number(b"x" * 45 + b"1" * 20) and not has_long_number(b"x" * 45 + b"1" * 19 + b"x")
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
