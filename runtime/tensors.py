@@ -170,7 +170,7 @@ def object_array(items: Iterable[bytes], shape: Sequence[int] | None = None) -> 
     """A one-dimensional object array of `items` (reshaped to `shape` if given)."""
     items = items if isinstance(items, list) else list(items)
     arr = np.array(items, dtype=object)  # bytes and str are single elements to numpy: 0.41 -> 0.22 us
-    if arr.ndim != 1:  # items numpy reads as sequences (equal-length tuples): one element each all the same
+    if arr.ndim != 1:  # items numpy reads as sequences (equal-length tuples): still one element per item
         arr = np.empty(len(items), dtype=object)
         arr[:] = items
     return arr if shape is None else arr.reshape(shape)

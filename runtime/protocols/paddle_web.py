@@ -19,7 +19,7 @@ from runtime.tensors import DTYPES, TensorSpec, object_array, to_list, utf8
 
 def decode(body: Any, model: str, web: WebApi, specs: list[TensorSpec]) -> tuple[InferRequest, list[str]]:
     """The request, and the fetch names asked for (their outputs are the request's outputs). Plain loops, no
-    generators: LAC's one-sentence request is decoded in ~1.2 us instead of 2.8."""
+    generators: LAC's one-sentence request is decoded in ~1.9 us instead of 2.8."""
     if not isinstance(body, dict):
         raise BadInput('expected a JSON object {"feed": [...], "fetch": [...]}')
     feed = body.get("feed")
@@ -72,10 +72,6 @@ def _column(key: str, values: list[Any], specs: list[TensorSpec]) -> np.ndarray:
 
 
 def encode(outputs: dict[str, np.ndarray], web: WebApi, is_canary: bool = False) -> dict[str, Any]:
-    if web.rows and len(outputs) == 1:  # LAC: one output, one object per row (0.9 us less than below)
-        ((name, arr),) = outputs.items()
-        result = [{name: text} for text in to_list(arr)]
-        return {"isCanary": ["true"], "result": result} if is_canary else {"result": result}
     if web.rows:
         texts = {name: to_list(arr) for name, arr in outputs.items()}
         n = len(next(iter(texts.values()))) if texts else 0

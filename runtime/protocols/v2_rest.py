@@ -84,17 +84,12 @@ def encode(head: dict[str, Any], model: str, request_id: str | None,
     out: dict[str, Any] = {"model_name": model, "outputs": tensors}
     if request_id is not None:
         out["id"] = request_id
-    if head.get("outputs") is None and head.get("parameters") is None:
-        # The usual request asks for nothing binary: JSON data only, without wants_binary's look per output
-        # (~1.5 us of a ~2.8 us answer of two small outputs).
-        for name, arr in outputs.items():
-            tensors.append({"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape),
-                            "data": to_list(arr)})
-        return dumps(out, outputs.values()), None
+    # The usual request asks for nothing binary: no look per output then (~1 us of a ~2.8 us answer).
+    binary = head.get("outputs") is not None or head.get("parameters") is not None
     blobs = []
     for name, arr in outputs.items():
         tensor: dict[str, Any] = {"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
-        if wants_binary(head, name):
+        if binary and wants_binary(head, name):
             blob = to_bytes(arr)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
