@@ -151,9 +151,11 @@ def test_leader_election_two_replicas(installed: Cluster, ns: str) -> None:
         assert holder["spec"]["holderIdentity"] == leader.identity
 
         installed.apply_yaml(psvc("led"))
+        # The route is published after the reconcile's last API call (the Deployment, then its scale),
+        # so it can trail the Deployment's appearance by a moment on a busy machine.
         wait_for(lambda: installed.get_json("deployment", "led-default", "-n", ns), 20,
                  what="the leader reconciles")
-        assert leader.route(f"{ns}/led") is not None
+        wait_for(lambda: leader.route(f"{ns}/led") is not None, 10, what="the leader routes it")
         assert standby.route(f"{ns}/led") is None  # the standby does nothing
 
         # The leader dies without releasing the lease: the standby takes over once it expires.
