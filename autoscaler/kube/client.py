@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -22,7 +23,6 @@ from kubernetes.aio import config as kconfig
 log = logging.getLogger("elasticserving.kube")
 
 JSON_MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
@@ -50,16 +50,13 @@ class KubeError(Exception):
 def resource_path(api_version: str, plural: str, namespace: str | None = None,
                   name: str | None = None, subresource: str | None = None) -> str:
     """`/api/v1/namespaces/ns/pods/x` or `/apis/group/version/...` for a resource (collection)."""
-    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    parts = [base]
+    path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     if namespace:
-        parts.append(f"namespaces/{quote(namespace, safe='')}")
-    parts.append(plural)
+        path += f"/namespaces/{quote(namespace, safe='')}"
+    path += f"/{plural}"
     if name:
-        parts.append(quote(name, safe=""))
-        if subresource:
-            parts.append(subresource)
-    return "/".join(parts)
+        path += f"/{quote(name, safe='')}" + (f"/{subresource}" if subresource else "")
+    return path
 
 
 class Kube:
@@ -145,9 +142,6 @@ class Kube:
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=body, content_type=JSON_MERGE_PATCH)
 
-    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.request("PATCH", path, body=ops, content_type=JSON_PATCH)
-
     async def delete(self, path: str, propagation: str = "Background") -> bool:
         """Delete; False when it was already gone."""
         try:
@@ -190,18 +184,18 @@ def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[..., Awaitable[An
     """Re-run a read-modify-write coroutine when the API server answers 409 Conflict."""
 
     def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
         async def run(*args: Any, **kwargs: Any) -> Any:
-            for attempt in range(attempts):
+            for attempt in range(1, attempts):
                 try:
                     return await fn(*args, **kwargs)
                 except KubeError as exc:
-                    if not exc.conflict or attempt == attempts - 1:
+                    if not exc.conflict:
                         raise
-                    log.debug("conflict in %s, retrying (%d)", fn.__name__, attempt + 1)
-                    await asyncio.sleep(0.05 * (attempt + 1))
-            raise AssertionError("unreachable")
+                    log.debug("conflict in %s, retrying (%d)", fn.__name__, attempt)
+                    await asyncio.sleep(0.05 * attempt)
+            return await fn(*args, **kwargs)  # the last attempt: a conflict is raised
 
-        run.__name__ = fn.__name__
         return run
 
     return wrap
@@ -277,11 +271,10 @@ class Informer:
         """Full list; replaces the cache and emits the differences."""
         body = await self.kube.get(self.path, **self._query())
         self.lists += 1
-        items = body.get("items", [])
         kind = body.get("kind", "").removesuffix("List")
         api_version = body.get("apiVersion")
         fresh: dict[str, dict[str, Any]] = {}
-        for item in items:
+        for item in body.get("items", []):
             item.setdefault("kind", kind)
             item.setdefault("apiVersion", api_version)
             fresh[object_key(item)] = item
@@ -336,9 +329,9 @@ class Informer:
             if etype == "ERROR":
                 raise KubeError(int(obj.get("code") or 500), str(obj.get("message", "watch error")), obj)
             rv = obj.get("metadata", {}).get("resourceVersion")
+            if rv:
+                self.resource_version = rv
             if etype == "BOOKMARK":
-                if rv:
-                    self.resource_version = rv
                 continue
             key = object_key(obj)
             old = self.store.get(key)
@@ -346,8 +339,6 @@ class Informer:
                 self.store.pop(key, None)
             else:
                 self.store[key] = obj
-            if rv:
-                self.resource_version = rv
             await self._emit(str(etype), obj, old)
 
     async def _resync_loop(self) -> None:

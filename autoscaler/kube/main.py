@@ -78,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def load_config_map(kube: Kube, namespace: str, name: str,
-                          stop: asyncio.Event | None = None) -> dict[str, str]:
+async def load_config_map(kube: Kube, namespace: str, name: str, stop: asyncio.Event) -> dict[str, str]:
     """The ConfigMap's data; built-in defaults when it does not exist or may not be read. While the
     API server is unreachable (e.g. the Pod network is not up yet) it retries instead of running
     with defaults for the whole life of the process."""
@@ -94,12 +93,9 @@ async def load_config_map(kube: Kube, namespace: str, name: str,
                 return {}
             attempt += 1
             log.warning("cannot read ConfigMap %s/%s (%s): retrying", namespace, name, exc)
-            if stop is None:
-                await asyncio.sleep(min(5.0, 0.5 * attempt))
-            else:
-                await _first(asyncio.sleep(min(5.0, 0.5 * attempt)), stop.wait())
-                if stop.is_set():
-                    return {}
+            await _first(asyncio.sleep(min(5.0, 0.5 * attempt)), stop.wait())
+            if stop.is_set():
+                return {}
     if cm is None:
         log.info("no ConfigMap %s/%s: using built-in defaults", namespace, name)
         return {}
@@ -149,16 +145,6 @@ class KubeController:
         await self.controller.close()
 
 
-def _readiness_middleware(is_ready: Any) -> Any:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/ready" and not is_ready():
-            return web.json_response({"status": "standby", "reason": "not the leader"}, status=503)
-        return await handler(request)
-
-    return middleware
-
-
 async def _first(*aws: Any) -> None:
     """Wait until the first of `aws` completes; cancel the rest."""
     tasks = [asyncio.ensure_future(a) for a in aws]
@@ -172,13 +158,8 @@ async def _first(*aws: Any) -> None:
                 await t
 
 
-async def _until_leader(elector: LeaderElector) -> None:
-    while not elector.is_leader:
-        await elector.wait_change()
-
-
-async def _until_lost(elector: LeaderElector) -> None:
-    while elector.is_leader:
+async def _until(elector: LeaderElector, leading: bool) -> None:
+    while elector.is_leader != leading:
         await elector.wait_change()
 
 
@@ -192,36 +173,41 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
     # A standby or a leader whose caches are not synced answers the activators 503 (they keep their
     # table); a new leader's route table has a new epoch, so activators take its full table at once.
     app = build_app(kc.controller, read_only=True, token=token, serving=lambda: kc.running)
-    app.middlewares.append(_readiness_middleware(lambda: kc.running))
+
+    @web.middleware
+    async def ready_if_leading(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/ready" and not kc.running:
+            return web.json_response({"status": "standby", "reason": "not the leader"}, status=503)
+        return await handler(request)
+
+    app.middlewares.append(ready_if_leading)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port, reuse_address=True).start()
         log.info("control API on %s:%d (identity %s)", args.host, args.port, args.identity)
         if elector is not None:
-            await _first(_until_leader(elector), stop.wait())
+            await _first(_until(elector, True), stop.wait())
             if stop.is_set():
                 return
         start = asyncio.ensure_future(kc.start())
-        watched = [stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
-        await _first(start, *watched)
-        if start.done() and not start.cancelled() and start.exception() is None:
+        await _first(start, stop.wait(), *([_until(elector, False)] if elector is not None else []))
+        if start.done() and not start.cancelled():
+            start.result()  # raises what kc.start() raised
             log.info("leading: reconciling PaddleServices")
             endpoint = None
             if args.leader_service and args.pod_ip:
                 endpoint = LeaderEndpoint(kube, args.system_namespace, args.leader_service, args.identity,
                                           args.pod_ip, args.port)
             try:
-                await _first(*([stop.wait()] + ([_until_lost(elector)] if elector is not None else [])
-                               + ([endpoint.keep_published()] if endpoint is not None else [])))
+                await _first(stop.wait(), *([_until(elector, False)] if elector is not None else []),
+                             *([endpoint.keep_published()] if endpoint is not None else []))
             finally:
                 # At once, before this Pod goes: kube-proxy stops sending new connections to an
                 # address that will not answer (a SYN to a deleted Pod's IP gets no reset, and the
                 # client hangs until its own connect timeout).
                 if endpoint is not None:
                     await endpoint.withdraw()
-        elif start.done() and not start.cancelled() and start.exception() is not None:
-            raise start.exception()  # type: ignore[misc]
         if not stop.is_set():
             log.warning("lost leadership: stopping work, standing by as a candidate")
     finally:

@@ -24,13 +24,9 @@ FINALIZER = f"{API_GROUP}/children"
 CONDITION_TYPES = ("Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady", "Released")
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def _cond(cond_type: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": cond_type, "status": "True" if ok else "False", "reason": reason,
-            "message": message, "lastTransitionTime": _now()}
+            "message": message, "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def invalid_status(obj: dict[str, Any], err: SpecError, domain: str,
@@ -91,7 +87,6 @@ class PaddleServiceOperator:
         self.kube = kube
         self.controller = controller
         self.platform: Platform = controller.platform
-        self.namespace = namespace
         self.workers = workers
         self.informer = Informer(kube, resource_path(API_VERSION, PLURAL, namespace), self._on_event,
                                  name="paddleservices", resync_seconds=resync_seconds,
@@ -155,9 +150,8 @@ class PaddleServiceOperator:
             self._written.pop(key, None)
         elif kind == "MODIFIED" and old is not None:
             a, b = obj.get("metadata", {}), old.get("metadata", {})
-            if (a.get("generation") == b.get("generation") and a.get("finalizers") == b.get("finalizers")
-                    and a.get("deletionTimestamp") == b.get("deletionTimestamp")
-                    and a.get("labels") == b.get("labels") and a.get("annotations") == b.get("annotations")):
+            if all(a.get(f) == b.get(f) for f in ("generation", "finalizers", "deletionTimestamp", "labels",
+                                                  "annotations")):
                 # Only status changed (most likely our own write): nothing to reconcile, but the
                 # status writer compares against the new status.
                 if key in self._statuses or key in self._invalid:
@@ -177,11 +171,9 @@ class PaddleServiceOperator:
             self.queue.put_nowait(key)
 
     def _requeue_later(self, key: str) -> None:
-        n = self._failures.get(key, 0) + 1
-        self._failures[key] = n
-        delay = min(0.2 * 2 ** (n - 1), 10.0)
+        n = self._failures[key] = self._failures.get(key, 0) + 1
         self._forced.add(key)
-        asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+        asyncio.get_running_loop().call_later(min(0.2 * 2 ** (n - 1), 10.0), self.enqueue, key)
 
     async def _worker(self) -> None:
         while True:
@@ -225,7 +217,7 @@ class PaddleServiceOperator:
             await self._finalize(key, obj)
             return
         if FINALIZER not in (md.get("finalizers") or []):
-            obj = await self._add_finalizer(key)
+            obj = await self._set_finalizer(key, True)
             if obj is None:
                 return
             md = obj["metadata"]
@@ -250,16 +242,26 @@ class PaddleServiceOperator:
         self._mark_status(key)
 
     @retry_on_conflict()
-    async def _add_finalizer(self, key: str) -> dict[str, Any] | None:
+    async def _set_finalizer(self, key: str, present: bool) -> dict[str, Any] | None:
+        """Add (never to a resource being deleted) or remove our finalizer; the resource as it is then."""
         obj = await self.kube.get_or_none(self._path(key))
-        if obj is None or obj["metadata"].get("deletionTimestamp"):
+        if obj is None or (present and obj["metadata"].get("deletionTimestamp")):
             return None
         finalizers = list(obj["metadata"].get("finalizers") or [])
-        if FINALIZER in finalizers:
+        if (FINALIZER in finalizers) == present:
             return obj
-        # resourceVersion in a merge patch makes it conditional: a concurrent change -> 409 -> retry.
-        return await self.kube.merge_patch(self._path(key), {"metadata": {
-            "finalizers": finalizers + [FINALIZER], "resourceVersion": obj["metadata"]["resourceVersion"]}})
+        if present:
+            finalizers.append(FINALIZER)
+        else:
+            finalizers.remove(FINALIZER)
+        try:
+            # resourceVersion in a merge patch makes it conditional: a concurrent change -> 409 -> retry.
+            return await self.kube.merge_patch(self._path(key), {"metadata": {
+                "finalizers": finalizers, "resourceVersion": obj["metadata"]["resourceVersion"]}})
+        except KubeError as exc:
+            if present or not exc.not_found:
+                raise
+            return None
 
     async def _finalize(self, key: str, obj: dict[str, Any]) -> None:
         """The resource is being deleted: remove its children (no garbage collector needed), then
@@ -270,34 +272,16 @@ class PaddleServiceOperator:
         if key in self.controller.services:
             await self.controller.delete(key)
         await self.platform.delete(key)
-        await self._remove_finalizer(key)
+        await self._set_finalizer(key, False)
         await self._forget(key)
         log.info("%s: deleted with its children", key)
-
-    @retry_on_conflict()
-    async def _remove_finalizer(self, key: str) -> None:
-        obj = await self.kube.get_or_none(self._path(key))
-        if obj is None:
-            return
-        finalizers = list(obj["metadata"].get("finalizers") or [])
-        if FINALIZER not in finalizers:
-            return
-        finalizers.remove(FINALIZER)
-        try:
-            await self.kube.merge_patch(self._path(key), {"metadata": {
-                "finalizers": finalizers, "resourceVersion": obj["metadata"]["resourceVersion"]}})
-        except KubeError as exc:
-            if not exc.not_found:
-                raise
 
     async def _forget(self, key: str) -> None:
         if key in self.controller.services:
             await self.controller.delete(key)
             await self.platform.delete(key)
-        self._applied.pop(key, None)
-        self._invalid.pop(key, None)
-        self._statuses.pop(key, None)
-        self._written.pop(key, None)
+        for table in (self._applied, self._invalid, self._statuses, self._written):
+            table.pop(key, None)
         self._status_dirty.discard(key)
 
     # ---- status ---------------------------------------------------------------------------------
@@ -314,7 +298,6 @@ class PaddleServiceOperator:
         obj = self.informer.store.get(key)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
-        current = obj.get("status") or {}
         if key in self._invalid:
             _, err = self._invalid[key]
             serving = self._statuses.get(key) if key in self.controller.services else None
@@ -325,7 +308,7 @@ class PaddleServiceOperator:
                 return None
         else:
             return None
-        return merge_transition_times(status, current)
+        return merge_transition_times(status, obj.get("status") or {})
 
     async def _status_loop(self) -> None:
         while True:
@@ -355,10 +338,8 @@ class PaddleServiceOperator:
         current = obj.get("status") or {}
         if want == current or want == self._written.get(key):
             return False
-        patch = dict(want)
-        for k in current:
-            if k not in want:
-                patch[k] = None  # merge patch: remove keys we no longer report (e.g. canary)
+        # merge patch: remove keys we no longer report (e.g. canary)
+        patch = dict(want, **{k: None for k in current if k not in want})
         await self.kube.merge_patch(self._path(key, "status"), {"status": patch})
         self._written[key] = want
         self.status_writes += 1

@@ -88,24 +88,25 @@ class KubernetesPlatform(Platform):
         self.kube = kube
         self.storage = storage
         self.replica_env = replica_env
-        self.namespace = namespace  # None: all namespaces
         self.services: dict[str, ServiceRecord] = {}
         # the pods cache by service (namespace/name label), so a Pod event reads its service's Pods only
         self._pods_of: dict[str, dict[str, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task] = set()
         selector = f"{LABEL_SERVICE},{LABEL_SIDE}"
-        self.slices = Informer(kube, resource_path("discovery.k8s.io/v1", "endpointslices", namespace),
-                               self._slice_event, name="endpointslices", label_selector=selector,
-                               resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
-        self.deployments = Informer(kube, resource_path("apps/v1", "deployments", namespace),
-                                    self._deployment_event, name="deployments",
-                                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
-                                    resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+
+        def informer(api: str, plural: str, handler: Any, label_selector: str) -> Informer:
+            # namespace None: all namespaces
+            return Informer(kube, resource_path(api, plural, namespace), handler, name=plural,
+                            label_selector=label_selector, resync_seconds=0,
+                            watch_timeout_seconds=watch_timeout_seconds)
+
+        self.slices = informer("discovery.k8s.io/v1", "endpointslices", self._slice_event, selector)
+        ours = f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}"
+        self.deployments = informer("apps/v1", "deployments", self._deployment_event, ours)
         # Replica Pods: the revision each runs, and why a side does not turn ready (crash loops, images the
         # node lacks): requests held for it are then refused at once with the reason, as locally.
-        self.pods = Informer(kube, resource_path("v1", "pods", namespace), self._pod_event, name="pods",
-                             label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{selector}",
-                             resync_seconds=0, watch_timeout_seconds=watch_timeout_seconds)
+        self.pods = informer("v1", "pods", self._pod_event, ours)
+        self._informers = (self.slices, self.deployments, self.pods)
 
     def record(self, key: str) -> ServiceRecord:
         return self.services.setdefault(key, ServiceRecord())
@@ -115,12 +116,12 @@ class KubernetesPlatform(Platform):
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        for informer in (self.slices, self.deployments, self.pods):
+        for informer in self._informers:
             informer.start()
-        await asyncio.gather(self.slices.wait_synced(), self.deployments.wait_synced(), self.pods.wait_synced())
+        await asyncio.gather(*(informer.wait_synced() for informer in self._informers))
 
     async def close(self) -> None:
-        await asyncio.gather(self.slices.stop(), self.deployments.stop(), self.pods.stop())
+        await asyncio.gather(*(informer.stop() for informer in self._informers))
 
     # ---- watch caches ---------------------------------------------------------------------------
     def _ours(self, obj: dict[str, Any]) -> tuple[str, str] | None:
@@ -289,11 +290,6 @@ class KubernetesPlatform(Platform):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _template_revision(self, key: str, side: str) -> str | None:
-        dep = self._deployment(key, side) or {}
-        labels = (((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
-        return labels.get(LABEL_REVISION)
-
     # ---- standby routing ------------------------------------------------------------------------
     def _desired_of(self, key: str, side: str) -> int:
         """Routed replicas wanted: the autoscaler's last scale, else (after a restart) the
@@ -356,7 +352,8 @@ class KubernetesPlatform(Platform):
             r = rec.side(side)
             try:
                 await self._apply_deployment(svc, side)
-                await self._apply_service(svc, side)
+                await self._apply_child(build_service(svc, side), "v1", "services",
+                                        ("selector", "ports", "publishNotReadyAddresses"))
             except NotOwned as exc:  # the side cannot run here: say why in its status, touch nothing
                 log.warning("%s", exc)
                 r.foreign, r.error = True, str(exc)
@@ -370,7 +367,9 @@ class KubernetesPlatform(Platform):
             if side not in svc.sides:
                 r = rec.side(side)
                 r.revision = None
-                rev = self._template_revision(svc.key, side)
+                dep = self._deployment(svc.key, side) or {}
+                template = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
+                rev = (template.get("labels") or {}).get(LABEL_REVISION)
                 if rev is not None and rev in named:
                     r.retiring = rev  # a promoted canary: it serves until relieved
                 elif r.retiring is None:
@@ -411,10 +410,6 @@ class KubernetesPlatform(Platform):
         await self._apply_child(build_deployment(svc, side, replicas=replicas, storage=self.storage,
                                                    replica_env=self.replica_env), "apps/v1", "deployments",
                                 DEPLOYMENT_FIELDS + known)
-
-    async def _apply_service(self, svc: PaddleService, side: str) -> None:
-        await self._apply_child(build_service(svc, side), "v1", "services",
-                                ("selector", "ports", "publishNotReadyAddresses"))
 
     @retry_on_conflict()
     async def _apply_child(self, want: dict[str, Any], api: str, plural: str, spec_fields: tuple[str, ...]) -> None:
