@@ -166,16 +166,12 @@ class Kube:
                 except ValueError:
                     body = {}
                 raise KubeError(resp.status, body.get("message", str(resp.reason)), body)
-            while True:
-                try:
-                    line = await resp.response.content.readline()
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    raise KubeError(0, f"watch stream broken: {type(exc).__name__}: {exc}") from exc
-                if not line:
-                    return
-                line = line.strip()
-                if line:
-                    yield json.loads(line)
+            try:
+                async for line in resp.response.content:  # one event a line, until the server ends it
+                    if line.strip():
+                        yield json.loads(line)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise KubeError(0, f"watch stream broken: {type(exc).__name__}: {exc}") from exc
         finally:
             resp.response.close()
 

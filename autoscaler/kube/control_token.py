@@ -19,38 +19,27 @@ SECRET_NAME = "elasticserving-control-token"
 KEY = "token"
 
 
-def _decode(secret: dict) -> str | None:
-    value = (secret.get("data") or {}).get(KEY)
-    if not value:
-        return None
-    token = base64.b64decode(value).decode().strip()
-    return token or None
-
-
 async def ensure_control_token(kube: Kube, namespace: str, name: str = SECRET_NAME) -> str:
     """The token in Secret `namespace/name`, created with a fresh random value when absent (several
     replicas may race: the first create wins, the others read it)."""
     path = resource_path("v1", "secrets", namespace, name)
-    existing = await kube.get_or_none(path)
-    if existing is not None:
-        token = _decode(existing)
-        if token is None:
-            raise KubeError(422, f"Secret {namespace}/{name} has no `{KEY}`")
-        return token
-    token = secrets.token_urlsafe(32)
-    body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/part-of": "elasticserving"}},
-            "data": {KEY: base64.b64encode(token.encode()).decode()}}
-    try:
-        await kube.create(resource_path("v1", "secrets", namespace), body)
-        log.info("created the control API token Secret %s/%s", namespace, name)
-        return token
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
-    created = await kube.get_or_none(path)  # another replica created it first
-    token = _decode(created or {})
-    if token is None:
+    secret = await kube.get_or_none(path)
+    if secret is None:
+        token = secrets.token_urlsafe(32)
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"app.kubernetes.io/part-of": "elasticserving"}},
+                "data": {KEY: base64.b64encode(token.encode()).decode()}}
+        try:
+            await kube.create(resource_path("v1", "secrets", namespace), body)
+            log.info("created the control API token Secret %s/%s", namespace, name)
+            return token
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        secret = await kube.get_or_none(path)  # another replica created it first
+    value = ((secret or {}).get("data") or {}).get(KEY)
+    token = base64.b64decode(value).decode().strip() if value else ""
+    if not token:
         raise KubeError(422, f"Secret {namespace}/{name} has no `{KEY}`")
     return token

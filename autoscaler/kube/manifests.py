@@ -42,12 +42,9 @@ def selector_labels(name: str, side: str) -> dict[str, str]:
 
 
 def _labels(svc: PaddleService, side: str) -> dict[str, str]:
-    labels = {k: v for k, v in svc.metadata.labels.items() if not k.startswith(f"{API_GROUP}/")}
-    labels.update(selector_labels(svc.name, side))
-    labels[LABEL_MANAGED_BY] = MANAGED_BY
-    labels["app.kubernetes.io/part-of"] = "elasticserving"
-    labels["app.kubernetes.io/component"] = "replica"
-    return labels
+    own = {k: v for k, v in svc.metadata.labels.items() if not k.startswith(f"{API_GROUP}/")}
+    return {**own, **selector_labels(svc.name, side), LABEL_MANAGED_BY: MANAGED_BY,
+            "app.kubernetes.io/part-of": "elasticserving", "app.kubernetes.io/component": "replica"}
 
 
 def _owner(svc: PaddleService) -> list[dict[str, Any]]:
@@ -66,8 +63,18 @@ def owned_by(obj: dict[str, Any], name: str) -> bool:
                for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+def _child(svc: PaddleService, side: str, api_version: str, kind: str, labels: dict[str, str],
+           body_spec: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """The object with our metadata: its config hash covers what an update would change."""
+    owner = _owner(svc)
+    config_hash = hashlib.sha256(json.dumps([labels, body_spec, owner], sort_keys=True).encode()).hexdigest()
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": workload_name(svc.name, side), "namespace": svc.namespace, "labels": labels,
+                     "annotations": {HASH_ANNOTATION: config_hash[:16]}, "ownerReferences": owner},
+        "spec": dict(body_spec, **spec),
+    }
 
 
 def grpc_port_of(spec: EndpointSpec) -> int | None:
@@ -82,9 +89,7 @@ def pod_resources(svc: PaddleService) -> dict[str, dict[str, str]]:
     explicit_requests = svc.spec.resources.requests or {}
     limits = dict(svc.spec.resources.limits or {})
     requests = dict(svc.resources()["requests"])
-    for k, v in limits.items():
-        if k not in explicit_requests:
-            requests[k] = v
+    requests.update({k: v for k, v in limits.items() if k not in explicit_requests})
     return {"requests": requests, "limits": limits} if limits else {"requests": requests}
 
 
@@ -122,7 +127,6 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
     """The Deployment of one side (replicas only matter on create: later the autoscaler owns them)."""
     spec = svc.side_spec(side)
     assert spec is not None, f"{svc.key} has no {side}"
-    name = workload_name(svc.name, side)
     grpc = grpc_port_of(spec)
     ports = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
     env = [{"name": "PORT", "value": str(spec.port)}]
@@ -193,14 +197,7 @@ def build_deployment(svc: PaddleService, side: str, replicas: int = 0,
     }
     body_spec = {"selector": {"matchLabels": selector_labels(svc.name, side)}, "template": template,
                  **rolling_update(svc.rollout_seconds)}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": svc.namespace, "labels": labels,
-                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
-                     "ownerReferences": _owner(svc)},
-        "spec": dict(body_spec, replicas=replicas),
-    }
+    return _child(svc, side, "apps/v1", "Deployment", labels, body_spec, replicas=replicas)
 
 
 # A version change starts every new Pod at once and keeps every old one until the new ones are available;
@@ -239,11 +236,4 @@ def build_service(svc: PaddleService, side: str) -> dict[str, Any]:
         ports.append({"name": "grpc", "port": grpc, "targetPort": "grpc", "protocol": "TCP"})
     body_spec = {"clusterIP": "None", "selector": selector_labels(svc.name, side), "ports": ports,
                  "publishNotReadyAddresses": False}
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": workload_name(svc.name, side), "namespace": svc.namespace, "labels": labels,
-                     "annotations": {HASH_ANNOTATION: _hash([labels, body_spec, _owner(svc)])},
-                     "ownerReferences": _owner(svc)},
-        "spec": body_spec,
-    }
+    return _child(svc, side, "v1", "Service", labels, body_spec)

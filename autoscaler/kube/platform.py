@@ -266,12 +266,10 @@ class KubernetesPlatform(Platform):
 
     def _runs_outgoing(self, key: str) -> bool:
         """Whether any live Pod of the service runs a revision no side of the spec names."""
-        named = set(self.record(key).revisions().values())
-        for pod in self._pods_of.get(key, {}).values():
-            md = pod.get("metadata") or {}
-            if not md.get("deletionTimestamp") and (md.get("labels") or {}).get(LABEL_REVISION) not in (None, *named):
-                return True
-        return False
+        named = {None, *self.record(key).revisions().values()}
+        mds = [pod.get("metadata") or {} for pod in self._pods_of.get(key, {}).values()]
+        return any(not md.get("deletionTimestamp") and (md.get("labels") or {}).get(LABEL_REVISION) not in named
+                   for md in mds)
 
     def _retire_covered(self, key: str) -> None:
         """Delete each retiring side once the side that now names its revision has a ready Pod of it
@@ -307,9 +305,8 @@ class KubernetesPlatform(Platform):
         then by name. True when the routed set changed."""
         rec = self._side(key, side)
         before = rec.routed
-        if not self.record(key).standby:
-            chosen: list[ReplicaAddress] = []
-        else:
+        chosen: list[ReplicaAddress] = []
+        if self.record(key).standby:
             kept = [e.id for e in before]
             ready = sorted(rec.ready, key=lambda e: (e.id not in kept, kept.index(e.id) if e.id in kept else 0, e.id))
             chosen = ready[:self._desired_of(key, side)]
