@@ -42,10 +42,6 @@ class KubeError(Exception):
     def conflict(self) -> bool:
         return self.status == 409
 
-    @property
-    def expired(self) -> bool:
-        return self.status == 410
-
 
 def resource_path(api_version: str, plural: str, namespace: str | None = None,
                   name: str | None = None, subresource: str | None = None) -> str:
@@ -197,7 +193,7 @@ def retry_on_conflict(attempts: int = 5) -> Callable[[Callable[..., Awaitable[An
     return wrap
 
 
-EventHandler = Callable[[str, dict[str, Any], dict[str, Any] | None], Awaitable[None] | None]
+EventHandler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -255,11 +251,9 @@ class Informer:
     def _query(self) -> dict[str, Any]:
         return {"labelSelector": self.label_selector} if self.label_selector else {}
 
-    async def _emit(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    def _emit(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         try:
-            res = self.handler(kind, obj, old)
-            if asyncio.iscoroutine(res):
-                await res
+            self.handler(kind, obj, old)
         except Exception:  # a handler bug must not stop the informer
             log.exception("%s: handler failed on %s %s", self.name, kind, object_key(obj))
 
@@ -279,12 +273,12 @@ class Informer:
         for key, obj in fresh.items():
             before = old_store.get(key)
             if before is None:
-                await self._emit("ADDED", obj, None)
+                self._emit("ADDED", obj, None)
             elif before.get("metadata", {}).get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                await self._emit("MODIFIED", obj, before)
+                self._emit("MODIFIED", obj, before)
         for key, obj in old_store.items():
             if key not in fresh:
-                await self._emit("DELETED", obj, obj)
+                self._emit("DELETED", obj, obj)
         self.synced.set()
 
     async def run(self) -> None:
@@ -297,10 +291,8 @@ class Informer:
                     need_list = False
                 await self._watch_once()
                 backoff = 0.2
-            except asyncio.CancelledError:
-                raise
             except KubeError as exc:
-                if exc.expired:
+                if exc.status == 410:  # Gone: our resourceVersion is too old to resume from
                     self.expirations += 1
                     log.info("%s: watch expired (410: %s); relisting", self.name, exc.reason)
                     need_list = True
@@ -335,7 +327,7 @@ class Informer:
                 self.store.pop(key, None)
             else:
                 self.store[key] = obj
-            await self._emit(str(etype), obj, old)
+            self._emit(str(etype), obj, old)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -343,4 +335,4 @@ class Informer:
             if not self.synced.is_set():
                 continue
             for obj in list(self.store.values()):
-                await self._emit("SYNC", obj, obj)
+                self._emit("SYNC", obj, obj)

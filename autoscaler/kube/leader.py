@@ -41,16 +41,13 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.clock = clock
+        self.path = resource_path("coordination.k8s.io/v1", "leases", namespace, name)
         self.is_leader = False
         self.leader_changed = asyncio.Event()  # set on every change of is_leader
         self._observed: tuple[Any, ...] | None = None  # (holder, renewTime, transitions)
         self._observed_at = 0.0
         self._last_renew = 0.0
         self._task: asyncio.Task | None = None
-
-    @property
-    def path(self) -> str:
-        return resource_path("coordination.k8s.io/v1", "leases", self.namespace, self.name)
 
     def start(self) -> None:
         if self._task is None:

@@ -65,24 +65,17 @@ class LeaderEndpoint:
         self.pod_ip = pod_ip
         self.port = port
         self.check_seconds = check_seconds
-
-    @property
-    def path(self) -> str:
-        return resource_path(SLICE_API, "endpointslices", self.namespace, slice_name(self.service))
-
-    async def _owner(self) -> dict[str, Any] | None:
-        svc = await self.kube.get_or_none(resource_path("v1", "services", self.namespace, self.service))
-        if svc is None:
-            return None
-        return {"apiVersion": "v1", "kind": "Service", "name": self.service, "uid": svc["metadata"]["uid"]}
+        self.path = resource_path(SLICE_API, "endpointslices", namespace, slice_name(service))
 
     async def publish(self) -> bool:
         """Make the slice name us; True when it had to change."""
         have = await self.kube.get_or_none(self.path)
         if lists(have, self.pod_ip) and (have or {}).get("ports", [{}])[0].get("port") == self.port:
             return False
-        want = build_slice(self.namespace, self.service, self.pod_name, self.pod_ip, self.port,
-                           await self._owner())
+        svc = await self.kube.get_or_none(resource_path("v1", "services", self.namespace, self.service))
+        owner = None if svc is None else {"apiVersion": "v1", "kind": "Service", "name": self.service,
+                                          "uid": svc["metadata"]["uid"]}
+        want = build_slice(self.namespace, self.service, self.pod_name, self.pod_ip, self.port, owner)
         if have is None:
             await self.kube.create(resource_path(SLICE_API, "endpointslices", self.namespace), want)
         else:

@@ -104,18 +104,14 @@ async def load_config_map(kube: Kube, namespace: str, name: str, stop: asyncio.E
 
 def _defaults(data: dict[str, str]) -> dict[str, Any]:
     """ConfigMap strings -> the Controller's defaults (numbers where Knative has numbers)."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if k == "domain":
-            continue
-        try:
-            out[k] = int(v)
-        except ValueError:
-            try:
-                out[k] = float(v)
-            except ValueError:
-                out[k] = v
-    return out
+    return {k: _number(v) for k, v in data.items() if k != "domain"}
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    return value
 
 
 class KubeController:
@@ -216,14 +212,6 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
         await runner.cleanup()
 
 
-async def run(args: argparse.Namespace) -> int:
-    tracing.setup("elasticserving-controller")  # the scale-from-zero spans (config-tracing; off without an endpoint)
-    try:
-        return await _run(args)
-    finally:
-        tracing.shutdown()
-
-
 async def _run(args: argparse.Namespace) -> int:
     kube = await Kube.connect(args.kubeconfig, args.context)
     stop = asyncio.Event()
@@ -276,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return asyncio.run(run(args))
+    tracing.setup("elasticserving-controller")  # the scale-from-zero spans (config-tracing; off without an endpoint)
+    try:
+        return asyncio.run(_run(args))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -188,8 +188,6 @@ class PaddleServiceOperator:
                 self._failures.pop(key, None)
                 self._reconciled.add(key)
                 self._progress.set()
-            except asyncio.CancelledError:
-                raise
             except KubeError as exc:
                 log.warning("reconcile %s failed: %s; retrying", key, exc)
                 self._requeue_later(key)
@@ -318,8 +316,6 @@ class PaddleServiceOperator:
                 self._status_dirty.discard(key)
                 try:
                     await self.write_status(key)
-                except asyncio.CancelledError:
-                    raise
                 except KubeError as exc:
                     if not exc.not_found:
                         log.warning("%s: status update failed: %s", key, exc)
