@@ -67,8 +67,7 @@ class Kube:
         """From a kubeconfig file when given (or $KUBECONFIG / ~/.kube/config), else in-cluster."""
         cfg = kclient.Configuration()
         if kubeconfig or context:
-            await kconfig.load_kube_config(config_file=kubeconfig, context=context,
-                                           client_configuration=cfg)
+            await kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
         else:
             try:
                 kconfig.load_incluster_config(client_configuration=cfg)
@@ -218,7 +217,7 @@ class Informer:
         self.path = path
         self.handler = handler
         self.name = name or path
-        self.label_selector = label_selector
+        self._query = {"labelSelector": label_selector} if label_selector else {}
         self.resync_seconds = resync_seconds
         self.watch_timeout_seconds = watch_timeout_seconds
         self.backoff_max = backoff_max
@@ -248,9 +247,6 @@ class Informer:
     async def wait_synced(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.synced.wait(), timeout)
 
-    def _query(self) -> dict[str, Any]:
-        return {"labelSelector": self.label_selector} if self.label_selector else {}
-
     def _emit(self, kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         try:
             self.handler(kind, obj, old)
@@ -259,7 +255,7 @@ class Informer:
 
     async def relist(self) -> None:
         """Full list; replaces the cache and emits the differences."""
-        body = await self.kube.get(self.path, **self._query())
+        body = await self.kube.get(self.path, **self._query)
         self.lists += 1
         kind = body.get("kind", "").removesuffix("List")
         api_version = body.get("apiVersion")
@@ -310,7 +306,7 @@ class Informer:
 
     async def _watch_once(self) -> None:
         timeout = int(self.watch_timeout_seconds * (0.5 + random.random() / 2)) or 1
-        query = dict(self._query(), resourceVersion=self.resource_version)
+        query = dict(self._query, resourceVersion=self.resource_version)
         async for event in self.kube.watch(self.path, query, timeout):
             etype = event.get("type")
             obj = event.get("object") or {}

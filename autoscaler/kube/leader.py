@@ -92,13 +92,8 @@ class LeaderElector:
             await asyncio.sleep(self.retry_period)
 
     def _spec(self, transitions: int, acquire_time: str) -> dict[str, Any]:
-        return {
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": max(1, int(round(self.lease_duration))),
-            "acquireTime": acquire_time,
-            "renewTime": _now_micro(),
-            "leaseTransitions": transitions,
-        }
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, int(round(self.lease_duration))),
+                "acquireTime": acquire_time, "renewTime": _now_micro(), "leaseTransitions": transitions}
 
     async def try_acquire_or_renew(self) -> bool:
         """One round; True when we hold the lease afterwards."""

@@ -67,11 +67,11 @@ class LeaderEndpoint:
         self.check_seconds = check_seconds
         self.path = resource_path(SLICE_API, "endpointslices", namespace, slice_name(service))
 
-    async def publish(self) -> bool:
-        """Make the slice name us; True when it had to change."""
+    async def publish(self) -> None:
+        """Make the slice name us."""
         have = await self.kube.get_or_none(self.path)
         if lists(have, self.pod_ip) and (have or {}).get("ports", [{}])[0].get("port") == self.port:
-            return False
+            return
         svc = await self.kube.get_or_none(resource_path("v1", "services", self.namespace, self.service))
         owner = None if svc is None else {"apiVersion": "v1", "kind": "Service", "name": self.service,
                                           "uid": svc["metadata"]["uid"]}
@@ -83,7 +83,6 @@ class LeaderEndpoint:
             await self.kube.replace(self.path, want)
         log.info("published %s:%d as the endpoint of service %s/%s", self.pod_ip, self.port,
                  self.namespace, self.service)
-        return True
 
     async def keep_published(self) -> None:
         """Publish now and re-check every `check_seconds` (an old leader's withdraw may race us)."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -22,7 +24,6 @@ import runtime.tracing as tracing
 from autoscaler.control_api import build_app
 from autoscaler.controller import Controller
 from autoscaler.kube.client import Kube, KubeError, resource_path
-from autoscaler.kube.control_token import SECRET_NAME, ensure_control_token
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.leader_endpoint import LeaderEndpoint
 from autoscaler.kube.manifests import telemetry_env
@@ -31,6 +32,14 @@ from autoscaler.kube.operator import PaddleServiceOperator
 from autoscaler.kube.platform import KubernetesPlatform
 
 log = logging.getLogger("elasticserving.kube")
+token_log = logging.getLogger("elasticserving.kube.token")
+
+# The in-cluster control API token: a Secret in the system namespace that the controller creates with a random
+# value the first time it starts, and that activator Pods read (env from secretKeyRef). It bootstraps `kubectl
+# apply -f deploy/` without a shared literal in the manifests: activator Pods wait (CreateContainerConfigError,
+# retried by the kubelet) until a controller replica has created it.
+SECRET_NAME = "elasticserving-control-token"
+KEY = "token"
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
@@ -250,14 +259,36 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def control_token(kube: Kube, args: argparse.Namespace) -> str | None:
-    """The bearer token the control API requires of activators: from a file, or the Secret."""
+    """The bearer token the control API requires of activators: from a file, or the Secret, created with a
+    fresh random value when absent (several replicas may race: the first create wins, the others read it)."""
     if args.control_token_file:
         with open(args.control_token_file) as f:
             return f.read().strip() or None
     if not args.control_token_secret:
         log.warning("no control API token: /v1/* is open to anything that reaches the port")
         return None
-    return await ensure_control_token(kube, args.system_namespace, args.control_token_secret)
+    namespace, name = args.system_namespace, args.control_token_secret
+    path = resource_path("v1", "secrets", namespace, name)
+    secret = await kube.get_or_none(path)
+    if secret is None:
+        token = secrets.token_urlsafe(32)
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"app.kubernetes.io/part-of": "elasticserving"}},
+                "data": {KEY: base64.b64encode(token.encode()).decode()}}
+        try:
+            await kube.create(resource_path("v1", "secrets", namespace), body)
+            token_log.info("created the control API token Secret %s/%s", namespace, name)
+            return token
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        secret = await kube.get_or_none(path)  # another replica created it first
+    value = ((secret or {}).get("data") or {}).get(KEY)
+    token = base64.b64decode(value).decode().strip() if value else ""
+    if not token:
+        raise KubeError(422, f"Secret {namespace}/{name} has no `{KEY}`")
+    return token
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "elasticserving"
 HASH_ANNOTATION = f"{API_GROUP}/config-hash"
 # On every replica Pod: the revision (EndpointSpec.revision) it runs. A side's replicas are the ready Pods
-# of its revision, whichever of the service's Deployments runs them: the old Pods of a rolling update
-# serve as `previous`, a promoted canary's Pods as `default` until the default's own are ready.
+# of its revision, whichever of the service's Deployments runs them (docs/architecture.md, Sides).
 LABEL_REVISION = f"{API_GROUP}/revision"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # set on EndpointSlices by the control plane
 CONTAINER_NAME = "paddleserving"

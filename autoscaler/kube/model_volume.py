@@ -1,14 +1,10 @@
-"""The Pod pieces of a side with a storageUri (pure; build_deployment adds them): the model at
-/mnt/models, read-only. pvc:// mounts the claim itself. s3:// and http(s):// run the storage initializer
-from our runtime image (`python -m runtime.storage`): it pulls into the node-local cache (a hostPath, one
-directory per namespace) and links the version's files into an emptyDir at /mnt/models.
-
-For our runtime the initializer is a second container of the Pod, started in the same kubelet sync as the
-model container: the runtime's start overlaps the pull and it waits for the pull's report
-(runtime.storage.handoff) before it loads. As an init container, or a native sidecar, the kubelet starts the
-model container only at its next relist (~1 s) after the initializer exits or starts: measured on the node,
-that was most of what a cached start took over a model already on disk. Any other server (an `arg` of the
-user's) gets a plain init container: its model is in place before it starts."""
+"""The Pod pieces of a side with a storageUri (pure; build_deployment adds them): the model at /mnt/models,
+read-only. pvc:// mounts the claim itself; s3:// and http(s):// run the storage initializer (our runtime image,
+`python -m runtime.storage`) into the node-local cache (a hostPath, one directory per namespace), linked into
+an emptyDir. Beside our runtime it is a second container started in the same kubelet sync (the runtime waits
+for its report, runtime.storage.handoff): as an init container or native sidecar, the model container would
+start only at the kubelet's next relist (~1 s, measured: most of a cached start). Any other server (an `arg`
+of the user's) gets a plain init container. deploy/README.md tells the whole story."""
 
 from __future__ import annotations
 

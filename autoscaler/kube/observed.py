@@ -49,8 +49,7 @@ FAILING_WAITS = frozenset({"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff
 
 
 def _exit(term: dict[str, Any]) -> str:
-    reason = term.get("reason") or "Error"
-    return f"exit code {term.get('exitCode')} ({reason})"
+    return f"exit code {term.get('exitCode')} ({term.get('reason') or 'Error'})"
 
 
 def _transient(waiting: dict[str, Any]) -> bool:

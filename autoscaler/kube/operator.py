@@ -15,6 +15,7 @@ from typing import Any
 
 from autoscaler.controller import Controller
 from autoscaler.kube.client import Informer, Kube, KubeError, resource_path, retry_on_conflict
+from autoscaler.kube.manifests import split_key
 from autoscaler.platform import Platform
 from autoscaler.spec import API_GROUP, API_VERSION, PLURAL, PaddleService, SpecError
 
@@ -83,11 +84,10 @@ class PaddleServiceOperator:
     """Level-triggered reconcile of PaddleServices against a Controller; status via the subresource."""
 
     def __init__(self, kube: Kube, controller: Controller, *, namespace: str | None = None,
-                 resync_seconds: float = 30.0, watch_timeout_seconds: int = 300, workers: int = 1):
+                 resync_seconds: float = 30.0, watch_timeout_seconds: int = 300):
         self.kube = kube
         self.controller = controller
         self.platform: Platform = controller.platform
-        self.workers = workers
         self.informer = Informer(kube, resource_path(API_VERSION, PLURAL, namespace), self._on_event,
                                  name="paddleservices", resync_seconds=resync_seconds,
                                  watch_timeout_seconds=watch_timeout_seconds)
@@ -95,7 +95,6 @@ class PaddleServiceOperator:
         self._queued: set[str] = set()
         self._reconciled: set[str] = set()  # keys reconciled at least once (start() waits for the listed ones)
         self._progress = asyncio.Event()
-        self._active: set[str] = set()
         self._forced: set[str] = set()
         self._applied: dict[str, tuple[str | None, int | None]] = {}  # key -> (uid, generation)
         self._invalid: dict[str, tuple[dict[str, Any], SpecError]] = {}
@@ -105,8 +104,6 @@ class PaddleServiceOperator:
         self._status_wake = asyncio.Event()
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
-        self.reconciles = 0
-        self.status_writes = 0
         controller.on_status = self._controller_status
         self.platform.on_drift = self._drifted  # a child deleted or edited: reconcile at once, not at resync
 
@@ -117,8 +114,7 @@ class PaddleServiceOperator:
         exist: an activator takes a new leader's table whole, and fails the requests it holds for a
         service missing from it."""
         self.informer.start()
-        for i in range(self.workers):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"reconcile-{i}"))
+        self._tasks.append(asyncio.create_task(self._worker(), name="reconcile"))  # one key at a time
         self._tasks.append(asyncio.create_task(self._status_loop(), name="status-writer"))
         try:
             await asyncio.wait_for(self._first_reconciles(), initial_timeout)
@@ -179,10 +175,6 @@ class PaddleServiceOperator:
         while True:
             key = await self.queue.get()
             self._queued.discard(key)
-            if key in self._active:  # another worker has it: come back afterwards
-                asyncio.get_running_loop().call_later(0.1, self.enqueue, key)
-                continue
-            self._active.add(key)
             try:
                 await self.reconcile(key)
                 self._failures.pop(key, None)
@@ -194,16 +186,12 @@ class PaddleServiceOperator:
             except Exception:
                 log.exception("reconcile %s failed; retrying", key)
                 self._requeue_later(key)
-            finally:
-                self._active.discard(key)
 
     # ---- reconcile ------------------------------------------------------------------------------
     def _path(self, key: str, sub: str | None = None) -> str:
-        ns, _, name = key.partition("/")
-        return resource_path(API_VERSION, PLURAL, ns, name, sub)
+        return resource_path(API_VERSION, PLURAL, *split_key(key), sub)
 
     async def reconcile(self, key: str) -> None:
-        self.reconciles += 1
         forced = key in self._forced
         self._forced.discard(key)
         obj = self.informer.store.get(key)
@@ -328,15 +316,13 @@ class PaddleServiceOperator:
 
     async def write_status(self, key: str) -> bool:
         want = self.desired_status(key)
-        obj = self.informer.store.get(key)
-        if want is None or obj is None:
+        if want is None:  # also when the resource is gone from the cache
             return False
-        current = obj.get("status") or {}
+        current = self.informer.store[key].get("status") or {}
         if want == current or want == self._written.get(key):
             return False
         # merge patch: remove keys we no longer report (e.g. canary)
         patch = dict(want, **{k: None for k in current if k not in want})
         await self.kube.merge_patch(self._path(key, "status"), {"status": patch})
         self._written[key] = want
-        self.status_writes += 1
         return True

@@ -59,11 +59,10 @@ class SideRecord:
 class ServiceRecord:
     """One service: its sides (default, canary, and `previous` during a version change) and standby count."""
 
-    # Standby mode (STANDBY_ANNOTATION): each side's Deployment runs `desired + standby` Pods; only
-    # `desired` of the ready ones are routed (the same ones while they stay ready), the rest wait with the
-    # model loaded, so a scale from zero is a routing change and a Pod start refills them. The routed Pods
-    # are recomputed when the ready endpoints, the desired count or the standby count change (never on
-    # read: every reader, a Prometheus scrape included, sees the same choice).
+    # Standby mode (STANDBY_ANNOTATION, deploy/README.md): each side's Deployment runs `desired + standby`
+    # Pods, `desired` of the ready ones routed (the same ones while they stay ready). The routed Pods are
+    # recomputed when the ready endpoints, the desired or the standby count change, never on read (every
+    # reader, a Prometheus scrape included, sees the same choice).
     standby: int = 0
     sides: dict[str, SideRecord] = field(default_factory=dict)
 
@@ -79,7 +78,7 @@ class KubernetesPlatform(Platform):
     """Deployments + headless Services per side; readiness from EndpointSlices, sides from revisions."""
 
     name = "kubernetes"
-    moves_sides = True
+    moves_sides = True  # drop() is the base no-op: `previous` has no Deployment, the rolling update removes its Pods
 
     def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
                  watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings(),  # noqa: B008
@@ -393,9 +392,6 @@ class KubernetesPlatform(Platform):
             if desired is not None:  # the side's Deployment gets its count with its new version
                 dst.desired = desired
         self._attribute(key)
-
-    async def drop(self, key: str, side: str) -> None:
-        """`previous` has no Deployment of its own: the rolling update removes its Pods."""
 
     async def _apply_deployment(self, svc: PaddleService, side: str) -> None:
         rec = self.record(svc.key)
