@@ -22,17 +22,14 @@ from kubernetes.aio import config as kconfig
 
 log = logging.getLogger("elasticserving.kube")
 
-JSON_MERGE_PATCH = "application/merge-patch+json"
-
 
 class KubeError(Exception):
     """An API request that failed: `status` is the HTTP code (0 when the server was unreachable)."""
 
-    def __init__(self, status: int, reason: str, body: dict[str, Any] | None = None):
+    def __init__(self, status: int, reason: str):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
-        self.body = body or {}
 
     @property
     def not_found(self) -> bool:
@@ -113,7 +110,7 @@ class Kube:
             decoded = {"message": raw[:500].decode(errors="replace")}
         if resp.status >= 400:
             reason = decoded.get("message") if isinstance(decoded, dict) else None
-            raise KubeError(resp.status, reason or str(resp.reason), decoded if isinstance(decoded, dict) else {})
+            raise KubeError(resp.status, reason or str(resp.reason))
         return decoded
 
     # convenience verbs ---------------------------------------------------------------------------
@@ -135,7 +132,7 @@ class Kube:
         return await self.request("PUT", path, body=body)
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", path, body=body, content_type=JSON_MERGE_PATCH)
+        return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json")
 
     async def delete(self, path: str, propagation: str = "Background") -> bool:
         """Delete; False when it was already gone."""
@@ -160,7 +157,7 @@ class Kube:
                     body = json.loads(raw)
                 except ValueError:
                     body = {}
-                raise KubeError(resp.status, body.get("message", str(resp.reason)), body)
+                raise KubeError(resp.status, body.get("message", str(resp.reason)))
             try:
                 async for line in resp.response.content:  # one event a line, until the server ends it
                     if line.strip():
@@ -226,7 +223,6 @@ class Informer:
         self.synced = asyncio.Event()
         self.lists = 0  # full lists done (1 + relists)
         self.expirations = 0  # 410 Gone answers handled
-        self.watch_errors = 0
         self._task: asyncio.Task | None = None
         self._resync_task: asyncio.Task | None = None
 
@@ -293,12 +289,10 @@ class Informer:
                     log.info("%s: watch expired (410: %s); relisting", self.name, exc.reason)
                     need_list = True
                     continue
-                self.watch_errors += 1
                 log.warning("%s: list/watch failed (%s); retrying in %.1fs", self.name, exc, backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.backoff_max)
             except Exception:
-                self.watch_errors += 1
                 log.exception("%s: unexpected list/watch error; relisting in %.1fs", self.name, backoff)
                 need_list = True
                 await asyncio.sleep(backoff)
@@ -311,7 +305,7 @@ class Informer:
             etype = event.get("type")
             obj = event.get("object") or {}
             if etype == "ERROR":
-                raise KubeError(int(obj.get("code") or 500), str(obj.get("message", "watch error")), obj)
+                raise KubeError(int(obj.get("code") or 500), str(obj.get("message", "watch error")))
             rv = obj.get("metadata", {}).get("resourceVersion")
             if rv:
                 self.resource_version = rv
@@ -328,7 +322,6 @@ class Informer:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.resync_seconds)
-            if not self.synced.is_set():
-                continue
-            for obj in list(self.store.values()):
-                self._emit("SYNC", obj, obj)
+            if self.synced.is_set():
+                for obj in list(self.store.values()):
+                    self._emit("SYNC", obj, obj)

@@ -137,7 +137,6 @@ class LeaderElector:
         lease = await self.kube.get_or_none(self.path)
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
             return
-        lease["spec"]["holderIdentity"] = ""
-        lease["spec"]["leaseDurationSeconds"] = 1
+        lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
         await self.kube.replace(self.path, lease)
         log.info("%s released lease %s/%s", self.identity, self.namespace, self.name)

@@ -200,10 +200,8 @@ async def serve_term(kube: Kube, args: argparse.Namespace, domain: str, defaults
         if start.done() and not start.cancelled():
             start.result()  # raises what kc.start() raised
             log.info("leading: reconciling PaddleServices")
-            endpoint = None
-            if args.leader_service and args.pod_ip:
-                endpoint = LeaderEndpoint(kube, args.system_namespace, args.leader_service, args.identity,
-                                          args.pod_ip, args.port)
+            endpoint = LeaderEndpoint(kube, args.system_namespace, args.leader_service, args.identity,
+                                      args.pod_ip, args.port) if args.leader_service and args.pod_ip else None
             try:
                 await _first(stop.wait(), *([_until(elector, False)] if elector is not None else []),
                              *([endpoint.keep_published()] if endpoint is not None else []))

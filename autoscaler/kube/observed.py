@@ -19,11 +19,8 @@ def ready_endpoints(slices: list[dict[str, Any]]) -> list[ReplicaAddress]:
         if http is None:
             continue
         for ep in sl.get("endpoints") or []:
-            cond = ep.get("conditions") or {}
-            if cond.get("ready") is False or cond.get("terminating") is True:
-                continue
-            addrs = ep.get("addresses") or []
-            if not addrs:
+            cond, addrs = ep.get("conditions") or {}, ep.get("addresses") or []
+            if not addrs or cond.get("ready") is False or cond.get("terminating") is True:
                 continue
             pod = (ep.get("targetRef") or {}).get("name") or ep.get("hostname") or addrs[0]
             out[pod] = ReplicaAddress(id=pod, host=addrs[0], http_port=int(http),
@@ -108,8 +105,5 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
 
 def side_failure(pods: list[dict[str, Any]]) -> str | None:
     """The first failing Pod's reason among a side's Pods (by name), for a side with no ready replica."""
-    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
-        why = pod_failure(pod)
-        if why:
-            return why
-    return None
+    by_name = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", ""))
+    return next(filter(None, map(pod_failure, by_name)), None)

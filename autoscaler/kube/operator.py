@@ -22,12 +22,11 @@ from autoscaler.spec import API_GROUP, API_VERSION, PLURAL, PaddleService, SpecE
 log = logging.getLogger("elasticserving.operator")
 
 FINALIZER = f"{API_GROUP}/children"
-CONDITION_TYPES = ("Ready", "DefaultPaddleServiceReady", "CanaryPaddleServiceReady", "RoutesReady", "Released")
 
 
-def _cond(cond_type: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": cond_type, "status": "True" if ok else "False", "reason": reason,
-            "message": message, "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+def _refused(cond_type: str, message: str) -> dict[str, Any]:
+    return {"type": cond_type, "status": "False", "reason": "InvalidSpec", "message": message,
+            "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def invalid_status(obj: dict[str, Any], err: SpecError, domain: str,
@@ -40,18 +39,11 @@ def invalid_status(obj: dict[str, Any], err: SpecError, domain: str,
     if serving is not None:
         status = copy.deepcopy(serving)
         conds = [c for c in status.get("conditions", []) if c.get("type") != "Ready"]
-        status["conditions"] = [_cond("Ready", False, "InvalidSpec",
-                                      f"{message} (still serving the last valid spec)")] + conds
+        status["conditions"] = [_refused("Ready", f"{message} (still serving the last valid spec)")] + conds
     else:
-        status = {
-            "conditions": [
-                _cond("Ready", False, "InvalidSpec", message),
-                _cond("DefaultPaddleServiceReady", False, "InvalidSpec", message),
-                _cond("RoutesReady", False, "InvalidSpec", "no valid spec to route to"),
-            ],
-            "url": f"http://{name}.{ns}.{domain}",
-            "replicas": 0,
-        }
+        status = {"conditions": [_refused("Ready", message), _refused("DefaultPaddleServiceReady", message),
+                                 _refused("RoutesReady", "no valid spec to route to")],
+                  "url": f"http://{name}.{ns}.{domain}", "replicas": 0}
     if md.get("generation") is not None:
         status["observedGeneration"] = md["generation"]
     return status
@@ -252,15 +244,13 @@ class PaddleServiceOperator:
     async def _finalize(self, key: str, obj: dict[str, Any]) -> None:
         """The resource is being deleted: remove its children (no garbage collector needed), then
         drop our finalizer so the API server can delete it."""
-        if FINALIZER not in (obj["metadata"].get("finalizers") or []):
-            await self._forget(key)
-            return
-        if key in self.controller.services:
-            await self.controller.delete(key)
-        await self.platform.delete(key)
-        await self._set_finalizer(key, False)
+        if FINALIZER in (obj["metadata"].get("finalizers") or []):
+            if key in self.controller.services:
+                await self.controller.delete(key)
+            await self.platform.delete(key)
+            await self._set_finalizer(key, False)
+            log.info("%s: deleted with its children", key)
         await self._forget(key)
-        log.info("%s: deleted with its children", key)
 
     async def _forget(self, key: str) -> None:
         if key in self.controller.services:
@@ -285,9 +275,8 @@ class PaddleServiceOperator:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         if key in self._invalid:
-            _, err = self._invalid[key]
             serving = self._statuses.get(key) if key in self.controller.services else None
-            status = invalid_status(obj, err, self.controller.domain, serving)
+            status = invalid_status(obj, self._invalid[key][1], self.controller.domain, serving)
         elif key in self._statuses and key in self.controller.services:
             status = copy.deepcopy(self._statuses[key])
             if self._applied.get(key, (None, None))[0] != obj["metadata"].get("uid"):
@@ -314,15 +303,14 @@ class PaddleServiceOperator:
                 await asyncio.sleep(0.5)
                 self._status_wake.set()
 
-    async def write_status(self, key: str) -> bool:
+    async def write_status(self, key: str) -> None:
         want = self.desired_status(key)
         if want is None:  # also when the resource is gone from the cache
-            return False
+            return
         current = self.informer.store[key].get("status") or {}
         if want == current or want == self._written.get(key):
-            return False
+            return
         # merge patch: remove keys we no longer report (e.g. canary)
         patch = dict(want, **{k: None for k in current if k not in want})
         await self.kube.merge_patch(self._path(key, "status"), {"status": patch})
         self._written[key] = want
-        return True
