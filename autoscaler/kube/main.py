@@ -111,12 +111,8 @@ async def load_config_map(kube: Kube, namespace: str, name: str, stop: asyncio.E
     return {k: v for k, v in (cm.get("data") or {}).items() if not k.startswith("_")}
 
 
-def _defaults(data: dict[str, str]) -> dict[str, Any]:
-    """ConfigMap strings -> the Controller's defaults (numbers where Knative has numbers)."""
-    return {k: _number(v) for k, v in data.items() if k != "domain"}
-
-
 def _number(value: str) -> Any:
+    """A ConfigMap string as the Controller's default (a number where Knative has numbers)."""
     for kind in (int, float):
         with contextlib.suppress(ValueError):
             return kind(value)
@@ -230,7 +226,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         data = await load_config_map(kube, args.system_namespace, args.config_map, stop)
         domain = args.domain or data.get("domain") or "example.com"
-        defaults = _defaults(data)
+        defaults = {k: _number(v) for k, v in data.items() if k != "domain"}
         token = await control_token(kube, args)
         if args.leader_elect:
             elector = LeaderElector(kube, args.system_namespace, args.lease_name, args.identity,
