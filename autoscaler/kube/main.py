@@ -41,6 +41,7 @@ token_log = logging.getLogger("elasticserving.kube.token")
 SECRET_NAME = "elasticserving-control-token"
 KEY = "token"
 
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m autoscaler.kube",

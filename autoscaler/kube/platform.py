@@ -80,7 +80,7 @@ class KubernetesPlatform(Platform):
     name = "kubernetes"
     moves_sides = True  # drop() is the base no-op: `previous` has no Deployment, the rolling update removes its Pods
 
-    def __init__(self, kube: Kube, *, namespace: str | None = None, resync_seconds: float = 300.0,
+    def __init__(self, kube: Kube, *, namespace: str | None = None,
                  watch_timeout_seconds: int = 300, storage: StorageSettings = StorageSettings(),  # noqa: B008
                  replica_env: tuple[tuple[str, str], ...] = ()):
         super().__init__()
