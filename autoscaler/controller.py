@@ -1,11 +1,8 @@
 """The platform-agnostic controller: PaddleServices in, replica counts and routes out.
 
-It takes load reports and pokes from activators (wire.StatsReport, wire.Poke), runs the KPA decider
-for each active service side every tick, tells the platform how many replicas to run, and publishes
-the routes (wire.Route, as versioned deltas: VersionedRoutes) and status of the services that changed.
-The traffic split in force is computed by autoscaler/rollout.py (a pure function of the spec, each
-side's readiness and the time); the controller only applies it: routes, status, floors of replicas,
-the platform's side moves, and a timer for the next step of a gradual rollout.
+Activator reports and pokes (wire.StatsReport, wire.Poke) -> KPA decider per active side each tick ->
+platform replica counts; routes (versioned deltas) and status of the services that changed -> activators.
+The traffic split comes from autoscaler/rollout.py; the controller applies it (routes, status, floors).
 """
 
 from __future__ import annotations
@@ -60,7 +57,6 @@ class ServiceEntry:
     svc: PaddleService
     config: AutoscalingConfig
     sides: dict[str, SideScaler] = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
     release: rollout.Release | None = None  # the split in force (rollout.step)
     target: rollout.Target | None = None
     specs: dict[str, EndpointSpec] = field(default_factory=dict)  # revision -> spec, for every side in use
@@ -90,9 +86,6 @@ class VersionedRoutes:
         self._floor = 0  # the oldest `since` the history can answer with a delta
         self._changed = asyncio.Event()
 
-    def get(self, key: str) -> Route | None:
-        return self._routes.get(key)
-
     def all(self) -> list[Route]:
         return [self._routes[k] for k in sorted(self._routes)]
 
@@ -113,8 +106,7 @@ class VersionedRoutes:
                 changed.append(key)
         ids = tuple(sorted(activators)) if activators is not None else self.activator_ids
         # The same number of activators with one replaced can still move every index: compare the set.
-        new_set = ids != self.activator_ids
-        if not changed and not new_set:
+        if not changed and ids == self.activator_ids:
             return False
         self.activator_ids = ids
         self.version += 1
@@ -129,8 +121,7 @@ class VersionedRoutes:
         """Whether an activator holding (`epoch`, `since`) must be answered now: a newer version, or a
         version this table never had (another epoch, or from the future: it needs the full table).
         Without an epoch (an activator of the first protocol) it long-polls for a newer version."""
-        return (self.closed or since != self.version
-                or (epoch is not None and epoch != self.epoch))
+        return self.closed or since != self.version or (epoch is not None and epoch != self.epoch)
 
     def update(self, epoch: str | None, since: int, activator: str | None = None) -> RoutesUpdate:
         """What an activator holding (`epoch`, `since`) needs: a delta when the history covers it, with
@@ -223,31 +214,18 @@ class Controller:
         task.add_done_callback(self._tasks.discard)
 
     # ---- services ---------------------------------------------------------------------------
-    def _decider_spec(self, cfg: AutoscalingConfig) -> DeciderSpec:
-        return DeciderSpec.from_config(cfg, self.defaults)
-
-    def _new_side(self, cfg: AutoscalingConfig) -> SideScaler:
-        return SideScaler(
-            collector=MetricCollector(cfg.stable_window, cfg.panic_window, cfg.metric),
-            decider=Decider(self._decider_spec(cfg)),
-        )
-
     async def apply(self, svc: PaddleService) -> None:
         """Create or update a service (already validated); raises SpecError on bad autoscaling values."""
         cfg = svc.autoscaling(self.defaults)
         async with self._lock:
             entry = self.services.get(svc.key)
             if entry is None:
-                entry = ServiceEntry(svc=svc, config=cfg)
-                self.services[svc.key] = entry
                 # A new leader goes on with the release the last one wrote: split, ramps, proven versions.
-                entry.release = rollout.from_status(svc.status)
+                entry = self.services[svc.key] = ServiceEntry(svc=svc, config=cfg,
+                                                              release=rollout.from_status(svc.status))
             else:
                 entry.svc, entry.config = svc, cfg
-            for side in svc.sides:
-                side_spec = svc.side_spec(side)
-                assert side_spec is not None
-                entry.specs[side_spec.revision] = side_spec
+            entry.specs.update((s.revision, s) for s in (svc.spec.default, svc.spec.canary) if s is not None)
             entry.target = self._target(entry)
             entry.release, moves = rollout.revise(entry.release, entry.target)
             for from_side, to_side in moves:
@@ -258,12 +236,13 @@ class Controller:
                 if moved is not None:
                     entry.sides[to_side] = moved
                     self.active.add((svc.key, to_side))
-            spec = self._decider_spec(cfg)
+            spec = DeciderSpec.from_config(cfg, self.defaults)
             wanted = [*svc.sides, *(["previous"] if entry.release.previous is not None else [])]
             for side in wanted:
                 scaler = entry.sides.get(side)
                 if scaler is None:
-                    scaler = entry.sides[side] = self._new_side(cfg)
+                    scaler = entry.sides[side] = SideScaler(
+                        MetricCollector(cfg.stable_window, cfg.panic_window, cfg.metric), Decider(spec))
                     # A side the platform already runs (a controller restart, a new leader) keeps its
                     # replicas until the autoscaler decides otherwise, instead of dropping to minScale.
                     scaler.desired = self.platform.state(svc.key, side).desired
@@ -310,11 +289,6 @@ class Controller:
         self._activators[activator] = self.clock()
         if new:
             self._publish_activators()
-
-    def activator_count(self) -> int:
-        """Activators heard from within the last ACTIVATOR_TTL seconds (at least 1)."""
-        horizon = self.clock() - ACTIVATOR_TTL
-        return max(1, sum(1 for seen in self._activators.values() if seen >= horizon))
 
     def _publish_activators(self) -> None:
         horizon = self.clock() - ACTIVATOR_TTL
@@ -391,7 +365,7 @@ class Controller:
             for key, side in sorted(self.active):
                 entry = self.services.get(key)
                 scaler = entry.sides.get(side) if entry else None
-                if entry is None or scaler is None:
+                if scaler is None:
                     self.active.discard((key, side))
                     continue
                 try:
@@ -411,12 +385,11 @@ class Controller:
         stable, panic = scaler.collector.stable_and_panic(now)
         result = scaler.decider.scale(now=now, stable_concurrency=stable, panic_concurrency=panic,
                                       ready_pods=ready)
-        want = result.desired_pod_count
         scaler.stable, scaler.panic = stable, panic
         entry = self.services[key]
         # The release may need more (a version proving itself, a side sized for its next share), and
         # requests held right now need one replica.
-        want = self._replicas(entry.config, scaler, want, self._floors(entry).get(side, 0))
+        want = self._replicas(entry.config, scaler, result.desired_pod_count, self._floors(entry).get(side, 0))
         if scaler.waiting_since is not None and ready > 0:
             scaler.waiting_since = None
         scaler.in_panic = result.in_panic
@@ -481,17 +454,14 @@ class Controller:
         version (`previous`) has just lost its last share: its replicas are to be dropped."""
         assert entry.release is not None and entry.target is not None
         key = entry.svc.key
-        observed = {}
-        for side in entry.release.sides():
-            st = self.platform.state(key, side)
-            observed[side] = rollout.Observed(ready=len(st.ready), error=st.error)
+        states = {side: self.platform.state(key, side) for side in entry.release.sides()}
+        observed = {side: rollout.Observed(ready=len(st.ready), error=st.error) for side, st in states.items()}
         before = entry.release
         entry.release = rollout.step(before, entry.target, observed, self.wall_clock())
         if entry.release.split() != before.split() or entry.release.reason != before.reason:
             log.info("%s: traffic %s (%s)", key, entry.release.split(), entry.release.reason)
         live = {t.revision for t in entry.release.sides().values()}
-        for rev in [r for r in entry.specs if r not in live]:
-            del entry.specs[rev]
+        entry.specs = {rev: spec for rev, spec in entry.specs.items() if rev in live}
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -509,7 +479,7 @@ class Controller:
             return {}
         # The replicas the whole service's load needs, whichever side carries it (not the sum of each
         # side's decision: minScale and the scale-to-zero grace would count once per side).
-        per_pod = self._decider_spec(entry.config).target_value
+        per_pod = DeciderSpec.from_config(entry.config, self.defaults).target_value
         demand = math.ceil(sum(sc.stable for sc in entry.sides.values()) / per_pod - 1e-9)
         return dict(rollout.floors(entry.release, entry.target, demand))
 
@@ -595,7 +565,6 @@ class Controller:
         """The PaddleService status block: conditions, url, address, side names, replicas."""
         svc = entry.svc
         conditions = []
-        all_ready = True
         total_ready = 0
         if entry.release is not None and entry.release.previous is not None:
             total_ready += len(self.platform.state(svc.key, "previous").ready)
@@ -613,14 +582,13 @@ class Controller:
                                   f"waiting for {scaler.desired} replica(s) to turn ready")
             else:
                 cond = _condition(cond_type, True, "ScaledToZero", "no replicas; activated on demand")
-            all_ready &= cond["status"] == "True"
             conditions.append(cond)
         conditions.append(_condition("RoutesReady", True, "RoutesPublished",
                                      f"routed by the activator as {svc.host(self.domain)} (tag routes: "
                                      + ", ".join(svc.tag_host(t, self.domain) for t in svc.sides) + ")"))
         failing = next((c for c in conditions if c["status"] != "True"), None)
         conditions.insert(0, _condition(
-            "Ready", all_ready, "ServiceReady" if failing is None else
+            "Ready", failing is None, "ServiceReady" if failing is None else
             (failing["reason"] if failing["reason"] == "ModelPullFailed" else "NotReady"),
             "" if failing is None else failing["message"]))
         release = entry.release
