@@ -23,7 +23,6 @@ API_GROUP = "elasticserving.paddlepaddle.org"
 API_VERSION = f"{API_GROUP}/v1"
 KIND = "PaddleService"
 PLURAL = "paddleservices"
-SHORT_NAME = "psvc"
 
 # Annotation (on metadata) capping in-flight requests per replica, Knative's containerConcurrency.
 CONTAINER_CONCURRENCY_ANNOTATION = f"{API_GROUP}/container-concurrency"
@@ -39,8 +38,6 @@ TAGS = ("default", "canary")
 ROLLOUT_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|ms|m|s))+$"
 _ROLLOUT_DURATION_RE = re.compile(ROLLOUT_DURATION_PATTERN)
 
-AUTOSCALER_CLASSES = ("kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev")
-METRICS = ("concurrency", "rps", "cpu")
 SIDES = ("default", "canary")
 
 # Defaults as in the original ElasticServing (pkg/constants) and Knative's config-autoscaler.
@@ -96,10 +93,6 @@ def plain_message(msg: str) -> str:
     return msg.replace("a valid dictionary", "a mapping")
 
 
-def yaml_kind(value: Any) -> str:
-    return _YAML_KINDS.get(type(value).__name__, "a value of another kind")
-
-
 def did_you_mean(name: str, known: typing.Iterable[str]) -> str:
     """`, did you mean `minScale`?` for the closest known name (difflib), else "" (pure)."""
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
@@ -128,17 +121,6 @@ def rollout_duration_error(value: Any) -> str:
 
 def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def parse_percent(text: str | int | float, what: str) -> float:
-    """Parse a percentage given as a string or number (`"70"`, `70`, `"70.5"`)."""
-    try:
-        value = float(str(text).strip().rstrip("%"))
-    except ValueError:
-        raise ValueError(f"invalid {what} {text!r}: not a number") from None
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"invalid {what} {text!r}")
-    return value
 
 
 class _Model(BaseModel):
@@ -401,14 +383,15 @@ class PaddleService(BaseModel):
     def canary_percent(self) -> int:
         if self.spec.canary is None:
             return 0
-        return self.spec.canaryTrafficPercent if self.spec.canaryTrafficPercent is not None else 0
+        return self.spec.canaryTrafficPercent or 0
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any, defaults: dict[str, Any] | None = None) -> PaddleService:
         """Validate a decoded manifest; raises SpecError naming the first offending field."""
         if not isinstance(data, dict):
-            raise SpecError("", f"a PaddleService must be a mapping, got {yaml_kind(data)}")
+            kind = _YAML_KINDS.get(type(data).__name__, "a value of another kind")
+            raise SpecError("", f"a PaddleService must be a mapping, got {kind}")
         if "spec" not in data or data.get("spec") is None:
             for key in data:  # a misspelled `spec:` is the likelier story than a forgotten one
                 if key not in cls.model_fields and did_you_mean(key, ["spec"]):
@@ -422,17 +405,21 @@ class PaddleService(BaseModel):
         return svc
 
     # ---- autoscaling ----------------------------------------------------------------------
-    def standby(self) -> int:
-        """The standby annotation's Pod count per side (0 without it); SpecError when it is not 0..10."""
-        text = self.metadata.annotations.get(STANDBY_ANNOTATION, "0")
+    def _count_annotation(self, annotation: str, what: str, most: int) -> int:
+        """An annotation holding an integer within 0..`most` (0 without it); SpecError otherwise."""
+        text = self.metadata.annotations.get(annotation, "0")
         try:
             n = int(text)
         except ValueError:
             n = -1
-        if n < 0 or n > MAX_STANDBY:
-            raise SpecError(f"metadata.annotations[{STANDBY_ANNOTATION}]",
-                            f"standby {text!r} must be an integer within 0..{MAX_STANDBY}")
+        if n < 0 or n > most:
+            raise SpecError(f"metadata.annotations[{annotation}]",
+                            f"{what} {text!r} must be an integer within 0..{most}")
         return n
+
+    def standby(self) -> int:
+        """The standby annotation's Pod count per side (0 without it); SpecError when it is not 0..10."""
+        return self._count_annotation(STANDBY_ANNOTATION, "standby", MAX_STANDBY)
 
     def autoscaling(self, defaults: dict[str, Any] | None = None) -> AutoscalingConfig:
         """Effective autoscaling settings; `defaults` holds cluster-level values
@@ -452,11 +439,15 @@ class PaddleService(BaseModel):
             raise SpecError(f"{field}.window", f"window {window:g}s must be between 6s and 1h")
 
         def percent(name: str, value: Any, key: str, fallback: str) -> float:
-            # Each field parsed on its own, so the error names it (no parsing of the message).
+            """A percentage given as a string or number (`"70"`, `70`, `"70.5"`, `"70%"`)."""
+            text = pick(value, key, fallback)
             try:
-                return parse_percent(pick(value, key, fallback), name)
-            except ValueError as exc:
-                raise SpecError(f"{field}.{name}", str(exc)) from None
+                pct = float(str(text).strip().rstrip("%"))
+            except ValueError:
+                raise SpecError(f"{field}.{name}", f"invalid {name} {text!r}: not a number") from None
+            if not math.isfinite(pct):
+                raise SpecError(f"{field}.{name}", f"invalid {name} {text!r}")
+            return pct
 
         panic_pct = percent("panicWindow", s.panicWindow, "panic-window-percentage", DEFAULT_PANIC_WINDOW)
         panic_threshold = percent("panicThreshold", s.panicThreshold, "panic-threshold-percentage",
@@ -484,14 +475,7 @@ class PaddleService(BaseModel):
             raise SpecError(f"{field}.maxScale", f"maxScale {max_scale} must be >= 0 (0 = unbounded)")
         if max_scale and min_scale > max_scale:
             raise SpecError(f"{field}.minScale", f"minScale {min_scale} exceeds maxScale {max_scale}")
-        cc_text = self.metadata.annotations.get(CONTAINER_CONCURRENCY_ANNOTATION, "0")
-        try:
-            cc = int(cc_text)
-        except ValueError:
-            cc = -1
-        if cc < 0 or cc > 1000:
-            raise SpecError(f"metadata.annotations[{CONTAINER_CONCURRENCY_ANNOTATION}]",
-                            f"containerConcurrency {cc_text!r} must be an integer within 0..1000")
+        cc = self._count_annotation(CONTAINER_CONCURRENCY_ANNOTATION, "containerConcurrency", 1000)
         standby = self.standby()
         if standby and min_scale:
             raise SpecError(f"metadata.annotations[{STANDBY_ANNOTATION}]",
@@ -512,11 +496,8 @@ class PaddleService(BaseModel):
 
     def resources(self) -> dict[str, dict[str, str]]:
         """spec.resources with the original's defaults (0.1 CPU, 128Mi) filled in."""
-        req = dict(DEFAULT_RESOURCES)
-        req.update(self.spec.resources.requests or {})
-        lim = dict(DEFAULT_RESOURCES)
-        lim.update(self.spec.resources.limits or {})
-        return {"requests": req, "limits": lim}
+        return {"requests": {**DEFAULT_RESOURCES, **(self.spec.resources.requests or {})},
+                "limits": {**DEFAULT_RESOURCES, **(self.spec.resources.limits or {})}}
 
     def to_manifest(self) -> dict[str, Any]:
         """The resource as a plain dict (apiVersion, kind, metadata, spec), without status."""
