@@ -1,9 +1,7 @@
 """The autoscaler's HTTP control API: activators long-poll routes and send stats/pokes here (the typed
 contract of autoscaler/wire.py), and the CLI applies, lists and deletes PaddleServices through it.
-
-A request passes a chain of small guards before its handler (see `build_app`): Host allow-list (DNS
-rebinding), bearer token on /v1/*, JSON-only bodies (no cross-site `text/plain` form posts), and the
-serving gate (a standby or unsynced controller answers 503 instead of an empty route table).
+A request passes small guards before its handler (`build_app`): Host allow-list, bearer token on /v1/*,
+JSON-only bodies, and the serving gate.
 """
 
 from __future__ import annotations
@@ -53,11 +51,9 @@ def _validation_reason(exc: ValidationError) -> str:
 async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(await request.read(), parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed JSON: {exc}"}),
-                                 content_type="application/json") from None
-    except RecursionError:  # json.loads nests recursively: a body of "[" * 100000
-        raise web.HTTPBadRequest(text=json.dumps({"error": "malformed JSON: nested too deeply"}),
+    except (ValueError, RecursionError) as exc:  # json.loads nests recursively: a body of "[" * 100000
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed JSON: {reason}"}),
                                  content_type="application/json") from None
 
 
