@@ -5,7 +5,7 @@ Read at scrape time from the controller's state (a custom collector), served on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -13,13 +13,30 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from autoscaler.controller import Controller
+    from autoscaler.controller import Controller, SideScaler
+    from autoscaler.platform import SideState
 
 PREFIX = "elasticserving_autoscaler_"
 
 
 def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
+
+
+# name, help, value of one side (its SideScaler, SideState), in export order.
+_GAUGES: list[tuple[str, str, Callable[[SideScaler, SideState], float]]] = [
+    ("desired_replicas", "Replicas the autoscaler wants.", lambda sc, st: sc.desired),
+    ("actual_replicas", "Replicas started (ready or starting).", lambda sc, st: st.actual),
+    ("ready_replicas", "Replicas ready to serve.", lambda sc, st: len(st.ready)),
+    ("stable_concurrency", "Average concurrency over the stable window.", lambda sc, st: sc.stable),
+    ("panic_concurrency", "Average concurrency over the panic window.", lambda sc, st: sc.panic),
+    ("target_concurrency_per_pod", "Target per replica as the decider uses it: min(target, containerConcurrency)"
+     " x utilization (rps: target x utilization).",
+     lambda sc, st: sc.decider.spec.target_value),  # what scaling divides by
+    ("panic_mode", "1 while the side is in panic mode.", lambda sc, st: 1.0 if sc.in_panic else 0.0),
+    ("excess_burst_capacity", "Excess burst capacity (negative: activator in path).",
+     lambda sc, st: sc.excess_burst_capacity),
+]
 
 
 class ControllerCollector(Collector):
@@ -29,27 +46,10 @@ class ControllerCollector(Collector):
         self.controller = controller
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["service", "side"]
-        fams = {
-            "desired": GaugeMetricFamily(PREFIX + "desired_replicas", "Replicas the autoscaler wants.", labels=labels),
-            "actual": GaugeMetricFamily(PREFIX + "actual_replicas", "Replicas started (ready or starting).", labels=labels),
-            "ready": GaugeMetricFamily(PREFIX + "ready_replicas", "Replicas ready to serve.", labels=labels),
-            "stable": GaugeMetricFamily(PREFIX + "stable_concurrency", "Average concurrency over the stable window.", labels=labels),
-            "panic": GaugeMetricFamily(PREFIX + "panic_concurrency", "Average concurrency over the panic window.", labels=labels),
-            "target": GaugeMetricFamily(PREFIX + "target_concurrency_per_pod", "Target per replica as the decider uses it: min(target, containerConcurrency) x utilization (rps: target x utilization).", labels=labels),
-            "in_panic": GaugeMetricFamily(PREFIX + "panic_mode", "1 while the side is in panic mode.", labels=labels),
-            "ebc": GaugeMetricFamily(PREFIX + "excess_burst_capacity", "Excess burst capacity (negative: activator in path).", labels=labels),
-        }
+        fams = [GaugeMetricFamily(PREFIX + name, doc, labels=["service", "side"]) for name, doc, _ in _GAUGES]
         for key, entry in list(self.controller.services.items()):
             for side, sc in entry.sides.items():
                 st = self.controller.platform.state(key, side)
-                lv = [key, side]
-                fams["desired"].add_metric(lv, sc.desired)
-                fams["actual"].add_metric(lv, st.actual)
-                fams["ready"].add_metric(lv, len(st.ready))
-                fams["stable"].add_metric(lv, sc.stable)
-                fams["panic"].add_metric(lv, sc.panic)
-                fams["target"].add_metric(lv, sc.decider.spec.target_value)  # what scaling divides by
-                fams["in_panic"].add_metric(lv, 1.0 if sc.in_panic else 0.0)
-                fams["ebc"].add_metric(lv, sc.excess_burst_capacity)
-        yield from fams.values()
+                for fam, (_, _, value) in zip(fams, _GAUGES, strict=True):
+                    fam.add_metric([key, side], value(sc, st))
+        yield from fams
