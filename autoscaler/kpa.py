@@ -177,15 +177,10 @@ class Decider:
 
     def __init__(self, spec: DeciderSpec, *, ready_pods: int = 0, now: float | None = None) -> None:
         self.spec = spec
-        self.panic_time: float | None = None
-        self.max_panic_pods = 0
-        self._panic_at_first_tick = False
-        if ready_pods > 1:
-            self.max_panic_pods = ready_pods
-            if now is None:
-                self._panic_at_first_tick = True
-            else:
-                self.panic_time = now
+        restarted = ready_pods > 1
+        self.panic_time: float | None = now if restarted else None
+        self.max_panic_pods = ready_pods if restarted else 0
+        self._panic_at_first_tick = restarted and now is None
         self.first_tick: float | None = None
         self.last_active: float | None = None  # last tick with stable load > 0
 

@@ -91,15 +91,11 @@ class MetricCollector:
         old size starts afresh, as Knative's ResizeWindow does."""
         for win, size in ((self._stable, stable_window), (self._panic, panic_window)):
             size = max(BUCKET, float(size))
-            if size == win.size:
-                continue
-            if self._last is None or win.first is None:
-                win.size = size
-                continue
-            if now is not None and _bucket(now) - self._last > win.size:
-                win.first = None
-            elif size > win.size:
-                win.first = max(win.first, self._last - win.buckets + 1)
+            if size != win.size and self._last is not None and win.first is not None:
+                if now is not None and _bucket(now) - self._last > win.size:
+                    win.first = None
+                elif size > win.size:
+                    win.first = max(win.first, self._last - win.buckets + 1)
             win.size = size
         self._prune()
 

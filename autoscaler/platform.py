@@ -22,9 +22,6 @@ class ReplicaAddress:
     http_port: int
     grpc_port: int | None = None
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "host": self.host, "http_port": self.http_port, "grpc_port": self.grpc_port}
-
 
 @dataclass
 class SideState:

@@ -248,15 +248,14 @@ def _why(r: Release, target: Target) -> tuple[str, str]:
     if r.previous is not None and not r.default.ready:
         return DEFAULT_NOT_READY, (f"default {name(r.default)} has no ready replica ({r.default.error or 'starting'}): "
                                    f"traffic stays on the previous version {name(r.previous)}")
-    moving = [(side, t) for side, t in r.sides().items() if t.ramp is not None]
-    if moving:
-        parts = []
-        for side, t in moving:
-            assert t.ramp is not None
+    moving = []
+    for side, t in r.sides().items():
+        if t.ramp is not None:
             size, seconds = t.ramp.plan
-            parts.append(f"{side} {name(t)} at {t.percent}% on its way to {t.ramp.target}% "
-                         f"(+{size}% every {seconds:g}s)")
-        return ROLLING_OUT, "; ".join(parts)
+            moving.append(f"{side} {name(t)} at {t.percent}% on its way to {t.ramp.target}% "
+                          f"(+{size}% every {seconds:g}s)")
+    if moving:
+        return ROLLING_OUT, "; ".join(moving)
     return AT_TARGET, ", ".join(f"{side} {t.percent}%" for side, t in r.sides().items())
 
 
