@@ -528,10 +528,9 @@ class Controller:
         await self.apply(PaddleService.from_dict(manifest, self.defaults))
 
     # ---- routes and status ------------------------------------------------------------------
-    def tag_hosts(self, svc: PaddleService, tag: str) -> tuple[str, ...]:
-        """The host forms of one tag route (as the service's own: with the domain, bare, `.svc`)."""
-        short = f"{tag}-{svc.name}.{svc.namespace}"
-        return (svc.tag_host(tag, self.domain), short, f"{short}.svc")
+    def _hosts(self, short: str) -> tuple[str, ...]:
+        """The host forms of a route to `short` (`[tag-]name.namespace`): with the domain, bare, `.svc`."""
+        return (f"{short}.{self.domain}", short, f"{short}.svc")
 
     def _side_route(self, entry: ServiceEntry, side: str) -> SideRoute:
         st = self.platform.state(entry.svc.key, side)
@@ -552,11 +551,11 @@ class Controller:
             service=svc.key,
             name=svc.name,
             namespace=svc.namespace,
-            hosts=(svc.host(self.domain), f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"),
+            hosts=self._hosts(f"{svc.name}.{svc.namespace}"),
             canary_percent=release.canary.percent if release.canary else 0,
             container_concurrency=entry.config.container_concurrency,
             sides={side: self._side_route(entry, side) for side in svc.sides},
-            tags={tag: self.tag_hosts(svc, tag) for tag in TAGS if tag in svc.sides},
+            tags={tag: self._hosts(f"{tag}-{svc.name}.{svc.namespace}") for tag in TAGS if tag in svc.sides},
             previous=self._side_route(entry, "previous") if release.previous else None,
             previous_percent=release.previous.percent if release.previous else 0,
         )
@@ -565,13 +564,9 @@ class Controller:
         """The PaddleService status block: conditions, url, address, side names, replicas."""
         svc = entry.svc
         conditions = []
-        total_ready = 0
-        if entry.release is not None and entry.release.previous is not None:
-            total_ready += len(self.platform.state(svc.key, "previous").ready)
         for side in svc.sides:
             st = self.platform.state(svc.key, side)
             scaler = entry.sides.get(side)
-            total_ready += len(st.ready)
             cond_type = "DefaultPaddleServiceReady" if side == "default" else "CanaryPaddleServiceReady"
             if st.ready:
                 cond = _condition(cond_type, True, "ReplicasReady", f"{len(st.ready)} replica(s) ready")
@@ -599,7 +594,7 @@ class Controller:
             "conditions": conditions,
             "url": svc.url(self.domain),
             "address": {"url": f"http://{svc.name}.{svc.namespace}.svc.cluster.local"},
-            "replicas": total_ready,
+            "replicas": 0,  # ready replicas of every side in the release (its sides are the spec's + previous)
         }
         for side, traffic in release.sides().items():
             spec = entry.specs.get(traffic.revision)
@@ -608,8 +603,10 @@ class Controller:
                 block["url"] = f"http://{svc.tag_host(side, self.domain)}"
             if spec is not None:
                 block.update(image=spec.image, argHash=spec.arg_hash)
-            block.update(rollout.side_status(traffic), readyReplicas=len(self.platform.state(svc.key, side).ready))
+            ready = len(self.platform.state(svc.key, side).ready)
+            block.update(rollout.side_status(traffic), readyReplicas=ready)
             status[side] = block
+            status["replicas"] += ready
         if svc.metadata.generation is not None:
             status["observedGeneration"] = svc.metadata.generation
         return status

@@ -14,6 +14,7 @@ import re
 import typing
 from typing import Any, Literal
 
+import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -139,15 +140,19 @@ class EndpointSpec(_Model):
     storageSecret: str | None = None  # a Secret (namespace of the service) with AWS_* keys for s3://
     storageSha256: str | None = None  # the download's digest: verified, and then the cache key
 
-    @field_validator("storageUri")
+    @field_validator("storageUri", "storageSha256")
     @classmethod
-    def _storage_uri(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_uri(v)
-            except StorageUriError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+    def _storage(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
+        """runtime/storage's checks: the URI parses; the digest is normalized."""
+        if v is None:
+            return v
+        try:
+            if info.field_name == "storageSha256":
+                return check_sha256(v)
+            parse_uri(v)
+            return v
+        except StorageUriError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("storageSecret")
     @classmethod
@@ -155,16 +160,6 @@ class EndpointSpec(_Model):
         if v is not None and (len(v) > 253 or not _SECRET_NAME_RE.match(v)):
             raise ValueError(f"{v!r} is not a valid Secret name")
         return v
-
-    @field_validator("storageSha256")
-    @classmethod
-    def _sha256(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return check_sha256(v)
-        except StorageUriError as exc:
-            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _storage_fields_need_a_uri(self) -> EndpointSpec:
