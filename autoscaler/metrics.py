@@ -112,16 +112,12 @@ class MetricCollector:
                 if last is None or win.first is None or b - last >= win.size:
                     win.first = b  # first report, or after a silence of a whole window
             self._last = b
-        elif b < last:
+        else:  # a late report, or another in the latest second (always within every window)
             accepted = [win for win in windows if b + win.size > last]
             if not accepted:
                 return  # older than every window
             for win in accepted:
                 if win.first is None or b < win.first:
-                    win.first = b
-        else:
-            for win in windows:
-                if win.first is None:
                     win.first = b
         covered = max(0.0, float(window))
         share = self._data.setdefault(b, {}).setdefault(source, _Share())
@@ -147,13 +143,10 @@ class MetricCollector:
         if self._last is None or win.first is None:
             return 0.0
         last, first, n = self._last, win.first, win.buckets
-        d = _bucket(now) - last
+        d = max(0, _bucket(now) - last)  # d <= 0 (a clock behind the last report) averages as d = 0
         if d >= win.size:
             return 0.0
-        if d <= 0:
-            lo, count = last - n + 1, min(last - first + 1, n)
-        else:
-            lo, count = last + d - n + 1, min(last - first + 1, n - d)
+        lo, count = last + d - n + 1, min(last - first + 1, n - d)
         total = sum(self._value(b, metric) for b in range(max(lo, first), last + 1))
         return round(total / count, 6)
 
