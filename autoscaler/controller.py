@@ -69,12 +69,8 @@ def version_name(spec: EndpointSpec) -> str:
 
 
 class VersionedRoutes:
-    """Routes for activators, versioned so that a long-poll gets only what changed since the version it holds.
-
-    Every change of one or more services (or of the set of activators) is a new `version`; a bounded
-    history remembers which service keys changed at which version, so `update(epoch, since)` answers a
-    delta while that history reaches back to `since` in this process's `epoch`, else the whole table.
-    """
+    """Routes for activators, versioned as autoscaler/wire.py tells: a bounded history of which keys changed
+    at which version (a new set of activators is a version too) answers a delta while it reaches `since`."""
 
     def __init__(self, history: int = 4096, epoch: str | None = None) -> None:
         self.epoch = epoch or secrets.token_hex(8)  # a new controller process: activators resync in full

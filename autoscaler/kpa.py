@@ -40,15 +40,17 @@ DEFAULT_ACTIVATOR_CAPACITY = 100.0
 TARGET_MIN = 0.01
 
 
-def _float(value: Any, key: str) -> float:
+def _float(d: Mapping[str, Any], key: str, default: float) -> float:
+    value = d.get(key, default)
     try:
         return float(str(value).strip())
     except ValueError:
         raise ValueError(f"{key}: {value!r} is not a number") from None
 
 
-def _seconds(value: Any, key: str) -> float:
+def _seconds(d: Mapping[str, Any], key: str, default: float) -> float:
     """A config-map duration: `30s`, `1m` or a bare number of seconds."""
+    value = d.get(key, default)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     text = str(value).strip()
@@ -131,24 +133,18 @@ class DeciderSpec:
         else:
             per_pod = min(cfg.target, float(cc)) if cc > 0 else cfg.target
             target = per_pod * cfg.target_utilization
-            total = float(cc) if cc > 0 else _float(
-                d.get("activator-capacity", DEFAULT_ACTIVATOR_CAPACITY), "activator-capacity")
+            total = float(cc) if cc > 0 else _float(d, "activator-capacity", DEFAULT_ACTIVATOR_CAPACITY)
 
-        min_scale = cfg.min_scale
-        if not _bool(d.get("enable-scale-to-zero", True)):
-            min_scale = max(min_scale, 1)
+        min_scale = cfg.min_scale if _bool(d.get("enable-scale-to-zero", True)) else max(cfg.min_scale, 1)
         return cls(
             target_value=max(TARGET_MIN, target),
             total_value=total,
-            target_burst_capacity=_float(
-                d.get("target-burst-capacity", DEFAULT_TARGET_BURST_CAPACITY), "target-burst-capacity"),
+            target_burst_capacity=_float(d, "target-burst-capacity", DEFAULT_TARGET_BURST_CAPACITY),
             panic_threshold=cfg.panic_threshold,
-            max_scale_up_rate=_float(d.get("max-scale-up-rate", DEFAULT_MAX_SCALE_UP_RATE), "max-scale-up-rate"),
-            max_scale_down_rate=_float(
-                d.get("max-scale-down-rate", DEFAULT_MAX_SCALE_DOWN_RATE), "max-scale-down-rate"),
+            max_scale_up_rate=_float(d, "max-scale-up-rate", DEFAULT_MAX_SCALE_UP_RATE),
+            max_scale_down_rate=_float(d, "max-scale-down-rate", DEFAULT_MAX_SCALE_DOWN_RATE),
             stable_window=cfg.stable_window,
-            scale_to_zero_grace_period=_seconds(
-                d.get("scale-to-zero-grace-period", DEFAULT_SCALE_TO_ZERO_GRACE), "scale-to-zero-grace-period"),
+            scale_to_zero_grace_period=_seconds(d, "scale-to-zero-grace-period", DEFAULT_SCALE_TO_ZERO_GRACE),
             min_scale=min_scale,
             max_scale=cfg.max_scale,
             reachable=reachable,

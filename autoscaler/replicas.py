@@ -1,8 +1,6 @@
 """The one replica-count decision of a side, pure: the controller's tick, a poke at zero, an apply and a
-release's floors all ask it, so minScale/maxScale, the release's needs and held requests apply alike.
-
-Data flow: KPA answer (autoscaler/kpa.py) or the last decision + release floor (autoscaler/rollout.py)
-+ held requests -> `replicas` -> controller -> platform.scale.
+release's floors all ask it. KPA answer (kpa.py) or last decision + release floor (rollout.py) + held
+requests -> `replicas` -> controller -> platform.scale.
 """
 
 from __future__ import annotations
