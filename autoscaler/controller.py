@@ -25,8 +25,7 @@ from autoscaler.metrics import MetricCollector
 from autoscaler.platform import Platform
 from autoscaler.replicas import replicas
 from autoscaler.spec import TAGS, AutoscalingConfig, EndpointSpec, PaddleService, SpecError
-from autoscaler.wire import Endpoint as WireEndpoint
-from autoscaler.wire import Route, RoutesUpdate, SideRoute, StatsReport
+from autoscaler.wire import Endpoint, Route, RoutesUpdate, SideRoute, StatsReport
 
 log = logging.getLogger("elasticserving.controller")
 
@@ -535,8 +534,8 @@ class Controller:
             ready=bool(st.ready),
             error=st.error,
             desired=scaler.desired if scaler else 0,
-            endpoints=tuple(WireEndpoint(id=ep.id, host=ep.host, http_port=ep.http_port,
-                                         grpc_port=ep.grpc_port) for ep in st.ready),
+            endpoints=tuple(Endpoint(id=ep.id, host=ep.host, http_port=ep.http_port,
+                                     grpc_port=ep.grpc_port) for ep in st.ready),
         )
 
     def route(self, entry: ServiceEntry) -> Route:

@@ -180,10 +180,6 @@ class Decider:
         self.first_tick: float | None = None
         self.last_active: float | None = None  # last tick with stable load > 0
 
-    @property
-    def in_panic(self) -> bool:
-        return self.panic_time is not None
-
     def update(self, spec: DeciderSpec) -> None:
         """Change the spec live (a config change); panic and activity state carry over."""
         self.spec = spec

@@ -85,7 +85,7 @@ class Ramp:
         return max(1, math.floor(left / steps + 0.5)), spread / steps
 
     def steps_done(self, now: float) -> int:
-        size, seconds = self.plan
+        _, seconds = self.plan
         first = self.start + MIN_STEP_SECONDS  # the +1 holds for this long, then one step more
         return max(0, math.floor((now - first + _EPSILON) / seconds))
 
@@ -125,12 +125,9 @@ class Release:
     next_step: float | None = None
 
     def sides(self) -> dict[SideName, SideTraffic]:
-        out: dict[SideName, SideTraffic] = {"default": self.default}
-        if self.canary is not None:
-            out["canary"] = self.canary
-        if self.previous is not None:
-            out["previous"] = self.previous
-        return out
+        every: dict[SideName, SideTraffic | None] = {"default": self.default, "canary": self.canary,
+                                                     "previous": self.previous}
+        return {side: t for side, t in every.items() if t is not None}
 
     def split(self) -> dict[SideName, int]:
         return {side: t.percent for side, t in self.sides().items()}
