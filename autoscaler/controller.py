@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import math
 import secrets
@@ -123,12 +124,8 @@ class VersionedRoutes:
         its index among the live activators when it named itself and is one of them."""
         index = self.activator_ids.index(activator) if activator in self.activator_ids else None
         if epoch == self.epoch and self._floor <= since <= self.version:
-            keys: set[str] = set()
-            for version, changed in reversed(self._history):
-                if version <= since:
-                    break
-                keys.update(changed)
-            ordered = sorted(keys)
+            recent = itertools.takewhile(lambda entry: entry[0] > since, reversed(self._history))
+            ordered = sorted({key for _, changed in recent for key in changed})
             return RoutesUpdate(epoch=self.epoch, version=self.version, full=False,
                                 services=tuple(self._routes[k] for k in ordered if k in self._routes),
                                 removed=tuple(k for k in ordered if k not in self._routes),

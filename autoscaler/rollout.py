@@ -320,11 +320,9 @@ def from_status(status: Mapping[str, Any]) -> Release | None:
         if "default" not in sides or sum(t.percent for t in sides.values()) != 100 \
                 or any(not 0 <= t.percent <= 100 for t in sides.values()):
             return None
-        cond = next((c for c in status.get("conditions") or [] if c.get("type") == RELEASED), None)
-        reason, since = AT_TARGET, 0.0
-        if cond is not None:
-            reason = str(cond.get("reason") or AT_TARGET)
-            since = parse_rfc3339(str(cond["lastTransitionTime"])) if cond.get("lastTransitionTime") else 0.0
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == RELEASED), {})
+        reason = str(cond.get("reason") or AT_TARGET)
+        since = parse_rfc3339(str(cond["lastTransitionTime"])) if cond.get("lastTransitionTime") else 0.0
         return Release(default=sides["default"], canary=sides.get("canary"), previous=sides.get("previous"),
                        reason=reason, since=since)
     except (KeyError, TypeError, ValueError):

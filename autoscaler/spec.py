@@ -376,9 +376,7 @@ class PaddleService(BaseModel):
 
     @property
     def canary_percent(self) -> int:
-        if self.spec.canary is None:
-            return 0
-        return self.spec.canaryTrafficPercent or 0
+        return (self.spec.canaryTrafficPercent or 0) if self.spec.canary is not None else 0
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
