@@ -294,16 +294,14 @@ class Controller:
         now = self.clock()
         accepted = 0
         for s in report.stats:
-            entry = self.services.get(s.service)
-            scaler = entry.sides.get(s.side) if entry else None
+            scaler = self._scaler(s.service, s.side)
             if scaler is None:
                 continue
             accepted += 1
-            busy = s.average_concurrency > 0 or s.requests > 0 or s.concurrency > 0
-            if not busy and (s.service, s.side) not in self.active:
-                continue  # an idle side at zero: nothing to average, nothing to decide
-            if busy:
+            if s.average_concurrency > 0 or s.requests > 0 or s.concurrency > 0:
                 self.active.add((s.service, s.side))
+            elif (s.service, s.side) not in self.active:
+                continue  # an idle side at zero: nothing to average, nothing to decide
             scaler.collector.record(now, source=report.activator, concurrency=s.average_concurrency,
                                     requests=float(s.requests), window=s.window)
         return accepted
@@ -315,19 +313,19 @@ class Controller:
             with tracing.linked("scale from zero", traceparent, **{"elasticserving.service": key,
                                                                     "elasticserving.side": side}) as span:
                 poked = await self._poke(key, side)
-                span.set_attribute("elasticserving.desired", self._desired(key, side))
+                scaler = self._scaler(key, side)
+                span.set_attribute("elasticserving.desired", scaler.desired if scaler else 0)
                 return poked
         return await self._poke(key, side)
 
-    def _desired(self, key: str, side: str) -> int:
+    def _scaler(self, key: str, side: str) -> SideScaler | None:
         entry = self.services.get(key)
-        scaler = entry.sides.get(side) if entry else None
-        return scaler.desired if scaler else 0
+        return entry.sides.get(side) if entry else None
 
     async def _poke(self, key: str, side: str) -> bool:
         entry = self.services.get(key)
-        scaler = entry.sides.get(side) if entry else None
-        if scaler is None:
+        scaler = self._scaler(key, side)
+        if entry is None or scaler is None:
             return False
         scaler.waiting_since = scaler.waiting_since or self.clock()
         self.active.add((key, side))
@@ -355,8 +353,7 @@ class Controller:
         touched: set[str] = set()
         async with self._lock:
             for key, side in sorted(self.active):
-                entry = self.services.get(key)
-                scaler = entry.sides.get(side) if entry else None
+                scaler = self._scaler(key, side)
                 if scaler is None:
                     self.active.discard((key, side))
                     continue

@@ -193,7 +193,6 @@ class Decider:
             self.first_tick = now
             if self._panic_at_first_tick:
                 self.panic_time = now
-                self._panic_at_first_tick = False
         if stable_concurrency > 0:
             self.last_active = now
 

@@ -447,14 +447,12 @@ class PaddleService(BaseModel):
                                   DEFAULT_PANIC_THRESHOLD)
         utilization = percent("targetUtilization", s.targetUtilization,
                               "container-concurrency-target-percentage", DEFAULT_TARGET_UTILIZATION)
-        if not 1.0 <= panic_pct <= 100.0:
-            raise SpecError(f"{field}.panicWindow", f"panicWindow {panic_pct:g}% must be within 1..100")
-        if panic_threshold <= 100.0 or panic_threshold > 1000.0:
-            raise SpecError(f"{field}.panicThreshold",
-                            f"panicThreshold {panic_threshold:g}% must be within 101..1000")
-        if not 1.0 <= utilization <= 100.0:
-            raise SpecError(f"{field}.targetUtilization",
-                            f"targetUtilization {utilization:g}% must be within 1..100")
+        for name, pct, ok, within in (("panicWindow", panic_pct, 1.0 <= panic_pct <= 100.0, "1..100"),
+                                      ("panicThreshold", panic_threshold, 100.0 < panic_threshold <= 1000.0,
+                                       "101..1000"),
+                                      ("targetUtilization", utilization, 1.0 <= utilization <= 100.0, "1..100")):
+            if not ok:
+                raise SpecError(f"{field}.{name}", f"{name} {pct:g}% must be within {within}")
         target = pick(s.target, "container-concurrency-target-default", DEFAULT_TARGET)
         if s.metric == "rps" and s.target is None:
             target = d.get("requests-per-second-target-default", 200)
