@@ -177,8 +177,7 @@ class Decider:
         self.panic_time: float | None = now if restarted else None
         self.max_panic_pods = ready_pods if restarted else 0
         self._panic_at_first_tick = restarted and now is None
-        self.first_tick: float | None = None
-        self.last_active: float | None = None  # last tick with stable load > 0
+        self.last_active: float | None = None  # last tick with stable load > 0, else the first tick
 
     def update(self, spec: DeciderSpec) -> None:
         """Change the spec live (a config change); panic and activity state carry over."""
@@ -189,8 +188,8 @@ class Decider:
         """Decide for the tick at `now` from the window averages (concurrency, or requests per
         second for metric rps) and the number of ready pods."""
         spec = self.spec
-        if self.first_tick is None:
-            self.first_tick = now
+        if self.last_active is None:  # the first tick
+            self.last_active = now
             if self._panic_at_first_tick:
                 self.panic_time = now
         if stable_concurrency > 0:
@@ -230,10 +229,8 @@ class Decider:
         desired = max(desired, spec.min_scale)
         if spec.max_scale > 0:
             desired = min(desired, spec.max_scale)
-        if desired == 0 and ready_pods > 0:
-            idle_since = self.last_active if self.last_active is not None else self.first_tick
-            if now - idle_since < spec.scale_to_zero_grace_period:
-                desired = 1
+        if desired == 0 and ready_pods > 0 and now - self.last_active < spec.scale_to_zero_grace_period:
+            desired = 1
         return ScaleResult(desired_pod_count=int(desired), excess_burst_capacity=int(excess),
                            in_panic=self.panic_time is not None, desired_stable=desired_stable,
                            desired_panic=desired_panic)

@@ -234,13 +234,10 @@ class ResourceRequirements(_Model):
             return v
         if not isinstance(v, dict):
             raise ValueError("must be a mapping of resource name to quantity")
-        out = {}
         for name, qty in v.items():
-            text = str(qty)
-            if not _QUANTITY_RE.match(text):
+            if not _QUANTITY_RE.match(str(qty)):
                 raise ValueError(f"invalid quantity {qty!r} for {name}")
-            out[str(name)] = text
-        return out
+        return {str(name): str(qty) for name, qty in v.items()}
 
 
 class PaddleServiceSpec(_Model):
@@ -531,10 +528,9 @@ def load_paddleservices(text: str, defaults: dict[str, Any] | None = None) -> li
     """Parse a (multi-document) YAML text; non-PaddleService documents (e.g. a Namespace) are skipped."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError("", f"invalid YAML: {exc}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise SpecError("", "invalid YAML: nested too deeply") from None
+    except (yaml.YAMLError, RecursionError) as exc:  # PyYAML composes nested collections recursively
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise SpecError("", f"invalid YAML: {reason}") from None
     out = []
     for i, doc in enumerate(docs):
         if isinstance(doc, dict) and doc.get("kind") not in (None, KIND):
