@@ -140,13 +140,10 @@ class VersionedRoutes:
 
     async def wait_news(self, epoch: str | None, since: int, timeout: float) -> None:
         """Return once `has_news(epoch, since)` or after `timeout` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not self.has_news(epoch, since):
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.has_news(epoch, since):
+                    await self._changed.wait()
 
 
 class Controller:

@@ -57,11 +57,10 @@ def _seconds(d: Mapping[str, Any], key: str, default: float) -> float:
     try:
         return float(text)
     except ValueError:
-        pass
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
 
 
 def _bool(value: Any) -> bool:

@@ -382,7 +382,7 @@ class PaddleService(BaseModel):
         if not isinstance(data, dict):
             kind = _YAML_KINDS.get(type(data).__name__, "a value of another kind")
             raise SpecError("", f"a PaddleService must be a mapping, got {kind}")
-        if "spec" not in data or data.get("spec") is None:
+        if data.get("spec") is None:
             for key in data:  # a misspelled `spec:` is the likelier story than a forgotten one
                 if key not in cls.model_fields and did_you_mean(key, ["spec"]):
                     raise SpecError(str(key), f"unknown field `{key}`{did_you_mean(key, ['spec'])}")
