@@ -157,14 +157,10 @@ def revise(prev: Release | None, target: Target) -> tuple[Release, list[Move]]:
             else:
                 previous = replace(previous, percent=previous.percent + default.percent)
             default_share = 0
-        elif previous is not None:
-            # The version on its way in never proved itself: it is replaced (in place, it has no
-            # traffic) and the outgoing version goes on serving.
-            default_share = default.percent
         else:
-            # Replaced in place: the platform keeps the old replicas until new ones are ready.
-            default_share = default.percent + (previous.percent if previous else 0)
-            previous = None
+            # Replaced in place: the platform keeps the old replicas until new ones are ready. With an
+            # outgoing version kept, the one on its way in never proved itself (it has no traffic).
+            default_share = default.percent
         if promoted:
             assert canary is not None
             moves.append(("canary", "default"))
