@@ -281,8 +281,7 @@ class Controller:
 
     def _publish_activators(self) -> None:
         horizon = self.clock() - ACTIVATOR_TTL
-        for gone in [a for a, seen in self._activators.items() if seen < horizon]:
-            del self._activators[gone]
+        self._activators = {a: seen for a, seen in self._activators.items() if seen >= horizon}
         self.routes.publish({}, activators=self._activators)
 
     def record_stats(self, report: StatsReport) -> int:
