@@ -231,7 +231,6 @@ def build_app(
         follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
         log_ = logs(key, side)
         queue = log_.follow() if (follow and log_ is not None) else None  # before the tail: no gap
-        subscription = queue
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await resp.prepare(request)
         try:
@@ -245,21 +244,21 @@ def build_app(
                     if request.transport is None or request.transport.is_closing():
                         break  # the client left
                     continue
+                batch = []  # the lines queued already, up to 1000, in one write
+                while line is not None:
+                    batch.append(line)
+                    if queue.empty() or len(batch) == 1000:
+                        break
+                    line = queue.get_nowait()
+                if batch:
+                    await resp.write("".join(x.render() + "\n" for x in batch).encode())
                 if line is None:
                     break  # the side is gone or the stack stops
-                batch = [line]
-                while not queue.empty() and len(batch) < 1000:
-                    nxt = queue.get_nowait()
-                    if nxt is None:
-                        queue = None
-                        break
-                    batch.append(nxt)
-                await resp.write("".join(x.render() + "\n" for x in batch if x is not None).encode())
         except ConnectionError:  # the client left
             pass
         finally:
-            if subscription is not None:
-                log_.unfollow(subscription)
+            if queue is not None:
+                log_.unfollow(queue)
         with contextlib.suppress(ConnectionError):
             await resp.write_eof()
         return resp

@@ -259,8 +259,7 @@ class Controller:
                 return False
             if entry.timer is not None:
                 entry.timer.cancel()
-            for side in entry.sides:
-                self.active.discard((key, side))
+            self.active.difference_update((key, side) for side in entry.sides)
             await self.platform.delete(key)
         self._publish([key])
         return True
@@ -460,8 +459,7 @@ class Controller:
         return retired
 
     def _floors(self, entry: ServiceEntry) -> dict[str, int]:
-        if entry.release is None or entry.target is None:
-            return {}
+        assert entry.release is not None and entry.target is not None  # set by apply before any await
         # The replicas the whole service's load needs, whichever side carries it (not the sum of each
         # side's decision: minScale and the scale-to-zero grace would count once per side).
         per_pod = DeciderSpec.from_config(entry.config, self.defaults).target_value
