@@ -197,8 +197,7 @@ def build_app(
 
     @routes.get("/v1/paddleservices")
     async def list_services(_: web.Request) -> web.Response:
-        items = [controller.describe(k) for k in sorted(controller.services)]
-        return web.json_response({"items": items})
+        return web.json_response({"items": [controller.describe(k) for k in sorted(controller.services)]})
 
     @routes.get("/v1/paddleservices/{namespace}/{name}")
     async def get_service(request: web.Request) -> web.Response:

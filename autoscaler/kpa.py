@@ -64,8 +64,6 @@ def _seconds(d: Mapping[str, Any], key: str, default: float) -> float:
 
 
 def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
     return str(value).strip().lower() not in ("false", "0", "no", "off")
 
 
