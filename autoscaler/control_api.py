@@ -1,7 +1,9 @@
 """The autoscaler's HTTP control API: activators long-poll routes and send stats/pokes here (the typed
 contract of autoscaler/wire.py), and the CLI applies, lists and deletes PaddleServices through it.
-A request passes the guards before its handler (`guards`): Host allow-list, bearer token on /v1/*,
-JSON-only bodies, and the serving gate.
+
+A request passes a chain of small guards before its handler (see `build_app`): Host allow-list (DNS
+rebinding), bearer token on /v1/*, JSON-only bodies (no cross-site `text/plain` form posts), and the
+serving gate (a standby or unsynced controller answers 503 instead of an empty route table).
 """
 
 from __future__ import annotations
@@ -69,41 +71,62 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-# ---- the guards ------------------------------------------------------------------------------
-def guards(allowed_hosts: Iterable[str] | None, token: str | None, serving: Callable[[], bool]) -> Any:
-    """One middleware running the guards in turn before any handler:
-
-    - Host allow-list (None: any Host): a page of evil.example whose name was re-pointed at 127.0.0.1
-      (DNS rebinding) arrives with `Host: evil.example` and gets a 403;
-    - `Authorization: Bearer <token>` on all but PUBLIC_PATHS (None: no token), compared in constant time;
-    - bodies must be `application/json`: a cross-site form or `text/plain` POST (no CORS preflight)
-      gets a 415 before any handler reads it;
-    - while `serving()` is false (a standby, or a controller whose caches are not synced), the activator
-      endpoints answer 503 with the reason: activators keep their last routes and retry.
-    """
-    names = None if allowed_hosts is None else frozenset(host_name(h) for h in allowed_hosts)
-    expected = None if token is None else f"Bearer {token}".encode()
+# ---- the guards, outermost first ---------------------------------------------------------------
+def host_guard(allowed: Iterable[str]) -> Any:
+    """Refuse Host values not in `allowed`: a page of evil.example whose name was re-pointed at
+    127.0.0.1 (DNS rebinding) arrives with `Host: evil.example` and gets a 403."""
+    names = frozenset(host_name(h) for h in allowed)
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         host = request.headers.get("Host")
         # No Host at all is no browser (browsers always send it), hence no rebinding.
-        if names is not None and host is not None and host_name(host) not in names:
+        if host is not None and host_name(host) not in names:
             return _error(403, f"Host {host[:100]!r} is not served here (allowed: {', '.join(sorted(names))})")
-        if expected is not None and request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(given, expected):
-                return web.json_response(
-                    {"error": "missing or wrong bearer token (the CLI reads it from the stack's token file; "
-                              "see --token-file)"},
-                    status=401, headers={"WWW-Authenticate": 'Bearer realm="elasticserving"'})
-        if request.method in ("POST", "PUT", "PATCH") and request.content_type != "application/json":
-            return _error(415, f"Content-Type must be application/json, not {request.content_type!r}")
+        return await handler(request)
+
+    return guard
+
+
+def bearer_auth(token: str) -> Any:
+    """/v1/* needs `Authorization: Bearer <token>` (constant-time comparison); PUBLIC_PATHS do not."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"error": "missing or wrong bearer token (the CLI reads it from the stack's token file; "
+                          "see --token-file)"},
+                status=401, headers={"WWW-Authenticate": 'Bearer realm="elasticserving"'})
+        return await handler(request)
+
+    return auth
+
+
+@web.middleware
+async def json_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bodies must be `application/json`: a cross-site form or `text/plain` POST (no CORS preflight)
+    gets a 415 before any handler reads it."""
+    if request.method in ("POST", "PUT", "PATCH") and request.content_type != "application/json":
+        return _error(415, f"Content-Type must be application/json, not {request.content_type!r}")
+    return await handler(request)
+
+
+def serving_gate(serving: Callable[[], bool]) -> Any:
+    """While `serving()` is false (a standby, or a controller whose caches are not synced), the
+    activator endpoints answer 503 with the reason: activators keep their last routes and retry."""
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in SERVING_PATHS and not serving():
             return _error(503, "this controller is not serving (a standby or not yet synced); retry")
         return await handler(request)
 
-    return guard
+    return gate
 
 
 def build_app(
@@ -302,9 +325,15 @@ def build_app(
             return _error(404, f"paddleservice {key} not found")
         return web.json_response({"deleted": key})
 
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guards(allowed_hosts, token, serving)])
+    middlewares = []
+    if allowed_hosts is not None:
+        middlewares.append(host_guard(allowed_hosts))
+    if token is not None:
+        middlewares.append(bearer_auth(token))
+    middlewares += [json_only, serving_gate(serving)]
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app.add_routes(routes)
     return app
 
 
-__all__ = ["build_app", "guards", "host_name"]
+__all__ = ["build_app", "bearer_auth", "host_guard", "host_name", "json_only", "serving_gate"]
