@@ -1,10 +1,8 @@
 """The local platform: each replica is a process on this machine, started from `spec.<side>.arg`.
 
-The controller sets desired counts; a supervisor per side starts replicas with `sh -c`, probes
-`/ready`, restarts crashed ones with back-off, and reports ready endpoints back (when a started replica
-is ready, failed or to start again plainly is `ReplicaJudge`'s pure decision). Each replica's stdout
-and stderr are drained line by line into its side's `SideLog` (autoscaler/local/logs.py) and, with
-`log_dir`, into `<log_dir>/<replica>.log`.
+A supervisor per side starts replicas with `sh -c`, probes `/ready`, restarts crashed ones with back-off
+and reports ready endpoints (`ReplicaJudge` decides, without I/O); replica output goes line by line to
+the side's `SideLog` (autoscaler/local/logs.py) and, with `log_dir`, to `<log_dir>/<replica>.log`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import aiohttp
 
 from autoscaler.local.logs import SideLog
 from autoscaler.local.models import LocalModels
-from autoscaler.local.process import die_with_parent
+from autoscaler.local.process import die_with_parent, pipe_reader
 from autoscaler.platform import Platform, ReplicaAddress, SideState
 from autoscaler.spec import MODEL_DIR_ENV, EndpointSpec, PaddleService
 from runtime.storage import ModelVersion, StorageError
@@ -61,9 +59,6 @@ class Replica:
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     stdout: asyncio.StreamReader | None = None
     task: asyncio.Task | None = None
-
-    def endpoint(self, host: str) -> ReplicaAddress:
-        return ReplicaAddress(self.id, host, self.http_port, self.grpc_port)
 
 
 @dataclass
@@ -147,20 +142,11 @@ class LocalPlatform(Platform):
     name = "local"
     moves_sides = True
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        ready_timeout: float = 120.0,
-        probe_interval: float = 0.02,
-        drain_timeout: float = 15.0,
-        log_dir: str | os.PathLike | None = None,
-        max_backoff: float = 30.0,
-        env: dict[str, str] | None = None,
-        spawner: Callable[..., object] | None = None,
-        warm: Callable[[str], object] | None = None,
-        prewarm_ready_timeout: float = 10.0,
-        models: LocalModels | None = None,
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", ready_timeout: float = 120.0, probe_interval: float = 0.02,
+                 drain_timeout: float = 15.0, log_dir: str | os.PathLike | None = None, max_backoff: float = 30.0,
+                 env: dict[str, str] | None = None, spawner: Callable[..., object] | None = None,
+                 warm: Callable[[str], object] | None = None, prewarm_ready_timeout: float = 10.0,
+                 models: LocalModels | None = None) -> None:
         super().__init__()
         self.host = host
         self.ready_timeout = ready_timeout
@@ -169,12 +155,10 @@ class LocalPlatform(Platform):
         self.log_dir = Path(log_dir) if log_dir else None
         self.max_backoff = max_backoff
         self.extra_env = dict(env or {})
-        # Optional pre-warmed launcher (autoscaler/local/prewarm.py): `await spawner(cmd, env, stdout_fd)` returns
-        # a forked replica (a Process-like object with `prewarmed = True`), or None for a plain start. A
-        # forked replica gets `prewarm_ready_timeout` to turn ready, else it is killed and started plainly.
+        # The pre-warmed launcher (autoscaler/local/prewarm.py): `await spawner(cmd, env, stdout_fd)` forks a
+        # replica (`prewarmed = True`; `prewarm_ready_timeout` to turn ready, else started plainly) or returns
+        # None. `warm(cmd)` readies a side's zygote at apply: even an ONNX canary's first replica is forked.
         self.spawner = spawner
-        # With the launcher: `warm(cmd)` readies the zygote of every side's command as soon as its spec is
-        # applied, so even the first replica of a backend kind (an ONNX canary) is forked pre-warmed.
         self.warm = warm
         self.prewarm_ready_timeout = prewarm_ready_timeout
         self.models = models or LocalModels()
@@ -204,7 +188,6 @@ class LocalPlatform(Platform):
                 task.cancel()
         for sr in sides:
             sr.log.close()
-        for sr in sides:
             if sr.task:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await sr.task
@@ -269,8 +252,7 @@ class LocalPlatform(Platform):
             return
         if replicas != sr.desired:
             sr.desired = replicas
-            if replicas > 0 and sr.backoff_until:
-                # A new demand (e.g. a poke) retries a failed side at once.
+            if replicas > 0:  # a new demand (e.g. a poke) retries a failed side at once
                 sr.backoff_until = 0.0
             sr.wake.set()
 
@@ -278,7 +260,8 @@ class LocalPlatform(Platform):
         sr = self._sides.get((key, side))
         if sr is None:
             return SideState()
-        ready = [r.endpoint(self.host) for r in sr.replicas.values() if r.state == READY]
+        ready = [ReplicaAddress(r.id, self.host, r.http_port, r.grpc_port)
+                 for r in sr.replicas.values() if r.state == READY]
         starting = sum(1 for r in sr.replicas.values() if r.state == STARTING)
         return SideState(desired=sr.desired, ready=ready, starting=starting, error=sr.error,
                          error_reason=sr.error_reason, last_start_seconds=sr.last_start_seconds)
@@ -287,10 +270,6 @@ class LocalPlatform(Platform):
         """The recent output of the replicas of one side (None: no such side)."""
         sr = self._sides.get((key, side))
         return sr.log if sr else None
-
-    def pids(self) -> list[int]:
-        """Process ids of every replica (for tests and `get`)."""
-        return [r.proc.pid for sr in self._sides.values() for r in sr.replicas.values() if r.proc]
 
     # ---- supervision ----------------------------------------------------------------------
     async def _remove_side(self, sr: SideRuntime) -> None:
@@ -370,19 +349,11 @@ class LocalPlatform(Platform):
         return ports
 
     def _env(self, sr: SideRuntime, r: Replica) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.extra_env)
-        bindir = os.path.dirname(sys.executable)
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-        env.update({
-            "PORT": str(r.http_port),
-            "GRPC_PORT": str(r.grpc_port),
-            "ELASTICSERVING_REPLICA": r.id,
-            "ELASTICSERVING_SERVICE": sr.key,
-            "ELASTICSERVING_SIDE": sr.side,
-            "ELASTICSERVING_BIND_HOST": self.host,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env = {**os.environ, **self.extra_env}
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env.update(PORT=str(r.http_port), GRPC_PORT=str(r.grpc_port), ELASTICSERVING_REPLICA=r.id,
+                   ELASTICSERVING_SERVICE=sr.key, ELASTICSERVING_SIDE=sr.side, ELASTICSERVING_BIND_HOST=self.host,
+                   PYTHONUNBUFFERED="1")
         return env
 
     async def _model(self, sr: SideRuntime, generation: int) -> ModelVersion:
@@ -422,13 +393,12 @@ class LocalPlatform(Platform):
             finally:
                 os.close(out_w)  # the forked replica holds its own copy
             if proc is not None:
-                return proc, await _pipe_reader(out_r)
+                return proc, await pipe_reader(out_r)
             os.close(out_r)
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
-        )
+            start_new_session=True, preexec_fn=die_with_parent)
         return proc, proc.stdout
 
     async def _run(self, sr: SideRuntime, r: Replica) -> None:
@@ -488,8 +458,6 @@ class LocalPlatform(Platform):
             elif v.action == FAILED:
                 self._failed(sr, r, v.message)
                 await self._stop(sr, r, reason=v.stop_reason)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # supervision must not die silently
             log.exception("replica %s supervision failed", r.id)
             self._failed(sr, r, f"replica supervision failed: {exc}")
@@ -503,21 +471,16 @@ class LocalPlatform(Platform):
         sr.replicas.pop(r.id, None)
         sr.error, sr.error_reason = message, reason
         sr.failures += 1
-        delay = min(self.max_backoff, 0.5 * 2 ** (sr.failures - 1))
-        sr.backoff_until = time.monotonic() + delay
+        sr.backoff_until = time.monotonic() + min(self.max_backoff, 0.5 * 2 ** (sr.failures - 1))
         self.on_change(sr.key)
         sr.wake.set()
 
     async def _drain_output(self, sr: SideRuntime, r: Replica) -> None:
         """Copy the replica's stdout and stderr until both end."""
         assert r.proc is not None
-        logf = open(self.log_dir / f"{r.id}.log", "ab") if self.log_dir else None  # noqa: SIM115
-        try:
+        with open(self.log_dir / f"{r.id}.log", "ab") if self.log_dir else contextlib.nullcontext() as logf:
             await asyncio.gather(self._drain(sr, r, r.proc.stderr, logf, is_stderr=True),
                                  self._drain(sr, r, r.stdout, logf, is_stderr=False))
-        finally:
-            if logf is not None:
-                logf.close()
 
     async def _drain(self, sr: SideRuntime, r: Replica, stream: asyncio.StreamReader | None, logf: Any,
                      is_stderr: bool) -> None:
@@ -574,14 +537,6 @@ class LocalPlatform(Platform):
             r.task.cancel()
         sr.replicas.pop(r.id, None)
         sr.wake.set()
-
-
-async def _pipe_reader(fd: int) -> asyncio.StreamReader:
-    """An asyncio reader of the read end `fd` of a pipe (closed with the reader's transport)."""
-    reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                       os.fdopen(fd, "rb", buffering=0))
-    return reader
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoscaler.local.process import die_with_parent, terminate
+from autoscaler.local.process import die_with_parent, pipe_reader, terminate
 
 log = logging.getLogger("elasticserving.prewarm")
 
@@ -229,9 +229,7 @@ class ZygoteProcess:
             first = json.loads(await asyncio.wait_for(reader.readline(), 5.0) or b"{}")
             if "pid" not in first:
                 raise OSError(first.get("error") or "the zygote closed the connection")
-            stderr = asyncio.StreamReader()
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stderr),
-                                         os.fdopen(err_r, "rb", buffering=0))
+            stderr = await pipe_reader(err_r)
         except BaseException:
             conn.close()
             with contextlib.suppress(OSError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 
 
@@ -29,3 +30,11 @@ async def terminate(proc: asyncio.subprocess.Process | None, timeout: float = 10
     except TimeoutError:
         proc.kill()
         await proc.wait()
+
+
+async def pipe_reader(fd: int) -> asyncio.StreamReader:
+    """An asyncio reader of the read end `fd` of a pipe (closed with the reader's transport)."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                       os.fdopen(fd, "rb", buffering=0))
+    return reader
