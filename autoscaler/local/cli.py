@@ -44,7 +44,7 @@ def _positive(type_: type) -> Any:
             value = type_(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0 or value != value or value == float("inf"):
+        if not 0 < value < float("inf"):  # NaN included
             raise argparse.ArgumentTypeError(f"must be a positive finite number, not {text}")
         return value
 
@@ -52,16 +52,12 @@ def _positive(type_: type) -> Any:
     return parse
 
 
-def _dest(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
-
-
 def activator_args(args: argparse.Namespace) -> list[str]:
     """The activator's command-line flags `up` passes through: the two it always sets, then the limits
     given."""
     out = ["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)]
     for flag, _, _ in ACTIVATOR_LIMIT_FLAGS:
-        value = getattr(args, _dest(flag))
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is not None:
             out += [flag, str(value)]
     return out
@@ -160,13 +156,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return up(StackOptions(
         files=args.file, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-        control_port=args.control_port, admin_port=args.admin_port, log_format=args.log_format, domain=args.domain, config=args.config, log_dir=args.log_dir,
-        tick_seconds=args.tick_seconds, ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
+        control_port=args.control_port, admin_port=args.admin_port, log_format=args.log_format,
+        domain=args.domain, config=args.config, log_dir=args.log_dir, tick_seconds=args.tick_seconds,
+        ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
         prewarm_ready_timeout=args.prewarm_ready_timeout,
         prometheus_port=args.prometheus_port if args.prometheus else None,
         token_file=args.token_file, allowed_hosts=args.allow_host, model_cache=args.model_cache,
-        activator_args=activator_args(args),
-    ))
+        activator_args=activator_args(args)))
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -314,18 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
-    def client(name: str, help_: str) -> argparse.ArgumentParser:
+    def client(name: str, help_: str, named: bool = True) -> argparse.ArgumentParser:
+        """A subcommand talking to a running stack; `named`: about one PaddleService (NAME, -n)."""
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--server", default=DEFAULT_SERVER, help="control API of a running stack")
         sp.add_argument("--token-file", default=os.environ.get("ELASTICSERVING_TOKEN_FILE"),
                         help="the stack's control API token (default: the file `up` wrote for --server's port)")
+        if named:
+            sp.add_argument("name")
+            sp.add_argument("-n", "--namespace")
         return sp
 
-    ap = client("apply", "create or update PaddleServices in a running local stack")
+    ap = client("apply", "create or update PaddleServices in a running local stack", named=False)
     ap.add_argument("-f", "--file", action="append", required=True)
     ap.set_defaults(func=cmd_apply)
 
-    gp = client("get", "list PaddleServices (NAME, READY, REPLICAS, URL)")
+    gp = client("get", "list PaddleServices (NAME, READY, REPLICAS, URL)", named=False)
     gp.add_argument("name", nargs="?")
     gp.add_argument("-n", "--namespace", help="only this namespace (default: all)")
     gp.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
@@ -335,18 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = client("promote", "make the canary the default (refused while the canary has no ready replica); "
                 "with spec.rolloutDuration the traffic moves over gradually")
-    pp.add_argument("name")
-    pp.add_argument("-n", "--namespace")
     pp.set_defaults(func=cmd_promote)
 
     dp = client("delete", "delete a PaddleService from a running local stack")
-    dp.add_argument("name")
-    dp.add_argument("-n", "--namespace")
     dp.set_defaults(func=cmd_delete)
 
     lp = client("logs", "print the output of a service's local replicas (as kubectl logs)")
-    lp.add_argument("name")
-    lp.add_argument("-n", "--namespace")
     lp.add_argument("--side", choices=list(RELEASE_SIDES), default="default")
     lp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     lp.add_argument("--tail", type=int, help="only the last N lines kept")
@@ -363,12 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, ApiError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, SpecError) else 1
 
 
 if __name__ == "__main__":

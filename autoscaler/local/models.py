@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from autoscaler.spec import EndpointSpec, SpecError
-from runtime.storage import ModelCache, ModelVersion, PullLimits, StorageError, pull
+from runtime.storage import ModelCache, ModelVersion, StorageError, pull
 from runtime.storage.names import ENV_KEYS
 
 CACHE_ENV = "ELASTICSERVING_MODEL_CACHE"
@@ -56,14 +56,10 @@ def load_secrets(texts: list[str]) -> dict[str, dict[str, str]]:
 class LocalModels:
     """Pulls for the local platform: one pull per model version in flight at a time, in a thread."""
 
-    def __init__(self, cache_dir: Path | None = None, max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-                 secrets: Mapping[str, Mapping[str, str]] | None = None,
-                 environ: Mapping[str, str] | None = None, limits: PullLimits = PullLimits()) -> None:  # noqa: B008
+    def __init__(self, cache_dir: Path | None = None,
+                 secrets: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
-        self.max_bytes = max_bytes
         self.secrets = dict(secrets or {})
-        self.environ = os.environ if environ is None else environ
-        self.limits = limits
         self._cache: ModelCache | None = None
         self._pulls: dict[tuple[Any, ...], asyncio.Task[ModelVersion]] = {}
 
@@ -76,7 +72,7 @@ class LocalModels:
                                    "not found (locally, put it in a file given to `elasticserving up -f`)",
                                    retryable=False)
             return {k: found[k] for k in ENV_KEYS if found.get(k)}
-        return {k: self.environ[k] for k in ENV_KEYS if self.environ.get(k)}
+        return {k: os.environ[k] for k in ENV_KEYS if os.environ.get(k)}
 
     async def pull(self, namespace: str, spec: EndpointSpec, say: Callable[[str], None]) -> ModelVersion:
         """The model of `spec` (which has a storageUri) as a local directory; StorageError otherwise."""
@@ -94,8 +90,8 @@ class LocalModels:
     def _pull(self, spec: EndpointSpec, env: dict[str, str], say: Callable[[str], None]) -> ModelVersion:
         if self._cache is None:
             try:
-                self._cache = ModelCache(self.cache_dir, self.max_bytes)
+                self._cache = ModelCache(self.cache_dir, DEFAULT_CACHE_MAX_BYTES)
             except OSError as exc:
                 raise StorageError(f"cannot use the model cache {self.cache_dir}: {exc.strerror}") from None
         assert spec.storageUri is not None
-        return pull(spec.storageUri, self._cache, env, spec.storageSha256, self.limits, say)
+        return pull(spec.storageUri, self._cache, env, spec.storageSha256, say=say)

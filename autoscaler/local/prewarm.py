@@ -62,16 +62,15 @@ _WARM_ENV = {"PORT": "0", "GRPC_PORT": "0", "MODEL_DIR": "/nonexistent"}
 def warm_kind(cmd: str) -> str | None:
     """The zygote kind of a side's replica command, told before it runs (None: not our runtime, or a
     backend no zygote pre-warms)."""
-    argv = runtime_argv(cmd, {**os.environ, **_WARM_ENV})
-    return runtime_kind(argv) if argv is not None else None
+    return runtime_kind(runtime_argv(cmd, {**os.environ, **_WARM_ENV}))
 
 
-def runtime_kind(argv: list[str]) -> str | None:
+def runtime_kind(argv: list[str] | None) -> str | None:
     """Which zygote can fork this replica: the backend the runtime itself would load for `argv`
     (runtime.cli parses it with the runtime's own flags and defaults); None: none can."""
     from runtime.cli import backend_kind  # light: imports neither numpy nor a backend
 
-    return backend_kind(argv)
+    return backend_kind(argv) if argv is not None else None
 
 
 class ForkedReplica:
@@ -135,9 +134,7 @@ STARTING_WAIT_SECONDS = 5.0
 def starting_wait(age: float | None, budget: float = STARTING_WAIT_SECONDS) -> float:
     """How long a replica start waits for a zygote that is starting: what is left of `budget` since it
     started (`age` seconds ago; None: no zygote process is starting)."""
-    if age is None:
-        return 0.0
-    return max(0.0, budget - age)
+    return 0.0 if age is None else max(0.0, budget - age)
 
 
 class ZygoteProcess:
@@ -261,10 +258,10 @@ class ZygoteProcess:
 class PrewarmLauncher:
     """Zygotes per backend kind; `spawn` forks a replica, or returns None for a plain start."""
 
-    def __init__(self, kinds: tuple[str, ...] = ("paddle",), env: dict[str, str] | None = None) -> None:
+    def __init__(self, kinds: tuple[str, ...] = ("paddle",)) -> None:
         self.kinds = kinds
         self._workdir = Path(tempfile.mkdtemp(prefix="elasticserving-zygote-"))
-        self._env = dict(os.environ if env is None else env)
+        self._env = dict(os.environ)
         self.zygotes: dict[str, ZygoteProcess] = {}
 
     async def start(self) -> None:
@@ -278,14 +275,6 @@ class PrewarmLauncher:
             z.start()
         return z
 
-    async def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Every eager zygote has imported its backend (for tests and benchmarks)."""
-        try:
-            await asyncio.wait_for(asyncio.gather(*(z.ready.wait() for z in self.zygotes.values())), timeout)
-        except TimeoutError:
-            return False
-        return True
-
     def warm(self, cmd: str) -> str | None:
         """Start the zygote that will fork `cmd`'s replicas (a side's command of a loaded or applied
         spec), before its first scale-up; returns its kind, None when no zygote can fork it."""
@@ -296,8 +285,8 @@ class PrewarmLauncher:
 
     async def spawn(self, cmd: str, env: dict[str, str], stdout_fd: int | None = None) -> ForkedReplica | None:
         argv = runtime_argv(cmd, env)
-        kind = runtime_kind(argv) if argv is not None else None
-        if kind is None:
+        kind = runtime_kind(argv)
+        if argv is None or kind is None:  # not our runtime, or no zygote for its backend
             return None
         z = self._zygote(kind)  # a kind first seen here warms up for the next scale-up
         if not z.alive():

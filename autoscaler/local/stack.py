@@ -175,17 +175,6 @@ class ActivatorProcess:
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    def command(self) -> list[str]:
-        o = self.opts
-        return [
-            sys.executable, "-m", "activator",
-            "--host", o.host, "--http-fd", str(self._http.fileno()), "--grpc-port", str(self.grpc_port),
-            "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
-            "--control-token-file", str(o.token_path), "--admin-host", "127.0.0.1",  # named in its log line
-            "--admin-fd", str(self._admin.fileno()), "--log-format", o.log_format,
-            *o.activator_args,
-        ]
-
     def close_sockets(self) -> None:
         for sock in (self._http, self._grpc, self._admin):
             sock.close()
@@ -195,8 +184,14 @@ class ActivatorProcess:
         self._task = asyncio.create_task(self._supervise())
 
     async def _spawn(self) -> None:
+        o = self.opts
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command(), stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
+            sys.executable, "-m", "activator",
+            "--host", o.host, "--http-fd", str(self._http.fileno()), "--grpc-port", str(self.grpc_port),
+            "--domain", o.domain, "--autoscaler", f"http://127.0.0.1:{o.control_port}",
+            "--control-token-file", str(o.token_path), "--admin-host", "127.0.0.1",  # named in its log line
+            "--admin-fd", str(self._admin.fileno()), "--log-format", o.log_format, *o.activator_args,
+            stdin=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
             pass_fds=(self._http.fileno(), self._admin.fileno()))
 
     async def _supervise(self) -> None:
@@ -214,8 +209,6 @@ class ActivatorProcess:
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
-                if self.proc and self.proc.returncode is not None and not self._task:
-                    return False
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with s.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
                         if r.status == 200:
@@ -235,83 +228,79 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     defaults = load_defaults(opts.config)
     services = load_files(opts.files, defaults)  # refuse bad input before starting anything
     async with contextlib.AsyncExitStack() as stack:  # each piece's teardown, in reverse order of the starts
-        return await _run_stack(opts, services, defaults, stop, stack)
+        tracing.setup("elasticserving-autoscaler")  # the scale-from-zero spans (OTEL_*; off without an endpoint)
+        stack.callback(tracing.shutdown)
+        token = new_token()
+        # The token file and the record, written once the ports are ours, go last: after every port and process
+        # they describe (`opts` as it is then, with the ports we got; nothing written, nothing removed).
+        stack.callback(remove_record)
+        stack.callback(lambda: remove_token(opts.token_path, token))
+        launcher = None
+        if opts.prewarm:
+            from autoscaler.local.prewarm import PrewarmLauncher  # optional: pre-warmed replica start
 
+            launcher = PrewarmLauncher()
+            stack.push_async_callback(launcher.close)
+            await launcher.start()
+        models = LocalModels(Path(opts.model_cache) if opts.model_cache else None,
+                             secrets=load_secrets([Path(f).read_text(encoding="utf-8") for f in opts.files]))
+        platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
+                                 spawner=launcher and launcher.spawn, warm=launcher and launcher.warm,
+                                 prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models,
+                                 env={LOG_FORMAT_ENV: opts.log_format})  # the runtime's --log-format default
+        controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
+        app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts],
+                        logs=platform.logs)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()  # no socket yet
+        stack.push_async_callback(runner.cleanup)
+        # The controller (replicas) stops before the control API: its logs end, and `logs -f` streams with them.
+        stack.push_async_callback(controller.close)
+        await controller.start()
+        # Signals stop the stack cleanly from here on, before "is up" tells anyone to press Ctrl-C.
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        with contextlib.ExitStack() as bound:  # closed here if the site cannot start, else by runner.cleanup
+            control = bound.enter_context(listening_socket("127.0.0.1", opts.control_port, "control API"))
+            await web.SockSite(runner, control).start()
+            bound.pop_all()
+        opts = replace(opts, control_port=control.getsockname()[1])  # 0 asks for a free port: the one we got
+        # The activator's ports next, before any replica starts choosing free ports of its own.
+        activator = ActivatorProcess(opts)
+        stack.callback(activator.close_sockets)
+        opts = replace(opts, http_port=activator.http_port, grpc_port=activator.grpc_port,
+                       admin_port=activator.admin_port)
+        write_token(opts.token_path, token)  # once the port is ours: a stack that fails to bind leaves it
+        write_record(StackRecord(os.getpid(), stack_ports(opts), tuple(opts.files)))
+        for svc in services:
+            await controller.apply(svc)
+        stack.push_async_callback(activator.stop)
+        await activator.start()
+        stack.callback(controller.routes.close)  # before the activator stops: its long-polls answer at once
+        if not await activator.wait_listening():
+            log.error("the activator did not start listening on port %d", opts.http_port)
+            return 1
+        print(f"ElasticServing is up: activator http://{opts.host}:{opts.http_port} (gRPC {opts.grpc_port}), "
+              f"control API http://127.0.0.1:{opts.control_port}, admin http://127.0.0.1:{opts.admin_port}",
+              flush=True)
+        for svc in services:
+            print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
+        if opts.prometheus_port:
+            from autoscaler.local.prometheus import LocalPrometheus
 
-async def _run_stack(opts: StackOptions, services: list[PaddleService], defaults: dict[str, Any],
-                     stop: asyncio.Event | None, stack: contextlib.AsyncExitStack) -> int:
-    tracing.setup("elasticserving-autoscaler")  # the scale-from-zero spans (OTEL_*; off without an endpoint)
-    stack.callback(tracing.shutdown)
-    token = new_token()
-    # The token file and the record, written once the ports are ours, go last: after every port and process
-    # they describe (`opts` as it is then, with the ports we got; nothing written, nothing removed).
-    stack.callback(remove_record)
-    stack.callback(lambda: remove_token(opts.token_path, token))
-    launcher = None
-    if opts.prewarm:
-        from autoscaler.local.prewarm import PrewarmLauncher  # optional: pre-warmed replica start
-
-        launcher = PrewarmLauncher()
-        stack.push_async_callback(launcher.close)
-        await launcher.start()
-    models = LocalModels(Path(opts.model_cache) if opts.model_cache else None,
-                         secrets=load_secrets([Path(f).read_text(encoding="utf-8") for f in opts.files]))
-    platform = LocalPlatform(host="127.0.0.1", log_dir=opts.log_dir, ready_timeout=opts.ready_timeout,
-                             spawner=launcher and launcher.spawn, warm=launcher and launcher.warm,
-                             prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models,
-                             env={LOG_FORMAT_ENV: opts.log_format})  # the runtime's --log-format default
-    controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
-    app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts],
-                    logs=platform.logs)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()  # no socket yet
-    stack.push_async_callback(runner.cleanup)
-    # The controller (replicas) stops before the control API: its logs end, and `logs -f` streams with them.
-    stack.push_async_callback(controller.close)
-    await controller.start()
-    # Signals stop the stack cleanly from here on, before "is up" tells anyone to press Ctrl-C.
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    with contextlib.ExitStack() as bound:  # closed here if the site cannot start, else by runner.cleanup
-        control = bound.enter_context(listening_socket("127.0.0.1", opts.control_port, "control API"))
-        await web.SockSite(runner, control).start()
-        bound.pop_all()
-    opts = replace(opts, control_port=control.getsockname()[1])  # 0 asks for a free port: the one we got
-    # The activator's ports next, before any replica starts choosing free ports of its own.
-    activator = ActivatorProcess(opts)
-    stack.callback(activator.close_sockets)
-    opts = replace(opts, http_port=activator.http_port, grpc_port=activator.grpc_port,
-                   admin_port=activator.admin_port)
-    write_token(opts.token_path, token)  # once the port is ours: a stack that fails to bind leaves it
-    write_record(StackRecord(os.getpid(), stack_ports(opts), tuple(opts.files)))
-    for svc in services:
-        await controller.apply(svc)
-    stack.push_async_callback(activator.stop)
-    await activator.start()
-    stack.callback(controller.routes.close)  # before the activator stops: its long-polls answer at once
-    if not await activator.wait_listening():
-        log.error("the activator did not start listening on port %d", opts.http_port)
-        return 1
-    print(f"ElasticServing is up: activator http://{opts.host}:{opts.http_port} (gRPC {opts.grpc_port}), "
-          f"control API http://127.0.0.1:{opts.control_port}, admin http://127.0.0.1:{opts.admin_port}",
-          flush=True)
-    for svc in services:
-        print(f"  {svc.key}: {svc.url(opts.domain)}  (Host: {svc.host(opts.domain)})", flush=True)
-    if opts.prometheus_port:
-        from autoscaler.local.prometheus import LocalPrometheus
-
-        prometheus = LocalPrometheus(f"127.0.0.1:{activator.admin_port}", f"127.0.0.1:{opts.control_port}",
-                                     port=opts.prometheus_port, token_file=str(opts.token_path))
-        stack.push_async_callback(prometheus.close)
-        await prometheus.start()
-        print(f"  Prometheus: {prometheus.url} (dashboards: deploy/monitoring/grafana-dashboard.json)", flush=True)
-    print("Press Ctrl-C to stop.", flush=True)
-    await stop.wait()
-    print("Stopping ElasticServing...", flush=True)
-    return 0
+            prometheus = LocalPrometheus(f"127.0.0.1:{activator.admin_port}", f"127.0.0.1:{opts.control_port}",
+                                         port=opts.prometheus_port, token_file=str(opts.token_path))
+            stack.push_async_callback(prometheus.close)
+            await prometheus.start()
+            print(f"  Prometheus: {prometheus.url} (dashboards: deploy/monitoring/grafana-dashboard.json)",
+                  flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        await stop.wait()
+        print("Stopping ElasticServing...", flush=True)
+        return 0
 
 
 def stack_ports(opts: StackOptions) -> dict[str, int]:
