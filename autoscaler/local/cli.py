@@ -102,10 +102,8 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
 
 # ---- output --------------------------------------------------------------------------------
 def _ready(item: dict[str, Any]) -> str:
-    for c in item.get("status", {}).get("conditions", []):
-        if c.get("type") == "Ready":
-            return c.get("status", "Unknown")
-    return "Unknown"
+    conditions = item.get("status", {}).get("conditions", [])
+    return next((c.get("status", "Unknown") for c in conditions if c.get("type") == "Ready"), "Unknown")
 
 
 RELEASE_SIDES = ("default", "canary", "previous")
@@ -310,9 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tick-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 
-    def client(name: str, help_: str, named: bool = True) -> argparse.ArgumentParser:
+    def client(name: str, func: Any, help_: str, named: bool = True) -> argparse.ArgumentParser:
         """A subcommand talking to a running stack; `named`: about one PaddleService (NAME, -n)."""
         sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(func=func)
         sp.add_argument("--server", default=DEFAULT_SERVER, help="control API of a running stack")
         sp.add_argument("--token-file", default=os.environ.get("ELASTICSERVING_TOKEN_FILE"),
                         help="the stack's control API token (default: the file `up` wrote for --server's port)")
@@ -321,30 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("-n", "--namespace")
         return sp
 
-    ap = client("apply", "create or update PaddleServices in a running local stack", named=False)
+    ap = client("apply", cmd_apply, "create or update PaddleServices in a running local stack", named=False)
     ap.add_argument("-f", "--file", action="append", required=True)
-    ap.set_defaults(func=cmd_apply)
 
-    gp = client("get", "list PaddleServices (NAME, READY, REPLICAS, URL)", named=False)
+    gp = client("get", cmd_get, "list PaddleServices (NAME, READY, REPLICAS, URL)", named=False)
     gp.add_argument("name", nargs="?")
     gp.add_argument("-n", "--namespace", help="only this namespace (default: all)")
     gp.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
     gp.add_argument("-w", "--watch", action="store_true", help="refresh every second with live replicas")
     gp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    gp.set_defaults(func=cmd_get)
 
-    pp = client("promote", "make the canary the default (refused while the canary has no ready replica); "
-                "with spec.rolloutDuration the traffic moves over gradually")
-    pp.set_defaults(func=cmd_promote)
+    client("promote", cmd_promote, "make the canary the default (refused while the canary has no ready replica); "
+           "with spec.rolloutDuration the traffic moves over gradually")
 
-    dp = client("delete", "delete a PaddleService from a running local stack")
-    dp.set_defaults(func=cmd_delete)
+    client("delete", cmd_delete, "delete a PaddleService from a running local stack")
 
-    lp = client("logs", "print the output of a service's local replicas (as kubectl logs)")
+    lp = client("logs", cmd_logs, "print the output of a service's local replicas (as kubectl logs)")
     lp.add_argument("--side", choices=list(RELEASE_SIDES), default="default")
     lp.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     lp.add_argument("--tail", type=int, help="only the last N lines kept")
-    lp.set_defaults(func=cmd_logs)
 
     cp = sub.add_parser("controller", help="run the in-cluster controller + autoscaler")
     cp.add_argument("--platform", choices=["kubernetes"], default="kubernetes")

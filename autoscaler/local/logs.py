@@ -65,11 +65,8 @@ class SideLog:
 
     def close(self) -> None:
         """Tell every follower the end (the side was removed, or the stack stops)."""
-        for q in list(self._followers):
-            while True:
-                try:
-                    q.put_nowait(None)
-                    break
-                except asyncio.QueueFull:
-                    q.get_nowait()  # make room for the end mark: it matters more than one line
+        for q in self._followers:
+            if q.full():
+                q.get_nowait()  # make room for the end mark: it matters more than one line
+            q.put_nowait(None)
         self._followers.clear()

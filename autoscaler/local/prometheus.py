@@ -23,21 +23,19 @@ log = logging.getLogger("elasticserving.prometheus")
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "rules.yaml"  # the repository root
 
 
-def scrape_config(activator: str, control: str, scrape_interval: str = "2s",
-                  rules: list[str] | None = None, token_file: str | None = None) -> dict[str, Any]:
+def scrape_config(activator: str, control: str, rules: list[str], token_file: str | None) -> dict[str, Any]:
     """Prometheus configuration for a local stack (`activator`, `control`: host:port); `token_file` is
     the control API's bearer token, which the service discovery of replicas (/v1/...) needs."""
     sd: dict[str, Any] = {"url": f"http://{control}/v1/prometheus/targets", "refresh_interval": "2s"}
     if token_file:
         sd["authorization"] = {"type": "Bearer", "credentials_file": token_file}
     return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "rule_files": rules or [],
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "rule_files": rules,
         "scrape_configs": [
             {"job_name": "elasticserving-activator", "static_configs": [{"targets": [activator]}]},
             {"job_name": "elasticserving-autoscaler", "static_configs": [{"targets": [control]}]},
-            {"job_name": "elasticserving-runtime",
-             "http_sd_configs": [sd]},
+            {"job_name": "elasticserving-runtime", "http_sd_configs": [sd]},
         ],
     }
 
@@ -45,13 +43,11 @@ def scrape_config(activator: str, control: str, scrape_interval: str = "2s",
 class LocalPrometheus:
     """The prometheus process for a local stack; `url` is its HTTP API."""
 
-    def __init__(self, activator: str, control: str, port: int = 9090, binary: str | None = None,
-                 data_dir: str | None = None, token_file: str | None = None) -> None:
-        self.activator, self.control, self.port = activator, control, port
-        self.token_file = token_file
-        self.binary = binary or shutil.which("prometheus")
-        self._tmp = tempfile.TemporaryDirectory(prefix="elasticserving-prometheus-") if not data_dir else None
-        self.dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
+    def __init__(self, activator: str, control: str, port: int = 9090, token_file: str | None = None) -> None:
+        self.activator, self.control, self.port, self.token_file = activator, control, port, token_file
+        self.binary = shutil.which("prometheus")
+        self._tmp = tempfile.TemporaryDirectory(prefix="elasticserving-prometheus-")
+        self.dir = Path(self._tmp.name)
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -63,18 +59,15 @@ class LocalPrometheus:
             raise RuntimeError("prometheus is not installed (Debian: apt-get install prometheus)")
         rules = [str(RULES)] if RULES.exists() else []
         cfg = self.dir / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump(scrape_config(self.activator, self.control, rules=rules,
-                                                       token_file=self.token_file)))
+        cfg.write_text(yaml.safe_dump(scrape_config(self.activator, self.control, rules, self.token_file)))
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
-            stderr=(self.dir / "prometheus.log").open("ab"),
-        )
+            stderr=(self.dir / "prometheus.log").open("ab"))
         log.info("prometheus on %s (config %s)", self.url, cfg)
 
     async def close(self) -> None:
         await terminate(self.proc)
-        if self._tmp:
-            with contextlib.suppress(OSError):
-                self._tmp.cleanup()
+        with contextlib.suppress(OSError):
+            self._tmp.cleanup()

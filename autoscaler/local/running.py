@@ -100,17 +100,12 @@ def running_stacks(base: Path | None = None) -> list[StackRecord]:
     return out
 
 
-def holder(port: int, records: list[StackRecord]) -> StackRecord | None:
-    """The running stack that holds `port`, if one of them does (pure)."""
-    return next((r for r in records if port in r.ports.values()), None)
-
-
 def port_taken_message(role: str, host: str, port: int, reason: str, records: list[StackRecord]) -> str:
     """What to tell the user whose `up` cannot bind `port` for `role` (pure): who holds it, and how to
     choose another port."""
     flag = PORT_FLAGS.get(role, "")
     head = f"cannot listen on {host}:{port}: {reason}"
-    owner = holder(port, records)
+    owner = next((r for r in records if port in r.ports.values()), None)
     if owner is not None:
         return (f"{head}: port {port} ({role}) is held by another ElasticServing stack ({owner.describe()}). "
                 f"Stop it (Ctrl-C in its terminal, or `kill {owner.pid}`), or give this one other ports: "

@@ -319,12 +319,6 @@ def up(opts: StackOptions) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return asyncio.run(run_stack(opts))
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PortTaken as exc:
-        print(f"error: {exc.explain()}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (SpecError, OSError) as exc:
+        print(f"error: {exc.explain() if isinstance(exc, PortTaken) else exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SpecError) else 1
