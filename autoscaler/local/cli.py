@@ -21,7 +21,7 @@ DEFAULT_SERVER = os.environ.get("ELASTICSERVING_SERVER", "http://127.0.0.1:8090"
 
 
 # The activator's limits (activator/limits.py, `python -m activator --help`), passed through by `up` when
-# given; unset, the activator's own defaults hold. tests/autoscaler/test_up_flags.py keeps this list whole.
+# given; unset, the activator's own defaults hold. tests/autoscaler/test_first_hour.py keeps this list whole.
 ACTIVATOR_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("--max-body-bytes", int, "request body (413 beyond)"),
     ("--max-request-line", int, "request line (414 beyond)"),

@@ -1,7 +1,6 @@
-"""Replica output kept by the local platform for `elasticserving logs` (what `kubectl logs` gives in a cluster).
-
-The platform drains each replica's stdout and stderr line by line into its side's `SideLog`: a ring of
-the last `max_bytes` of output (of the side's replicas, current and gone), which followers get live.
+"""Replica output kept by the local platform for `elasticserving logs` (what `kubectl logs` gives in a
+cluster): per service side, a ring of the last `max_bytes` of its replicas' lines (current and gone), which
+followers get live.
 """
 
 from __future__ import annotations

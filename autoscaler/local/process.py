@@ -1,7 +1,5 @@
-"""Child processes the stack starts (activator, Prometheus, replicas): tied to the stack's life, and
-stopped with SIGTERM, then SIGKILL.
-
-Shared by `elasticserving up` and its optional helpers."""
+"""Child processes the stack starts (activator, Prometheus, zygotes, replicas): tied to the stack's life,
+and stopped with SIGTERM, then SIGKILL."""
 
 from __future__ import annotations
 

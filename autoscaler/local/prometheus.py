@@ -1,7 +1,5 @@
-"""`elasticserving up --prometheus`: a real Prometheus scraping the local stack.
-
-Writes a scrape config (activator, autoscaler, and every replica found through the control API's
-HTTP service discovery), loads deploy/monitoring rules, and runs the `prometheus` binary on loopback.
+"""`elasticserving up --prometheus`: a real `prometheus` on loopback scraping the local stack (activator,
+autoscaler, and every replica through the control API's HTTP service discovery) with deploy/monitoring rules.
 """
 
 from __future__ import annotations

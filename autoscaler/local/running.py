@@ -1,8 +1,6 @@
-"""Which local stacks are running and which ports they hold: `elasticserving up` writes a small record
-once its ports are bound and removes it on exit; a second `up` whose port is taken reads them to say who.
-
-Records live beside the control API tokens (autoscaler/local/token.py), one `stack-<pid>.json` per
-process; a record whose process is gone is ignored. The messages are pure (`port_taken_message`).
+"""Which local stacks are running and which ports they hold: `elasticserving up` writes a record
+(`stack-<pid>.json`, beside the control API tokens) once its ports are bound and removes it on exit; a
+second `up` whose port is taken reads them to say who. A record whose process is gone is ignored.
 """
 
 from __future__ import annotations
@@ -90,11 +88,9 @@ def running_stacks(base: Path | None = None) -> list[StackRecord]:
     """The records of stacks whose process is still there (this process excluded)."""
     out = []
     with contextlib.suppress(OSError):
-        paths = sorted((base or records_dir()).glob("stack-*.json"))[:MAX_RECORDS]
-        for path in paths:
-            with contextlib.suppress(OSError):
-                with open(path, "rb") as f:
-                    rec = parse_record(f.read(MAX_RECORD_BYTES))
+        for path in sorted((base or records_dir()).glob("stack-*.json"))[:MAX_RECORDS]:
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                rec = parse_record(f.read(MAX_RECORD_BYTES))
                 if rec is not None and rec.pid != os.getpid() and _alive(rec.pid):
                     out.append(rec)
     return out

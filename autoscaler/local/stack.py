@@ -2,11 +2,8 @@
 
 Runs the controller + local platform + control API in this process and the activator as a
 supervised child process; Ctrl-C or a failed start stops all that started, replicas included.
-
-The control API listens on loopback only. /v1/* needs the per-run bearer token that `up` writes to a
-0600 file (autoscaler/local/token.py) and hands to the activator (`--control-token-file`); Host must be a
-loopback name or one given with `--allow-host` (DNS rebinding); `/healthz`, `/ready` and `/metrics` are
-public on loopback (probes and scrapes read no secrets and change nothing).
+The control API listens on loopback only, behind autoscaler/control_api.py's guards: /v1/* needs the
+per-run token `up` writes (autoscaler/local/token.py) and hands to the activator (`--control-token-file`).
 """
 
 from __future__ import annotations
@@ -153,11 +150,10 @@ def reserved_port(host: str, port: int, role: str = "gRPC") -> socket.socket:
 class ActivatorProcess:
     """The activator as a child process, restarted if it dies.
 
-    `up` binds the activator's ports itself before anything else starts and keeps them across
-    restarts: the public HTTP and the admin listeners are handed down as file descriptors (a client
-    connecting while the activator restarts waits in the backlog instead of being refused), and the gRPC
-    port is held by `reserved_port`, since grpcio cannot serve an inherited socket. Choosing a free
-    port and binding it later, in another process, raced with everything else choosing free ports.
+    `up` binds the activator's ports itself, before anything else starts, and keeps them across restarts:
+    the HTTP and admin listeners are handed down as file descriptors (a client connecting during a restart
+    waits in the backlog instead of being refused); the gRPC port is held by `reserved_port`, as grpcio
+    cannot serve an inherited socket. Binding a free port later, in another process, raced with others.
     """
 
     def __init__(self, opts: StackOptions) -> None:

@@ -1,8 +1,6 @@
 """The local stack's control API token: `elasticserving up` writes a fresh random token per run to a
-file only its user can read; the activator it starts and the CLI read it and send it as a bearer token.
-
-Where: `$XDG_RUNTIME_DIR/elasticserving/control-<port>.token` (a per-user tmpfs) when that is set, else
-`~/.cache/elasticserving/control-<port>.token`; the port tells stacks of one user apart.
+file only its user can read (`default_token_path`: under the per-user tmpfs $XDG_RUNTIME_DIR when set;
+the port tells one user's stacks apart); the activator it starts and the CLI send it as a bearer token.
 """
 
 from __future__ import annotations
