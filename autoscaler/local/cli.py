@@ -48,13 +48,11 @@ def _positive(type_: type) -> Any:
             raise argparse.ArgumentTypeError(f"must be a positive finite number, not {text}")
         return value
 
-    parse.__name__ = type_.__name__
     return parse
 
 
 def activator_args(args: argparse.Namespace) -> list[str]:
-    """The activator's command-line flags `up` passes through: the two it always sets, then the limits
-    given."""
+    """The activator's flags `up` passes through: the two it always sets, then the limits given."""
     out = ["--request-timeout", str(args.request_timeout), "--queue-depth", str(args.queue_depth)]
     for flag, _, _ in ACTIVATOR_LIMIT_FLAGS:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))
@@ -80,9 +78,8 @@ def _headers(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    server = args.server
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(server.rstrip("/") + path, data=data, method=method, headers=_headers(args))
+    req = urllib.request.Request(args.server.rstrip("/") + path, data=data, method=method, headers=_headers(args))
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read() or b"null")
@@ -96,11 +93,10 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
             msg += f" (token file {_token_file(args)}" + (")" if _token_file(args).exists() else ": missing)")
         raise ApiError(msg) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise ApiError(f"cannot reach the ElasticServing control API at {server}: {exc} "
+        raise ApiError(f"cannot reach the ElasticServing control API at {args.server}: {exc} "
                        "(is `elasticserving up` running?)") from None
 
 
-# ---- output --------------------------------------------------------------------------------
 def _ready(item: dict[str, Any]) -> str:
     conditions = item.get("status", {}).get("conditions", [])
     return next((c.get("status", "Unknown") for c in conditions if c.get("type") == "Ready"), "Unknown")
@@ -148,7 +144,6 @@ def format_table(items: list[dict[str, Any]], wide: bool = False) -> str:
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-# ---- commands ------------------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     from autoscaler.local.stack import StackOptions, up
 
@@ -166,8 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from autoscaler.local.stack import load_files
 
-    services = load_files(args.file, {})
-    for svc in services:
+    for svc in load_files(args.file, {}):
         item = _request(args, "POST", "/v1/paddleservices", svc.to_manifest())
         print(f"paddleservice/{item['metadata']['name']} applied ({svc.key})")
     return 0

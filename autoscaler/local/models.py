@@ -81,9 +81,8 @@ class LocalModels:
         flight = (namespace, spec.storageUri, spec.storageSecret, spec.storageSha256)
         task = self._pulls.get(flight)
         if task is None:
-            task = asyncio.create_task(asyncio.to_thread(self._pull, spec, env, say),
-                                       name=f"pull {spec.storageUri}")
-            self._pulls[flight] = task
+            task = self._pulls[flight] = asyncio.create_task(asyncio.to_thread(self._pull, spec, env, say),
+                                                             name=f"pull {spec.storageUri}")
             task.add_done_callback(lambda _t: self._pulls.pop(flight, None))
         return await asyncio.shield(task)
 

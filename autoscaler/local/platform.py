@@ -168,7 +168,6 @@ class LocalPlatform(Platform):
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
-    # ---- Platform interface ---------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         if self.log_dir:
@@ -203,8 +202,7 @@ class LocalPlatform(Platform):
                 self.warm(cmd)
             sr = self._sides.get((svc.key, side))
             if sr is None:
-                sr = SideRuntime(svc.key, side, spec)
-                self._sides[(svc.key, side)] = sr
+                sr = self._sides[(svc.key, side)] = SideRuntime(svc.key, side, spec)
                 sr.task = asyncio.create_task(self._supervise(sr), name=f"supervise {svc.key}/{side}")
             elif sr.spec != spec:
                 log.info("%s/%s: spec changed, rolling replicas", svc.key, side)
@@ -218,8 +216,7 @@ class LocalPlatform(Platform):
                 await self._remove_side(sr)
 
     async def move(self, key: str, from_side: str, to_side: str) -> None:
-        """The replicas of `from_side` go on running as `to_side` (no restart); what `to_side` ran stops in
-        the background (its traffic is already elsewhere)."""
+        """No restart: the replicas change side; what `to_side` ran stops in the background (no traffic left)."""
         sr = self._sides.pop((key, from_side), None)
         old = self._sides.pop((key, to_side), None)
         if old is not None:
@@ -271,7 +268,6 @@ class LocalPlatform(Platform):
         sr = self._sides.get((key, side))
         return sr.log if sr else None
 
-    # ---- supervision ----------------------------------------------------------------------
     async def _remove_side(self, sr: SideRuntime) -> None:
         if self._sides.get((sr.key, sr.side)) is sr:  # a side moved in its place stays
             del self._sides[(sr.key, sr.side)]
@@ -319,8 +315,7 @@ class LocalPlatform(Platform):
                 self._launch(sr)
         elif missing < 0:
             # Scale down: stop starting replicas first, then the newest ready ones.
-            victims = sorted(current, key=lambda r: (r.state == READY, -r.started))[:-missing]
-            for r in victims:
+            for r in sorted(current, key=lambda r: (r.state == READY, -r.started))[:-missing]:
                 self._background(self._stop(sr, r), f"stop {r.id}")
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
@@ -332,8 +327,7 @@ class LocalPlatform(Platform):
 
     def _launch(self, sr: SideRuntime) -> None:
         rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
-        http_port, grpc_port = self._free_ports(2)
-        r = Replica(rid, sr.side, sr.generation, http_port, grpc_port)
+        r = Replica(rid, sr.side, sr.generation, *self._free_ports(2))  # HTTP and gRPC
         sr.replicas[rid] = r
         r.task = asyncio.create_task(self._run(sr, r), name=f"replica {rid}")
 
@@ -385,16 +379,15 @@ class LocalPlatform(Platform):
             env[PULL_REPORT_ENV] = json.dumps(version.report())
         if self.spawner is not None and sr.plain_generation != r.generation:
             out_r, out_w = os.pipe()
+            proc = None
             try:
                 proc = await self.spawner(cmd, env, out_w)  # type: ignore[misc]
-            except BaseException:
-                os.close(out_r)
-                raise
             finally:
                 os.close(out_w)  # the forked replica holds its own copy
+                if proc is None:
+                    os.close(out_r)
             if proc is not None:
                 return proc, await pipe_reader(out_r)
-            os.close(out_r)
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -499,10 +492,8 @@ class LocalPlatform(Platform):
                 logf.write(line)
                 logf.flush()
             sr.log.append(r.id, line)
-            if is_stderr:
-                text = line.decode("utf-8", "replace").strip()
-                if text:
-                    r.stderr_tail.append(text[:300])
+            if is_stderr and (text := line.decode("utf-8", "replace").strip()):
+                r.stderr_tail.append(text[:300])
 
     async def _probe(self, r: Replica) -> bool:
         assert self._session is not None

@@ -35,10 +35,7 @@ def runtime_argv(cmd: str, env: dict[str, str]) -> list[str] | None:
         return None
 
     def expand(m: re.Match) -> str:
-        name = m.group(1) or m.group(2)
-        if name not in env:
-            raise KeyError(name)
-        return env[name]
+        return env[m.group(1) or m.group(2)]  # KeyError: an unset variable
 
     try:
         words = [_VAR.sub(expand, w) for w in shlex.split(cmd)]
@@ -158,11 +155,10 @@ class ZygoteProcess:
     async def _keep_running(self) -> None:
         backoff = 0.5
         while not self._closing:
-            t0 = time.monotonic()
             await self._run_once()
             if self._closing:
                 return
-            backoff = 0.5 if time.monotonic() - t0 > 30 else min(backoff * 2, 30.0)
+            backoff = 0.5 if time.monotonic() - self._started > 30 else min(backoff * 2, 30.0)
             log.warning("zygote %s exited; restarting in %.1fs", self.kind, backoff)
             await asyncio.sleep(backoff)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -37,7 +38,7 @@ from autoscaler.local.running import (
     running_stacks,
     write_record,
 )
-from autoscaler.local.token import default_token_path, new_token, remove_token, write_token
+from autoscaler.local.token import default_token_path, remove_token, write_token
 from autoscaler.spec import PaddleService, SpecError, load_paddleservices
 
 log = logging.getLogger("elasticserving.up")
@@ -164,9 +165,8 @@ class ActivatorProcess:
             # /metrics /healthz /ready live off the public port
             self._admin = bound.enter_context(listening_socket("127.0.0.1", opts.admin_port, "admin"))
             bound.pop_all()
-        self.http_port = self._http.getsockname()[1]
-        self.grpc_port = self._grpc.getsockname()[1]
-        self.admin_port = self._admin.getsockname()[1]
+        self.http_port, self.grpc_port, self.admin_port = (s.getsockname()[1]
+                                                           for s in (self._http, self._grpc, self._admin))
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -226,7 +226,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
     async with contextlib.AsyncExitStack() as stack:  # each piece's teardown, in reverse order of the starts
         tracing.setup("elasticserving-autoscaler")  # the scale-from-zero spans (OTEL_*; off without an endpoint)
         stack.callback(tracing.shutdown)
-        token = new_token()
+        token = secrets.token_urlsafe(32)
         # The token file and the record, written once the ports are ours, go last: after every port and process
         # they describe (`opts` as it is then, with the ports we got; nothing written, nothing removed).
         stack.callback(remove_record)

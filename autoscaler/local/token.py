@@ -26,10 +26,6 @@ def token_path_for_server(server: str) -> Path:
     return default_token_path(parts.port or 80)
 
 
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
 def write_token(path: Path, token: str) -> None:
     """`token` in `path` (mode 0600, directory 0700), replacing any earlier one atomically."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
