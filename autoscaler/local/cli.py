@@ -246,12 +246,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    if args.platform == "kubernetes":
-        from autoscaler.kube.main import main as run_kube_controller
+    from autoscaler.kube.main import main as run_kube_controller  # --platform has one choice: kubernetes
 
-        return run_kube_controller(args.rest)
-    print("error: use `elasticserving up` for the local platform", file=sys.stderr)
-    return 2
+    return run_kube_controller(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,9 +155,8 @@ class LocalPlatform(Platform):
         self.log_dir = Path(log_dir) if log_dir else None
         self.max_backoff = max_backoff
         self.extra_env = dict(env or {})
-        # The pre-warmed launcher (autoscaler/local/prewarm.py): `await spawner(cmd, env, stdout_fd)` forks a
-        # replica (`prewarmed = True`; `prewarm_ready_timeout` to turn ready, else started plainly) or returns
-        # None. `warm(cmd)` readies a side's zygote at apply: even an ONNX canary's first replica is forked.
+        # Pre-warmed start (autoscaler/local/prewarm.py): `await spawner(cmd, env, stdout_fd)` forks a replica
+        # or returns None (a plain start); `warm(cmd)` readies a side's zygote at apply, before its first replica.
         self.spawner = spawner
         self.warm = warm
         self.prewarm_ready_timeout = prewarm_ready_timeout
@@ -187,9 +186,7 @@ class LocalPlatform(Platform):
                 task.cancel()
         for sr in sides:
             sr.log.close()
-            if sr.task:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sr.task
+        await asyncio.gather(*(sr.task for sr in sides if sr.task), return_exceptions=True)
         if self._session:
             await self._session.close()
 

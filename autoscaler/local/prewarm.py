@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -118,13 +119,11 @@ async def _wait_pid(pid: int) -> int:
     return -1
 
 
-# A replica start waits for a zygote still importing its backend until it is this old. Measured here
-# (2 vCPUs): the paddle zygote is ready ~1 s after it starts and a forked replica turns ready in
-# ~0.25 s (LAC), against 1.2-2 s for a plain LAC start and 2.6 s for OCR: the first replicas of
-# `up --prewarm`, asked for right after it is up, came sooner by waiting than by starting plainly. A plain
-# start imports the same backend on the same (busy) cores as the zygote does, so waiting wins well past
-# the zygote's usual import time: 5 s covers a paddle and an onnx zygote warming side by side on 2 busy
-# cores (examples/image.yaml's canary is started at apply, to prove it ready, while both import).
+# A replica start waits for a zygote still importing its backend until it is this old. Measured here (2 vCPUs):
+# the paddle zygote is ready ~1 s after it starts and a forked replica turns ready in ~0.25 s (LAC), against
+# 1.2-2 s for a plain LAC start and 2.6 s for OCR, whose imports compete for the same busy cores: waiting wins
+# well past the zygote's usual import time. 5 s covers a paddle and an onnx zygote warming side by side on 2
+# busy cores (examples/image.yaml's canary is started at apply, to prove it ready, while both import).
 STARTING_WAIT_SECONDS = 5.0
 
 
@@ -285,11 +284,9 @@ class PrewarmLauncher:
         if argv is None or kind is None:  # not our runtime, or no zygote for its backend
             return None
         z = self._zygote(kind)  # a kind first seen here warms up for the next scale-up
-        if not z.alive():
-            wait = starting_wait(z.starting_age())
-            if wait > 0:  # nearly there: sooner than a plain start (STARTING_WAIT_SECONDS)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(z.ready.wait(), wait)
+        if not z.alive() and (wait := starting_wait(z.starting_age())) > 0:
+            with contextlib.suppress(TimeoutError):  # sooner than a plain start (STARTING_WAIT_SECONDS)
+                await asyncio.wait_for(z.ready.wait(), wait)
         if not z.alive():
             log.info("zygote %s not ready: plain start", kind)
             return None
@@ -301,7 +298,4 @@ class PrewarmLauncher:
 
     async def close(self) -> None:
         await asyncio.gather(*(z.close() for z in self.zygotes.values()), return_exceptions=True)
-        with contextlib.suppress(OSError):
-            for p in self._workdir.iterdir():
-                p.unlink()
-            self._workdir.rmdir()
+        shutil.rmtree(self._workdir, ignore_errors=True)  # the zygotes' sockets

@@ -47,13 +47,12 @@ def record_path(pid: int | None = None, base: Path | None = None) -> Path:
     return (base or records_dir()) / f"stack-{pid or os.getpid()}.json"
 
 
-def write_record(record: StackRecord, base: Path | None = None) -> Path:
+def write_record(record: StackRecord, base: Path | None = None) -> None:
     path = record_path(record.pid, base)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"pid": record.pid, "ports": record.ports, "files": list(record.files)}))
     os.replace(tmp, path)
-    return path
 
 
 def remove_record(pid: int | None = None, base: Path | None = None) -> None:

@@ -245,9 +245,9 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
                                  prewarm_ready_timeout=opts.prewarm_ready_timeout, models=models,
                                  env={LOG_FORMAT_ENV: opts.log_format})  # the runtime's --log-format default
         controller = Controller(platform, domain=opts.domain, defaults=defaults, tick_seconds=opts.tick_seconds)
-        app = build_app(controller, token=token, allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts],
-                        logs=platform.logs)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        runner = web.AppRunner(build_app(controller, token=token, logs=platform.logs,
+                                         allowed_hosts=[*LOOPBACK_HOSTS, *opts.allowed_hosts]),
+                               access_log=None, shutdown_timeout=5.0)
         await runner.setup()  # no socket yet
         stack.push_async_callback(runner.cleanup)
         # The controller (replicas) stops before the control API: its logs end, and `logs -f` streams with them.
@@ -255,10 +255,9 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event | None = None) -> in
         await controller.start()
         # Signals stop the stack cleanly from here on, before "is up" tells anyone to press Ctrl-C.
         stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         with contextlib.ExitStack() as bound:  # closed here if the site cannot start, else by runner.cleanup
             control = bound.enter_context(listening_socket("127.0.0.1", opts.control_port, "control API"))
             await web.SockSite(runner, control).start()
