@@ -4,6 +4,7 @@ to a running one through the autoscaler's control API; `controller` runs the in-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -70,11 +71,9 @@ def _token_file(args: argparse.Namespace) -> Path:
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
     token = read_token(_token_file(args))
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    return {"Content-Type": "application/json", **auth}
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
@@ -152,10 +151,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         control_port=args.control_port, admin_port=args.admin_port, log_format=args.log_format,
         domain=args.domain, config=args.config, log_dir=args.log_dir, tick_seconds=args.tick_seconds,
         ready_timeout=args.replica_ready_timeout, prewarm=args.prewarm,
-        prewarm_ready_timeout=args.prewarm_ready_timeout,
-        prometheus_port=args.prometheus_port if args.prometheus else None,
-        token_file=args.token_file, allowed_hosts=args.allow_host, model_cache=args.model_cache,
-        activator_args=activator_args(args)))
+        prewarm_ready_timeout=args.prewarm_ready_timeout, token_file=args.token_file,
+        prometheus_port=args.prometheus_port if args.prometheus else None, allowed_hosts=args.allow_host,
+        model_cache=args.model_cache, activator_args=activator_args(args)))
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -181,18 +179,16 @@ def _items(args: argparse.Namespace) -> list[dict[str, Any]]:
 def cmd_get(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(_items(args), indent=2, ensure_ascii=False))
-        return 0
-    if not args.watch:
+    elif not args.watch:
         print(format_table(_items(args), wide=args.output == "wide"))
-        return 0
-    try:
-        while True:
-            table = format_table(_items(args), wide=True)
-            sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S") + "\n" + table + "\n")
-            sys.stdout.flush()
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        return 0
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                table = format_table(_items(args), wide=True)
+                sys.stdout.write("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S") + "\n" + table + "\n")
+                sys.stdout.flush()
+                time.sleep(args.interval)
+    return 0
 
 
 def _namespace_of(args: argparse.Namespace) -> str:
@@ -204,7 +200,6 @@ def _namespace_of(args: argparse.Namespace) -> str:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    """The canary becomes the default; the control API refuses while the canary has no ready replica."""
     ns = _namespace_of(args)
     item = _request(args, "POST", f"/v1/paddleservices/{ns}/{args.name}/promote", {})
     traffic, _, release = _release(item.get("status", {}))

@@ -23,7 +23,6 @@ DEFAULT_CACHE_MAX_BYTES = 20 * 1024**3
 
 
 def default_cache_dir() -> Path:
-    """$ELASTICSERVING_MODEL_CACHE, else ~/.cache/elasticserving/model-cache."""
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/elasticserving/model-cache").expanduser()
 
 

@@ -40,7 +40,6 @@ STARTING, READY, STOPPING = "starting", "ready", "stopping"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -242,9 +241,7 @@ class LocalPlatform(Platform):
 
     async def scale(self, key: str, side: str, replicas: int) -> None:
         sr = self._sides.get((key, side))
-        if sr is None:
-            return
-        if replicas != sr.desired:
+        if sr is not None and replicas != sr.desired:
             sr.desired = replicas
             if replicas > 0:  # a new demand (e.g. a poke) retries a failed side at once
                 sr.backoff_until = 0.0
@@ -261,7 +258,6 @@ class LocalPlatform(Platform):
                          error_reason=sr.error_reason, last_start_seconds=sr.last_start_seconds)
 
     def logs(self, key: str, side: str) -> SideLog | None:
-        """The recent output of the replicas of one side (None: no such side)."""
         sr = self._sides.get((key, side))
         return sr.log if sr else None
 
@@ -466,7 +462,6 @@ class LocalPlatform(Platform):
         sr.wake.set()
 
     async def _drain_output(self, sr: SideRuntime, r: Replica) -> None:
-        """Copy the replica's stdout and stderr until both end."""
         assert r.proc is not None
         with open(self.log_dir / f"{r.id}.log", "ab") if self.log_dir else contextlib.nullcontext() as logf:
             await asyncio.gather(self._drain(sr, r, r.proc.stderr, logf, is_stderr=True),

@@ -81,13 +81,12 @@ class ForkedReplica:
         self.stderr = stderr
         self.prewarmed = True
         self._writer = writer  # the connection stays open for the replica's life: it is its lifeline
-        self._reader = reader
-        self._done = asyncio.get_running_loop().create_task(self._await_exit())
+        self._done = asyncio.get_running_loop().create_task(self._await_exit(reader))
 
-    async def _await_exit(self) -> int:
+    async def _await_exit(self, reader: asyncio.StreamReader) -> int:
         code: int | None = None
         with contextlib.suppress(OSError, ValueError):
-            async for line in self._reader:
+            async for line in reader:
                 msg = json.loads(line)
                 if "exit" in msg:
                     code = int(msg["exit"])

@@ -19,7 +19,6 @@ def die_with_parent() -> None:
 
 
 async def terminate(proc: asyncio.subprocess.Process | None, timeout: float = 10.0) -> None:
-    """Ask `proc` to exit (SIGTERM); kill it if it is still there after `timeout` seconds."""
     if proc is None or proc.returncode is not None:
         return
     proc.send_signal(signal.SIGTERM)
