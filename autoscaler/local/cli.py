@@ -295,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     def client(name: str, func: Any, help_: str, named: bool = True) -> argparse.ArgumentParser:
-        """A subcommand talking to a running stack; `named`: about one PaddleService (NAME, -n)."""
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(func=func)
         sp.add_argument("--server", default=DEFAULT_SERVER, help="control API of a running stack")

@@ -177,7 +177,8 @@ class LocalPlatform(Platform):
         for sr in sides:
             if sr.task:
                 sr.task.cancel()
-        await asyncio.gather(*(self._stop_all(sr, "shutdown") for sr in sides), return_exceptions=True)
+        await asyncio.gather(*(self._stop(sr, r, "shutdown") for sr in sides for r in list(sr.replicas.values())),
+                             return_exceptions=True)
         # Stops under way and output still being copied; a pipe some orphan keeps open is not waited for.
         if self._tasks:
             _, late = await asyncio.wait(list(self._tasks), timeout=5.0)
@@ -269,10 +270,7 @@ class LocalPlatform(Platform):
             sr.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sr.task
-        await self._stop_all(sr, "service removed")
-
-    async def _stop_all(self, sr: SideRuntime, reason: str) -> None:
-        await asyncio.gather(*(self._stop(sr, r, reason) for r in list(sr.replicas.values())),
+        await asyncio.gather(*(self._stop(sr, r, "service removed") for r in list(sr.replicas.values())),
                              return_exceptions=True)
 
     async def _supervise(self, sr: SideRuntime) -> None:
@@ -320,8 +318,7 @@ class LocalPlatform(Platform):
 
     def _launch(self, sr: SideRuntime) -> None:
         rid = f"{sr.key.replace('/', '-')}-{sr.side}-{next(self._ids)}"
-        r = Replica(rid, sr.side, sr.generation, *self._free_ports(2))  # HTTP and gRPC
-        sr.replicas[rid] = r
+        r = sr.replicas[rid] = Replica(rid, sr.side, sr.generation, *self._free_ports(2))  # HTTP and gRPC
         r.task = asyncio.create_task(self._run(sr, r), name=f"replica {rid}")
 
     def _free_ports(self, n: int) -> list[int]:
@@ -448,8 +445,7 @@ class LocalPlatform(Platform):
             log.exception("replica %s supervision failed", r.id)
             self._failed(sr, r, f"replica supervision failed: {exc}")
         finally:
-            if not exited.done():
-                exited.cancel()
+            exited.cancel()  # a no-op once it is done
         return False
 
     def _failed(self, sr: SideRuntime, r: Replica, message: str, reason: str = "ReplicaFailed") -> None:

@@ -1,8 +1,6 @@
-"""Pre-warmed replica start for the local platform: forks replicas of our runtime from a zygote.
-
-LocalPlatform asks `PrewarmLauncher.spawn(cmd, env)` first; a command it recognises as `python -m runtime
-...` is forked from the running zygote of its backend kind (runtime.zygote), anything else returns None
-and the platform starts it the ordinary way (`sh -c`). A dead zygote is restarted in the background.
+"""Pre-warmed replica start for the local platform: `PrewarmLauncher.spawn(cmd, env)` forks a command it
+recognises as `python -m runtime ...` from the running zygote of its backend kind (runtime.zygote); for
+anything else it returns None and the platform starts it the ordinary way (`sh -c`). Dead zygotes restart.
 """
 
 from __future__ import annotations
@@ -195,19 +193,17 @@ class ZygoteProcess:
 
     def starting_age(self) -> float | None:
         """Seconds since the zygote process started, while it runs and is not ready yet; else None."""
-        if self.ready.is_set() or self._closing or self._task is None:
-            return None
-        if self.proc is not None and self.proc.returncode is not None:  # exited: waiting out a back-off
+        exited = self.proc is not None and self.proc.returncode is not None  # waiting out a back-off
+        if self.ready.is_set() or self._closing or self._task is None or exited:
             return None
         return time.monotonic() - self._started
 
     async def fork(self, argv: list[str], env: dict[str, str], stdout_fd: int | None) -> ForkedReplica:
-        loop = asyncio.get_running_loop()
         err_r, err_w = os.pipe()
         out_fd = stdout_fd if stdout_fd is not None else os.open(os.devnull, os.O_WRONLY)
         request = json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}).encode()
         try:
-            conn = await loop.run_in_executor(None, self._send, request, [out_fd, err_w])
+            conn = await asyncio.get_running_loop().run_in_executor(None, self._send, request, [out_fd, err_w])
         except BaseException:
             os.close(err_r)
             raise
@@ -269,18 +265,15 @@ class PrewarmLauncher:
             z.start()
         return z
 
-    def warm(self, cmd: str) -> str | None:
+    def warm(self, cmd: str) -> None:
         """Start the zygote that will fork `cmd`'s replicas (a side's command of a loaded or applied
-        spec), before its first scale-up; returns its kind, None when no zygote can fork it."""
-        kind = warm_kind(cmd)
-        if kind is not None:
+        spec), before its first scale-up, if a zygote can fork them."""
+        if (kind := warm_kind(cmd)) is not None:
             self._zygote(kind)
-        return kind
 
     async def spawn(self, cmd: str, env: dict[str, str], stdout_fd: int | None = None) -> ForkedReplica | None:
         argv = runtime_argv(cmd, env)
-        kind = runtime_kind(argv)
-        if argv is None or kind is None:  # not our runtime, or no zygote for its backend
+        if argv is None or (kind := runtime_kind(argv)) is None:  # not our runtime, or no zygote for its backend
             return None
         z = self._zygote(kind)  # a kind first seen here warms up for the next scale-up
         if not z.alive() and (wait := starting_wait(z.starting_age())) > 0:

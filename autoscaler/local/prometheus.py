@@ -39,18 +39,15 @@ def scrape_config(activator: str, control: str, rules: list[str], token_file: st
 
 
 class LocalPrometheus:
-    """The prometheus process for a local stack; `url` is its HTTP API."""
+    """The prometheus process for a local stack."""
 
     def __init__(self, activator: str, control: str, port: int = 9090, token_file: str | None = None) -> None:
         self.activator, self.control, self.port, self.token_file = activator, control, port, token_file
+        self.url = f"http://127.0.0.1:{port}"  # its HTTP API
         self.binary = shutil.which("prometheus")
         self._tmp = tempfile.TemporaryDirectory(prefix="elasticserving-prometheus-")
         self.dir = Path(self._tmp.name)
         self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         if not self.binary:
