@@ -74,14 +74,6 @@ class Started:
     backend: Backend
 
 
-@dataclass(slots=True)
-class Capacity:
-    """How many activators share each replica, and which one this is (see throttler.shares)."""
-
-    activators: int = 1
-    index: int = 0
-
-
 class Dispatcher:
     def __init__(self, *, metrics: Metrics, access_log: AccessLog, wake: Wake, request_timeout: float,
                  queue_depth: int, index: Callable[[RoutesUpdate], int] = lambda u: u.activator_index or 0,
@@ -95,7 +87,7 @@ class Dispatcher:
         self.index = index  # a routes update -> this activator's index among its `activators`
         self.clock = clock  # every time read on the path, the throttlers' included
         self.table = RouteTable()
-        self.capacity = Capacity()
+        self.capacity = (1, 0)  # (activators sharing each replica, this one's index): throttler.shares
         self.throttlers: dict[tuple[str, str], SideThrottler] = {}
         self._pokers: dict[tuple[str, str], tuple[asyncio.Task, SideThrottler]] = {}
         self.last_arrival = 0.0  # clock; draining waits for a quiet spell
@@ -112,7 +104,7 @@ class Dispatcher:
         gone = self.table.apply(update)
         self.synced.set()
         self.changed.set()
-        capacity = Capacity(update.activators, self.index(update) % update.activators)
+        capacity = (update.activators, self.index(update) % update.activators)
         if update.full or capacity != self.capacity:
             changed = list(self.table.routes.values())  # the share of every replica may have moved
         else:
@@ -120,8 +112,7 @@ class Dispatcher:
         self.capacity = capacity
         for r in changed:
             for side, sr in r.routed_sides().items():
-                self.throttler(r.service, side).update(sr, r.container_concurrency, self.capacity.activators,
-                                                       self.capacity.index)
+                self.throttler(r.service, side).update(sr, r.container_concurrency, *self.capacity)
         live = {(r.service, side) for r in self.table.routes.values() for side in r.routed_sides()}
         for key in [k for k in self.throttlers if k not in live]:
             t = self.throttlers.pop(key)

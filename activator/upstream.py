@@ -335,7 +335,4 @@ class UpstreamPool:
                 conn.close()
 
     def close(self) -> None:
-        for q in self._idle.values():
-            for conn in q:
-                conn.close()
-        self._idle.clear()
+        self.prune(())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -52,26 +53,25 @@ class Buckets:
             self.exemplars[i] = Exemplar({"trace_id": trace_id}, value, time.time())
 
 
-class _Family:
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry,
-                 kind: str) -> None:
-        self.name, self.documentation, self.labelnames, self.kind = name, documentation, tuple(labelnames), kind
-        self._children: dict[tuple[str, ...], Count | Buckets] = {}
+C = TypeVar("C", Count, Buckets)
+
+
+class _Family(Generic[C]):
+    kind = ""  # the Prometheus metric type
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
-    def _child(self, labels: tuple[str, ...]) -> Count | Buckets:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(labels)}")
-        child = self._children.get(labels)
+    def labels(self, *values: str) -> C:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
+        child = self._children.get(values)
         if child is None:
-            child = self._children[labels] = self._new()
+            child = self._children[values] = self._new()
         return child
-
-    def _new(self) -> Count | Buckets:
-        raise NotImplementedError
-
-    def _samples(self, metric: Metric, labels: dict[str, str], child) -> None:  # noqa: ANN001
-        raise NotImplementedError
 
     def collect(self) -> Iterator[Metric]:
         metric = Metric(self.name, self.documentation, self.kind)
@@ -80,13 +80,8 @@ class _Family:
         yield metric
 
 
-class LoopCounter(_Family):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 registry: CollectorRegistry) -> None:
-        super().__init__(name, documentation, labelnames, registry, "counter")
-
-    def labels(self, *values: str) -> Count:
-        return self._child(values)  # type: ignore[return-value]
+class LoopCounter(_Family[Count]):
+    kind = "counter"
 
     def _new(self) -> Count:
         return Count()
@@ -96,14 +91,13 @@ class LoopCounter(_Family):
         metric.add_sample(self.name + "_created", labels, c.created)
 
 
-class LoopHistogram(_Family):
+class LoopHistogram(_Family[Buckets]):
+    kind = "histogram"
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry,
                  buckets: Sequence[float]) -> None:
         self.bounds = tuple(float(b) for b in buckets)
-        super().__init__(name, documentation, labelnames, registry, "histogram")
-
-    def labels(self, *values: str) -> Buckets:
-        return self._child(values)  # type: ignore[return-value]
+        super().__init__(name, documentation, labelnames, registry)
 
     def _new(self) -> Buckets:
         return Buckets(self.bounds)

@@ -19,6 +19,7 @@ from prometheus_client import (
 
 from runtime import tracing
 from runtime.loop_metrics import Buckets, Count, LoopCounter, LoopHistogram
+from runtime.request_log import dropped_lines
 from runtime.storage.names import PULL_REPORT_ENV
 
 P = "elasticserving_runtime_"
@@ -41,7 +42,6 @@ class RuntimeMetrics:
         # Request log lines dropped while nobody read stderr (serving never waits for the log reader).
         self.log_dropped = Counter(P + "log_lines_dropped", "Request log lines dropped: stderr was not read.",
                                    registry=r)
-        self.log_dropped.inc(0)
         # How this replica's storageUri model got here (the pull before it started): a cache hit
         # downloaded 0 bytes. Set once from the pull's report.
         self.pull_seconds = Gauge(P + "model_pull_seconds", "Time the model pull before this replica took.",
@@ -80,8 +80,6 @@ class RuntimeMetrics:
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """Classic text, or OpenMetrics (with the latency exemplars) when `accept` asks for it."""
-        from runtime.request_log import dropped_lines
-
         seen = dropped_lines()
         if seen > self._dropped_seen:  # a counter follows the log's own count
             self.log_dropped.inc(seen - self._dropped_seen)
@@ -95,14 +93,12 @@ def pull_report_from_env() -> dict | None:
     """The storageUri pull's report handed to this replica: JSON in $ELASTICSERVING_MODEL_PULL (the
     local platform), or the path of a file holding it (a Pod's storage initializer writes one)."""
     value = os.environ.get(PULL_REPORT_ENV, "").strip()
-    if not value:
-        return None
     path = pull_report_path()
     try:
         if path is not None:
             with open(path) as f:
                 value = f.read(65536)
-        report = json.loads(value)
+        report = json.loads(value) if value else None
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None

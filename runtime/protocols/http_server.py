@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import http
 import json
 import logging
@@ -409,15 +410,12 @@ class HttpServer:
             for conn in list(self.connections):
                 if not conn.answering and not conn.pending and conn.transport is not None:
                     conn.transport.close()
-            busy = [c for c in self.connections if c.answering or c.pending]
             left = deadline - loop.time()
-            if not busy or left <= 0:
+            if left <= 0 or not any(c.answering or c.pending for c in self.connections):
                 break
             self.settled.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # past the deadline: the next round ends the wait
                 await asyncio.wait_for(self.settled.wait(), left)
-            except TimeoutError:
-                break
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()

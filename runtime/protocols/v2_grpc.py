@@ -46,10 +46,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except InferError as exc:
             await self._abort(context, exc)
         T = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name=m["name"], versions=m["versions"], platform=m["platform"],
-            inputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["inputs"]],
-            outputs=[T(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in m["outputs"]])
+        return pb.ModelMetadataResponse(name=m["name"], versions=m["versions"], platform=m["platform"],
+                                        inputs=[T(**t) for t in m["inputs"]],
+                                        outputs=[T(**t) for t in m["outputs"]])
 
     async def ModelInfer(self, request, context):  # noqa: N802
         md = dict(context.invocation_metadata() or ())
