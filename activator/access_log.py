@@ -8,6 +8,7 @@ second a logging.Handler (a lock, a format and a flush per line) costs a measura
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -84,8 +85,6 @@ class AccessLog:
         text = "".join(self._lines)
         self._lines.clear()
         self._size = 0
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not take a request down with it
             self._stream.write(text)
             self._stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed stderr must not take a request down with it

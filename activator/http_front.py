@@ -128,11 +128,10 @@ class FrontConnection(asyncio.Protocol):
     """One client connection: parse requests within the limits, answer them in order, release
     everything on disconnect.
 
-    The reader is the parser callbacks, walking `state` IDLE -> HEAD -> BODY -> IDLE per request, or on to
-    REFUSED (an error answer instead of the rest) and CLOSED (the transport gone). The writer answers the
-    read requests (`pending`) in order, one at a time: `worker` is the one being served, either sent with
-    no task (the upstream exchange itself: HttpFront.serve_now) or the worker task (`_answer`); every answer is
-    written by `_write`, and the writer settles in `_settle`.
+    The reader is the parser callbacks (`state`: see State). The writer answers the read requests
+    (`pending`) in order, one at a time: `worker` is the one being served, sent with no task (the upstream
+    exchange itself: HttpFront.serve_now) or by the worker task (`_answer`); every answer is written by
+    `_write`, and the writer settles in `_settle`.
 
     Buffer memory: request bytes are taken from the process budget in one place (`on_body`) and given
     back in one place (`_give_back`). What the connection holds is one ledger, `held`: the bytes of the
@@ -193,8 +192,7 @@ class FrontConnection(asyncio.Protocol):
         if self.worker is not None:  # (a worker cancelled before its first step never runs its finally)
             self.worker.cancel()
             self.worker = None
-        if self.write_paused is not None and not self.write_paused.done():
-            self.write_paused.set_result(None)
+        self.resume_writing()
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

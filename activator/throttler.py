@@ -111,8 +111,7 @@ class SideThrottler:
             if b is None or (b.host, b.http_port, b.grpc_port) != (ep.host, ep.http_port, ep.grpc_port):
                 b = self.backends[ep.id] = Backend(ep.id, ep.host, ep.http_port, ep.grpc_port)
             b.slots = slots[ep.id]
-        seen = set(slots)
-        for bid in [b for b in self.backends if b not in seen]:
+        for bid in [b for b in self.backends if b not in slots]:
             del self.backends[bid]  # its running requests still count in `inflight` until released
         self._dispatch()
         if self.error and not self._healthy():

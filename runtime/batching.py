@@ -1,8 +1,7 @@
 """Dynamic batching: concurrent requests to one model are merged into one backend call, up to
-`max_batch_size` items within `batch_timeout`, and the results are split back per request.
-
-Models hand it a blocking `run(items) -> results` (one result per item) that runs on their own
-inference thread; protocol handlers just `await batcher.submit(items)`.
+`max_batch_size` items within `batch_timeout`, and the results are split back per request. Models hand it
+a blocking `run(items) -> results` (one result per item) that runs on their own inference thread;
+protocol handlers just `await batcher.submit(items)`.
 
 As in Triton's dynamic batcher (model_config.proto: `max_batch_size`, `max_queue_delay_microseconds`),
 a batch never holds more than `max_batch_size` (items, or what `size` counts per item: a tensor
@@ -10,22 +9,19 @@ request's rows), and only requests that may run together share one: `key` names 
 tensors, `rows_key`: dtypes and every dimension after the first); the others wait, in arrival order,
 for a later batch. The second half of this module is that rule for tensor requests, free of servers.
 
-One run path (`_run`): a request to an idle batcher without a window is a batch of its own, run by its
-caller at once; the others are gathered by the batching task. Two batches run on the event loop's thread
-instead of the inference thread: a one-item batch when `inline_if` answers True (the replica serves no
-other request), and a batch of several items while the last such batch took less than `inline_under`
-seconds.
-Measured on a 2-vCPU VM (LAC, batch 1): the hop to the inference thread and back cost ~0.24 ms around a
-0.18 ms run (two thread wake-ups on vCPUs that had gone idle), and Paddle's `predictor.run()` holds the
-GIL, so while it runs the loop could not have served anything else anyway. With other requests in
-flight nothing changes: they may reach the batcher during the run, so it runs on the inference thread
-and what arrives meanwhile queues and is merged into the next batch.
-A quick batch of several requests is another matter: the hand-off and the GIL going back and forth cost more than the
-loop loses by running it. Measured side by side on that VM (a user's 4-16-3 and 256-256 models, 32 and 64
-wrk clients, 2 ms window): 5-35 % more requests/s with merged batches under 1 ms run on the loop,
-Paddle and ONNX alike. A batch is timed by the CPU time of the thread it runs on (on the inference thread
-its wall time would count the waits for the GIL), so a model that gets slow goes back to the thread; that
-is its whole cost only for a model run on the calling thread (runtime.handlers.raw sets `inline_under` so).
+Two batches run on the event loop's thread instead of the inference thread:
+- a one-item batch when `inline_if` answers True (the replica serves no other request). Measured on a
+  2-vCPU VM (LAC, batch 1): the hop to the inference thread and back cost ~0.24 ms around a 0.18 ms run
+  (two thread wake-ups on vCPUs that had gone idle), and Paddle's `predictor.run()` holds the GIL, so
+  the loop could not have served anything else meanwhile. With other requests in flight it runs on the
+  inference thread: they may reach the batcher during the run, and queue to merge into the next batch;
+- a batch of several items while the last such batch took less than `inline_under` seconds: the hand-off
+  and the GIL going back and forth cost more than the loop loses by running it. Side by side on that VM
+  (a user's 4-16-3 and 256-256 models, 32 and 64 wrk clients, 2 ms window): 5-35 % more requests/s with
+  merged batches under 1 ms run on the loop, Paddle and ONNX alike. It is timed by the CPU time of its
+  thread (on the inference thread its wall time would count the waits for the GIL), so a model that gets
+  slow goes back to the thread; that is its whole cost only for a model run on the calling thread
+  (runtime.handlers.raw sets `inline_under` so).
 """
 
 from __future__ import annotations

@@ -195,8 +195,7 @@ class HttpConnection(asyncio.Protocol):
         self.state = CLOSED
         self.pending.clear()  # the request being answered finishes (its data plane accounting too)
         self.server.connections.discard(self)
-        if self.writable is not None and not self.writable.done():
-            self.writable.set_result(None)
+        self.resume_writing()  # a writer waiting for the client to read goes on (and finds it gone)
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
