@@ -105,12 +105,9 @@ class Dispatcher:
         self.synced.set()
         self.changed.set()
         capacity = (update.activators, self.index(update) % update.activators)
-        if update.full or capacity != self.capacity:
-            changed = list(self.table.routes.values())  # the share of every replica may have moved
-        else:
-            changed = list(update.services)
+        every = update.full or capacity != self.capacity  # a new capacity moves every replica's share
         self.capacity = capacity
-        for r in changed:
+        for r in self.table.routes.values() if every else update.services:
             for side, sr in r.routed_sides().items():
                 self.throttler(r.service, side).update(sr, r.container_concurrency, *self.capacity)
         live = {(r.service, side) for r in self.table.routes.values() for side in r.routed_sides()}

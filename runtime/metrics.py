@@ -28,8 +28,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class RuntimeMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = CollectorRegistry()
         # updated per request or batch: kept on the loop's thread (runtime.loop_metrics)
         self.requests = LoopCounter(P + "requests", "Inference requests by model, protocol and status code.",
                                     ["model", "protocol", "code"], r)

@@ -88,9 +88,7 @@ _JSON_LINE = ('{"time": "%s,%03d", "level": "INFO", "logger": "' + REQUESTS_LOGG
 
 
 class AccessLog:
-    """Writes request lines to a logging.StreamHandler's stream, formatted as TEXT_FORMAT or
-    JsonFormatter would, under the handler's lock (other records may come from other threads), from a
-    writer thread fed by a bounded queue."""
+    """Request lines to a logging.StreamHandler's stream, under its lock (the module docstring)."""
 
     def __init__(self, handler: logging.StreamHandler, fmt: str, flush_interval: float = FLUSH_INTERVAL) -> None:
         self.handler = handler
@@ -241,10 +239,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
-        if fields:
-            out.update(fields)
-        else:
-            out["message"] = record.getMessage()
+        out.update(fields or {"message": record.getMessage()})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

@@ -88,9 +88,8 @@ class BodyError(ValueError):
 
 
 def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
-    """A request body sent with `Content-Encoding` (gzip, deflate), decompressed to at most `limit`
-    bytes (a small body must not unpack into gigabytes). BodyError: 400 corrupt, 413 too large, 415 an
-    encoding other than these."""
+    """A request body sent with `Content-Encoding` (gzip, deflate), decompressed to at most `limit` bytes
+    (a small body must not unpack into gigabytes); BodyError with the status (the module docstring)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
