@@ -203,11 +203,10 @@ class Dispatcher:
 
     # ---- the same path with no task, for a request that need not wait ------------------------
     def try_start(self, call: Call, way: Callable[[Backend], W | None]) -> tuple[Started, W] | None:
-        """Route, pick the side and take a replica slot now, for a front door that then sends without a
-        task (answering through `finish`). Only when nothing is to be waited for or chosen: routes known,
-        tracing off, one side named (a tag host, or a service with no canary and no outgoing version, not
-        pinned), a free slot, and `way(backend)` gives a way to send to it at once (a pooled connection).
-        Else None, with nothing taken or counted: the caller takes `dispatch`."""
+        """Route, pick the side and take a replica slot now, for a front door that then sends without a task
+        (answering through `finish`), when nothing is to be waited for or chosen: routes known, tracing off,
+        one side named (a tag host, or a service with no canary and no outgoing version, not pinned), a free
+        slot, and `way(backend)` a way to send to it at once. Else None, nothing taken: take `dispatch`."""
         if otel.ON or call.pin or not self.synced.is_set():
             return None
         found = self.table.target(call.host)
@@ -281,11 +280,10 @@ class Dispatcher:
                 call.upstream_seconds = self.clock() - sent
                 return result
             except NotSent as exc:
-                # Nothing was sent: safe to send again. The replica leaves rotation until the prober
-                # hears it answer again (a dead node's replicas are each found so, one connect each), and
-                # this request avoids it while another replica is in rotation (a stale verdict of the
-                # prober may put it back a moment); a lone replica takes the resend once it is back: a
-                # lost SYN to it, fresh from zero, must not hold the request for a second replica.
+                # Nothing was sent: the retry rule (module docstring). Out of rotation: a dead node's
+                # replicas are each found so, one connect each. Avoided while another replica is in rotation
+                # (a stale verdict of the prober may put it back a moment); a lone replica takes the resend
+                # once it is back: a lost SYN to it, fresh from zero, must not hold the request for a second.
                 t.mark(backend, False)
                 tried = tried | {backend.id}
                 resends += 1

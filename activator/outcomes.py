@@ -20,9 +20,8 @@ class Broken(Exception):
 
 
 class Failure(Exception):
-    """The dispatcher's refusal: `code` says which, `reason` says why, in words for the client. Codes used:
-    not_found (no route), bad_input (no canary), unavailable, overloaded (queue full), upstream_failed,
-    timeout, cancelled."""
+    """The dispatcher's refusal: `code` says which (not_found: no route, bad_input: no canary, unavailable,
+    overloaded: queue full, upstream_failed, timeout, cancelled), `reason` why, in words for the client."""
 
     def __init__(self, code: Code, reason: str, retry_after: int | None = None) -> None:
         super().__init__(reason)

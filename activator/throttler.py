@@ -114,11 +114,8 @@ class SideThrottler:
         for bid in [b for b in self.backends if b not in slots]:
             del self.backends[bid]  # its running requests still count in `inflight` until released
         self._dispatch()
-        if self.error and not self._healthy():
+        if self.error and not any(b.healthy for b in self.backends.values()):
             self.fail_waiters(self.error)
-
-    def _healthy(self) -> list[Backend]:
-        return [b for b in self.backends.values() if b.healthy]
 
     def has_ready(self) -> bool:
         return any(b.healthy and b.slots != 0 for b in self.backends.values())
@@ -197,7 +194,7 @@ class SideThrottler:
         if b is not None:
             return b
         self._tick()
-        if self.error and not self._healthy():
+        if self.error and not any(b.healthy for b in self.backends.values()):
             raise Failure("unavailable", self.error)
         if len(self.waiters) >= self.queue_depth:
             raise Failure("overloaded", f"too many requests waiting for {self.key} ({self.side}): queue of "

@@ -9,13 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from runtime import tracing
 from runtime.loop_metrics import Buckets, Count, LoopCounter, LoopHistogram

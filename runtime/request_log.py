@@ -3,28 +3,26 @@
 per line for every log record, with the request's fields as keys.
 
 The request line is on every request's path, so once configure_logging has set up the process's log
-stream it is not a logging.LogRecord: `AccessLog` formats the same line by hand (the text or JSON the
-logging formatters below would write) and hands it on from a loop timer, after the response has gone
-out: the lines of FLUSH_INTERVAL go to the writer in one hand-off, as their fields (a tuple): the writer
-thread formats them, so formatting is not on the request's path either; it formats FORMAT_CHUNK lines
-at a time and offers the GIL between chunks, since a whole hand-off (a thousand lines under load)
-formatted at once held the GIL for up to the interpreter's 5 ms switch interval while the event loop
-waited: a 256-256 ONNX model at 32 wrk clients (2 ms window) had a p99 of 3.8 ms with the request log
-on, 1.7 ms with it off, 2.1 ms with the chunks (16-line chunks: 1.8 ms, but 11 % fewer requests/s in GIL
-hand-overs). The GIL the writer holds is the loop's lost time, so a chunk is formatted column by column
-(AccessLog.lines): 0.56 us a text line, 0.92 us a JSON one, against 1.39 / 2.09 us formatting each line
-by its own f-string and 9-11 us through the logging module; a 4-16-3 ONNX model at 32 wrk clients
-answered 5 % more requests/s side by side (batched, the loop saturated: each request's line costs it).
-A hand-off per loop iteration woke the writer thread once per request at batch 1; on the 2-vCPU VM of the 2026-12 report that wake-up and the GIL
-hand-over cost the replica ~0.1-0.18 ms p50 and as much CPU per LAC request (log level INFO vs WARNING,
-wrk on one connection), which one hand-off per FLUSH_INTERVAL removes. A line reaches stderr at most
-FLUSH_INTERVAL plus the write later; a SIGKILL loses at most that much.
-The write itself happens on a writer thread: stderr is a pipe (to the local platform, or the
-container runtime), and a reader that stops reading (a frozen `elasticserving up`) must not stop the
-replica from serving. Lines are written in order; while the reader is stuck, lines beyond
-MAX_QUEUED_LINES waiting are dropped and counted (`dropped`, exported as
-elasticserving_runtime_log_lines_dropped_total) rather than blocking the event loop.
-`flush()` runs at shutdown and at exit and waits (bounded) for the writer.
+stream it is not a logging.LogRecord: `AccessLog` keeps the line's fields (a tuple), and a loop timer hands
+the lines of FLUSH_INTERVAL, after their responses have gone out, to a writer thread in one hand-off. A
+hand-off per loop iteration woke the writer once per request at batch 1: on the 2-vCPU VM of the 2026-12
+report that wake-up and the GIL hand-over cost the replica ~0.1-0.18 ms p50 and as much CPU per LAC
+request (log level INFO vs WARNING, wrk on one connection). A line reaches stderr at most FLUSH_INTERVAL
+plus the write later; a SIGKILL loses at most that much.
+The writer formats the lines as the logging formatters below would (text or JSON), FORMAT_CHUNK lines at a
+time, offering the GIL between chunks: a whole hand-off (a thousand lines under load) formatted at once
+held the GIL for up to the interpreter's 5 ms switch interval while the event loop waited: a 256-256 ONNX
+model at 32 wrk clients (2 ms window) had a p99 of 3.8 ms with the request log on, 1.7 ms with it off,
+2.1 ms with the chunks (16-line chunks: 1.8 ms, but 11 % fewer requests/s in GIL hand-overs). The GIL the
+writer holds is the loop's lost time, so a chunk is formatted column by column (AccessLog.lines): 0.56 us a
+text line, 0.92 us a JSON one, against 1.39 / 2.09 us formatting each line by its own f-string and 9-11 us
+through the logging module; a 4-16-3 ONNX model at 32 wrk clients answered 5 % more requests/s side by side
+(batched, the loop saturated: each request's line costs it).
+The write is on that thread because stderr is a pipe (to the local platform, or the container runtime),
+and a reader that stops reading (a frozen `elasticserving up`) must not stop the replica from serving.
+Lines are written in order; while the reader is stuck, lines beyond MAX_QUEUED_LINES waiting are dropped
+and counted (`dropped`, exported as elasticserving_runtime_log_lines_dropped_total) rather than blocking
+the event loop. `flush()` runs at shutdown and at exit and waits (bounded) for the writer.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ log = logging.getLogger("elasticserving.runtime")
 V2_HEADER = v2_rest.HEADER.lower()
 
 
-def _json(obj: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(status, dumps(obj))
+def _json(obj: Any) -> HttpResponse:
+    return HttpResponse(200, dumps(obj))
 
 
 class HttpApi:
