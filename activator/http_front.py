@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import http
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from activator.outcomes import Broken, Failure
 from activator.throttler import Backend
 from activator.upstream import Answer, Exchange, Outcome, UpstreamPool, connection_tokens
 from runtime.errors import HTTP_STATUS
+from runtime.protocols.http_server import REASONS
 
 log = logging.getLogger("elasticserving.activator")
 
@@ -74,18 +74,11 @@ class Reply:
         self.status, self.headers, self.body, self.reason, self.charged = status, headers, body, reason, charged
 
     def render(self, keep_alive: bool, rid: bytes) -> list[bytes]:
-        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, self.reason or _reason(self.status))]
+        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, self.reason or REASONS.get(self.status, b"Unknown"))]
         head += [b"%s: %s\r\n" % kv for kv in self.headers]
         head.append(b"X-Request-Id: %s\r\nContent-Length: %d\r\n%s\r\n"
                     % (rid, len(self.body), b"" if keep_alive else b"Connection: close\r\n"))
         return [b"".join(head), self.body]
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
 
 
 def error(status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:

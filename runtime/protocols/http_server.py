@@ -113,13 +113,13 @@ def decode_body(body: bytes, encoding: str, limit: int) -> bytes:
     raise BodyError(400, f"request body is not valid {encoding} data")
 
 
-_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}  # the status line's, by status
 
 
 def render(resp: HttpResponse, rid: str, keep_alive: bool, head_only: bool = False) -> bytes:
     """The answer's bytes on the wire: status line, headers, body (none for HEAD, with the GET's length)."""
     lines = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n"
-             % (resp.status, _REASONS.get(resp.status, b"Unknown"), resp.content_type.encode("latin-1"),
+             % (resp.status, REASONS.get(resp.status, b"Unknown"), resp.content_type.encode("latin-1"),
                 len(resp.body), rid.encode("latin-1"))]
     if resp.headers:
         lines += [b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.items()]
