@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from runtime.protocols.http_server import HttpLimits
 
-KIB = 1024
-MIB = 1024 * KIB
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)

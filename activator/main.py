@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -79,20 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--body-timeout", type=float, default=d.body_timeout, help="seconds to send a body (408)")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="idle keep-alive connections close")
     args = p.parse_args(argv)
-    try:
-        args.limits = limits_from(args)
+    try:  # every field of FrontLimits is a flag above
+        args.limits = FrontLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FrontLimits)})
     except ValueError as exc:
         p.error(str(exc))
     return args
-
-
-def limits_from(args: argparse.Namespace) -> FrontLimits:
-    return FrontLimits(max_request_line=args.max_request_line, max_header_bytes=args.max_header_bytes,
-                  max_header_fields=args.max_header_fields, max_body_bytes=args.max_body_bytes,
-                  max_answer_bytes=args.max_answer_bytes, max_pipelined_bytes=args.max_pipelined_bytes,
-                  max_buffered_bytes=args.max_buffered_bytes, max_connections=args.max_connections,
-                  header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                  idle_timeout=args.idle_timeout)
 
 
 def stable_index(activator_id: str, activators: int) -> int:
@@ -126,7 +118,7 @@ class Activator:
         self.clock = clock  # the one clock of the process: every piece below reads this one
         self.metrics = Metrics()
         self.access_log = AccessLog(args.log_format)
-        self.link = AutoscalerLink(args.autoscaler, args.id, self.on_routes, self.take_stats,
+        self.link = AutoscalerLink(args.autoscaler, args.id, self.on_routes, lambda: self.dispatcher.take_stats(),
                                    Token(args.control_token_file), clock)
         index = index_source(args.id, args.activator_index)
         self.dispatcher: Dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log,
@@ -136,9 +128,6 @@ class Activator:
         self.grpc_front = None
         self.draining = False
         self.ports: dict[str, int] = {}
-
-    def take_stats(self) -> list:
-        return self.dispatcher.take_stats()
 
     def on_routes(self, update: RoutesUpdate) -> None:
         self.dispatcher.apply(update)

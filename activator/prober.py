@@ -27,16 +27,13 @@ class Prober:
 
     async def run(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
+        last: dict[int, float] = {}
         try:
-            await self._loop()
+            while True:
+                await asyncio.sleep(UNHEALTHY_EVERY)
+                await self.check(last)
         finally:
             await self._session.close()
-
-    async def _loop(self) -> None:
-        last: dict[int, float] = {}
-        while True:
-            await asyncio.sleep(UNHEALTHY_EVERY)
-            await self.check(last)
 
     async def check(self, last: dict[int, float]) -> None:
         """One round: probe the replicas out of rotation, and those in it not probed for HEALTHY_EVERY

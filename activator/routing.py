@@ -50,8 +50,6 @@ class Target(NamedTuple):
 
 MAX_HINT_HOSTS = 3  # hosts a 404 names
 MAX_HINT_INPUT = 253  # a longer Host is no DNS name: compared only by its first 253 characters
-
-
 PIN_TRUE = ("true", "1", "yes")
 PIN_FALSE = ("false", "0", "no")
 

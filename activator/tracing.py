@@ -14,8 +14,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_contex
 
 import runtime.tracing as otel
 
-TRACE_HEADERS = ("traceparent", "tracestate")
-
 
 def setup() -> bool:
     return otel.setup("elasticserving-activator")

@@ -86,11 +86,9 @@ def create_predictor(model_dir: Path, threads: int, gpu_ids: list[int] | None, m
 
 
 # Paddle's dtype names (paddle.inference's PaddleDType, the PIR DataType, the ProgramDesc's VarType) ->
-# v2 datatypes; a name not here is shown as Paddle spells it (no v2 client can send or read it anyway).
-PADDLE_TYPES = {"FLOAT32": "FP32", "FLOAT64": "FP64", "FLOAT16": "FP16", "BFLOAT16": "BF16", "INT64": "INT64",
-                "INT32": "INT32", "INT16": "INT16", "INT8": "INT8", "UINT8": "UINT8", "UINT16": "UINT16",
-                "UINT32": "UINT32", "UINT64": "UINT64", "BOOL": "BOOL", "FP32": "FP32", "FP64": "FP64",
-                "FP16": "FP16", "BF16": "BF16"}
+# v2 datatypes; any other name is shown as Paddle spells it: the integer, BOOL and FP* names are the v2
+# ones already, and no v2 client can send or read the rest anyway.
+PADDLE_TYPES = {"FLOAT32": "FP32", "FLOAT64": "FP64", "FLOAT16": "FP16", "BFLOAT16": "BF16"}
 
 
 def program_signature(prog: Path) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
@@ -256,9 +254,8 @@ def load_backend(path: Path, backend: str, threads: int, gpu_ids: list[int] | No
         from runtime.tf_backend import TensorFlowBackend  # imported lazily: tensorflow is an extra
 
         return kind, TensorFlowBackend(path, threads, gpu_ids)
-    cls = {"paddle": PaddleBackend, "onnx": OnnxBackend}.get(kind)
-    if cls is None:
-        raise ModelLoadError(f"unknown backend {kind!r} (paddle, onnx, tensorflow)")
-    if cls is PaddleBackend:
+    if kind == "paddle":
         return kind, PaddleBackend(path, threads, gpu_ids, mkldnn)
-    return kind, cls(path, threads, gpu_ids)
+    if kind == "onnx":
+        return kind, OnnxBackend(path, threads, gpu_ids)
+    raise ModelLoadError(f"unknown backend {kind!r} (paddle, onnx, tensorflow)")

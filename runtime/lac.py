@@ -20,14 +20,9 @@ def lac_dir() -> Path:
 
 
 def _read_dict(path: Path) -> list[tuple[str, str]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if not line:
-            continue
-        parts = line.split("\t")
-        if len(parts) == 2:
-            rows.append((parts[0], parts[1]))
-    return rows
+    """The `key<TAB>value` lines of a LAC dictionary; other lines are skipped."""
+    rows = (line.split("\t") for line in path.read_text(encoding="utf-8").split("\n"))
+    return [(r[0], r[1]) for r in rows if len(r) == 2]
 
 
 class LacSegmenter:

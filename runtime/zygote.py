@@ -88,8 +88,7 @@ def _child(zygote: Zygote, conn: socket.socket, request: dict, fds: list[int]) -
             os.chdir(request["cwd"])
         # Thread counts are the replica's own, set after the fork (the zygote pinned them to 1).
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-            if var not in os.environ:
-                os.environ[var] = "1"
+            os.environ.setdefault(var, "1")
         if os.environ.get("ELASTICSERVING_ZYGOTE_FAULT") == "hang":  # tests: a replica that never turns ready
             while True:
                 time.sleep(3600)

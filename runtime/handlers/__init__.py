@@ -19,21 +19,21 @@ def build_handler(args: argparse.Namespace, on_batch: OnBatch) -> Handler:
 
         return LacHandler(args.model, args.seg_separator, args.threads, args.gpu_id_list, args.max_batch_size,
                           batch_timeout, args.max_text_chars, on_batch)
-    if args.handler == "ocr":
+    if args.handler in ("ocr", "imagenet"):
         from runtime.handlers.image_input import ImageSource
-        from runtime.handlers.ocr import OcrHandler
 
         source = ImageSource(args.image_base_dir, args.allow_urls, args.max_image_bytes, args.url_timeout)
+    if args.handler == "ocr":
+        from runtime.handlers.ocr import OcrHandler
+
         return OcrHandler(args.threads, args.gpu_id_list, source, args.max_image_pixels, mkldnn)
     from runtime.model_files import resolve_model
 
     files = resolve_model(args.model, args.backend, args.labels, args.preprocess)
     if args.handler == "imagenet":
         from runtime.handlers.image import ImageClassifier
-        from runtime.handlers.image_input import ImageSource
         from runtime.models.preprocess import Preprocess
 
-        source = ImageSource(args.image_base_dir, args.allow_urls, args.max_image_bytes, args.url_timeout)
         return ImageClassifier(files.path, files.backend, args.threads, args.gpu_id_list, files.labels,
                                Preprocess.from_file(files.preprocess), source, args.max_image_pixels,
                                args.max_batch_size, batch_timeout, on_batch, mkldnn)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.batching import Batcher
 from runtime.inference_thread import InferenceThread
 from runtime.tensors import TensorSpec
 
@@ -36,6 +37,7 @@ class Handler:
     inputs: list[TensorSpec]  # several specs may share a name: alternatives (e.g. image bytes or pixels)
     outputs: list[TensorSpec]
     web: WebApi
+    batcher: Batcher | None = None  # a batching handler's: started and closed with the handler
 
     def __init__(self) -> None:
         # One thread owns the backend: Paddle predictors must not hop between threads.
@@ -48,9 +50,13 @@ class Handler:
         raise NotImplementedError
 
     async def start(self) -> None:
-        """After load, on the event loop (start batchers)."""
+        """After load, on the event loop."""
+        if self.batcher is not None:
+            self.batcher.start()
 
     async def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.executor.shutdown(wait=False)
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

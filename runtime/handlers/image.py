@@ -57,14 +57,10 @@ class ImageClassifier(Handler):
         # warm-up: the first run allocates
         self.classify_batch([np.zeros((3, self.prep.crop, self.prep.crop), dtype=np.float32)])
 
-    async def start(self) -> None:
-        self.batcher.start()
-
     async def close(self) -> None:
-        self.batcher.close()
+        await super().close()
         await self.source.close()
         self.decode_pool.shutdown(wait=False)
-        await super().close()
 
     def classify_batch(self, images: list[np.ndarray]) -> list[tuple[bytes, float]]:
         """Blocking, on the inference thread: one backend call for every image of the batch."""

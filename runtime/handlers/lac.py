@@ -18,16 +18,6 @@ from runtime.lac import LacSegmenter, lac_dir, predict_tags
 from runtime.tensors import TensorSpec, object_array
 
 
-def lac_model_dir(model: str) -> Path:
-    """`lac` names the LAC segmentation model shipped by the lac package; anything else is a path."""
-    if model == "lac":
-        return lac_dir() / "seg_model" / "model"
-    path = Path(model)
-    if not path.exists():
-        raise ModelLoadError(f"model path {model} does not exist")
-    return path
-
-
 class LacHandler(Handler):
     platform = "paddle"
     inputs = [TensorSpec("words", "BYTES", (-1,))]
@@ -53,7 +43,10 @@ class LacHandler(Handler):
 
     def load(self) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
-        model_dir = lac_model_dir(self.model)
+        if self.model == "lac":  # the LAC segmentation model shipped by the lac package
+            model_dir = lac_dir() / "seg_model" / "model"
+        elif not (model_dir := Path(self.model)).exists():
+            raise ModelLoadError(f"model path {self.model} does not exist")
         if not (model_dir.parent / "conf" / "word.dic").exists():
             raise ModelLoadError(f"{model_dir}: the lac handler needs ../conf/word.dic, tag.dic and q2b.dic")
         self._seg = LacSegmenter(model_dir, self.separator)
@@ -75,13 +68,6 @@ class LacHandler(Handler):
                     out_by_sentence[i] = self._seg.join(self._seg.decode(s, tags[lod[k]:lod[k + 1]]))
                     k += 1
         return [out_by_sentence.get(i, "") for i in range(len(sentences))]
-
-    async def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        self.batcher.close()
-        await super().close()
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sentences = []

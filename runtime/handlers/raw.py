@@ -79,13 +79,6 @@ class RawTensors(Handler):
         if refusal is not None:
             log.info("model %s: requests run one at a time: %s", self.model_path, refusal)
 
-    async def start(self) -> None:
-        self.batcher.start()
-
-    async def close(self) -> None:
-        self.batcher.close()
-        await super().close()
-
     def _key(self, request: Tensors) -> Hashable | None:
         return rows_key(request) if self.merging else None
 

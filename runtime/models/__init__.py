@@ -25,10 +25,6 @@ def models_root() -> Path:
     return Path(os.environ.get(ROOT_ENV) or "~/.cache/elasticserving/models").expanduser()
 
 
-def build_command(name: str) -> str:
-    return f"python -m runtime.models build {name}"
-
-
 def model_dir(name: str) -> Path:
     """The built directory of model `name`; FileNotFoundError (saying how to build it) when it is not
     built, KeyError for a name that is not a known model."""
@@ -36,5 +32,6 @@ def model_dir(name: str) -> Path:
         raise KeyError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
     path = models_root() / name
     if not (path / STAMP).is_file():
-        raise FileNotFoundError(f"model {name} is not built in {path}: run `{build_command(name)}`")
+        raise FileNotFoundError(f"model {name} is not built in {path}: "
+                                f"run `python -m runtime.models build {name}`")
     return path

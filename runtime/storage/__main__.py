@@ -7,6 +7,7 @@ and then idles until the Pod ends (a sidecar that exits is restarted)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -113,13 +114,9 @@ def idle() -> None:
 
 
 def _write(path: str | None, text: str) -> None:
-    if not path:
-        return
-    try:
-        with open(path, "w") as f:
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as f:  # no termination log outside a Pod
             f.write(text)
-    except OSError:
-        pass  # no termination log outside a Pod
 
 
 if __name__ == "__main__":

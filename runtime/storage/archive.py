@@ -11,6 +11,15 @@ from pathlib import Path
 
 from runtime.storage.errors import StorageError
 
+# tarfile's FilterError kinds, as an error names them ("refused" for any other)
+_FILTER_REASONS = {
+    tarfile.AbsolutePathError: "absolute path",
+    tarfile.OutsideDestinationError: "its path leaves the target",
+    tarfile.SpecialFileError: "device or FIFO",
+    tarfile.AbsoluteLinkError: "link to an absolute path",
+    tarfile.LinkOutsideDestinationError: "link that leaves the target",
+}
+
 
 def unpack(archive: Path, target: Path, max_bytes: int, max_members: int = 100_000) -> int:
     """Unpack `archive` into the empty directory `target`; returns the bytes unpacked.
@@ -23,7 +32,8 @@ def unpack(archive: Path, target: Path, max_bytes: int, max_members: int = 100_0
     except StorageError:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise StorageError(f"corrupt archive {archive.name}: {_short(exc)}", retryable=False) from None
+        reason = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+        raise StorageError(f"corrupt archive {archive.name}: {reason}", retryable=False) from None
 
 
 def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int:
@@ -38,7 +48,8 @@ def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
             try:
                 m = tarfile.data_filter(m, str(target))
             except tarfile.FilterError as exc:
-                raise StorageError(f"unsafe archive member {_member(exc)}: {_filter_reason(exc)}",
+                name = getattr(getattr(exc, "tarinfo", None), "name", "?")
+                raise StorageError(f"unsafe archive member {name!r}: {_FILTER_REASONS.get(type(exc), 'refused')}",
                                    retryable=False) from None
             if m.isfile():
                 total += m.size
@@ -76,23 +87,5 @@ def _unzip(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
     return total
 
 
-def _member(exc: tarfile.FilterError) -> str:
-    return repr(getattr(getattr(exc, "tarinfo", None), "name", "?"))
-
-
-def _filter_reason(exc: tarfile.FilterError) -> str:
-    return {
-        tarfile.AbsolutePathError: "absolute path",
-        tarfile.OutsideDestinationError: "its path leaves the target",
-        tarfile.SpecialFileError: "device or FIFO",
-        tarfile.AbsoluteLinkError: "link to an absolute path",
-        tarfile.LinkOutsideDestinationError: "link that leaves the target",
-    }.get(type(exc), "refused")
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:.0f} MB"
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc) or type(exc).__name__).splitlines()[0][:200]

@@ -130,16 +130,11 @@ class ModelCache:
             out.append(Entry(key, self.entries / key, int(meta.get("size", 0)), used, meta))
         return sorted(out, key=lambda e: e.last_used)
 
-    def evict(self, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-        with self.exclusive():
-            return self._evict(keep)
-
-    def _evict(self, keep: set[str]) -> list[str]:
+    def _evict(self, keep: set[str]) -> None:
         """Least recently used first, until the total is within the cap. Under `exclusive()`."""
         entries = self.list()
         total = sum(e.size for e in entries)
         now = time.time()
-        gone = []
         for e in entries:
             if total <= self.max_bytes:
                 break
@@ -149,13 +144,11 @@ class ModelCache:
                 (self.entries / f"{e.key}.json").unlink()
             remove_tree(e.path)
             total -= e.size
-            gone.append(e.key)
         # Leftovers of pulls that died mid-way (older than a day: a live pull renames long before).
         for d in self.tmp.iterdir():
             with contextlib.suppress(OSError):
                 if now - d.stat().st_mtime > 86400:
                     remove_tree(d) if d.is_dir() else d.unlink()
-        return gone
 
 
 def tree_size(root: Path) -> int:

@@ -136,7 +136,8 @@ def _download(uri: StorageUri, source: HttpSource | S3Source, cache: ModelCache,
             raw = work / "download" / uri.basename
             if isinstance(source, S3Source):
                 source.download(raw.parent, progress)
-                got = _sha256_of(raw)
+                with open(raw, "rb") as f:
+                    got = hashlib.file_digest(f, "sha256").hexdigest()
             else:
                 got = source.download(raw, progress)
             if digest and got != digest:
@@ -155,11 +156,3 @@ def _download(uri: StorageUri, source: HttpSource | S3Source, cache: ModelCache,
         return ModelVersion(uri.display, entry.path, identity, entry.size, False, time.monotonic() - t0, key)
     finally:
         remove_tree(work)
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -12,11 +12,10 @@ from pathlib import Path, PurePosixPath
 import urllib3
 
 from runtime.storage.errors import StorageError
-from runtime.storage.http import connection_reason
+from runtime.storage.http import CHUNK, connection_reason
 from runtime.storage.progress import Progress
 from runtime.storage.uri import StorageUri
 
-CHUNK = 1 << 20
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
            "AuthorizationHeaderMalformed", "AccessForbidden"}
 
