@@ -1,14 +1,10 @@
 """The TensorFlow SavedModel backend (the `tf` extra, tensorflow-cpu): runtime.backends.load_backend picks
 it for a directory holding saved_model.pb. It serves the `serving_default` signature: its inputs and outputs,
-by name, with their exact v2 datatypes (tf.string is BYTES) and shapes (-1 for an unknown dimension).
+by name, with their exact v2 datatypes (tf.string is BYTES, as object arrays of `bytes` both ways) and shapes
+(-1 for an unknown dimension).
 
-`run` takes numpy arrays as the data plane checked them (BYTES as object arrays of `bytes`), converts each to
-the signature's dtype, and returns numpy arrays (tf.string outputs as object arrays of `bytes`).
-
-TensorFlow is imported here, once per process, with its C++ INFO logs off unless TF_CPP_MIN_LOG_LEVEL is
-set; its thread pools and visible GPUs are set before its first op, which it requires. Paddle must never be
-imported after TensorFlow in one process: loading libpaddle then crashes (SIGSEGV in its protobuf op
-registration); the runtime loads one backend per process, and Paddle first then TensorFlow works.
+Paddle must never be imported after TensorFlow in one process: loading libpaddle then crashes (SIGSEGV in its
+protobuf op registration); the runtime loads one backend per process, and Paddle first then TensorFlow works.
 """
 
 from __future__ import annotations

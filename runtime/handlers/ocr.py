@@ -58,25 +58,20 @@ def to_tensors(lines: list[Any] | None) -> dict[str, np.ndarray]:
             "score": np.asarray([score for _, _, score in lines], dtype=np.float32)}
 
 
-def configure(cfg: Any, threads: int, gpu_ids: list[int] | None, mkldnn: bool) -> None:
-    """Our device, threads and oneDNN choice on a `paddle.inference.Config` the library built: it leaves
-    oneDNN at Paddle's default (on) and cannot pick the GPU of its cls and rec models."""
-    if mkldnn and not gpu_ids:
-        cfg.set_mkldnn_cache_capacity(10)  # input shapes vary per image: bound the per-shape primitive cache
-    configure_device(cfg, threads, gpu_ids, mkldnn, gpu_mem_mb=500)
-
-
 @contextlib.contextmanager
 def predictors_configured(threads: int, gpu_ids: list[int] | None, mkldnn: bool) -> Iterator[list[Any]]:
-    """While the pipeline is built: every predictor the library creates gets `configure` first (the
-    yielded list collects their configs)."""
+    """While the pipeline is built: every `paddle.inference.Config` the library creates a predictor from
+    gets our device, threads and oneDNN choice first (the library leaves oneDNN at Paddle's default, on,
+    and cannot pick the GPU of its cls and rec models); the yielded list collects those configs."""
     import paddle.inference as pi
 
     create = pi.create_predictor
     configured: list[Any] = []
 
     def create_configured(cfg: Any) -> Any:
-        configure(cfg, threads, gpu_ids, mkldnn)
+        if mkldnn and not gpu_ids:
+            cfg.set_mkldnn_cache_capacity(10)  # input shapes vary per image: bound the per-shape primitive cache
+        configure_device(cfg, threads, gpu_ids, mkldnn, gpu_mem_mb=500)
         configured.append(cfg)
         return create(cfg)
 

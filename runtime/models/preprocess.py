@@ -9,11 +9,6 @@ Fields of preprocess.json (all required unless marked):
   mean, std      [3]    ... then x = (value * scale - mean[c]) / std[c] per channel c (R, G, B)
   interpolation  str    (informative) always "bilinear"
   layout         str    (informative) always "NCHW": the batch the model takes is float32 [N, 3, crop, crop]
-
-This is the one preprocessing definition: build.py writes it, the image handler
-(runtime.handlers.image_input) applies it to every decoded request image, the benchmarks use it too.
-A preprocess.json given to the runtime by hand (`--preprocess`) may leave fields out: they take
-IMAGENET's values.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import io
 import pickle
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,13 @@ def load_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Ord
     keys = _load_one(buf, "storage keys")
     if not isinstance(keys, list):
         raise TorchLegacyError(f"{path}: the storage key list is missing")
+    refs: dict[str, _StorageRef] = {}
+
+    def note(t: _TensorRef) -> None:
+        refs[t.storage.key] = t.storage
+
     try:
-        refs = {r.storage.key: r.storage for r in _tensors(obj)}
+        _walk(obj, note)
     except RecursionError:
         raise TorchLegacyError(f"{path}: the object nests too deeply for a state dict") from None
 
@@ -145,29 +151,19 @@ def load_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Ord
         if numel < 0 or nbytes > len(data) - buf.tell():
             raise TorchLegacyError(f"{path} is truncated or corrupt (storage {key}: {numel} elements)")
         storages[str(key)] = np.frombuffer(buf.read(nbytes), dtype=ref.stype.dtype)
-    return _materialize(obj, storages, path)
+    return _walk(obj, lambda t: _array(t, storages, path))
 
 
-def _tensors(obj: Any):
+def _walk(obj: Any, leaf: Callable[[_TensorRef], Any]) -> Any:
+    """`obj` with every tensor in its dicts, lists and tuples replaced by `leaf(tensor)`."""
     if isinstance(obj, _TensorRef):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
-def _materialize(obj: Any, storages: dict[str, np.ndarray], path: Path) -> Any:
-    if isinstance(obj, _TensorRef):
-        return _array(obj, storages, path)
+        return leaf(obj)
     if isinstance(obj, dict):
-        return type(obj)((k, _materialize(v, storages, path)) for k, v in obj.items())
+        return type(obj)((k, _walk(v, leaf)) for k, v in obj.items())
     if isinstance(obj, list):
-        return [_materialize(v, storages, path) for v in obj]
+        return [_walk(v, leaf) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_materialize(v, storages, path) for v in obj)
+        return tuple(_walk(v, leaf) for v in obj)
     return obj
 
 
