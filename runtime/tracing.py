@@ -24,6 +24,7 @@ ON = False  # read once per request by the hot paths
 LOG_EVERY = 60.0  # seconds between two "spans dropped" lines
 _tracer: Any = None
 _propagator: Any = None
+_api: Any = None  # the opentelemetry.trace module, imported by setup
 _lock = threading.Lock()
 _dropped = 0
 _last_log = float("-inf")
@@ -55,10 +56,11 @@ def dropped() -> int:
 
 def setup(default_service: str, exporter: Any = None) -> bool:
     """Install the provider when `wanted()` (or when a test passes its own `exporter`); returns ON."""
-    global ON, _tracer, _propagator
+    global ON, _tracer, _propagator, _api
     if exporter is None and not wanted():
         ON = False
         return False
+    import opentelemetry.trace
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
@@ -111,6 +113,7 @@ def setup(default_service: str, exporter: Any = None) -> bool:
     provider.add_span_processor(Bounded(Counted(exporter)))
     _tracer = provider.get_tracer("elasticserving")
     _propagator = TraceContextTextMapPropagator()
+    _api = opentelemetry.trace
     ON = True
     _provider[0] = provider
     return True
@@ -178,54 +181,40 @@ _NO_SPAN = contextlib.nullcontext()
 
 def step(name: str, **attrs: Any) -> Any:
     """`with step("decode"):` a child span of the current one when tracing is on, else nothing."""
-    if not ON:
-        return _NO_SPAN
-    from opentelemetry.trace import get_current_span
-
-    if not get_current_span().is_recording():  # sampled out: no child spans at all
+    if not ON or not _api.get_current_span().is_recording():  # off, or sampled out: no child spans at all
         return _NO_SPAN
     return _tracer.start_as_current_span(name, attributes=attrs)
 
 
 def server(name: str, carrier: Any, **attrs: Any) -> Any:
     """The SERVER span of one request, a child of the caller's `traceparent` (call only when ON)."""
-    from opentelemetry.trace import SpanKind
-
-    return _tracer.start_as_current_span(name, context=_propagator.extract(carrier), kind=SpanKind.SERVER,
+    return _tracer.start_as_current_span(name, context=_propagator.extract(carrier), kind=_api.SpanKind.SERVER,
                                          attributes=attrs)
 
 
 def current_trace_id() -> str:
-    """The trace id of the current span (an exemplar's label), "" outside a sampled one."""
-    from opentelemetry.trace import get_current_span
-
-    ctx = get_current_span().get_span_context()
+    """The trace id of the current span (an exemplar's label), "" outside a sampled one. Call when ON."""
+    ctx = _api.get_current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid and ctx.trace_flags.sampled else ""
 
 
 def linked(name: str, traceparent: str | None, **attrs: Any) -> Any:
     """A span of its own trace, linked to the span `traceparent` names (the autoscaler's decision a held
     request caused: one decision may serve many requests, so a link rather than a parent). Call when ON."""
-    from opentelemetry.trace import Link, get_current_span
-
     links = []
     if traceparent:
-        ctx = get_current_span(_propagator.extract({"traceparent": traceparent})).get_span_context()
+        ctx = _api.get_current_span(_propagator.extract({"traceparent": traceparent})).get_span_context()
         if ctx.is_valid:
-            links.append(Link(ctx))
+            links.append(_api.Link(ctx))
     return _tracer.start_as_current_span(name, links=links, attributes=attrs)
 
 
 def done(name: str, start_ns: int, end_ns: int, **attrs: Any) -> None:
     """A child span of the current one over a time already past (call only when ON)."""
-    from opentelemetry.trace import get_current_span
-
-    if get_current_span().is_recording():
+    if _api.get_current_span().is_recording():
         _tracer.start_span(name, start_time=start_ns, attributes=attrs).end(end_time=end_ns)
 
 
 def annotate(key: str, value: Any) -> None:
     """An attribute on the current span (call only when ON)."""
-    from opentelemetry.trace import get_current_span
-
-    get_current_span().set_attribute(key, value)
+    _api.get_current_span().set_attribute(key, value)

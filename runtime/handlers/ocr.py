@@ -50,14 +50,6 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(flat)[:, :, ::-1])
 
 
-def to_tensors(lines: list[Any] | None) -> dict[str, np.ndarray]:
-    """The pipeline's result (`[[box, text, score], ...]`, or None when it found no text) as tensors."""
-    lines = lines or []
-    return {"text": object_array([str(text).encode("utf-8") for _, text, _ in lines]),
-            "box": np.asarray([box for box, _, _ in lines], dtype=np.float32).reshape(len(lines), 4, 2),
-            "score": np.asarray([score for _, _, score in lines], dtype=np.float32)}
-
-
 @contextlib.contextmanager
 def predictors_configured(threads: int, gpu_ids: list[int] | None, mkldnn: bool) -> Iterator[list[Any]]:
     """While the pipeline is built: every `paddle.inference.Config` the library creates a predictor from
@@ -123,8 +115,10 @@ class OcrHandler(Handler):
     def recognize(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Blocking, on the inference thread: detection, angle classification, recognition."""
         assert self.pipeline is not None
-        lines, _ = self.pipeline(image)
-        return to_tensors(lines)
+        lines = self.pipeline(image)[0] or []  # `[[box, text, score], ...]`, or None when it found no text
+        return {"text": object_array([str(text).encode("utf-8") for _, text, _ in lines]),
+                "box": np.asarray([box for box, _, _ in lines], dtype=np.float32).reshape(len(lines), 4, 2),
+                "score": np.asarray([score for _, _, score in lines], dtype=np.float32)}
 
     def run(self, data: bytes) -> dict[str, np.ndarray]:
         """Blocking, on the inference thread: one encoded image -> its text lines."""
