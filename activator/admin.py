@@ -42,6 +42,5 @@ async def start_admin(app: web.Application, host: str, port: int,
     await runner.setup()
     site: web.BaseSite = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # aiohttp does not expose the bound port otherwise
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
-    return runner, bound
+    addresses = runner.addresses  # getsockname() of each listening socket: (host, port, ...)
+    return runner, addresses[0][1] if addresses else port

@@ -5,6 +5,7 @@ step of the dispatcher's path."""
 from __future__ import annotations
 
 import difflib
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -60,7 +61,7 @@ class RouteTable:
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self.routes: dict[str, Route] = {}
         self._by_host: dict[str, Route] = {}
-        self._splitters: dict[str, CanarySplitter] = {}
+        self._splitters: defaultdict[str, CanarySplitter] = defaultdict(CanarySplitter)
         self.apply(RoutesUpdate(epoch="-", version=0, full=True, services=tuple(routes)))
 
     def apply(self, update: RoutesUpdate) -> list[str]:
@@ -123,7 +124,4 @@ class RouteTable:
         previous = route.previous_percent if route.previous is not None else 0
         if not has_canary and not previous:
             return "default"
-        splitter = self._splitters.get(route.service)
-        if splitter is None:
-            splitter = self._splitters[route.service] = CanarySplitter()
-        return splitter.pick(route.canary_percent if has_canary else 0, previous)
+        return self._splitters[route.service].pick(route.canary_percent if has_canary else 0, previous)

@@ -152,8 +152,7 @@ def _v2_type(paddle_name: str) -> str:
 
 class PaddleBackend:
     def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None, mkldnn: bool = False) -> None:
-        self.predictor = create_predictor(path, threads, gpu_ids, mkldnn)
-        p = self.predictor
+        p = self.predictor = create_predictor(path, threads, gpu_ids, mkldnn)
         try:
             prog = program_files(path)[0]
             declared_in, declared_out = program_signature(prog)
@@ -165,8 +164,8 @@ class PaddleBackend:
         self._out_names = list(p.get_output_names())
         self._out = [p.get_output_handle(n) for n in self._out_names]
         self.inputs = [declared_in.get(n) or self._handle_spec(h, n) for n, h in self._in.items()]
-        # Without the program, nothing before a run tells an output's dtype or shape (the docstring of
-        # program_signature): the shape is left unknown and the dtype is Paddle's placeholder, FP32.
+        # Without the program nothing tells an output's dtype or shape before a run (program_signature):
+        # the shape is left unknown and the dtype is Paddle's placeholder, FP32.
         self.outputs = [declared_out.get(n) or TensorSpec(n, "FP32", None) for n in self._out_names]
         # Output dtypes not to be trusted before a run (a ProgramDesc's record, or none): the first answer
         # settles them, in this same list (the raw handler's metadata shows it).

@@ -23,8 +23,7 @@ from runtime.tensors import TensorSpec, object_array
 
 
 class ImageClassifier(Handler):
-    web = WebApi(feed=("image",), fetch={"score": ("label", "prob"), "label": ("label", "prob"),
-                                         "prob": ("label", "prob")})
+    web = WebApi(feed=("image",), fetch={name: ("label", "prob") for name in ("score", "label", "prob")})
     outputs = [TensorSpec("label", "BYTES", (-1,)), TensorSpec("prob", "FP32", (-1,))]
 
     def __init__(self, model: Path, backend: str = "auto", threads: int = 1, gpu_ids: list[int] | None = None,

@@ -1,12 +1,11 @@
 """Any Paddle/ONNX/TensorFlow model as a handler: the backend's own input and output tensors, passed
 through unchanged (no pre/post-processing), with the backend's declared dtypes and shapes as metadata.
 
-Dynamic batching as Triton's dynamic batcher does it: when every input's first dimension is dynamic
-(runtime.batching.row_batching_refusal), concurrent requests that agree on dtypes and on every other
-dimension (runtime.batching.rows_key) are stacked along dim 0 into one backend call, at most
-`max_batch_size` rows, waiting at most `batch_timeout`, and the outputs are split back by rows. A merged
-call that fails runs each of its requests alone, so only a bad request gets the model's error; a model
-whose outputs turn out not to have one row per input row stops being batched.
+Dynamic batching (runtime.batching) when every input's first dimension is dynamic: concurrent requests
+that agree on dtypes and on every other dimension are stacked along dim 0 into one backend call, and the
+outputs split back by rows. A merged call that fails runs each of its requests alone, so only a bad
+request gets the model's error; a model whose outputs turn out not to have one row per input row stops
+being batched.
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ from runtime.handlers.base import Handler, OnBatch, WebApi
 log = logging.getLogger("elasticserving.runtime")
 Tensors = dict[str, np.ndarray]
 # A merged batch runs on the event loop's thread while the last one took less CPU time (runtime.batching's
-# docstring): a small model's batch costs less than the hop to the inference thread and back. Only for a
-# model that runs on the calling thread (Paddle or ONNX Runtime on one CPU thread), whose CPU time there
-# is its whole cost; TensorFlow runs ops on its own pools, a GPU on the device.
+# docstring). Only for a model that runs on the calling thread (Paddle or ONNX Runtime on one CPU thread),
+# whose CPU time there is its whole cost; TensorFlow runs ops on its own pools, a GPU on the device.
 INLINE_BATCH_UNDER = 0.001
 
 
