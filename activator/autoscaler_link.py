@@ -144,8 +144,6 @@ class AutoscalerLink:
             try:
                 # Nothing new, answered without waiting: polling again at once would spin with it.
                 retry_later = not await self.poll_once() and self.clock() - started < QUICK_ANSWER_SECONDS
-            except asyncio.CancelledError:
-                raise
             except AutoscalerStopping:
                 if self._announced_at is None:
                     log.info("the autoscaler at %s is shutting down; keeping the current routes", self.base)

@@ -46,10 +46,8 @@ def resolve_model(model: str, backend: str = "auto", labels: str | None = None,
     """The files a tensor model (not `lac`) is loaded from; labels.txt and preprocess.json next to the
     model are picked up unless given explicitly."""
     if is_name(model):
-        try:
-            from runtime.models import model_dir
-        except ImportError:
-            raise ModelLoadError(f"model path {model} does not exist") from None
+        from runtime.models import model_dir
+
         try:
             root = Path(model_dir(model))
         except FileNotFoundError as exc:

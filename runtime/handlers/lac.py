@@ -56,18 +56,14 @@ class LacHandler(Handler):
     def run_batch(self, sentences: list[str]) -> list[str]:
         """Blocking, on the inference thread: one Paddle run for every sentence of the batch."""
         assert self._seg is not None and self._predictor is not None
-        nonempty = [s for s in sentences if s]
-        out_by_sentence: dict[int, str] = {}
-        if nonempty:
-            ids, lod = self._seg.encode(nonempty)
-            with self._lock:
-                tags = predict_tags(self._predictor, ids, lod)
-            k = 0
-            for i, s in enumerate(sentences):
-                if s:
-                    out_by_sentence[i] = self._seg.join(self._seg.decode(s, tags[lod[k]:lod[k + 1]]))
-                    k += 1
-        return [out_by_sentence.get(i, "") for i in range(len(sentences))]
+        seg, nonempty = self._seg, [s for s in sentences if s]
+        if not nonempty:
+            return [""] * len(sentences)
+        ids, lod = seg.encode(nonempty)
+        with self._lock:
+            tags = predict_tags(self._predictor, ids, lod)
+        segs = iter([seg.join(seg.decode(s, tags[lod[k]:lod[k + 1]])) for k, s in enumerate(nonempty)])
+        return [next(segs) if s else "" for s in sentences]
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sentences = []

@@ -62,8 +62,6 @@ class S3Source:
                 if len(found) > self.max_objects:
                     raise StorageError(f"more than {self.max_objects} objects under {self.uri.display}",
                                        retryable=False)
-        except StorageError:
-            raise
         except Exception as exc:
             raise self._error(exc) from None
         if not found:
@@ -110,13 +108,13 @@ class S3Source:
                 finally:
                     resp.close()
                     resp.release_conn()
-            except StorageError:
-                raise
             except Exception as exc:
                 raise self._error(exc) from None
 
     def _error(self, exc: Exception) -> StorageError:
         """Our own words for the client's errors: its messages may quote the request."""
+        if isinstance(exc, StorageError):  # ours already: a size, time or object-count limit
+            return exc
         from minio.error import InvalidResponseError, S3Error, ServerError
 
         if isinstance(exc, S3Error):
