@@ -27,19 +27,6 @@ V2_TYPES = {"float16": "FP16", "float32": "FP32", "float64": "FP64", "int8": "IN
             "uint64": "UINT64", "bool": "BOOL", "string": "BYTES"}
 
 
-def import_tensorflow() -> Any:
-    # 1 hides TF's C++ INFO lines (CPU feature notes, ...) and keeps its warnings and errors. The oneDNN note
-    # from tensorflow/core/util/port.cc is logged through absl before TF reads this variable: only
-    # TF_ENABLE_ONEDNN_OPTS=0 silences it, and that would turn oneDNN off.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    try:
-        import tensorflow as tf
-    except ImportError as exc:
-        raise ModelLoadError("the tensorflow backend needs TensorFlow: pip install 'elasticserving[tf]' "
-                             f"(tensorflow-cpu); importing it failed: {exc}") from None
-    return tf
-
-
 def configure(tf: Any, threads: int, gpu_ids: list[int] | None) -> None:
     """Before TensorFlow's first op, which fixes them: both thread pools at `threads` (TF's default, 0, is
     one thread per core of the machine, oversubscribing a node shared by replicas) and only the GPU of
@@ -72,7 +59,16 @@ def spec(name: str, tensor_spec: Any) -> TensorSpec:
 
 class TensorFlowBackend:
     def __init__(self, path: Path, threads: int, gpu_ids: list[int] | None) -> None:
-        tf = self.tf = import_tensorflow()
+        # 1 hides TF's C++ INFO lines (CPU feature notes, ...) and keeps its warnings and errors. The oneDNN
+        # note from tensorflow/core/util/port.cc is logged through absl before TF reads this variable: only
+        # TF_ENABLE_ONEDNN_OPTS=0 silences it, and that would turn oneDNN off.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+        try:
+            import tensorflow as tf
+        except ImportError as exc:
+            raise ModelLoadError("the tensorflow backend needs TensorFlow: pip install 'elasticserving[tf]' "
+                                 f"(tensorflow-cpu); importing it failed: {exc}") from None
+        self.tf = tf
         configure(tf, threads, gpu_ids)
         try:
             self.model = tf.saved_model.load(str(path))

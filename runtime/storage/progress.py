@@ -8,20 +8,19 @@ from collections.abc import Callable
 
 from runtime.storage.errors import StorageError
 
+EVERY = 5.0  # seconds between two progress lines
+MIN_BYTES = 10_000_000  # smaller downloads get no progress lines
+
 
 class Progress:
-    def __init__(self, what: str, say: Callable[[str], None], limit: int, deadline: float,
-                 every: float = 5.0, min_bytes: int = 10_000_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, what: str, say: Callable[[str], None], limit: int, deadline: float) -> None:
         self.what = what
         self.say = say
         self.limit = limit
-        self.deadline = deadline  # on `clock`
-        self.every = every
-        self.min_bytes = min_bytes
-        self.clock = clock
+        self.deadline = deadline  # on time.monotonic
         self.total: int | None = None  # expected bytes, when the storage said
         self.done = 0
-        self.started = clock()
+        self.started = time.monotonic()
         self._last = self.started
         self._said = False
 
@@ -35,18 +34,18 @@ class Progress:
         self.done += n
         if self.done > self.limit:
             raise StorageError(f"download exceeds the {self.limit / 1e6:.0f} MB limit", retryable=False)
-        now = self.clock()
+        now = time.monotonic()
         if now > self.deadline:
             raise StorageError(f"download not finished within its time limit ({self.done / 1e6:.1f} MB received)")
-        big = max(self.total or 0, self.done) >= self.min_bytes
-        if big and now - self._last >= self.every:
+        big = max(self.total or 0, self.done) >= MIN_BYTES
+        if big and now - self._last >= EVERY:
             self._last = now
             self._said = True
             self.say(self.line(now))
 
     def finish(self) -> None:
-        if self._said or self.done >= self.min_bytes:
-            self.say(self.line(self.clock(), final=True))
+        if self._said or self.done >= MIN_BYTES:
+            self.say(self.line(time.monotonic(), final=True))
 
     def line(self, now: float, final: bool = False) -> str:
         secs = max(now - self.started, 1e-6)
