@@ -107,7 +107,10 @@ class RawTensors(Handler):
         try:
             return split_rows(outputs, rows)
         except NotRowAligned as exc:
-            self._stop_merging(str(exc))
+            # Its rows cannot be told apart in a merged answer: the model is served one request at a time
+            # from now on, still through the batcher (groups already queued are re-run alone, above).
+            self.merging = False
+            log.warning("model %s: requests are no longer batched: %s", self.model_path, exc)
             return [self._run_alone(r) for r in requests]
 
     def _run_alone(self, request: Tensors) -> Tensors | Exception:
@@ -116,11 +119,3 @@ class RawTensors(Handler):
             return self.backend.run(request)
         except Exception as exc:
             return exc
-
-    def _stop_merging(self, reason: str) -> None:
-        # Its rows cannot be told apart in a merged answer: the model is served one request at a time from
-        # now on, still through the batcher (requests already queued as a group are re-run alone too, by
-        # run_group).
-        if self.merging:
-            self.merging = False
-            log.warning("model %s: requests are no longer batched: %s", self.model_path, reason)

@@ -103,7 +103,7 @@ class ModelCache:
         size = tree_size(built)
         # Its top directory stays writable until it is moved: renaming a directory into another one
         # needs write permission on it (its `..` changes), which only root has without it.
-        make_read_only(built, top=False)
+        make_read_only(built)
         meta = dict(meta, size=size, created=time.time())
         with self.exclusive():
             dest = self.entries / key
@@ -155,14 +155,11 @@ def tree_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def make_read_only(root: Path, top: bool = True) -> None:
-    """Files 0444, directories 0555 (`root` itself too unless `top` is False): a replica sees its
-    model read-only."""
-    for p in [*root.rglob("*"), *([root] if top else [])]:
-        if p.is_symlink():
-            continue
-        mode = p.stat().st_mode
-        os.chmod(p, 0o555 if stat.S_ISDIR(mode) else 0o444)
+def make_read_only(root: Path) -> None:
+    """Files 0444, directories 0555 under `root` (not `root` itself): a replica sees its model read-only."""
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            os.chmod(p, 0o555 if stat.S_ISDIR(p.stat().st_mode) else 0o444)
 
 
 def remove_tree(root: Path) -> None:
