@@ -9,7 +9,6 @@ when a token is configured; the token file is read again when the API answers 40
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -107,9 +106,7 @@ class AutoscalerLink:
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session:
             await self._session.close()
 

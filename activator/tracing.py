@@ -67,9 +67,8 @@ def proxy(call: Any, backend: Any, attempt: int) -> Any:
 def end(call: Any, code: str) -> None:
     """Close the request span with where it went and how it ended."""
     span = call.span
-    span.set_attribute("elasticserving.service", call.service)
-    span.set_attribute("elasticserving.side", call.side)
-    span.set_attribute("elasticserving.replica", call.replica)
+    span.set_attributes({"elasticserving.service": call.service, "elasticserving.side": call.side,
+                         "elasticserving.replica": call.replica})
     if call.protocol == "grpc":
         span.set_attribute("rpc.grpc.status_code", code)
     elif code.isdigit():

@@ -85,10 +85,10 @@ class Server:
         log.info("model pulled (waited %.2fs)", time.monotonic() - t0)
         return True
 
-    async def _close_servers(self, grpc_server) -> None:
-        """Before serving (no model): stop listening and close every connection at once."""
+    async def _close_servers(self, grpc_server, grace: float = 0) -> None:
+        """Stop listening and close the connections (gRPC calls in flight get `grace` seconds)."""
         if grpc_server is not None:
-            await grpc_server.stop(0)
+            await grpc_server.stop(grace)
         await self.http.close()
 
     async def run(self) -> int:
@@ -142,9 +142,7 @@ class Server:
         # Graceful: readiness fails at once, requests still routed here are served until idle.
         if not await self.plane.drain(args.drain_seconds):
             log.warning("%d request(s) still in flight after %.0fs", self.plane.inflight, args.drain_seconds)
-        if grpc_server is not None:
-            await grpc_server.stop(1.0)
-        await self.http.close()
+        await self._close_servers(grpc_server, 1.0)
         await handler.close()
         return 0
 
