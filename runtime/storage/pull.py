@@ -82,10 +82,9 @@ def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: st
     if digest and uri.scheme == "s3" and (uri.path == "" or uri.path.endswith("/")):
         raise StorageError("storageSha256 checks one object; this URI names a prefix", retryable=False)
     location = uri.cache_identity
-    if digest:  # the user named the content: a cached copy needs no request at all
-        found = _cached(cache, cache_key(location, f"sha256:{digest}"), uri, t0)
-        if found:
-            return found
+    # the user named the content: a cached copy needs no request at all
+    if digest and (found := _cached(cache, cache_key(location, f"sha256:{digest}"), uri, t0)):
+        return found
     source: HttpSource | S3Source
     if uri.scheme == "s3":
         source = S3Source(uri, env, limits.connect_timeout, limits.read_timeout, limits.max_objects)
@@ -96,16 +95,13 @@ def _pull(uri: StorageUri, cache: ModelCache, env: Mapping[str, str], digest: st
         if digest and isinstance(source, S3Source) and not source.single_object():
             raise StorageError("storageSha256 checks one object; this URI names a prefix", retryable=False)
         named = f"sha256:{digest}" if digest else source.identity()
-        if named:
-            found = _cached(cache, cache_key(location, named), uri, t0)
-            if found:
-                return found
         key = cache_key(location, named) if named else ""
+        if key and (found := _cached(cache, key, uri, t0)):
+            return found
         with cache.building(key or "unnamed-" + hashlib.sha256(location.encode()).hexdigest()[:16]):
-            if key:  # pulled by another process while we waited for the lock
-                found = _cached(cache, key, uri, t0)
-                if found:
-                    return found
+            # pulled by another process while we waited for the lock
+            if key and (found := _cached(cache, key, uri, t0)):
+                return found
             return _download(uri, source, cache, key, named, digest, limits, say, t0)
     finally:
         if isinstance(source, HttpSource):
