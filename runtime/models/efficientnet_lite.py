@@ -90,22 +90,15 @@ class EfficientNetLite0(nn.Layer):
         return nn.functional.softmax(self._fc(x), axis=-1)
 
 
-def paddle_name(torch_name: str) -> str | None:
-    """The Paddle parameter for a torch state-dict entry (None: a torch-only counter)."""
-    if torch_name.endswith(".num_batches_tracked"):
-        return None
-    return torch_name.replace(".running_mean", "._mean").replace(".running_var", "._variance")
-
-
 def load_torch_weights(net: EfficientNetLite0, weights: Mapping[str, np.ndarray]) -> None:
     """Sets every parameter of `net` from `weights` (a torch state dict as numpy); a missing, extra or
     wrongly shaped tensor is a ValueError, so a different checkpoint cannot load half-way."""
     own = net.state_dict()
     converted: dict[str, np.ndarray] = {}
     for tname, value in weights.items():
-        pname = paddle_name(tname)
-        if pname is None:
+        if tname.endswith(".num_batches_tracked"):  # a torch-only counter
             continue
+        pname = tname.replace(".running_mean", "._mean").replace(".running_var", "._variance")
         if pname not in own:
             raise ValueError(f"checkpoint tensor {tname} has no place in EfficientNet-Lite0")
         if pname == "_fc.weight":

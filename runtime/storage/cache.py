@@ -100,7 +100,7 @@ class ModelCache:
 
     def commit(self, key: str, built: Path, meta: dict) -> Entry:
         """Make the directory `built` the read-only entry KEY, then evict down to the cap (never KEY)."""
-        size = tree_size(built)
+        size = sum(p.stat().st_size for p in built.rglob("*") if p.is_file() and not p.is_symlink())
         # Its top directory stays writable until it is moved: renaming a directory into another one
         # needs write permission on it (its `..` changes), which only root has without it.
         make_read_only(built)
@@ -149,10 +149,6 @@ class ModelCache:
             with contextlib.suppress(OSError):
                 if now - d.stat().st_mtime > 86400:
                     remove_tree(d) if d.is_dir() else d.unlink()
-
-
-def tree_size(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def make_read_only(root: Path) -> None:
