@@ -128,12 +128,6 @@ class AutoscalerLink:
                                            data=None if json_body is None else json_body.encode(), **kw)
 
     # ---- routes down -------------------------------------------------------------------------
-    def _params(self) -> dict[str, str]:
-        params = {"since": str(self.held[1]) if self.held else "-1", "wait": str(WAIT_SECONDS), "activator": self.id}
-        if self.held:
-            params["epoch"] = self.held[0]
-        return params
-
     async def _watch_routes(self) -> None:
         backoff = 0.1
         while True:
@@ -158,7 +152,10 @@ class AutoscalerLink:
 
     async def poll_once(self) -> bool:
         """One long-poll; True when an update was applied. Raises with the reason when none could be."""
-        resp = await self._call("GET", "/v1/routes", params=self._params(),
+        params = {"since": str(self.held[1]) if self.held else "-1", "wait": str(WAIT_SECONDS), "activator": self.id}
+        if self.held:
+            params["epoch"] = self.held[0]
+        resp = await self._call("GET", "/v1/routes", params=params,
                                 timeout=aiohttp.ClientTimeout(total=WAIT_SECONDS + 10,
                                                               sock_connect=CONNECT_SECONDS))
         async with resp:

@@ -31,21 +31,17 @@ MAX_TALL = 8
 DET_MAX_SIDE = 960
 
 
-def check_geometry(width: int, height: int) -> None:
-    """BadInput for images whose shape would make the detector's work unbounded."""
-    if width > height * MAX_WIDE:
-        raise BadInput(f"image of {width}x{height} pixels is wider than {MAX_WIDE}:1, the most this model takes")
-    if height > width * MAX_TALL:
-        raise BadInput(f"image of {width}x{height} pixels is taller than 1:{MAX_TALL}, the most this model takes")
-
-
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Encoded image -> BGR uint8 HWC (the pipeline's input), transparency flattened onto white (dark text
     on a transparent background stays readable). Blocking (run off the event loop)."""
     from PIL import Image
 
     img = open_image(data, max_pixels, "RGBA")
-    check_geometry(*img.size)
+    width, height = img.size  # beyond these shapes the detector's work is unbounded (MAX_WIDE's comment)
+    if width > height * MAX_WIDE:
+        raise BadInput(f"image of {width}x{height} pixels is wider than {MAX_WIDE}:1, the most this model takes")
+    if height > width * MAX_TALL:
+        raise BadInput(f"image of {width}x{height} pixels is taller than 1:{MAX_TALL}, the most this model takes")
     flat = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img).convert("RGB")
     return np.ascontiguousarray(np.asarray(flat)[:, :, ::-1])
 
@@ -113,16 +109,12 @@ class OcrHandler(Handler):
         self.recognize(np.full((32, 32, 3), 255, dtype=np.uint8))  # warm-up: the first run allocates
 
     def recognize(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Blocking, on the inference thread: detection, angle classification, recognition."""
+        """Blocking, on the inference thread: detection, angle classification, recognition of the text lines."""
         assert self.pipeline is not None
         lines = self.pipeline(image)[0] or []  # `[[box, text, score], ...]`, or None when it found no text
         return {"text": object_array([str(text).encode("utf-8") for _, text, _ in lines]),
                 "box": np.asarray([box for box, _, _ in lines], dtype=np.float32).reshape(len(lines), 4, 2),
                 "score": np.asarray([score for _, _, score in lines], dtype=np.float32)}
-
-    def run(self, data: bytes) -> dict[str, np.ndarray]:
-        """Blocking, on the inference thread: one encoded image -> its text lines."""
-        return self.recognize(decode(data, self.max_pixels))
 
     async def close(self) -> None:
         await self.source.close()
@@ -133,4 +125,4 @@ class OcrHandler(Handler):
         if len(images) != 1:
             raise BadInput(f"one image per request: got {len(images)} (send each image in its own request)")
         data = await self.source.load(images[0])
-        return await self.executor.call(self.run, data)
+        return await self.executor.call(lambda: self.recognize(decode(data, self.max_pixels)))
