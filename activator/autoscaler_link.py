@@ -202,8 +202,7 @@ class AutoscalerLink:
             log.debug("%s failed: %s", path, exc)
 
     async def send_stats(self) -> None:
-        stats = self.collect_stats()
-        if stats:
+        if stats := self.collect_stats():
             await self._post("/v1/stats", StatsReport(activator=self.id, stats=tuple(stats)).model_dump_json())
 
     async def poke(self, key: str, side: LoadSide, traceparent: str | None = None) -> None:

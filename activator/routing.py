@@ -107,8 +107,7 @@ class RouteTable:
     def unknown_host_hint(self, host: str | None) -> str:
         """What a 404 for `host` adds: the closest served hosts (a typo's fix), else that nothing is
         served at all. The door is public: it never lists the services to a host unlike all of them."""
-        close = self.closest_hosts(host)
-        if close:
+        if close := self.closest_hosts(host):
             return "; did you mean " + " or ".join(repr(h) for h in close) + "?"
         return "" if self.routes else "; no PaddleService is served here yet"
 

@@ -123,8 +123,7 @@ class Server:
             await self._close_servers(grpc_server)
             return 3
         self.metrics.model_load(args.name, seconds)
-        report = pull_report_from_env()
-        if report is not None:
+        if (report := pull_report_from_env()) is not None:
             self.metrics.model_pull(args.name, report)
         for sig in (signal.SIGTERM, signal.SIGINT):  # paddle installs its own handlers on import
             loop.remove_signal_handler(sig)

@@ -70,11 +70,9 @@ class ImageClassifier(Handler):
         if (scores < 0).any() or not np.allclose(scores.sum(axis=1), 1, atol=1e-3):  # logits, not probabilities
             e = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = e / e.sum(axis=1, keepdims=True)
-        out = []
-        for row in scores:
-            i = int(np.argmax(row))
-            out.append(((self.labels[i] if i < len(self.labels) else str(i)).encode("utf-8"), float(row[i])))
-        return out
+        labels = self.labels
+        return [((labels[i] if i < len(labels) else str(i)).encode("utf-8"), float(row[i]))
+                for i, row in zip(scores.argmax(axis=1).tolist(), scores, strict=True)]
 
     async def pixels(self, images: np.ndarray) -> list[np.ndarray]:
         blobs = await asyncio.gather(*(self.source.load(b) for b in images.reshape(-1)))

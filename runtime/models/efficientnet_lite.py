@@ -103,7 +103,6 @@ def load_torch_weights(net: EfficientNetLite0, weights: Mapping[str, np.ndarray]
         if tuple(value.shape) != tuple(own[pname].shape):
             raise ValueError(f"{tname}: shape {tuple(value.shape)}, EfficientNet-Lite0 wants {tuple(own[pname].shape)}")
         converted[pname] = np.ascontiguousarray(value, dtype=np.float32)
-    missing = sorted(set(own) - set(converted))
-    if missing:
+    if missing := sorted(set(own) - set(converted)):
         raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
     net.set_state_dict(converted)

@@ -68,8 +68,7 @@ def _unzip(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
         if len(infos) > max_members:
             raise StorageError(f"archive has more than {max_members} members", retryable=False)
         for info in infos:
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            if stat.S_ISLNK(info.external_attr >> 16):
                 raise StorageError(f"unsafe archive member {info.filename!r}: links are not unpacked from zip files",
                                    retryable=False)
             dest = os.path.realpath(os.path.join(root, info.filename))
