@@ -4,7 +4,5 @@ directory through the node-local cache; used by the storage initializer and the 
 from runtime.storage.cache import ModelCache
 from runtime.storage.errors import StorageError
 from runtime.storage.pull import ModelVersion, PullLimits, pull
-from runtime.storage.uri import StorageUri, StorageUriError, check_sha256, parse_uri
 
-__all__ = ["PullLimits", "ModelCache", "ModelVersion", "StorageError", "StorageUri", "StorageUriError",
-           "check_sha256", "parse_uri", "pull"]
+__all__ = ["PullLimits", "ModelCache", "ModelVersion", "StorageError", "pull"]
