@@ -73,9 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be positive")
     if args.max_queue < args.max_batch_size:  # a full-size request could never be admitted
         p.error("--max-queue must be at least --max-batch-size")
+    shipped = {"lac": "lac", OCR_MODEL: "ocr"}.get(args.model)  # handler and name of a model a package ships
     if args.handler is None:
-        args.handler = ("lac" if args.model == "lac" else "ocr" if args.model == OCR_MODEL
-                        else "imagenet" if is_name(args.model) else "raw")
+        args.handler = shipped or ("imagenet" if is_name(args.model) else "raw")
     if args.handler == "lac" and args.mkldnn == "on":
         p.error("--mkldnn on is not supported for LAC: oneDNN's fused GRU crashes once batch sizes vary")
     if args.handler == "ocr" and args.model != OCR_MODEL:
@@ -85,8 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.handler == "ocr" and args.backend not in ("auto", "paddle"):
         p.error(f"--model {OCR_MODEL} runs on the paddle backend, not {args.backend}")
     if args.name is None:
-        args.name = ("lac" if args.model == "lac" else "ocr" if args.model == OCR_MODEL
-                     else os.path.basename(os.path.normpath(args.model)))
+        args.name = shipped or os.path.basename(os.path.normpath(args.model))
     args.gpu_id_list = [int(x) for x in args.gpu_ids.split(",") if x.strip()]
     return args
 

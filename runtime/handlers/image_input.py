@@ -1,5 +1,4 @@
-"""Where the image and OCR handlers' images come from and how they become pixels, bounded for hostile
-input.
+"""Where the image and OCR handlers' images come from and how they become pixels, bounded for hostile input.
 
 Sources: encoded bytes (binary tensors), base64 text, a URL (only with --allow-urls: aiohttp, size and
 time limits) or an absolute file path (only with --image-base-dir, and only inside it). Decoding checks

@@ -1,11 +1,10 @@
 """Any Paddle/ONNX/TensorFlow model as a handler: the backend's own input and output tensors, passed
 through unchanged (no pre/post-processing), with the backend's declared dtypes and shapes as metadata.
 
-Dynamic batching (runtime.batching) when every input's first dimension is dynamic: concurrent requests
-that agree on dtypes and on every other dimension are stacked along dim 0 into one backend call, and the
-outputs split back by rows. A merged call that fails runs each of its requests alone, so only a bad
-request gets the model's error; a model whose outputs turn out not to have one row per input row stops
-being batched.
+Dynamic batching (runtime.batching) when every input's first dimension is dynamic: concurrent requests that
+agree on dtypes and on every other dimension are stacked along dim 0 into one backend call, and the outputs
+split back by rows. A merged call that fails runs each of its requests alone, so only a bad request gets the
+model's error; a model whose outputs turn out not to have one row per input row stops being batched.
 """
 
 from __future__ import annotations
