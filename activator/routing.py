@@ -74,8 +74,7 @@ class RouteTable:
             gone = [k for k in update.removed if k in self.routes]
             for k in gone:
                 del self.routes[k]
-            for r in update.services:
-                self.routes[r.service] = r
+            self.routes.update((r.service, r) for r in update.services)
         for k in gone:
             self._splitters.pop(k, None)
         by_host: dict[str, Target] = {}
