@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 # Import-only pre-warming: no thread pools. OpenBLAS (numpy) would start one per core at import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -100,8 +101,6 @@ def _child(zygote: Zygote, conn: socket.socket, request: dict, fds: list[int]) -
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except BaseException:  # noqa: BLE001 - report anything, then exit with a code
-        import traceback
-
         traceback.print_exc()
     finally:
         with contextlib.suppress(Exception):
