@@ -8,8 +8,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.models import model_dir
-
 
 class ModelLoadError(RuntimeError):
     pass
@@ -48,6 +46,8 @@ def resolve_model(model: str, backend: str = "auto", labels: str | None = None,
     """The files a tensor model (not `lac`) is loaded from; labels.txt and preprocess.json next to the
     model are picked up unless given explicitly."""
     if is_name(model):
+        from runtime.models import model_dir
+
         try:
             root = Path(model_dir(model))
         except FileNotFoundError as exc:
