@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 
 import runtime.tracing as otel
-from activator import tracing
 from activator.access_log import AccessLog
 from activator.admin import build_admin_app, start_admin
 from activator.autoscaler_link import AutoscalerLink, Token
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonFormatter() if args.log_format == "json"
                          else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=os.environ.get("ELASTICSERVING_LOG_LEVEL", "INFO"), handlers=[handler])
-    tracing.setup()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; before gc.freeze: it lives as long
+    otel.setup("elasticserving-activator")  # off without OTEL_EXPORTER_OTLP_ENDPOINT; before gc.freeze
     # Everything loaded so far lives as long as the process: keep it out of the collector's scans, and
     # collect less often (the proxy allocates small, short-lived objects at a high rate).
     gc.freeze()

@@ -15,10 +15,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_contex
 import runtime.tracing as otel
 
 
-def setup() -> bool:
-    return otel.setup("elasticserving-activator")
-
-
 def begin(call: Any, carrier: dict[str, str] | None, started_ns: int) -> None:
     """The request's SERVER span, a child of the caller's context (a new root without a valid one)."""
     attrs: dict[str, Any] = {"elasticserving.request_id": call.request_id, "elasticserving.cold_start": False}
