@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 # Import-only pre-warming: no thread pools. OpenBLAS (numpy) would start one per core at import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -115,8 +116,7 @@ class Zygote:
     def __init__(self, path: str) -> None:
         self.path = path
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        Path(path).unlink(missing_ok=True)
         self.listener.bind(path)
         os.chmod(path, 0o600)
         self.listener.listen(64)
@@ -155,8 +155,7 @@ class Zygote:
                         os.read(wake_r, 4096)
             self._reap()
         self.listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        Path(self.path).unlink(missing_ok=True)
 
     def _stop(self, *_: object) -> None:
         self.stopping = True

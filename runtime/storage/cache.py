@@ -140,8 +140,7 @@ class ModelCache:
                 break
             if e.key in keep or now - e.last_used < self.protect_seconds:
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                (self.entries / f"{e.key}.json").unlink()
+            (self.entries / f"{e.key}.json").unlink(missing_ok=True)
             remove_tree(e.path)
             total -= e.size
         # Leftovers of pulls that died mid-way (older than a day: a live pull renames long before).

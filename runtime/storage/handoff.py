@@ -26,8 +26,7 @@ def _make_fifo(path: Path) -> None:
 
 def clear(report: Path) -> None:
     """A restarted sidecar (a retry) removes the last attempt's report before it pulls again."""
-    with contextlib.suppress(FileNotFoundError):
-        report.unlink()
+    report.unlink(missing_ok=True)
 
 
 def publish(report: Path, content: dict) -> None:
