@@ -64,8 +64,7 @@ class RawTensors(Handler):
     def load(self) -> None:
         self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids,
                                                    self.mkldnn)
-        # The backend's own list of outputs: a Paddle ProgramDesc's dtypes are settled by the first answer
-        # (runtime.backends.program_signature), and the metadata follows.
+        # The backend's own list of outputs: the metadata follows when a first answer settles it (PaddleBackend)
         self.inputs, self.outputs = list(self.backend.inputs), self.backend.outputs
         self.web = WebApi(feed=tuple(s.name for s in self.inputs),
                           fetch={s.name: (s.name,) for s in self.outputs})

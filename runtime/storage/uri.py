@@ -38,8 +38,7 @@ class StorageUri:
         """The URI as logs, conditions and errors show it: no password, no query string."""
         if self.scheme == "file":
             return f"file://{self.path}"
-        text = f"{self.scheme}://{self.host}/{self.path}"
-        return text + ("?…" if self.query else "")
+        return f"{self.scheme}://{self.host}/{self.path}" + ("?…" if self.query else "")
 
     @property
     def url(self) -> str:
