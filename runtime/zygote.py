@@ -57,14 +57,11 @@ def preload(kind: str) -> float:
 
 
 def _lifeline(conn: socket.socket) -> None:
-    """In the replica: SIGTERM ourselves (graceful drain) when the launcher's end of `conn` closes."""
-    def watch() -> None:
-        with contextlib.suppress(OSError):
-            while conn.recv(4096):
-                pass
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+    """In the replica's lifeline thread: SIGTERM ourselves (graceful drain) when the launcher's end closes."""
+    with contextlib.suppress(OSError):
+        while conn.recv(4096):
+            pass
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _child(zygote: Zygote, conn: socket.socket, request: dict, fds: list[int]) -> None:
@@ -94,7 +91,7 @@ def _child(zygote: Zygote, conn: socket.socket, request: dict, fds: list[int]) -
         if os.environ.get("ELASTICSERVING_ZYGOTE_FAULT") == "hang":  # tests: a replica that never turns ready
             while True:
                 time.sleep(3600)
-        _lifeline(conn)
+        threading.Thread(target=_lifeline, args=(conn,), name="lifeline", daemon=True).start()
         from runtime.server import main
 
         sys.argv = ["python -m runtime", *request["argv"]]
