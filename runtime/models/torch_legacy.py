@@ -128,15 +128,12 @@ def load_state_dict(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Ord
     keys = _load_one(buf, "storage keys")
     if not isinstance(keys, list):
         raise TorchLegacyError(f"{path}: the storage key list is missing")
-    refs: dict[str, _StorageRef] = {}
-
-    def note(t: _TensorRef) -> None:
-        refs[t.storage.key] = t.storage
-
+    tensors: list[_TensorRef] = []
     try:
-        _walk(obj, note)
+        _walk(obj, tensors.append)
     except RecursionError:
         raise TorchLegacyError(f"{path}: the object nests too deeply for a state dict") from None
+    refs = {t.storage.key: t.storage for t in tensors}
 
     storages = {}
     for key in keys:
