@@ -119,10 +119,9 @@ class Activator:
         self.access_log = AccessLog(args.log_format)
         self.link = AutoscalerLink(args.autoscaler, args.id, self.on_routes, lambda: self.dispatcher.take_stats(),
                                    Token(args.control_token_file), clock)
-        index = index_source(args.id, args.activator_index)
-        self.dispatcher: Dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log,
-                                                 wake=self.link.wake, request_timeout=args.request_timeout,
-                                                 queue_depth=args.queue_depth, index=index, clock=clock)
+        self.dispatcher = Dispatcher(metrics=self.metrics, access_log=self.access_log, wake=self.link.wake,
+                                     request_timeout=args.request_timeout, queue_depth=args.queue_depth,
+                                     index=index_source(args.id, args.activator_index), clock=clock)
         self.http = HttpFront(self.dispatcher, args.limits)
         self.grpc_front = None
         self.draining = False
