@@ -72,10 +72,9 @@ class HttpSource:
             # a HEAD is read whole (it has no body), so its connection can serve the GET
             return self.pool.request(method, self.uri.url, preload_content=method == "HEAD", redirect=True,
                                      headers={"Accept-Encoding": "identity"})
-        except urllib3.exceptions.MaxRetryError as exc:
-            raise StorageError(f"cannot reach {self.uri.host}: {connection_reason(exc.reason)}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise StorageError(f"cannot reach {self.uri.host}: {connection_reason(exc)}") from None
+        except urllib3.exceptions.HTTPError as exc:  # a MaxRetryError's reason is the last attempt's error
+            why = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            raise StorageError(f"cannot reach {self.uri.host}: {connection_reason(why)}") from None
 
     @staticmethod
     def _check(resp: urllib3.BaseHTTPResponse) -> None:
