@@ -109,7 +109,7 @@ class OcrHandler(Handler):
         self.recognize(np.full((32, 32, 3), 255, dtype=np.uint8))  # warm-up: the first run allocates
 
     def recognize(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Blocking, on the inference thread: detection, angle classification, recognition of the text lines."""
+        """Blocking, on the inference thread: detection, angle classification, recognition."""
         assert self.pipeline is not None
         lines = self.pipeline(image)[0] or []  # `[[box, text, score], ...]`, or None when it found no text
         return {"text": object_array([str(text).encode("utf-8") for _, text, _ in lines]),

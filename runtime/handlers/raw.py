@@ -64,7 +64,7 @@ class RawTensors(Handler):
     def load(self) -> None:
         self.platform, self.backend = load_backend(self.model_path, self.backend_choice, self.threads, self.gpu_ids,
                                                    self.mkldnn)
-        # The backend's own list of outputs: the metadata follows when a first answer settles it (PaddleBackend)
+        # The backend's own list of outputs: metadata follows when a first answer settles it (PaddleBackend)
         self.inputs, self.outputs = list(self.backend.inputs), self.backend.outputs
         self.web = WebApi(feed=tuple(s.name for s in self.inputs),
                           fetch={s.name: (s.name,) for s in self.outputs})

@@ -72,8 +72,9 @@ class EfficientNetLite0(nn.Layer):
         super().__init__()
         self._conv_stem = _conv(3, STEM_CHANNELS, 3, 2)
         self._bn0 = _bn(STEM_CHANNELS)
-        self._blocks = nn.LayerList([MBConv(cin if i == 0 else cout, cout, k, stride if i == 0 else 1, expand)
-                                     for repeats, k, stride, expand, cin, cout in STAGES for i in range(repeats)])
+        self._blocks = nn.LayerList([
+            MBConv(cin if i == 0 else cout, cout, k, stride if i == 0 else 1, expand)
+            for repeats, k, stride, expand, cin, cout in STAGES for i in range(repeats)])
         self._conv_head = _conv(STAGES[-1][-1], HEAD_CHANNELS, 1)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._fc = nn.Linear(HEAD_CHANNELS, NUM_CLASSES)
