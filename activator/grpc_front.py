@@ -57,6 +57,7 @@ class Channels:
                         ("grpc.max_send_message_length", -1)]
         self.grace = grace
         self._by_target: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task] = set()  # the loop holds tasks weakly: closes in flight are kept here
 
     def get(self, target: str) -> grpc.aio.Channel:
         ch = self._by_target.get(target)
@@ -69,7 +70,12 @@ class Channels:
         loop = asyncio.get_running_loop()
         for target in [t for t in self._by_target if t not in keep]:
             ch = self._by_target.pop(target)
-            loop.call_later(self.grace, lambda c=ch: asyncio.ensure_future(c.close()))
+            loop.call_later(self.grace, self._close_later, ch)
+
+    def _close_later(self, ch: grpc.aio.Channel) -> None:
+        task = asyncio.ensure_future(ch.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def __len__(self) -> int:
         return len(self._by_target)

@@ -167,7 +167,7 @@ class Zygote:
         try:
             data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 2)
             request = json.loads(data.decode("utf-8"))
-            if len(fds) != 2 or not isinstance(request.get("argv"), list):
+            if len(fds) != 2 or not isinstance(request, dict) or not isinstance(request.get("argv"), list):
                 raise ValueError("expected {argv, env} with two file descriptors (stdout, stderr)")
         except (OSError, ValueError) as exc:
             with contextlib.suppress(OSError):

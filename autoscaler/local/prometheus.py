@@ -55,11 +55,11 @@ class LocalPrometheus:
         rules = [str(RULES)] if RULES.exists() else []
         cfg = self.dir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(scrape_config(self.activator, self.control, rules, self.token_file)))
-        self.proc = await asyncio.create_subprocess_exec(
-            self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, preexec_fn=die_with_parent,
-            stderr=(self.dir / "prometheus.log").open("ab"))
+        with (self.dir / "prometheus.log").open("ab") as stderr:  # the child keeps its own copy
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr, preexec_fn=die_with_parent)
         log.info("prometheus on %s (config %s)", self.url, cfg)
 
     async def close(self) -> None:

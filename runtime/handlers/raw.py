@@ -107,8 +107,9 @@ class RawTensors(Handler):
         except NotRowAligned as exc:
             # Its rows cannot be told apart in a merged answer: the model is served one request at a time
             # from now on, still through the batcher (groups already queued are re-run alone, above).
-            self.merging = False
-            log.warning("model %s: requests are no longer batched: %s", self.model_path, exc)
+            if self.merging:  # once: groups queued before the stop may fail the same way
+                self.merging = False
+                log.warning("model %s: requests are no longer batched: %s", self.model_path, exc)
             return [self._run_alone(r) for r in requests]
 
     def _run_alone(self, request: Tensors) -> Tensors | Exception:
