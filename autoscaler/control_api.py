@@ -140,7 +140,7 @@ def build_app(
 ) -> web.Application:
     """The aiohttp application.
 
-    `read_only` refuses apply/delete (kubernetes mode: use kubectl). `token`: /v1/* requires it as a
+    `read_only` refuses apply, promote and delete (kubernetes mode: use kubectl). `token`: /v1/* requires it as a
     bearer token (None: unauthenticated, for a caller that protects the port otherwise). `allowed_hosts`:
     the Host names accepted (None: any). `serving`: the activator endpoints answer 503 while it is
     false. `logs(key, side)`: the platform's recent replica output of a side (a local/logs.SideLog, or

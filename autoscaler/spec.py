@@ -62,8 +62,8 @@ _SECRET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 # Where a replica finds a storageUri's model (a Pod mounts it there; locally the cache entry's path).
 MODEL_DIR_ENV = "MODEL_DIR"
 POD_MODEL_DIR = "/mnt/models"
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)(h|ms|m|s))+$")  # ASCII digits, as Go's
+_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
 _QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 

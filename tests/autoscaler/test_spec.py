@@ -142,6 +142,12 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize("text", ["", "10", "s", "1d", "-1s", "1.s", "\u0663s", "1m\uff130s"])  # ٣: an Arabic-Indic 3
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
 def test_manifest_round_trip():
     svc = PaddleService.from_dict(manifest(service={"minScale": 0, "window": "10s"}))
     again = PaddleService.from_dict(svc.to_manifest())
