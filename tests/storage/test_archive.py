@@ -15,6 +15,15 @@ from runtime.storage.archive import unpack
 from runtime.storage.errors import StorageError
 
 
+@pytest.fixture(autouse=True, params=["data_filter", "own_filter"])
+def tar_filter(request, monkeypatch):
+    """Every test twice: with tarfile's "data" filter, and with our own copy of it that a Python without
+    PEP 706 uses (Debian 12's 3.11.2, the images' Python, has no tarfile.data_filter)."""
+    if request.param == "own_filter":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    return request.param
+
+
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for info, data in members:
@@ -133,3 +142,14 @@ def test_a_zip_bomb_is_refused_by_its_declared_size(tmp_path):
     target.mkdir()
     with pytest.raises(StorageError, match="unpacks to more than"):
         unpack(arc, target, 100_000)
+
+
+def test_set_id_bits_and_others_write_are_cleared_and_the_owner_bits_kept(tmp_path):
+    tool, data = _info("bin/tool"), _info("data.bin")
+    tool.mode, data.mode = 0o6777, 0o666
+    arc = _tar(tmp_path / "m.tgz", [(tool, b"#!/bin/sh\n"), (data, b"x")])
+    target = tmp_path / "out"
+    target.mkdir()
+    unpack(arc, target, 10_000)
+    assert (target / "bin/tool").stat().st_mode & 0o7777 == 0o755
+    assert (target / "data.bin").stat().st_mode & 0o7777 == 0o644
