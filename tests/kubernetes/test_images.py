@@ -469,6 +469,40 @@ def test_runtime_image_serves_lac_as_non_root(containerd: Containerd) -> None:
             proc.wait(60)
 
 
+# Run inside the runtime image, on its own Python (Debian 12's 3.11.2 has no tarfile.data_filter): the
+# storage initializer's tar path, a good archive with a link and a hostile one.
+UNPACK_IN_IMAGE = """
+import io, tarfile, tempfile
+from pathlib import Path
+from runtime.storage.archive import unpack
+from runtime.storage.errors import StorageError
+d = Path(tempfile.mkdtemp())
+def tgz(name, members):
+    with tarfile.open(d / name, "w:gz") as t:
+        for member, kind, link, data in members:
+            info = tarfile.TarInfo(member)
+            info.type, info.linkname, info.mode, info.size = kind, link, 0o644, len(data)
+            t.addfile(info, io.BytesIO(data))
+    return d / name
+(d / "good").mkdir()
+(d / "bad").mkdir()
+n = unpack(tgz("g.tgz", [("m/a.json", tarfile.REGTYPE, "", b"{}"), ("m/l", tarfile.SYMTYPE, "a.json", b"")]),
+           d / "good", 10000)
+print("unpacked", n, (d / "good/m/l").read_text())
+try:
+    unpack(tgz("b.tgz", [("../evil", tarfile.REGTYPE, "", b"x")]), d / "bad", 10000)
+except StorageError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_runtime_image_unpacks_tar_archives_on_its_own_python(containerd: Containerd) -> None:
+    image = _full("elasticserving/runtime-lac:latest")
+    out = containerd.ctr("run", "--rm", image, _cid("unpack"), "python3", "-c", UNPACK_IN_IMAGE).stdout
+    assert "unpacked 2 {}" in out, out
+    assert "refused: unsafe archive member '../evil': its path leaves the target" in out, out
+
+
 def _tail(f) -> str:
     f.seek(0)
     return f.read().decode(errors="replace")[-3000:]
