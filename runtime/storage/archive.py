@@ -36,6 +36,8 @@ def unpack(archive: Path, target: Path, max_bytes: int, max_members: int = 100_0
 
 def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int:
     total = 0
+    pep706 = hasattr(tarfile, "data_filter")  # else our copy of its "data" filter (_data_filter)
+    root = os.path.realpath(target)
     with tarfile.open(archive, "r:*") as tar:
         members = []
         for i, m in enumerate(tar):
@@ -43,8 +45,8 @@ def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
                 raise StorageError(f"archive has more than {max_members} members", retryable=False)
             # tarfile's "data" filter (PEP 706) refuses absolute paths, '..', links that leave the
             # target, devices and FIFOs, and clears set-id bits; it raises FilterError naming the member.
-            if not hasattr(tarfile, "data_filter"):
-                m = _data_filter(m, os.path.realpath(target))
+            if not pep706:
+                m = _data_filter(m, root)
             else:
                 try:
                     m = tarfile.data_filter(m, str(target))
@@ -56,7 +58,7 @@ def _untar(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
                 if total > max_bytes:
                     raise StorageError(f"archive unpacks to more than {_mb(max_bytes)}", retryable=False)
             members.append(m)
-        tar.extractall(target, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        tar.extractall(target, members=members, **({"filter": "data"} if pep706 else {}))
     return total
 
 
@@ -96,13 +98,11 @@ def _unzip(archive: Path, target: Path, max_bytes: int, max_members: int) -> int
             raise StorageError(f"archive has more than {max_members} members", retryable=False)
         for info in infos:
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise StorageError(f"unsafe archive member {info.filename!r}: links are not unpacked from zip files",
-                                   retryable=False)
+                raise _unsafe(info.filename, "links are not unpacked from zip files")
             dest = os.path.realpath(os.path.join(root, info.filename))
             if info.filename.startswith(("/", "\\")) or ".." in info.filename.replace("\\", "/").split("/") \
                     or os.path.commonpath([root, dest]) != root:
-                raise StorageError(f"unsafe archive member {info.filename!r}: its path leaves the target",
-                                   retryable=False)
+                raise _unsafe(info.filename, "its path leaves the target")
             total += info.file_size
             if total > max_bytes:
                 raise StorageError(f"archive unpacks to more than {_mb(max_bytes)}", retryable=False)
